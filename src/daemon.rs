@@ -1,0 +1,310 @@
+//! The mount life cycle: check everything, take over a dead mount point,
+//! open the backing tree and the target areas (before mounting, so a mount
+//! over itself still reaches the backing), daemonize, mount, tell systemd,
+//! serve, and stop cleanly on SIGTERM/SIGINT.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::config::{BadInput, Settings};
+use crate::fs::{CasaFs, Prepared};
+
+/// A failure after the input was judged good (exit 1), or bad input (2).
+pub enum MountError {
+    Bad(BadInput),
+    Failed(String),
+}
+
+impl From<BadInput> for MountError {
+    fn from(b: BadInput) -> Self {
+        MountError::Bad(b)
+    }
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// A mount point whose daemon died answers ENOTCONN; detach it so the new
+/// daemon can mount there without manual steps.
+pub fn take_over_dead_mount(p: &Path) -> bool {
+    match std::fs::metadata(p) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let rc = unsafe { libc::umount2(c(p).as_ptr(), libc::MNT_DETACH) };
+            if rc == 0 {
+                tracing::warn!(
+                    "{}: took over a dead casafs mount (transport endpoint was not connected)",
+                    p.display()
+                );
+            }
+            rc == 0
+        }
+        _ => false,
+    }
+}
+
+fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
+    let fd = unsafe {
+        libc::open(
+            c(p).as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Checks the source and every target area, creating missing areas, and
+/// opens them. Everything that can be judged before mounting is judged here.
+pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
+    take_over_dead_mount(&s.mountpoint);
+    if s.source != s.mountpoint {
+        take_over_dead_mount(&s.source);
+    }
+    let meta = std::fs::metadata(&s.source)
+        .map_err(|e| BadInput(format!("source {}: {e}", s.source.display())))?;
+    if !meta.is_dir() {
+        return Err(BadInput(format!(
+            "source {}: not a directory",
+            s.source.display()
+        )));
+    }
+    let mmeta = std::fs::metadata(&s.mountpoint)
+        .map_err(|e| BadInput(format!("mount point {}: {e}", s.mountpoint.display())))?;
+    if !mmeta.is_dir() {
+        return Err(BadInput(format!(
+            "mount point {}: not a directory",
+            s.mountpoint.display()
+        )));
+    }
+    let source = std::fs::canonicalize(&s.source).unwrap_or_else(|_| s.source.clone());
+    let root_fd =
+        open_dir(&source).map_err(|e| BadInput(format!("source {}: {e}", s.source.display())))?;
+
+    let mut areas: Vec<(PathBuf, OwnedFd)> = Vec::new();
+    let mut rule_area = Vec::new();
+    for r in &s.rules.rules {
+        if let Some(i) = areas.iter().position(|(p, _)| *p == r.target) {
+            rule_area.push(i);
+            continue;
+        }
+        let fail = |what: String| {
+            BadInput(format!(
+                "target area {} (rule '{}'): {what}",
+                r.target.display(),
+                r.name
+            ))
+        };
+        std::fs::create_dir_all(&r.target).map_err(|e| fail(format!("cannot create it: {e}")))?;
+        let fd = open_dir(&r.target).map_err(|e| fail(e.to_string()))?;
+        // Probe: a target nobody can create in would make every routed
+        // creation fall back; refuse it now instead.
+        let probe = r
+            .target
+            .join(format!(".casafs-probe-{}", std::process::id()));
+        std::fs::File::create(&probe).map_err(|e| fail(format!("not writable: {e}")))?;
+        let _ = std::fs::remove_file(&probe);
+        rule_area.push(areas.len());
+        areas.push((r.target.clone(), fd));
+    }
+    Ok(Prepared {
+        settings: s,
+        root_fd,
+        areas,
+        rule_area,
+    })
+}
+
+fn fuse_config(s: &Settings) -> Config {
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(s.fsname.clone()),
+        // The kernel takes the subtype from the mount data, which makes the
+        // mount show as fuse.casafs (what umount(8) and fstab expect).
+        MountOption::CUSTOM("subtype=casafs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    cfg.mount_options.extend(s.mount_flags.iter().cloned());
+    cfg.acl = if s.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(s.threads);
+    cfg.clone_fd = true;
+    cfg
+}
+
+/// `sd_notify`: tells systemd (Type=notify) how the service is doing.
+pub fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_bytes();
+    let addr = if let Some(abs) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        SocketAddr::from_abstract_name(abs)
+    } else {
+        SocketAddr::from_pathname(Path::new(&path))
+    };
+    if let Ok(addr) = addr {
+        let _ = sock.send_to_addr(msg.as_bytes(), &addr);
+    }
+}
+
+fn block_stop_signals() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Mounts and serves until unmounted. With `daemonize`, the parent returns
+/// only once the mount is up (or failed), as mount(8) expects.
+pub fn run(p: Prepared) -> Result<(), MountError> {
+    let foreground = p.settings.foreground;
+    let mut report: Option<OwnedFd> = None;
+    if !foreground {
+        let mut fds = [0; 2];
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(MountError::Failed(format!(
+                "pipe: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        match unsafe { libc::fork() } {
+            -1 => {
+                return Err(MountError::Failed(format!(
+                    "fork: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            0 => {
+                drop(r);
+                unsafe { libc::setsid() };
+                if let Ok(null) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                {
+                    unsafe {
+                        libc::dup2(null.as_raw_fd(), 0);
+                        libc::dup2(null.as_raw_fd(), 1);
+                    }
+                }
+                report = Some(w);
+            }
+            _child => {
+                drop(w);
+                let mut f = std::fs::File::from(r);
+                let mut msg = String::new();
+                let _ = f.read_to_string(&mut msg);
+                if msg.starts_with("OK") {
+                    return Ok(());
+                }
+                let msg = msg.trim();
+                return Err(MountError::Failed(if msg.is_empty() {
+                    "the daemon exited before mounting".into()
+                } else {
+                    msg.to_string()
+                }));
+            }
+        }
+    }
+    let tell = |report: &mut Option<OwnedFd>, msg: &str| {
+        if let Some(fd) = report.take() {
+            let mut f = std::fs::File::from(fd);
+            let _ = f.write_all(msg.as_bytes());
+        }
+    };
+
+    set_umask_zero();
+    let sigset = block_stop_signals();
+    let mountpoint = p.settings.mountpoint.clone();
+    let cfg = fuse_config(&p.settings);
+    let fs = match CasaFs::new(p) {
+        Ok(fs) => fs,
+        Err(e) => {
+            let m = format!(
+                "cannot start: {}",
+                std::io::Error::from_raw_os_error(e.code())
+            );
+            tell(&mut report, &m);
+            return Err(MountError::Failed(m));
+        }
+    };
+    let session = match fuser::Session::new(fs, &mountpoint, &cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            let m = format!("cannot mount on {}: {e}", mountpoint.display());
+            tell(&mut report, &m);
+            return Err(MountError::Failed(m));
+        }
+    };
+    tell(&mut report, "OK\n");
+    sd_notify(&format!(
+        "READY=1\nSTATUS=mounted on {}\nMAINPID={}",
+        mountpoint.display(),
+        std::process::id()
+    ));
+
+    let mp = c(&mountpoint);
+    std::thread::Builder::new()
+        .name("casafs-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            loop {
+                if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+                    continue;
+                }
+                tracing::info!("signal {sig}: unmounting {}", mp.to_string_lossy());
+                sd_notify("STOPPING=1");
+                // A plain unmount first; if files are still open, detach
+                // and keep serving them until they are closed.
+                if unsafe { libc::umount2(mp.as_ptr(), 0) } != 0 {
+                    unsafe { libc::umount2(mp.as_ptr(), libc::MNT_DETACH) };
+                }
+            }
+        })
+        .map_err(|e| MountError::Failed(format!("signal thread: {e}")))?;
+
+    session
+        .run()
+        .map_err(|e| MountError::Failed(format!("session ended with an error: {e}")))?;
+    tracing::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// Raises the descriptor limit to the hard limit: one descriptor per open
+/// file is unavoidable, and the default soft limit (1024) is far too low.
+pub fn raise_nofile() {
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}
+
+pub fn set_umask_zero() {
+    // Modes from the kernel are already masked by the caller's umask.
+    unsafe { libc::umask(0) };
+}

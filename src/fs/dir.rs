@@ -1,0 +1,152 @@
+//! Directory streams: opendir, readdir(plus), releasedir.
+//!
+//! Offsets are the backing filesystem's own `d_off` cookies, so a stream
+//! resumes exactly where the kernel left it even across concurrent changes.
+//! `d_ino` is the same number `stat` reports. The root hides the control
+//! directory and the graveyard.
+
+use std::ffi::CStr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
+
+use fuser::FileType;
+use parking_lot::Mutex;
+
+use super::{CasaFs, is_reserved_root_name, kind_of};
+use crate::handle::{Body, DirStream, Handle};
+use crate::inode::ROOT_ID;
+use crate::sys::{self, Errno, Res};
+
+const DIRBUF: usize = 32 * 1024;
+
+/// One raw entry from the backing directory.
+pub(super) struct RawEnt<'a> {
+    pub ino: u64,
+    pub off: i64,
+    pub dtype: u8,
+    pub name: &'a CStr,
+}
+
+impl CasaFs {
+    pub(super) fn do_opendir(&self, ino: u64) -> Res<u64> {
+        let inode = self.inodes.get(ino)?;
+        let fd = inode.anchor()?.open(libc::O_RDONLY | libc::O_DIRECTORY)?;
+        self.stats.open_handles.fetch_add(1, Relaxed);
+        Ok(self.handles.insert(Handle {
+            inode,
+            body: Body::Dir(Mutex::new(DirStream {
+                fd,
+                pos: 0,
+                buf: Vec::new(),
+                len: 0,
+                at: 0,
+            })),
+            passthrough: false,
+            append: false,
+        }))
+    }
+
+    /// Walks the stream from `offset`, calling `emit` for each visible entry
+    /// until it returns true (reply buffer full). The stream position only
+    /// advances past entries that were emitted.
+    pub(super) fn walk_dir(
+        &self,
+        fh: u64,
+        offset: u64,
+        emit: &mut dyn FnMut(&RawEnt<'_>) -> Res<bool>,
+    ) -> Res<()> {
+        let h = self.handles.get(fh)?;
+        let Body::Dir(ds) = &h.body else {
+            return Err(Errno::EBADF);
+        };
+        let is_root = h.inode.nodeid == ROOT_ID;
+        let mut ds = ds.lock();
+        let offset = offset as i64;
+        if offset != ds.pos {
+            sys::lseek(ds.fd.as_raw_fd(), offset, libc::SEEK_SET)?;
+            ds.pos = offset;
+            ds.len = 0;
+            ds.at = 0;
+        }
+        loop {
+            if ds.at >= ds.len {
+                if ds.buf.len() < DIRBUF {
+                    ds.buf.resize(DIRBUF, 0);
+                }
+                let fd = ds.fd.as_raw_fd();
+                let n = sys::getdents(fd, &mut ds.buf)?;
+                ds.len = n;
+                ds.at = 0;
+                if n == 0 {
+                    return Ok(());
+                }
+            }
+            let at = ds.at;
+            let b = &ds.buf[at..ds.len];
+            if b.len() < 19 {
+                ds.at = ds.len;
+                continue;
+            }
+            let ino = u64::from_ne_bytes(b[0..8].try_into().map_err(|_| Errno::EIO)?);
+            let off = i64::from_ne_bytes(b[8..16].try_into().map_err(|_| Errno::EIO)?);
+            let reclen = u16::from_ne_bytes([b[16], b[17]]) as usize;
+            let dtype = b[18];
+            if reclen < 19 || reclen > b.len() {
+                return Err(Errno::EIO);
+            }
+            let name = CStr::from_bytes_until_nul(&b[19..reclen]).map_err(|_| Errno::EIO)?;
+            let hidden = is_root && is_reserved_root_name(name);
+            if !hidden {
+                let full = emit(&RawEnt {
+                    ino,
+                    off,
+                    dtype,
+                    name,
+                })?;
+                if full {
+                    return Ok(());
+                }
+            }
+            ds.at = at + reclen;
+            ds.pos = off;
+        }
+    }
+
+    /// The `d_ino` the kernel should see: what `stat` reports for the entry.
+    pub(super) fn d_ino(&self, dir_dev: u64, name: &CStr, ino: u64, dir_nodeid: u64) -> u64 {
+        match name.to_bytes() {
+            b"." if dir_nodeid == ROOT_ID => ino,
+            _ => {
+                let id = self.inodes.peek_nodeid(dir_dev, ino);
+                if id == ROOT_ID { ino } else { id }
+            }
+        }
+    }
+
+    pub(super) fn dtype_kind(&self, dir_fd: i32, e: &RawEnt<'_>) -> FileType {
+        match e.dtype {
+            libc::DT_DIR => FileType::Directory,
+            libc::DT_REG => FileType::RegularFile,
+            libc::DT_LNK => FileType::Symlink,
+            libc::DT_FIFO => FileType::NamedPipe,
+            libc::DT_SOCK => FileType::Socket,
+            libc::DT_CHR => FileType::CharDevice,
+            libc::DT_BLK => FileType::BlockDevice,
+            _ => sys::stat_at(dir_fd, e.name)
+                .map(|st| kind_of(st.st_mode))
+                .unwrap_or(FileType::RegularFile),
+        }
+    }
+
+    pub(super) fn do_releasedir(&self, fh: u64) -> Res<()> {
+        if self.handles.remove(fh).is_some() {
+            self.stats.open_handles.fetch_sub(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    pub(super) fn do_fsyncdir(&self, fh: u64, datasync: bool) -> Res<()> {
+        let h = self.handles.get(fh)?;
+        sys::fsync(h.fd()?, datasync)
+    }
+}

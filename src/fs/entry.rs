@@ -1,0 +1,707 @@
+//! Namespace operations: lookup, attributes, and everything that adds,
+//! moves or removes a name. Creation goes through `new_entry`, which is where
+//! routing (§3) happens; removal of a file goes through `remove_file`, which
+//! is where deferred unlink (§4) happens.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::SystemTime;
+
+use fuser::TimeOrNow;
+
+use super::CasaFs;
+use crate::inode::{Anchor, Inode, ROOT_ID};
+use crate::redirect::{self, Redirect};
+use crate::sys::{self, Errno, Res, cname};
+
+/// Where a name lives in the backing store, after consulting redirects.
+pub(super) struct Located {
+    pub dir: Arc<Inode>,
+    pub name: CString,
+    pub redirect: Option<Redirect>,
+}
+
+/// Who is asking: the caller's credentials from the request header.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl CasaFs {
+    /// Resolves `name` in `dir` through the redirect table. A redirect whose
+    /// object is gone (removed in the target area directly) is dropped.
+    pub(super) fn locate(&self, dir: &Arc<Inode>, name: &CStr) -> Res<Located> {
+        if let Some(r) = self.redirects.get(dir, name) {
+            let area = self.areas.get(r.area).ok_or(Errno::EIO)?;
+            let afd = area.inode.dir_fd()?;
+            match sys::stat_at(afd.as_raw_fd(), &r.tname) {
+                Ok(_) => {
+                    return Ok(Located {
+                        dir: area.inode.clone(),
+                        name: r.tname.clone(),
+                        redirect: Some(r),
+                    });
+                }
+                Err(Errno::ENOENT) => {
+                    self.redirects.remove(dir, name);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Located {
+            dir: dir.clone(),
+            name: name.to_owned(),
+            redirect: None,
+        })
+    }
+
+    pub(super) fn do_lookup(&self, parent: u64, name: &OsStr) -> Res<(Arc<Inode>, libc::stat)> {
+        let p = self.inodes.get(parent)?;
+        let name = cname(name)?;
+        if parent == ROOT_ID && super::is_reserved_root_name(&name) {
+            return Err(Errno::ENOENT);
+        }
+        let loc = self.locate(&p, &name)?;
+        let dfd = loc.dir.dir_fd()?;
+        let st = sys::stat_at(dfd.as_raw_fd(), &loc.name)?;
+        let in_target = loc.dir.in_target || self.is_area_root(&st);
+        Ok((
+            self.inodes.remember(&loc.dir, &loc.name, &st, in_target),
+            st,
+        ))
+    }
+
+    pub(super) fn do_getattr(&self, ino: u64, fh: Option<u64>) -> Res<libc::stat> {
+        if let Some(fh) = fh
+            && let Ok(h) = self.handles.get(fh)
+            && let Ok(fd) = h.fd()
+        {
+            return sys::fstat(fd);
+        }
+        self.inodes.get(ino)?.stat()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn do_setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<u64>,
+    ) -> Res<libc::stat> {
+        let inode = self.inodes.get(ino)?;
+        let handle = fh.and_then(|fh| self.handles.get(fh).ok());
+        let hfd = handle.as_ref().and_then(|h| h.fd().ok());
+        let anchor = inode.anchor()?;
+        let is_lnk = inode.fmt == libc::S_IFLNK;
+
+        if uid.is_some() || gid.is_some() {
+            let u = uid.unwrap_or(u32::MAX);
+            let g = gid.unwrap_or(u32::MAX);
+            match &anchor {
+                Anchor::Fd(fd) => sys::chown_at(fd.as_raw_fd(), c"", u, g, libc::AT_EMPTY_PATH)?,
+                Anchor::At(d, n) => {
+                    sys::chown_at(d.as_raw_fd(), n, u, g, libc::AT_SYMLINK_NOFOLLOW)?
+                }
+            }
+        }
+        if let Some(m) = mode {
+            if is_lnk {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            match (hfd, &anchor) {
+                (Some(fd), _) => sys::fchmod(fd, m & 0o7777)?,
+                (None, Anchor::Fd(fd)) => {
+                    sys::chmod_at(libc::AT_FDCWD, &sys::proc_path(fd.as_raw_fd()), m & 0o7777)?
+                }
+                (None, Anchor::At(d, n)) => {
+                    self.verify(&inode, &anchor)?;
+                    sys::chmod_at(d.as_raw_fd(), n, m & 0o7777)?
+                }
+            }
+        }
+        if let Some(sz) = size {
+            match hfd {
+                Some(fd)
+                    if handle
+                        .as_ref()
+                        .is_some_and(|h| !h.passthrough || writable(fd)) =>
+                {
+                    match sys::ftruncate(fd, sz) {
+                        Ok(()) => {}
+                        // A read-only handle (open O_RDONLY then ftruncate
+                        // is refused by the kernel before us; this is the
+                        // truncate(2)-with-an-open-handle case).
+                        Err(Errno::EBADF) | Err(Errno::EINVAL) => {
+                            let f = anchor.open(libc::O_WRONLY)?;
+                            sys::ftruncate(f.as_raw_fd(), sz)?
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => {
+                    let f = anchor.open(libc::O_WRONLY)?;
+                    let st = sys::fstat(f.as_raw_fd())?;
+                    if !inode.same(&st) {
+                        return Err(Errno::ENOENT);
+                    }
+                    sys::ftruncate(f.as_raw_fd(), sz)?
+                }
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            let times = [timespec(atime), timespec(mtime)];
+            match (hfd, &anchor) {
+                (Some(fd), _) if !is_lnk => sys::futimens(fd, &times)?,
+                (_, Anchor::At(d, n)) => {
+                    sys::utimens_at(d.as_raw_fd(), n, &times, libc::AT_SYMLINK_NOFOLLOW)?
+                }
+                (_, Anchor::Fd(fd)) => {
+                    if is_lnk {
+                        return Err(Errno::EOPNOTSUPP);
+                    }
+                    sys::utimens_at(libc::AT_FDCWD, &sys::proc_path(fd.as_raw_fd()), &times, 0)?
+                }
+            }
+        }
+        match hfd {
+            Some(fd) => sys::fstat(fd),
+            None => inode.stat(),
+        }
+    }
+
+    /// Confirms a by-name anchor still names this inode.
+    fn verify(&self, inode: &Inode, anchor: &Anchor) -> Res<()> {
+        let st = anchor.stat()?;
+        if inode.same(&st) {
+            Ok(())
+        } else {
+            Err(Errno::ENOENT)
+        }
+    }
+
+    pub(super) fn do_readlink(&self, ino: u64) -> Res<Vec<u8>> {
+        let inode = self.inodes.get(ino)?;
+        match inode.anchor()? {
+            Anchor::At(d, n) => sys::readlink_at(d.as_raw_fd(), &n),
+            Anchor::Fd(fd) => sys::readlink_at(fd.as_raw_fd(), c""),
+        }
+    }
+
+    /// Creates a new name: routed into a target area when a rule matches
+    /// (falling back to in place when the area is unusable), otherwise in
+    /// `p`. `make` does the actual creation given a directory and a name and
+    /// must fail with EEXIST if the name exists.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new_entry<T>(
+        &self,
+        who: Option<Caller>,
+        p: &Arc<Inode>,
+        name: &CStr,
+        is_dir: bool,
+        mode: u32,
+        make: &dyn Fn(RawFd, &CStr) -> Res<T>,
+    ) -> Res<(Arc<Inode>, libc::stat, T)> {
+        if p.nodeid == ROOT_ID && super::is_reserved_root_name(name) {
+            return Err(Errno::EPERM);
+        }
+        if self.locate(p, name)?.redirect.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let pfd = p.dir_fd()?;
+        if let Some(rule) = self.route(p, name, is_dir) {
+            // EEXIST is judged against the original directory's view.
+            match sys::stat_at(pfd.as_raw_fd(), name) {
+                Ok(_) => return Err(Errno::EEXIST),
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            match self.place(rule, name, make) {
+                Ok((area_idx, tname, v)) => {
+                    let area = &self.areas[area_idx];
+                    let afd = area.inode.dir_fd()?;
+                    let mut st = sys::stat_at(afd.as_raw_fd(), &tname)?;
+                    if let Some(who) = who {
+                        let sg = self.setgid_of(pfd.as_raw_fd())?;
+                        if let Err(e) = self.give_to_caller(
+                            afd.as_raw_fd(),
+                            &tname,
+                            &mut st,
+                            sg,
+                            who.uid,
+                            who.gid,
+                            mode,
+                        ) {
+                            let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+                            let _ = sys::unlink_at(afd.as_raw_fd(), &tname, flag);
+                            return Err(e);
+                        }
+                    }
+                    self.record_redirect(p, name, rule, area_idx, &tname);
+                    let inode = self.inodes.remember(&area.inode, &tname, &st, true);
+                    return Ok((inode, st, v));
+                }
+                Err(Errno::EXDEV)
+                    if self.settings.cross_device == crate::config::CrossDevice::Exdev =>
+                {
+                    return Err(Errno::EXDEV);
+                }
+                Err(Errno::EXDEV) => {}
+                Err(e) => {
+                    self.stats.rules[rule].fail_open.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        "rule {}: target area {} unusable ({}); creating {}/{} in place",
+                        self.rule_names[rule],
+                        self.areas[self.rule_area[rule]].path.display(),
+                        std::io::Error::from_raw_os_error(e.code()),
+                        self.inodes.rel_path(p),
+                        name.to_string_lossy()
+                    );
+                }
+            }
+        }
+        let v = make(pfd.as_raw_fd(), name)?;
+        let mut st = sys::stat_at(pfd.as_raw_fd(), name)?;
+        if let Some(who) = who {
+            let sg = if st.st_gid != 0 {
+                Some(st.st_gid)
+            } else if who.gid != 0 {
+                self.setgid_of(pfd.as_raw_fd())?
+            } else {
+                None
+            };
+            if let Err(e) =
+                self.give_to_caller(pfd.as_raw_fd(), name, &mut st, sg, who.uid, who.gid, mode)
+            {
+                let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+                let _ = sys::unlink_at(pfd.as_raw_fd(), name, flag);
+                return Err(e);
+            }
+        }
+        let in_target = p.in_target || self.is_area_root(&st);
+        Ok((self.inodes.remember(p, name, &st, in_target), st, v))
+    }
+
+    /// Creates the object in the rule's area under the first free candidate
+    /// name. Never overwrites: `make` fails with EEXIST on a taken name.
+    fn place<T>(
+        &self,
+        rule: usize,
+        name: &CStr,
+        make: &dyn Fn(RawFd, &CStr) -> Res<T>,
+    ) -> Res<(usize, CString, T)> {
+        let area_idx = *self.rule_area.get(rule).ok_or(Errno::EIO)?;
+        let area = self.areas.get(area_idx).ok_or(Errno::EIO)?;
+        let afd = area.inode.dir_fd()?;
+        for n in 1..100_000u32 {
+            let t = redirect::candidate(name, n);
+            match make(afd.as_raw_fd(), &t) {
+                Ok(v) => return Ok((area_idx, t, v)),
+                Err(Errno::EEXIST) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::EEXIST)
+    }
+
+    fn record_redirect(
+        &self,
+        p: &Arc<Inode>,
+        name: &CStr,
+        rule: usize,
+        area_idx: usize,
+        tname: &CStr,
+    ) {
+        let rel = self.inodes.rel_path(p);
+        let origin = if rel.is_empty() {
+            name.to_string_lossy().into_owned()
+        } else {
+            format!("{rel}/{}", name.to_string_lossy())
+        };
+        let area = &self.areas[area_idx];
+        redirect::tag_origin(area, tname, &origin);
+        tracing::info!(
+            "rule {}: {} -> {}",
+            self.rule_names[rule],
+            origin,
+            area.path.join(tname.to_string_lossy().as_ref()).display()
+        );
+        self.redirects.insert(
+            p,
+            name,
+            Redirect {
+                area: area_idx,
+                rule,
+                tname: tname.to_owned(),
+                origin,
+                created: SystemTime::now(),
+            },
+        );
+        self.stats.rules[rule].routed.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn do_mknod(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Res<(Arc<Inode>, libc::stat)> {
+        let p = self.inodes.get(parent)?;
+        let name = cname(name)?;
+        let mk = |d: RawFd, n: &CStr| sys::mknod_at(d, n, mode, rdev as u64);
+        let (i, st, ()) = self.new_entry(Some(who), &p, &name, false, mode, &mk)?;
+        Ok((i, st))
+    }
+
+    pub(super) fn do_mkdir(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> Res<(Arc<Inode>, libc::stat)> {
+        let p = self.inodes.get(parent)?;
+        let name = cname(name)?;
+        let mk = |d: RawFd, n: &CStr| sys::mkdir_at(d, n, mode & 0o7777);
+        let (i, st, ()) = self.new_entry(Some(who), &p, &name, true, mode, &mk)?;
+        Ok((i, st))
+    }
+
+    pub(super) fn do_symlink(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &std::path::Path,
+    ) -> Res<(Arc<Inode>, libc::stat)> {
+        let p = self.inodes.get(parent)?;
+        let name = cname(name)?;
+        let target = sys::cpath(target)?;
+        let mk = |d: RawFd, n: &CStr| sys::symlink_at(&target, d, n);
+        let (i, st, ()) = self.new_entry(Some(who), &p, &name, false, 0o777, &mk)?;
+        Ok((i, st))
+    }
+
+    pub(super) fn do_link(
+        &self,
+        who: Caller,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> Res<(Arc<Inode>, libc::stat)> {
+        let inode = self.inodes.get(ino)?;
+        let np = self.inodes.get(newparent)?;
+        let newname = cname(newname)?;
+        let anchor = inode.anchor()?;
+        self.verify(&inode, &anchor)?;
+        let mk = |d: RawFd, n: &CStr| match &anchor {
+            Anchor::At(sd, sn) => sys::link_at(sd.as_raw_fd(), sn, d, n, 0),
+            Anchor::Fd(fd) => sys::link_at(fd.as_raw_fd(), c"", d, n, libc::AT_EMPTY_PATH),
+        };
+        // A link keeps its inode's owner.
+        let _ = who;
+        let (i, st, ()) = self.new_entry(None, &np, &newname, false, 0, &mk)?;
+        Ok((i, st))
+    }
+
+    /// Removes a non-directory name. An object still open through casafs is
+    /// moved to the graveyard instead (when the backing filesystem would
+    /// leave debris), or pinned so its handles and attributes keep working.
+    pub(super) fn remove_file(&self, dir: &Arc<Inode>, name: &CStr) -> Res<()> {
+        let dfd = dir.dir_fd()?;
+        let st = sys::stat_at(dfd.as_raw_fd(), name)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(Errno::EISDIR);
+        }
+        let nodeid = self.inodes.nodeid_for(st.st_dev, st.st_ino);
+        let victim = self.inodes.get(nodeid).ok().filter(|i| i.same(&st));
+        if let Some(v) = victim {
+            let mut open = v.open.lock();
+            if open.handles > 0 {
+                if self.defer_unlink {
+                    let g = self.graveyard.bury(dfd.as_raw_fd(), name)?;
+                    open.buried.push(g.clone());
+                    drop(open);
+                    v.set_loc(self.graveyard.dir.clone(), g);
+                    self.stats.deferred_pending.fetch_add(1, Relaxed);
+                    self.stats
+                        .deferred_pending_bytes
+                        .fetch_add(st.st_size as u64, Relaxed);
+                    return Ok(());
+                }
+                drop(open);
+                let _ = v.pin();
+                sys::unlink_at(dfd.as_raw_fd(), name, 0)?;
+                self.stats.direct_unlinks_open.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+            drop(open);
+            if st.st_nlink > 1 {
+                // Its other names live on, but the kernel knows it by this
+                // one: keep it reachable whatever name survives.
+                let _ = v.pin();
+            }
+        }
+        sys::unlink_at(dfd.as_raw_fd(), name, 0)
+    }
+
+    pub(super) fn do_unlink(&self, parent: u64, name: &OsStr) -> Res<()> {
+        let p = self.inodes.get(parent)?;
+        let name = cname(name)?;
+        if parent == ROOT_ID && super::is_reserved_root_name(&name) {
+            return Err(Errno::EPERM);
+        }
+        let loc = self.locate(&p, &name)?;
+        self.remove_file(&loc.dir, &loc.name)?;
+        if loc.redirect.is_some() {
+            self.redirects.remove(&p, &name);
+        }
+        Ok(())
+    }
+
+    pub(super) fn do_rmdir(&self, parent: u64, name: &OsStr) -> Res<()> {
+        let p = self.inodes.get(parent)?;
+        let name = cname(name)?;
+        if parent == ROOT_ID && super::is_reserved_root_name(&name) {
+            return Err(Errno::EPERM);
+        }
+        let loc = self.locate(&p, &name)?;
+        let dfd = loc.dir.dir_fd()?;
+        sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR)?;
+        if loc.redirect.is_some() {
+            self.redirects.remove(&p, &name);
+        }
+        Ok(())
+    }
+
+    pub(super) fn do_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Res<()> {
+        let p = self.inodes.get(parent)?;
+        let np = self.inodes.get(newparent)?;
+        let name = cname(name)?;
+        let newname = cname(newname)?;
+        for (d, n) in [(parent, &name), (newparent, &newname)] {
+            if d == ROOT_ID && super::is_reserved_root_name(n) {
+                return Err(Errno::EPERM);
+            }
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+
+        let src = self.locate(&p, &name)?;
+        let sfd = src.dir.dir_fd()?;
+        let sst = sys::stat_at(sfd.as_raw_fd(), &src.name)?;
+        let is_dir = sst.st_mode & libc::S_IFMT == libc::S_IFDIR;
+
+        let dst = self.locate(&np, &newname)?;
+        let route = if exchange || dst.redirect.is_some() {
+            None
+        } else {
+            self.route(&np, &newname, is_dir)
+        };
+        // Same object under a routed name already (rename of a name onto
+        // itself, or a hard link): nothing to route.
+        let route =
+            route.filter(|_| src.redirect.is_none() || !Arc::ptr_eq(&p, &np) || name != newname);
+
+        if let Some(rule) = route {
+            let area_idx = self.rule_area[rule];
+            let area = &self.areas[area_idx];
+            if area.inode.dev != sst.st_dev {
+                match self.settings.cross_device {
+                    crate::config::CrossDevice::Exdev => return Err(Errno::EXDEV),
+                    crate::config::CrossDevice::InPlace => {
+                        return self.rename_plain(&src, &sst, &dst, &np, &newname, flags);
+                    }
+                }
+            }
+            // Whatever the original directory shows under the new name is
+            // replaced, as a rename would.
+            let dfd = dst.dir.dir_fd()?;
+            let existing = match sys::stat_at(dfd.as_raw_fd(), &dst.name) {
+                Ok(st) => Some(st),
+                Err(Errno::ENOENT) => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(est) = &existing {
+                if noreplace {
+                    return Err(Errno::EEXIST);
+                }
+                if est.st_dev == sst.st_dev && est.st_ino == sst.st_ino {
+                    return Ok(());
+                }
+                let e_dir = est.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                if e_dir != is_dir {
+                    return Err(if e_dir { Errno::EISDIR } else { Errno::ENOTDIR });
+                }
+            }
+            let mv = |d: RawFd, n: &CStr| {
+                sys::rename_at2(sfd.as_raw_fd(), &src.name, d, n, libc::RENAME_NOREPLACE)
+            };
+            let (_, tname, ()) = self.place(rule, &newname, &mv)?;
+            if existing.is_some() {
+                let r = if is_dir {
+                    sys::unlink_at(dfd.as_raw_fd(), &dst.name, libc::AT_REMOVEDIR)
+                } else {
+                    self.remove_file(&dst.dir, &dst.name)
+                };
+                if let Err(e) = r {
+                    // Put the object back where it was: the rename fails as
+                    // a whole.
+                    let afd = area.inode.dir_fd()?;
+                    let _ = sys::rename_at2(
+                        afd.as_raw_fd(),
+                        &tname,
+                        sfd.as_raw_fd(),
+                        &src.name,
+                        libc::RENAME_NOREPLACE,
+                    );
+                    return Err(e);
+                }
+            }
+            if src.redirect.is_some() {
+                self.redirects.remove(&p, &name);
+            }
+            self.record_redirect(&np, &newname, rule, area_idx, &tname);
+            self.moved(&sst, &area.inode, &tname);
+            return Ok(());
+        }
+        self.rename_plain(&src, &sst, &dst, &np, &newname, flags)?;
+        if src.redirect.is_some() && !exchange {
+            self.redirects.remove(&p, &name);
+        }
+        Ok(())
+    }
+
+    fn rename_plain(
+        &self,
+        src: &Located,
+        sst: &libc::stat,
+        dst: &Located,
+        _np: &Arc<Inode>,
+        _newname: &CStr,
+        flags: u32,
+    ) -> Res<()> {
+        let sfd = src.dir.dir_fd()?;
+        let dfd = dst.dir.dir_fd()?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let dst_st = match sys::stat_at(dfd.as_raw_fd(), &dst.name) {
+            Ok(st) => Some(st),
+            Err(Errno::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        // Replacing a file that is still open: bury it first, so the
+        // backing filesystem never sees the open file lose its last name.
+        if let Some(dstat) = &dst_st
+            && !exchange
+            && !noreplace
+            && dstat.st_mode & libc::S_IFMT != libc::S_IFDIR
+            && sst.st_mode & libc::S_IFMT != libc::S_IFDIR
+            && (dstat.st_dev, dstat.st_ino) != (sst.st_dev, sst.st_ino)
+        {
+            let nodeid = self.inodes.nodeid_for(dstat.st_dev, dstat.st_ino);
+            if let Ok(v) = self.inodes.get(nodeid)
+                && v.same(dstat)
+            {
+                if v.open.lock().handles > 0 {
+                    self.remove_file(&dst.dir, &dst.name)?;
+                } else if dstat.st_nlink > 1 {
+                    let _ = v.pin();
+                }
+            }
+        }
+        sys::rename_at2(
+            sfd.as_raw_fd(),
+            &src.name,
+            dfd.as_raw_fd(),
+            &dst.name,
+            flags,
+        )?;
+        self.moved(sst, &dst.dir, &dst.name);
+        if exchange && let Some(dstat) = &dst_st {
+            self.moved(dstat, &src.dir, &src.name);
+        }
+        Ok(())
+    }
+
+    /// Keeps the inode table's idea of where an object lives current.
+    fn moved(&self, st: &libc::stat, dir: &Arc<Inode>, name: &CStr) {
+        let nodeid = self.inodes.nodeid_for(st.st_dev, st.st_ino);
+        if let Ok(i) = self.inodes.get(nodeid)
+            && i.same(st)
+        {
+            i.set_loc(dir.clone(), name.to_owned());
+        }
+    }
+
+    pub(super) fn do_statfs(&self) -> Res<libc::statvfs> {
+        let fd = self.root_fd()?;
+        sys::fstatvfs(fd.as_raw_fd())
+    }
+
+    pub(super) fn do_access(&self, ino: u64, mask: i32) -> Res<()> {
+        let inode = self.inodes.get(ino)?;
+        let st = inode.stat()?;
+        if mask & libc::X_OK != 0
+            && st.st_mode & libc::S_IFMT != libc::S_IFDIR
+            && st.st_mode & 0o111 == 0
+        {
+            return Err(Errno::EACCES);
+        }
+        Ok(())
+    }
+}
+
+fn writable(fd: RawFd) -> bool {
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_ACCMODE != libc::O_RDONLY
+}
+
+fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let mut secs = -(d.as_secs() as i64);
+                let mut nsec = -(d.subsec_nanos() as i64);
+                if nsec < 0 {
+                    secs -= 1;
+                    nsec += 1_000_000_000;
+                }
+                libc::timespec {
+                    tv_sec: secs,
+                    tv_nsec: nsec,
+                }
+            }
+        },
+    }
+}

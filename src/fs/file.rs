@@ -1,0 +1,299 @@
+//! File operations: open/create, the data path (when kernel passthrough is
+//! not serving it), and release, where deferred unlinks complete.
+
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::CasaFs;
+use super::entry::Caller;
+use crate::handle::{Body, Handle};
+use crate::inode::Inode;
+use crate::sys::{self, Errno, Res, cname};
+
+/// A file opened on the backing store, before it is registered.
+pub(super) struct Opened {
+    pub inode: Arc<Inode>,
+    pub fd: OwnedFd,
+    pub st: libc::stat,
+}
+
+impl CasaFs {
+    pub(super) fn do_open(&self, ino: u64, flags: i32) -> Res<Opened> {
+        let inode = self.inodes.get(ino)?;
+        let fd = inode.anchor()?.open(flags)?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        if !inode.same(&st) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(Opened { inode, fd, st })
+    }
+
+    /// `open(O_CREAT)` of a name the kernel does not know. Routed names,
+    /// existing redirects (CASA reopening its log by path) and names that
+    /// exist after all (a race) are all handled here.
+    pub(super) fn do_create(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Res<Opened> {
+        let p = self.inodes.get(parent)?;
+        let name = cname(name)?;
+        let excl = flags & libc::O_EXCL != 0;
+        // The name already exists in the original directory's view.
+        let existing = |dir: &Arc<Inode>, n: &CStr| -> Res<Opened> {
+            if excl {
+                return Err(Errno::EEXIST);
+            }
+            let dfd = dir.dir_fd()?;
+            let st = sys::stat_at(dfd.as_raw_fd(), n)?;
+            check_access(who, &st, flags)?;
+            let fd = sys::open_at(
+                dfd.as_raw_fd(),
+                n,
+                (flags & !(libc::O_CREAT | libc::O_EXCL)) | libc::O_NOFOLLOW,
+                0,
+            )?;
+            let st = sys::fstat(fd.as_raw_fd())?;
+            let in_target = dir.in_target || self.is_area_root(&st);
+            let inode = self.inodes.remember(dir, n, &st, in_target);
+            Ok(Opened { inode, fd, st })
+        };
+        let loc = self.locate(&p, &name)?;
+        if loc.redirect.is_some() {
+            return existing(&loc.dir, &loc.name);
+        }
+        let mk = |d: RawFd, n: &CStr| {
+            sys::open_at(
+                d,
+                n,
+                flags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                mode & 0o7777,
+            )
+        };
+        match self.new_entry(Some(who), &p, &name, false, mode, &mk) {
+            Ok((inode, st, fd)) => Ok(Opened { inode, fd, st }),
+            Err(Errno::EEXIST) if !excl => existing(&p, &name),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Registers an open file: counts the handle on its inode and, when
+    /// kernel passthrough is on, hands back the inode's backing id to reply
+    /// with (one per inode while any handle is open).
+    pub(super) fn register(
+        &self,
+        o: Opened,
+        flags: i32,
+        open_backing: &dyn Fn(RawFd) -> std::io::Result<fuser::BackingId>,
+    ) -> (u64, Option<Arc<fuser::BackingId>>) {
+        let is_reg = o.st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let mut backing = None;
+        {
+            let mut open = o.inode.open.lock();
+            open.handles += 1;
+            if is_reg && self.passthrough.load(Relaxed) {
+                if let Some(b) = &open.backing {
+                    backing = Some(b.clone());
+                } else {
+                    match open_backing(o.fd.as_raw_fd()) {
+                        Ok(b) => {
+                            let b = Arc::new(b);
+                            open.backing = Some(b.clone());
+                            backing = Some(b);
+                        }
+                        Err(e) => {
+                            tracing::debug!("passthrough unavailable for this file: {e}");
+                        }
+                    }
+                }
+            }
+        }
+        self.stats.open_handles.fetch_add(1, Relaxed);
+        if backing.is_some() {
+            self.stats.passthrough_opens.fetch_add(1, Relaxed);
+        }
+        let fh = self.handles.insert(Handle {
+            inode: o.inode,
+            body: Body::File(o.fd),
+            passthrough: backing.is_some(),
+            append: flags & libc::O_APPEND != 0,
+        });
+        (fh, backing)
+    }
+
+    pub(super) fn do_read(&self, fh: u64, off: u64, size: u32) -> Res<Vec<u8>> {
+        let h = self.handles.get(fh)?;
+        if let Body::Control(data) = &h.body {
+            let start = (off as usize).min(data.len());
+            let end = start.saturating_add(size as usize).min(data.len());
+            return Ok(data[start..end].to_vec());
+        }
+        let fd = h.fd()?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = sys::pread(fd, &mut buf[done..], off + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        self.stats.bytes_read.fetch_add(done as u64, Relaxed);
+        Ok(buf)
+    }
+
+    pub(super) fn do_write(&self, fh: u64, off: u64, data: &[u8]) -> Res<u32> {
+        let h = self.handles.get(fh)?;
+        let fd = h.fd()?;
+        let n = if h.append {
+            // The backing descriptor is O_APPEND: the backing filesystem
+            // picks the end atomically, also against other writers.
+            sys::write(fd, data)?
+        } else {
+            sys::pwrite(fd, data, off)?
+        };
+        self.stats.bytes_written.fetch_add(n as u64, Relaxed);
+        Ok(n as u32)
+    }
+
+    pub(super) fn do_flush(&self, fh: u64) -> Res<()> {
+        let h = self.handles.get(fh)?;
+        let Ok(fd) = h.fd() else {
+            return Ok(());
+        };
+        // close(dup(fd)) gives the backing filesystem the close it would
+        // see natively (NFS flushes on close and reports errors there).
+        let d = unsafe { libc::dup(fd) };
+        if d < 0 {
+            return Err(sys::last_errno());
+        }
+        if unsafe { libc::close(d) } < 0 {
+            return Err(sys::last_errno());
+        }
+        Ok(())
+    }
+
+    /// Drops a handle. On the inode's last handle the passthrough backing id
+    /// is closed and buried names are deleted, in that order: the backing
+    /// filesystem must see no open file when the name goes.
+    pub(super) fn do_release(&self, fh: u64) -> Res<()> {
+        let Some(h) = self.handles.remove(fh) else {
+            return Err(Errno::EBADF);
+        };
+        self.stats.open_handles.fetch_sub(1, Relaxed);
+        if matches!(h.body, Body::Control(_) | Body::ControlDir) {
+            return Ok(());
+        }
+        let inode = h.inode.clone();
+        let is_file = matches!(h.body, Body::File(_));
+        drop(h);
+        if !is_file {
+            return Ok(());
+        }
+        let mut open = inode.open.lock();
+        open.handles = open.handles.saturating_sub(1);
+        if open.handles > 0 {
+            return Ok(());
+        }
+        open.backing = None;
+        let buried = std::mem::take(&mut open.buried);
+        drop(open);
+        // A file unlinked while open was pinned to stay reachable; with
+        // its last handle gone the pin must not hold its space any longer.
+        if buried.is_empty() && inode.stat().is_ok_and(|s| s.st_nlink == 0) {
+            inode.unpin();
+        }
+        if !buried.is_empty() {
+            let size = inode.stat().map(|s| s.st_size as u64).unwrap_or(0);
+            inode.unpin();
+            self.graveyard.release(&buried);
+            let n = buried.len() as u64;
+            self.stats.deferred_pending.fetch_sub(n, Relaxed);
+            let _ = self
+                .stats
+                .deferred_pending_bytes
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(size * n)));
+            self.stats.deferred_completed.fetch_add(n, Relaxed);
+            self.stats
+                .deferred_completed_bytes
+                .fetch_add(size * n, Relaxed);
+        }
+        Ok(())
+    }
+
+    pub(super) fn do_fsync(&self, fh: u64, datasync: bool) -> Res<()> {
+        let h = self.handles.get(fh)?;
+        sys::fsync(h.fd()?, datasync)
+    }
+
+    pub(super) fn do_fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> Res<()> {
+        let h = self.handles.get(fh)?;
+        sys::fallocate(h.fd()?, mode, off, len)
+    }
+
+    pub(super) fn do_lseek(&self, fh: u64, off: i64, whence: i32) -> Res<i64> {
+        let h = self.handles.get(fh)?;
+        sys::lseek(h.fd()?, off, whence)
+    }
+
+    pub(super) fn do_copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+        flags: u32,
+    ) -> Res<u32> {
+        let hi = self.handles.get(fh_in)?;
+        let ho = self.handles.get(fh_out)?;
+        let len = len.min(u32::MAX as u64 & !0xfff);
+        let n = sys::copy_file_range(hi.fd()?, off_in, ho.fd()?, off_out, len, flags)?;
+        Ok(n as u32)
+    }
+}
+
+/// Permission check for opening an object that exists, which the kernel
+/// did not check because it believed the name was new (a race, or a routed
+/// name it had not looked up).
+fn check_access(who: Caller, st: &libc::stat, flags: i32) -> Res<()> {
+    if who.uid == 0 {
+        return Ok(());
+    }
+    let mut want = 0;
+    match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => want |= 4,
+        libc::O_WRONLY => want |= 2,
+        _ => want |= 6,
+    }
+    if flags & libc::O_TRUNC != 0 {
+        want |= 2;
+    }
+    let perm = if st.st_uid == who.uid {
+        (st.st_mode >> 6) & 7
+    } else if st.st_gid == who.gid || in_groups(who.pid, st.st_gid) {
+        (st.st_mode >> 3) & 7
+    } else {
+        st.st_mode & 7
+    };
+    if perm & want == want {
+        Ok(())
+    } else {
+        Err(Errno::EACCES)
+    }
+}
+
+fn in_groups(pid: u32, gid: u32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+}

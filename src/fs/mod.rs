@@ -1,0 +1,282 @@
+//! The filesystem: state shared by all requests and the helpers the
+//! per-operation modules build on. `dispatch.rs` holds the thin `fuser`
+//! trait impl; each other module implements one family of operations.
+
+mod control;
+mod dir;
+mod dispatch;
+mod entry;
+mod file;
+mod xattr;
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+
+use crate::config::{DeferUnlink, Settings};
+use crate::graveyard::Graveyard;
+use crate::handle::HandleTable;
+use crate::inode::{Inode, InodeTable, ROOT_ID};
+use crate::redirect::{Area, RedirectTable};
+use crate::stats::{Extra, Stats};
+use crate::sys::{self, Errno, Res};
+
+pub use control::CONTROL_NAME;
+
+pub struct CasaFs {
+    pub settings: Settings,
+    pub inodes: InodeTable,
+    pub handles: HandleTable,
+    pub redirects: RedirectTable,
+    pub areas: Vec<Area>,
+    /// Rule index -> area index.
+    pub rule_area: Vec<usize>,
+    pub rule_names: Vec<String>,
+    pub graveyard: Graveyard,
+    pub stats: Arc<Stats>,
+    /// Unlinks of open files go through the graveyard.
+    pub defer_unlink: bool,
+    pub passthrough: AtomicBool,
+    pub backing_types: Vec<(String, String)>,
+    root: Arc<Inode>,
+}
+
+/// Everything the daemon prepared before mounting.
+pub struct Prepared {
+    pub settings: Settings,
+    pub root_fd: OwnedFd,
+    pub areas: Vec<(std::path::PathBuf, OwnedFd)>,
+    pub rule_area: Vec<usize>,
+}
+
+impl CasaFs {
+    pub fn new(p: Prepared) -> Res<CasaFs> {
+        let st = sys::fstat(p.root_fd.as_raw_fd())?;
+        let root_ftype = sys::fstatfs_type(p.root_fd.as_raw_fd())?;
+        let root = Inode::new_anchor(ROOT_ID, p.root_fd, &st, false);
+        let root_raw = root.dir_fd()?;
+        let (graveyard, cleaned) = Graveyard::open(root_raw.as_raw_fd())?;
+        if cleaned > 0 {
+            tracing::info!("emptied {cleaned} graveyard entries left by a stopped daemon");
+        }
+        let inodes = InodeTable::new(root.clone());
+        let mut areas = Vec::new();
+        let mut backing_types = vec![(
+            "source".to_string(),
+            fs_type_of(&p.settings.source, root_ftype),
+        )];
+        for (i, (path, fd)) in p.areas.into_iter().enumerate() {
+            let st = sys::fstat(fd.as_raw_fd())?;
+            let ft = sys::fstatfs_type(fd.as_raw_fd()).unwrap_or(0);
+            let nodeid = u64::MAX - 64 - i as u64;
+            backing_types.push((path.to_string_lossy().into_owned(), fs_type_of(&path, ft)));
+            areas.push(Area {
+                path,
+                inode: Inode::new_anchor(nodeid, fd, &st, true),
+                fs_type: ft,
+            });
+        }
+        let defer_unlink = match p.settings.defer_unlink {
+            DeferUnlink::Always => true,
+            DeferUnlink::Never => false,
+            DeferUnlink::Auto => sys::leaves_unlink_debris(root_ftype),
+        };
+        let rule_names: Vec<String> = p
+            .settings
+            .rules
+            .rules
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        Ok(CasaFs {
+            stats: Arc::new(Stats::new(&rule_names)),
+            rule_names,
+            inodes,
+            handles: HandleTable::default(),
+            redirects: RedirectTable::default(),
+            areas,
+            rule_area: p.rule_area,
+            graveyard,
+            defer_unlink,
+            passthrough: AtomicBool::new(false),
+            backing_types,
+            root,
+            settings: p.settings,
+        })
+    }
+
+    pub fn root_fd(&self) -> Res<Arc<OwnedFd>> {
+        self.root.dir_fd()
+    }
+
+    fn ttl_attr(&self) -> Duration {
+        self.settings.attr_timeout
+    }
+
+    fn ttl_entry(&self) -> Duration {
+        self.settings.entry_timeout
+    }
+
+    /// The attributes the kernel sees. `st_ino` is the backing inode number
+    /// (the node id), except on foreign devices where it is the synthetic id.
+    pub fn attr(&self, nodeid: u64, st: &libc::stat) -> FileAttr {
+        let ino = if nodeid == ROOT_ID { st.st_ino } else { nodeid };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: ts(st.st_atime, st.st_atime_nsec),
+            mtime: ts(st.st_mtime, st.st_mtime_nsec),
+            ctime: ts(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind: kind_of(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    /// Whether `st` is the root of a target area (names below it are never
+    /// routed again).
+    fn is_area_root(&self, st: &libc::stat) -> bool {
+        self.areas
+            .iter()
+            .any(|a| a.inode.dev == st.st_dev && a.inode.ino == st.st_ino)
+    }
+
+    /// The rule that routes a new `name` in `dir`, if any.
+    fn route(&self, dir: &Inode, name: &CStr, is_dir: bool) -> Option<usize> {
+        if dir.in_target || self.settings.rules.is_empty() {
+            return None;
+        }
+        if dir.nodeid == ROOT_ID && is_reserved_root_name(name) {
+            return None;
+        }
+        self.settings.rules.route(name.to_bytes(), is_dir)
+    }
+
+    pub fn extra(&self) -> Extra {
+        Extra {
+            backing: self.backing_types.clone(),
+            redirects_live: self.redirects.len(),
+            inodes_cached: self.inodes.len(),
+            dir_fds_cached: crate::inode::cached_dir_fds(),
+            passthrough_enabled: self.passthrough.load(Ordering::Relaxed),
+            mountpoint: self.settings.mountpoint.to_string_lossy().into_owned(),
+            source: self.settings.source.to_string_lossy().into_owned(),
+        }
+    }
+
+    /// Gives a newly created object to the caller: owner uid, and gid from
+    /// the caller unless the directory is setgid (the backing filesystem has
+    /// then already given it the directory's group). Restores mode bits that
+    /// a chown clears (set-id bits), so the result is what an in-place
+    /// creation by the caller would have made.
+    fn give_to_caller(
+        &self,
+        dir_fd: i32,
+        name: &CStr,
+        st: &mut libc::stat,
+        dir_setgid: Option<u32>,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    ) -> Res<()> {
+        let want_gid = dir_setgid.unwrap_or(gid);
+        if st.st_uid == uid && st.st_gid == want_gid {
+            return Ok(());
+        }
+        match sys::chown_at(dir_fd, name, uid, want_gid, libc::AT_SYMLINK_NOFOLLOW) {
+            Ok(()) => {}
+            // Filesystems without ownership (ntfs-3g without a user
+            // mapping, vfat) refuse chown; the object stays as mapped.
+            Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let is_lnk = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        let want_mode = mode & 0o7777;
+        if !is_lnk && want_mode & 0o6000 != 0 {
+            let mut m = want_mode;
+            // A set-gid bit for a group the creator is not in would not
+            // survive an in-place creation either.
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR && want_gid != gid && uid != 0 {
+                m &= !libc::S_ISGID;
+            }
+            sys::chmod_at(dir_fd, name, m)?;
+        }
+        *st = sys::stat_at(dir_fd, name)?;
+        Ok(())
+    }
+
+    /// The group a new object in `dir` gets from a setgid directory.
+    fn setgid_of(&self, dir_fd: i32) -> Res<Option<u32>> {
+        let st = sys::fstat(dir_fd)?;
+        Ok(if st.st_mode & libc::S_ISGID != 0 {
+            Some(st.st_gid)
+        } else {
+            None
+        })
+    }
+}
+
+fn fs_type_of(path: &Path, f_type: i64) -> String {
+    // /proc/self/mountinfo knows fuseblk vs fuse and the subtype; the
+    // magic number alone does not.
+    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let mut best: Option<(usize, String)> = None;
+        for line in text.lines() {
+            let mut it = line.split(" - ");
+            let (Some(a), Some(b)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let Some(mp) = a.split(' ').nth(4) else {
+                continue;
+            };
+            let mp = mp.replace("\\040", " ");
+            let Some(fstype) = b.split(' ').next() else {
+                continue;
+            };
+            if path.starts_with(&mp) && best.as_ref().is_none_or(|(l, _)| mp.len() >= *l) {
+                best = Some((mp.len(), fstype.to_string()));
+            }
+        }
+        if let Some((_, t)) = best {
+            return t;
+        }
+    }
+    sys::fs_type_name(f_type)
+}
+
+pub fn is_reserved_root_name(name: &CStr) -> bool {
+    let b = name.to_bytes();
+    b == CONTROL_NAME.as_bytes() || b == crate::graveyard::GRAVEYARD_DIR.as_bytes()
+}
+
+fn ts(secs: i64, nsec: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+pub fn kind_of(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}

@@ -1,0 +1,61 @@
+//! Extended attributes, passed through on the object itself (never through
+//! a symlink it may be).
+
+use std::ffi::OsStr;
+
+use super::CasaFs;
+use crate::sys::{self, Errno, Res, cname};
+
+/// A reply to a get/list call: the size asked for, or the data.
+pub(super) enum XattrReply {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+const XATTR_MAX: usize = 64 * 1024;
+
+impl CasaFs {
+    pub(super) fn do_getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Res<XattrReply> {
+        let inode = self.inodes.get(ino)?;
+        let name = cname(name)?;
+        let (path, follow) = inode.anchor()?.path()?;
+        if size == 0 {
+            let n = sys::getxattr(&path, &name, &mut [], follow)?;
+            return Ok(XattrReply::Size(n as u32));
+        }
+        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+        let n = sys::getxattr(&path, &name, &mut buf, follow)?;
+        buf.truncate(n);
+        Ok(XattrReply::Data(buf))
+    }
+
+    pub(super) fn do_listxattr(&self, ino: u64, size: u32) -> Res<XattrReply> {
+        let inode = self.inodes.get(ino)?;
+        let (path, follow) = inode.anchor()?.path()?;
+        if size == 0 {
+            let n = sys::listxattr(&path, &mut [], follow)?;
+            return Ok(XattrReply::Size(n as u32));
+        }
+        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+        let n = sys::listxattr(&path, &mut buf, follow)?;
+        buf.truncate(n);
+        Ok(XattrReply::Data(buf))
+    }
+
+    pub(super) fn do_setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
+        let inode = self.inodes.get(ino)?;
+        let name = cname(name)?;
+        let (path, follow) = inode.anchor()?.path()?;
+        sys::setxattr(&path, &name, value, flags, follow)
+    }
+
+    pub(super) fn do_removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
+        let inode = self.inodes.get(ino)?;
+        let name = cname(name)?;
+        let (path, follow) = inode.anchor()?.path()?;
+        match sys::removexattr(&path, &name, follow) {
+            Err(e) if e == Errno::ENODATA => Err(Errno::ENODATA),
+            r => r,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The graveyard: where an unlinked file that is still open waits for its
+//! last close, so that the backing filesystem never sees an unlink of an
+//! open file (ntfs-3g/libfuse would rename it to `.fuse_hidden*`, NFS to
+//! `.nfsXXXX`).
+//!
+//! Layout: `SOURCE/.casafs-graveyard/<host>.<pid>.<start>/<n>`, on the same
+//! filesystem as the tree so burying is a rename. Each mount owns one
+//! subdirectory, so several hosts or daemons sharing a tree never touch each
+//! other's entries; a subdirectory whose daemon is gone (same host, dead
+//! pid) is emptied at the next mount.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::inode::Inode;
+use crate::sys::{self, Res};
+
+pub const GRAVEYARD_DIR: &str = ".casafs-graveyard";
+pub const GRAVEYARD_CNAME: &CStr = c".casafs-graveyard";
+
+pub struct Graveyard {
+    /// This mount's own subdirectory.
+    pub dir: Arc<Inode>,
+    pub name: String,
+    counter: AtomicU64,
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).replace(['.', '/'], "_")
+}
+
+fn pid_alive(pid: i32) -> bool {
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+/// Removes everything below `dir` (an open directory) without following
+/// symlinks. Returns bytes freed.
+pub fn remove_tree_at(parent: RawFd, name: &CStr) -> Res<u64> {
+    let st = sys::stat_at(parent, name)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        sys::unlink_at(parent, name, 0)?;
+        return Ok(st.st_size as u64);
+    }
+    let fd = sys::open_at(
+        parent,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    let mut freed = 0;
+    for child in list_dir(&fd)? {
+        freed += remove_tree_at(fd.as_raw_fd(), &child).unwrap_or(0);
+    }
+    sys::unlink_at(parent, name, libc::AT_REMOVEDIR)?;
+    Ok(freed)
+}
+
+/// Names in an open directory, without `.` and `..`.
+pub fn list_dir(fd: &OwnedFd) -> Res<Vec<CString>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = sys::getdents(fd.as_raw_fd(), &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let mut off = 0;
+        while off + 19 < n {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name_bytes = &buf[off + 19..off + reclen];
+            let end = name_bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_bytes.len());
+            let name = &name_bytes[..end];
+            if name != b"." && name != b".." {
+                out.push(CString::new(name).unwrap_or_default());
+            }
+            off += reclen;
+        }
+    }
+    Ok(out)
+}
+
+impl Graveyard {
+    /// Creates this mount's graveyard below the source root and empties the
+    /// ones left by dead daemons of this host. Returns the graveyard and
+    /// the number of stale entries removed.
+    pub fn open(root_fd: RawFd) -> Res<(Graveyard, u64)> {
+        match sys::mkdir_at(root_fd, GRAVEYARD_CNAME, 0o700) {
+            Ok(()) | Err(sys::Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        let base = sys::open_at(
+            root_fd,
+            GRAVEYARD_CNAME,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let host = hostname();
+        let mut cleaned = 0;
+        for entry in list_dir(&base)? {
+            let s = String::from_utf8_lossy(entry.to_bytes()).into_owned();
+            let mut parts = s.rsplitn(3, '.');
+            let (_start, pid, h) = (parts.next(), parts.next(), parts.next());
+            let Some(pid) = pid.and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if h != Some(host.as_str()) || (pid_alive(pid) && pid != std::process::id() as i32) {
+                continue;
+            }
+            if let Ok(fd) = sys::open_at(
+                base.as_raw_fd(),
+                &entry,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            ) {
+                let names = list_dir(&fd).unwrap_or_default();
+                for n in &names {
+                    let freed = remove_tree_at(fd.as_raw_fd(), n).unwrap_or(0);
+                    tracing::info!(
+                        "graveyard: removed {}/{}/{} left by a stopped daemon ({freed} bytes)",
+                        GRAVEYARD_DIR,
+                        s,
+                        n.to_string_lossy()
+                    );
+                    cleaned += 1;
+                }
+                let _ = sys::unlink_at(base.as_raw_fd(), &entry, libc::AT_REMOVEDIR);
+            }
+        }
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!("{host}.{}.{start:x}", std::process::id());
+        let cname = CString::new(name.clone()).map_err(|_| sys::Errno::EINVAL)?;
+        sys::mkdir_at(base.as_raw_fd(), &cname, 0o700)?;
+        let fd = sys::open_at(
+            base.as_raw_fd(),
+            &cname,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        let dir = Inode::new_anchor(u64::MAX - 8, fd, &st, true);
+        Ok((
+            Graveyard {
+                dir,
+                name,
+                counter: AtomicU64::new(0),
+            },
+            cleaned,
+        ))
+    }
+
+    /// Moves `name` in `parent` into the graveyard; returns its grave name.
+    pub fn bury(&self, parent: RawFd, name: &CStr) -> Res<CString> {
+        let gdir = self.dir.dir_fd()?;
+        loop {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            let gname = CString::new(format!("{n:x}")).map_err(|_| sys::Errno::EINVAL)?;
+            match sys::rename_at2(
+                parent,
+                name,
+                gdir.as_raw_fd(),
+                &gname,
+                libc::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => return Ok(gname),
+                Err(sys::Errno::EEXIST) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Deletes buried names for good (after their last close).
+    pub fn release(&self, names: &[CString]) {
+        let Ok(gdir) = self.dir.dir_fd() else {
+            return;
+        };
+        for n in names {
+            if let Err(e) = sys::unlink_at(gdir.as_raw_fd(), n, 0) {
+                tracing::warn!("graveyard: cannot remove {}: {e:?}", n.to_string_lossy());
+            }
+        }
+    }
+
+    /// Empties and removes this mount's graveyard (clean shutdown).
+    pub fn close(&self, root_fd: RawFd) {
+        if let Ok(base) = sys::open_at(
+            root_fd,
+            GRAVEYARD_CNAME,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) && let Ok(c) = CString::new(self.name.clone())
+        {
+            let _ = remove_tree_at(base.as_raw_fd(), &c);
+            // The base directory goes too when no other mount uses it.
+            drop(base);
+            let _ = sys::unlink_at(root_fd, GRAVEYARD_CNAME, libc::AT_REMOVEDIR);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The handle table: every open file and directory the kernel holds a file
+//! handle (`fh`) for, with the backing descriptor that serves it.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::inode::Inode;
+use crate::sys::{Errno, Res};
+
+/// A directory stream: the backing descriptor and where the kernel's last
+/// readdir left it.
+pub struct DirStream {
+    pub fd: OwnedFd,
+    /// The offset the descriptor is at, to skip the `lseek` on sequential
+    /// reads.
+    pub pos: i64,
+    pub buf: Vec<u8>,
+    pub len: usize,
+    pub at: usize,
+}
+
+pub enum Body {
+    File(OwnedFd),
+    Dir(Mutex<DirStream>),
+    /// A control file: its content frozen at open, so a reader sees one
+    /// consistent snapshot.
+    Control(Vec<u8>),
+    ControlDir,
+}
+
+pub struct Handle {
+    pub inode: Arc<Inode>,
+    pub body: Body,
+    /// Kernel passthrough serves this handle's I/O.
+    pub passthrough: bool,
+    pub append: bool,
+}
+
+impl Handle {
+    pub fn fd(&self) -> Res<RawFd> {
+        match &self.body {
+            Body::File(fd) => Ok(fd.as_raw_fd()),
+            Body::Dir(d) => Ok(d.lock().fd.as_raw_fd()),
+            Body::Control(_) | Body::ControlDir => Err(Errno::EBADF),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct HandleTable {
+    map: DashMap<u64, Arc<Handle>>,
+    next: AtomicU64,
+}
+
+impl HandleTable {
+    pub fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map.insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> Res<Arc<Handle>> {
+        self.map.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
+    }
+
+    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.map.remove(&fh).map(|(_, h)| h)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

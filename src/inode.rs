@@ -1,0 +1,420 @@
+//! The inode table: every object the kernel knows by a node id, where it lives
+//! in the backing store, and how many lookups the kernel holds on it.
+//!
+//! Node ids are the backing inode numbers (so `st_ino`, hard links and
+//! readdir's `d_ino` stay native). Objects on another device than the source
+//! (a scratch area on NVMe, a submount) get synthetic ids from a reserved
+//! range so they can never collide.
+//!
+//! Descriptors stay bounded: a regular file holds no descriptor at all, only
+//! its parent and name; directories keep an `O_PATH` descriptor while fewer
+//! than `MAX_CACHED_DIR_FDS` are cached, and are reopened through their
+//! parent when they are not.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use parking_lot::Mutex;
+
+use crate::sys::{self, Errno, Res};
+
+pub const ROOT_ID: u64 = 1;
+/// Node ids from here up are synthetic (foreign devices, control files).
+const SYNTHETIC_BASE: u64 = 1 << 62;
+pub const CONTROL_DIR_ID: u64 = u64::MAX - 16;
+
+static CACHED_DIR_FDS: AtomicUsize = AtomicUsize::new(0);
+pub const MAX_CACHED_DIR_FDS: usize = 16_384;
+
+pub fn cached_dir_fds() -> usize {
+    CACHED_DIR_FDS.load(Ordering::Relaxed)
+}
+
+/// Where an object lives in the backing store.
+pub enum Loc {
+    /// An anchor: the source root, a target area root, the graveyard. Its
+    /// descriptor is always held.
+    Anchor,
+    /// `name` inside the backing directory `parent`.
+    At { parent: Arc<Inode>, name: CString },
+}
+
+/// State that exists only while an inode has open handles.
+#[derive(Default)]
+pub struct OpenState {
+    pub handles: u32,
+    /// The kernel passthrough backing id shared by all handles of the inode.
+    pub backing: Option<Arc<fuser::BackingId>>,
+    /// Graveyard names holding this inode's data until the last close.
+    pub buried: Vec<CString>,
+}
+
+pub struct Inode {
+    pub nodeid: u64,
+    pub dev: u64,
+    pub ino: u64,
+    /// `st_mode & S_IFMT` when first seen; a name reused by another kind of
+    /// object is a different inode.
+    pub fmt: u32,
+    /// Inside a target area: names here are never routed again.
+    pub in_target: bool,
+    pub lookups: AtomicU64,
+    pub loc: Mutex<Loc>,
+    fd: Mutex<Option<Arc<OwnedFd>>>,
+    /// A descriptor of the object itself, taken when its last name goes
+    /// away while the kernel may still ask about it.
+    pinned: Mutex<Option<Arc<OwnedFd>>>,
+    pub open: Mutex<OpenState>,
+}
+
+impl Drop for Inode {
+    fn drop(&mut self) {
+        if self.fd.get_mut().is_some() && !matches!(self.loc.get_mut(), Loc::Anchor) {
+            CACHED_DIR_FDS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How to reach an object for one operation.
+pub enum Anchor {
+    /// A descriptor (`O_PATH`) of the object itself.
+    Fd(Arc<OwnedFd>),
+    /// A name inside a directory descriptor.
+    At(Arc<OwnedFd>, CString),
+}
+
+impl Anchor {
+    pub fn stat(&self) -> Res<libc::stat> {
+        match self {
+            Anchor::Fd(fd) => sys::fstat(fd.as_raw_fd()),
+            Anchor::At(dir, name) => sys::stat_at(dir.as_raw_fd(), name),
+        }
+    }
+
+    /// Opens the object with real access flags. Never follows a symlink.
+    pub fn open(&self, flags: i32) -> Res<OwnedFd> {
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+        match self {
+            Anchor::Fd(fd) => sys::open_at(
+                libc::AT_FDCWD,
+                &sys::proc_path(fd.as_raw_fd()),
+                flags & !libc::O_NOFOLLOW,
+                0,
+            ),
+            Anchor::At(dir, name) => {
+                sys::open_at(dir.as_raw_fd(), name, flags | libc::O_NOFOLLOW, 0)
+            }
+        }
+    }
+
+    /// A path for the calls without an `*at()` form, plus whether the call
+    /// must follow the last component (the `/proc/self/fd/N` magic link).
+    pub fn path(&self) -> Res<(CString, bool)> {
+        match self {
+            Anchor::Fd(fd) => Ok((sys::proc_path(fd.as_raw_fd()), true)),
+            Anchor::At(dir, name) => Ok((sys::proc_child_path(dir.as_raw_fd(), name)?, false)),
+        }
+    }
+}
+
+impl Inode {
+    pub fn new_anchor(nodeid: u64, fd: OwnedFd, st: &libc::stat, in_target: bool) -> Arc<Inode> {
+        Arc::new(Inode {
+            nodeid,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            fmt: st.st_mode & libc::S_IFMT,
+            in_target,
+            lookups: AtomicU64::new(0),
+            loc: Mutex::new(Loc::Anchor),
+            fd: Mutex::new(Some(Arc::new(fd))),
+            pinned: Mutex::new(None),
+            open: Mutex::new(OpenState::default()),
+        })
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.fmt == libc::S_IFDIR
+    }
+
+    pub fn same(&self, st: &libc::stat) -> bool {
+        st.st_dev == self.dev && st.st_ino == self.ino
+    }
+
+    /// The backing parent and name, if the object has one.
+    pub fn parent_name(&self) -> Option<(Arc<Inode>, CString)> {
+        match &*self.loc.lock() {
+            Loc::At { parent, name } => Some((parent.clone(), name.clone())),
+            Loc::Anchor => None,
+        }
+    }
+
+    pub fn set_loc(&self, parent: Arc<Inode>, name: CString) {
+        let mut loc = self.loc.lock();
+        if !matches!(*loc, Loc::Anchor) {
+            *loc = Loc::At { parent, name };
+        }
+    }
+
+    /// Keeps a descriptor of the object so that it stays reachable after its
+    /// name is gone (unlinked while open).
+    pub fn pin(&self) -> Res<()> {
+        if self.pinned.lock().is_some() {
+            return Ok(());
+        }
+        let fd = self.path_fd()?;
+        *self.pinned.lock() = Some(fd);
+        Ok(())
+    }
+
+    pub fn unpin(&self) {
+        self.pinned.lock().take();
+    }
+
+    /// An `O_PATH` descriptor of the object itself, verified to be the same
+    /// (dev, ino) that the kernel knows.
+    pub fn path_fd(&self) -> Res<Arc<OwnedFd>> {
+        if let Some(fd) = self.fd.lock().as_ref() {
+            return Ok(fd.clone());
+        }
+        if let Some(fd) = self.pinned.lock().as_ref() {
+            return Ok(fd.clone());
+        }
+        let (parent, name) = self.parent_name().ok_or(Errno::ESTALE)?;
+        let pfd = parent.path_fd()?;
+        let fd = sys::open_at(pfd.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        if !self.same(&st) {
+            return Err(Errno::ENOENT);
+        }
+        let fd = Arc::new(fd);
+        if self.is_dir() && CACHED_DIR_FDS.load(Ordering::Relaxed) < MAX_CACHED_DIR_FDS {
+            let mut slot = self.fd.lock();
+            if slot.is_none() {
+                CACHED_DIR_FDS.fetch_add(1, Ordering::Relaxed);
+                *slot = Some(fd.clone());
+            }
+        }
+        Ok(fd)
+    }
+
+    /// A directory descriptor to use as the `dirfd` of `*at()` calls.
+    pub fn dir_fd(&self) -> Res<Arc<OwnedFd>> {
+        if !self.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        self.path_fd()
+    }
+
+    /// How to reach the object: directories and pinned objects by their own
+    /// descriptor, everything else by name in the parent.
+    pub fn anchor(&self) -> Res<Anchor> {
+        if let Some(fd) = self.pinned.lock().as_ref() {
+            return Ok(Anchor::Fd(fd.clone()));
+        }
+        if self.is_dir() || matches!(*self.loc.lock(), Loc::Anchor) {
+            return Ok(Anchor::Fd(self.path_fd()?));
+        }
+        let (parent, name) = self.parent_name().ok_or(Errno::ESTALE)?;
+        Ok(Anchor::At(parent.path_fd()?, name))
+    }
+
+    /// Current attributes, verified to belong to this inode. A name that now
+    /// holds another object means ours is gone: ENOENT, never its stats.
+    pub fn stat(&self) -> Res<libc::stat> {
+        let st = self.anchor()?.stat()?;
+        if self.same(&st) {
+            return Ok(st);
+        }
+        if let Some(fd) = self.pinned.lock().as_ref() {
+            return sys::fstat(fd.as_raw_fd());
+        }
+        Err(Errno::ENOENT)
+    }
+
+    pub fn raw_fd_for_dir(&self) -> Res<(Arc<OwnedFd>, RawFd)> {
+        let fd = self.dir_fd()?;
+        let raw = fd.as_raw_fd();
+        Ok((fd, raw))
+    }
+}
+
+/// nodeid -> inode, plus the id mapping for foreign devices.
+pub struct InodeTable {
+    map: DashMap<u64, Arc<Inode>>,
+    foreign: DashMap<(u64, u64), u64>,
+    next_synthetic: AtomicU64,
+    pub root_dev: u64,
+    pub root_ino: u64,
+}
+
+impl InodeTable {
+    pub fn new(root: Arc<Inode>) -> InodeTable {
+        let map = DashMap::new();
+        let (root_dev, root_ino) = (root.dev, root.ino);
+        root.lookups.store(1, Ordering::Relaxed);
+        map.insert(ROOT_ID, root);
+        InodeTable {
+            map,
+            foreign: DashMap::new(),
+            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            root_dev,
+            root_ino,
+        }
+    }
+
+    pub fn get(&self, nodeid: u64) -> Res<Arc<Inode>> {
+        if nodeid >= CONTROL_DIR_ID {
+            // The control directory and its files take no changes.
+            return Err(Errno::EROFS);
+        }
+        self.map
+            .get(&nodeid)
+            .map(|e| e.clone())
+            .ok_or(Errno::ESTALE)
+    }
+
+    pub fn root(&self) -> Res<Arc<Inode>> {
+        self.get(ROOT_ID)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The node id the kernel sees for a backing (dev, ino).
+    pub fn nodeid_for(&self, dev: u64, ino: u64) -> u64 {
+        if dev == self.root_dev {
+            if ino == self.root_ino {
+                return ROOT_ID;
+            }
+            if ino != ROOT_ID && ino < SYNTHETIC_BASE {
+                return ino;
+            }
+        }
+        *self
+            .foreign
+            .entry((dev, ino))
+            .or_insert_with(|| self.next_synthetic.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The node id the kernel sees, without allocating one for an object it
+    /// does not know (readdir's `d_ino` of foreign entries).
+    pub fn peek_nodeid(&self, dev: u64, ino: u64) -> u64 {
+        if dev == self.root_dev && ino != ROOT_ID && ino < SYNTHETIC_BASE {
+            if ino == self.root_ino {
+                return ROOT_ID;
+            }
+            return ino;
+        }
+        self.foreign.get(&(dev, ino)).map(|v| *v).unwrap_or(ino)
+    }
+
+    /// Registers a lookup of `name` in `parent` that found `st`, adding one
+    /// kernel reference. A known inode's location moves to this name (the
+    /// newest name is the one most likely to still exist).
+    pub fn remember(
+        &self,
+        parent: &Arc<Inode>,
+        name: &CStr,
+        st: &libc::stat,
+        in_target: bool,
+    ) -> Arc<Inode> {
+        let nodeid = self.nodeid_for(st.st_dev, st.st_ino);
+        let fmt = st.st_mode & libc::S_IFMT;
+        match self.map.entry(nodeid) {
+            Entry::Occupied(mut e) => {
+                let cur = e.get();
+                if cur.same(st) && cur.fmt == fmt {
+                    cur.lookups.fetch_add(1, Ordering::Relaxed);
+                    cur.set_loc(parent.clone(), name.to_owned());
+                    return cur.clone();
+                }
+                // The backing inode number was reused by a new object while
+                // the kernel still held the old one; the new one replaces it.
+                let ino = Arc::new(Self::make(nodeid, parent, name, st, in_target));
+                e.insert(ino.clone());
+                ino
+            }
+            Entry::Vacant(v) => {
+                let ino = Arc::new(Self::make(nodeid, parent, name, st, in_target));
+                v.insert(ino.clone());
+                ino
+            }
+        }
+    }
+
+    fn make(nodeid: u64, parent: &Arc<Inode>, name: &CStr, st: &libc::stat, t: bool) -> Inode {
+        Inode {
+            nodeid,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            fmt: st.st_mode & libc::S_IFMT,
+            in_target: t,
+            lookups: AtomicU64::new(1),
+            loc: Mutex::new(Loc::At {
+                parent: parent.clone(),
+                name: name.to_owned(),
+            }),
+            fd: Mutex::new(None),
+            pinned: Mutex::new(None),
+            open: Mutex::new(OpenState::default()),
+        }
+    }
+
+    /// Drops `n` kernel references; the inode leaves the table at zero unless
+    /// something of ours (a child, an open handle) still holds it.
+    pub fn forget(&self, nodeid: u64, n: u64) {
+        if nodeid == ROOT_ID {
+            return;
+        }
+        let Some(ino) = self.map.get(&nodeid).map(|e| e.clone()) else {
+            return;
+        };
+        let prev = ino
+            .lookups
+            .fetch_sub(n.min(ino.lookups.load(Ordering::Relaxed)), Ordering::AcqRel);
+        if prev > n {
+            return;
+        }
+        drop(ino);
+        let removed = self.map.remove_if(&nodeid, |_, i| {
+            i.lookups.load(Ordering::Acquire) == 0 && Arc::strong_count(i) == 1
+        });
+        if let Some((_, i)) = removed
+            && !(i.dev == self.root_dev && i.ino < SYNTHETIC_BASE && i.ino != ROOT_ID)
+        {
+            self.foreign.remove_if(&(i.dev, i.ino), |_, v| *v == nodeid);
+        }
+    }
+
+    /// The path of an inode relative to the source root, for logs and the
+    /// redirect listing. Objects outside the tree show their anchor's path.
+    pub fn rel_path(&self, ino: &Arc<Inode>) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut cur = ino.clone();
+        for _ in 0..4096 {
+            let next = match &*cur.loc.lock() {
+                Loc::Anchor => None,
+                Loc::At { parent, name } => {
+                    parts.push(String::from_utf8_lossy(name.to_bytes()).into_owned());
+                    Some(parent.clone())
+                }
+            };
+            match next {
+                Some(p) => cur = p,
+                None => break,
+            }
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+}

@@ -1,0 +1,18 @@
+//! casafs: a FUSE passthrough overlay for a radio-telescope pipeline's data
+//! tree that routes CASA's debris (`casa-*.log`, `TMPPOINTING*`) to their
+//! own areas and never lets an unlink of an open file leave `.fuse_hidden*`
+//! files behind. See README.md for operation; each module documents its job.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod fs;
+pub mod graveyard;
+pub mod handle;
+pub mod inode;
+pub mod redirect;
+pub mod rules;
+pub mod stats;
+pub mod statscmd;
+pub mod sweep;
+pub mod sys;

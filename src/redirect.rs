@@ -1,0 +1,155 @@
+//! The redirect table: routed objects, keyed by where their creator put them
+//! (origin directory and name), pointing at where they really live (a target
+//! area and a unique name there).
+//!
+//! Lookups of the original name consult this table first, which is what
+//! keeps the original path working while the original directory's listing
+//! stays clean. The origin is also written on the object itself as the
+//! `user.casafs.origin` xattr so it survives a remount.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+
+use crate::inode::Inode;
+use crate::sys;
+
+pub const ORIGIN_XATTR: &CStr = c"user.casafs.origin";
+
+/// A target area: a directory that routed objects are placed in.
+pub struct Area {
+    pub path: PathBuf,
+    pub inode: Arc<Inode>,
+    pub fs_type: i64,
+}
+
+#[derive(Clone)]
+pub struct Redirect {
+    pub area: usize,
+    pub rule: usize,
+    /// The object's name inside the area.
+    pub tname: CString,
+    /// Origin path relative to the source root, for people.
+    pub origin: String,
+    pub created: SystemTime,
+}
+
+type Key = (u64, u64, CString);
+
+#[derive(Default)]
+pub struct RedirectTable {
+    map: DashMap<Key, Redirect>,
+}
+
+impl RedirectTable {
+    fn key(dir: &Inode, name: &CStr) -> Key {
+        (dir.dev, dir.ino, name.to_owned())
+    }
+
+    pub fn get(&self, dir: &Inode, name: &CStr) -> Option<Redirect> {
+        if self.map.is_empty() {
+            return None;
+        }
+        self.map.get(&Self::key(dir, name)).map(|r| r.clone())
+    }
+
+    pub fn insert(&self, dir: &Inode, name: &CStr, r: Redirect) {
+        self.map.insert(Self::key(dir, name), r);
+    }
+
+    pub fn remove(&self, dir: &Inode, name: &CStr) -> Option<Redirect> {
+        self.map.remove(&Self::key(dir, name)).map(|(_, r)| r)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// `origin -> target` lines for `.casafs/redirects`, sorted by origin.
+    pub fn render(&self, areas: &[Area], rule_names: &[String]) -> String {
+        let mut rows: Vec<(String, String, String)> = self
+            .map
+            .iter()
+            .map(|e| {
+                let r = e.value();
+                let target = areas
+                    .get(r.area)
+                    .map(|a| {
+                        a.path
+                            .join(String::from_utf8_lossy(r.tname.to_bytes()).as_ref())
+                    })
+                    .unwrap_or_default();
+                let rule = rule_names.get(r.rule).cloned().unwrap_or_default();
+                (
+                    r.origin.clone(),
+                    target.to_string_lossy().into_owned(),
+                    rule,
+                )
+            })
+            .collect();
+        rows.sort();
+        let mut out = String::new();
+        for (o, t, rule) in rows {
+            out.push_str(&format!("{o}\t{t}\t{rule}\n"));
+        }
+        out
+    }
+}
+
+/// Candidate names in the target area for `name`: itself, then
+/// `stem-2.ext`, `stem-3.ext`, ... so two origins never share one object.
+pub fn candidate(name: &CStr, n: u32) -> CString {
+    if n <= 1 {
+        return name.to_owned();
+    }
+    let b = name.to_bytes();
+    let dot = b.iter().rposition(|&c| c == b'.').filter(|&i| i > 0);
+    let mut out = Vec::with_capacity(b.len() + 8);
+    match dot {
+        Some(i) => {
+            out.extend_from_slice(&b[..i]);
+            out.extend_from_slice(format!("-{n}").as_bytes());
+            out.extend_from_slice(&b[i..]);
+        }
+        None => {
+            out.extend_from_slice(b);
+            out.extend_from_slice(format!("-{n}").as_bytes());
+        }
+    }
+    CString::new(out).unwrap_or_else(|_| name.to_owned())
+}
+
+/// Records the origin on the object; filesystems without user xattrs (or a
+/// symlink) simply do not carry it.
+pub fn tag_origin(area: &Area, tname: &CStr, origin: &str) {
+    if let Ok(dir) = area.inode.dir_fd()
+        && let Ok(path) = sys::proc_child_path(dir.as_raw_fd(), tname)
+    {
+        let _ = sys::setxattr(&path, ORIGIN_XATTR, origin.as_bytes(), 0, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_keep_the_extension() {
+        let n = c"casa-20250101-000000.log";
+        assert_eq!(candidate(n, 1).as_c_str(), n);
+        assert_eq!(candidate(n, 2).as_c_str(), c"casa-20250101-000000-2.log");
+        assert_eq!(
+            candidate(c"TMPPOINTING17", 3).as_c_str(),
+            c"TMPPOINTING17-3"
+        );
+        assert_eq!(candidate(c".hidden", 2).as_c_str(), c".hidden-2");
+    }
+}

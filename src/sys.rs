@@ -1,0 +1,363 @@
+//! Thin, safe wrappers over the `*at()` system calls casafs is built on.
+//!
+//! Every call works relative to a directory descriptor the daemon holds and
+//! never follows a symlink in the last component unless the caller asks, so a
+//! link planted in the backing tree cannot redirect an operation elsewhere.
+//! Failures come back as the `Errno` the kernel gave, ready for the reply.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+pub use fuser::Errno;
+
+pub type Res<T> = Result<T, Errno>;
+
+/// The errno of the last failed libc call on this thread.
+pub fn last_errno() -> Errno {
+    Errno::from_i32(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+fn check(rc: libc::c_int) -> Res<libc::c_int> {
+    if rc < 0 { Err(last_errno()) } else { Ok(rc) }
+}
+
+fn check_size(rc: libc::ssize_t) -> Res<usize> {
+    if rc < 0 {
+        Err(last_errno())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// A file name from the kernel as a C string; names never contain NUL, but a
+/// request that claims otherwise gets EINVAL rather than a panic.
+pub fn cname(name: &OsStr) -> Res<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+pub fn cpath(p: &std::path::Path) -> Res<CString> {
+    cname(p.as_os_str())
+}
+
+/// `/proc/self/fd/N`: reopens an `O_PATH` descriptor with real access modes.
+pub fn proc_path(fd: RawFd) -> CString {
+    // An integer never contains NUL.
+    CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default()
+}
+
+/// `/proc/self/fd/N/name`: a path for the few calls that have no `*at()` form
+/// (the `l*xattr` family), still anchored on a descriptor we hold.
+pub fn proc_child_path(dir: RawFd, name: &CStr) -> Res<CString> {
+    let mut v = format!("/proc/self/fd/{dir}/").into_bytes();
+    v.extend_from_slice(name.to_bytes());
+    CString::new(v).map_err(|_| Errno::EINVAL)
+}
+
+pub fn open_at(dir: RawFd, name: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {
+    let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a path with `openat2(RESOLVE_NO_SYMLINKS)` so no component can be a
+/// planted symlink; falls back to plain `openat` on kernels without openat2.
+pub fn open_beneath(dir: RawFd, path: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: mode as u64,
+        resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if rc >= 0 {
+        return Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) });
+    }
+    let e = last_errno();
+    if e == Errno::ENOSYS {
+        return open_at(dir, path, flags | libc::O_NOFOLLOW, mode);
+    }
+    Err(e)
+}
+
+pub fn stat_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(st)
+}
+
+/// `fstat` that also works on `O_PATH` descriptors.
+pub fn fstat(fd: RawFd) -> Res<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe {
+        libc::fstatat(
+            fd,
+            c"".as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+pub fn mkdir_at(dir: RawFd, name: &CStr, mode: u32) -> Res<()> {
+    check(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknod_at(dir: RawFd, name: &CStr, mode: u32, rdev: u64) -> Res<()> {
+    check(unsafe { libc::mknodat(dir, name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlink_at(target: &CStr, dir: RawFd, name: &CStr) -> Res<()> {
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) }).map(drop)
+}
+
+pub fn link_at(odir: RawFd, oname: &CStr, ndir: RawFd, nname: &CStr, flags: i32) -> Res<()> {
+    check(unsafe { libc::linkat(odir, oname.as_ptr(), ndir, nname.as_ptr(), flags) }).map(drop)
+}
+
+pub fn unlink_at(dir: RawFd, name: &CStr, flags: i32) -> Res<()> {
+    check(unsafe { libc::unlinkat(dir, name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn rename_at2(odir: RawFd, oname: &CStr, ndir: RawFd, nname: &CStr, flags: u32) -> Res<()> {
+    check(unsafe {
+        libc::renameat2(
+            odir,
+            oname.as_ptr(),
+            ndir,
+            nname.as_ptr(),
+            flags as libc::c_uint,
+        )
+    })
+    .map(drop)
+}
+
+pub fn readlink_at(dir: RawFd, name: &CStr) -> Res<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    let n = check_size(unsafe {
+        libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+pub fn chown_at(dir: RawFd, name: &CStr, uid: u32, gid: u32, flags: i32) -> Res<()> {
+    check(unsafe { libc::fchownat(dir, name.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+pub fn chmod_at(dir: RawFd, name: &CStr, mode: u32) -> Res<()> {
+    check(unsafe { libc::fchmodat(dir, name.as_ptr(), mode, 0) }).map(drop)
+}
+
+pub fn fchmod(fd: RawFd, mode: u32) -> Res<()> {
+    check(unsafe { libc::fchmod(fd, mode) }).map(drop)
+}
+
+pub fn utimens_at(dir: RawFd, name: &CStr, times: &[libc::timespec; 2], flags: i32) -> Res<()> {
+    check(unsafe { libc::utimensat(dir, name.as_ptr(), times.as_ptr(), flags) }).map(drop)
+}
+
+pub fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> Res<()> {
+    check(unsafe { libc::futimens(fd, times.as_ptr()) }).map(drop)
+}
+
+pub fn ftruncate(fd: RawFd, size: u64) -> Res<()> {
+    let size = i64::try_from(size).map_err(|_| Errno::EFBIG)?;
+    check(unsafe { libc::ftruncate(fd, size) }).map(drop)
+}
+
+pub fn pread(fd: RawFd, buf: &mut [u8], off: u64) -> Res<usize> {
+    let off = i64::try_from(off).map_err(|_| Errno::EINVAL)?;
+    check_size(unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), off) })
+}
+
+pub fn pwrite(fd: RawFd, buf: &[u8], off: u64) -> Res<usize> {
+    let off = i64::try_from(off).map_err(|_| Errno::EINVAL)?;
+    check_size(unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), off) })
+}
+
+/// `write` at the descriptor's own offset: the right call for `O_APPEND`
+/// handles, where the kernel picks the end of file atomically.
+pub fn write(fd: RawFd, buf: &[u8]) -> Res<usize> {
+    check_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+pub fn fsync(fd: RawFd, datasync: bool) -> Res<()> {
+    let rc = if datasync {
+        unsafe { libc::fdatasync(fd) }
+    } else {
+        unsafe { libc::fsync(fd) }
+    };
+    check(rc).map(drop)
+}
+
+pub fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> Res<()> {
+    let off = i64::try_from(off).map_err(|_| Errno::EINVAL)?;
+    let len = i64::try_from(len).map_err(|_| Errno::EINVAL)?;
+    check(unsafe { libc::fallocate(fd, mode, off, len) }).map(drop)
+}
+
+pub fn lseek(fd: RawFd, off: i64, whence: i32) -> Res<i64> {
+    let rc = unsafe { libc::lseek(fd, off, whence) };
+    if rc < 0 { Err(last_errno()) } else { Ok(rc) }
+}
+
+pub fn copy_file_range(
+    fd_in: RawFd,
+    off_in: u64,
+    fd_out: RawFd,
+    off_out: u64,
+    len: u64,
+    flags: u32,
+) -> Res<usize> {
+    let mut oi = i64::try_from(off_in).map_err(|_| Errno::EINVAL)?;
+    let mut oo = i64::try_from(off_out).map_err(|_| Errno::EINVAL)?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    check_size(unsafe { libc::copy_file_range(fd_in, &mut oi, fd_out, &mut oo, len, flags) })
+}
+
+pub fn fstatvfs(fd: RawFd) -> Res<libc::statvfs> {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatvfs(fd, &mut st) })?;
+    Ok(st)
+}
+
+pub fn fstatfs_type(fd: RawFd) -> Res<i64> {
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatfs(fd, &mut st) })?;
+    Ok(st.f_type as i64)
+}
+
+pub fn getdents(fd: RawFd, buf: &mut [u8]) -> Res<usize> {
+    let rc = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+    if rc < 0 {
+        Err(last_errno())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// The `l*xattr` calls on a path; `follow` picks the non-`l` variant, which
+/// is what reaching an object through `/proc/self/fd/N` needs.
+pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8], follow: bool) -> Res<usize> {
+    let f = if follow {
+        libc::getxattr
+    } else {
+        libc::lgetxattr
+    };
+    check_size(unsafe {
+        f(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
+}
+
+pub fn listxattr(path: &CStr, buf: &mut [u8], follow: bool) -> Res<usize> {
+    let f = if follow {
+        libc::listxattr
+    } else {
+        libc::llistxattr
+    };
+    check_size(unsafe { f(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn setxattr(path: &CStr, name: &CStr, val: &[u8], flags: i32, follow: bool) -> Res<()> {
+    let f = if follow {
+        libc::setxattr
+    } else {
+        libc::lsetxattr
+    };
+    check(unsafe {
+        f(
+            path.as_ptr(),
+            name.as_ptr(),
+            val.as_ptr().cast(),
+            val.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+pub fn removexattr(path: &CStr, name: &CStr, follow: bool) -> Res<()> {
+    let f = if follow {
+        libc::removexattr
+    } else {
+        libc::lremovexattr
+    };
+    check(unsafe { f(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+pub fn fsetxattr(fd: RawFd, name: &CStr, val: &[u8]) -> Res<()> {
+    check(unsafe { libc::fsetxattr(fd, name.as_ptr(), val.as_ptr().cast(), val.len(), 0) })
+        .map(drop)
+}
+
+pub fn fgetxattr(fd: RawFd, name: &CStr) -> Res<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    let n =
+        check_size(unsafe { libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), 4096) })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+pub fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // Only used for descriptors whose owner outlives the borrow (the reply
+    // call that registers a passthrough backing file).
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+pub fn raw(fd: &OwnedFd) -> RawFd {
+    fd.as_raw_fd()
+}
+
+/// Statfs magic numbers of filesystems that turn an unlink of an open file
+/// into a visible rename (`.fuse_hidden*`, `.nfsXXXX`, SMB delete-pending).
+pub fn leaves_unlink_debris(f_type: i64) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    const NFS_SUPER_MAGIC: i64 = 0x6969;
+    const SMB_SUPER_MAGIC: i64 = 0x517B;
+    const SMB2_MAGIC: i64 = 0xFE53_4D42;
+    const CIFS_MAGIC: i64 = 0xFF53_4D42;
+    matches!(
+        f_type,
+        FUSE_SUPER_MAGIC | NFS_SUPER_MAGIC | SMB_SUPER_MAGIC | SMB2_MAGIC | CIFS_MAGIC
+    )
+}
+
+/// A readable name for a statfs magic number, for the statistics.
+pub fn fs_type_name(f_type: i64) -> String {
+    match f_type {
+        0xEF53 => "ext4".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x6573_5546 => "fuse".into(),
+        0x9123_683E => "btrfs".into(),
+        0x5846_5342 => "xfs".into(),
+        0x6969 => "nfs".into(),
+        0xFF53_4D42 | 0xFE53_4D42 | 0x517B => "smb".into(),
+        0x794C_7630 => "overlayfs".into(),
+        other => format!("0x{other:x}"),
+    }
+}
