@@ -135,7 +135,7 @@ impl Filesystem for CasaFs {
             Op::Getattr,
             reply,
             self.do_getattr(ino.0, fh.map(|f| f.0)),
-            |st| { reply.attr(&self.ttl_attr(), &self.attr(ino.0, &st)) }
+            |st| reply.attr(&self.ttl_attr(), &self.attr(ino.0, &st))
         )
     }
 

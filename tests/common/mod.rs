@@ -1,0 +1,344 @@
+//! Shared test harness: real casafs mounts in unique temp directories,
+//! unmounted on drop (also when a test panics).
+
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_casafs");
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let base = std::env::var_os("CASAFS_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        let p = base.join(format!(
+            "casafs-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        // Other users (the multi-user tests) must be able to reach it.
+        chmod(&p, 0o755);
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !is_mounted_below(&self.0) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn mountinfo() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
+}
+
+/// The filesystem type mounted exactly at `p`, if any (topmost mount).
+pub fn fstype_at(p: &Path) -> Option<String> {
+    let want = p.to_string_lossy().replace(' ', "\\040");
+    let mut found = None;
+    for line in mountinfo().lines() {
+        let mut halves = line.split(" - ");
+        let (Some(a), Some(b)) = (halves.next(), halves.next()) else {
+            continue;
+        };
+        if a.split(' ').nth(4) == Some(want.as_str()) {
+            found = b.split(' ').next().map(str::to_string);
+        }
+    }
+    found
+}
+
+fn is_mounted_below(p: &Path) -> bool {
+    let want = p.to_string_lossy().to_string();
+    mountinfo()
+        .lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&want)))
+}
+
+pub fn umount(p: &Path, lazy: bool) -> i32 {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    unsafe { libc::umount2(c.as_ptr(), flags) }
+}
+
+/// A running casafs (foreground child) and its mount. Unmounts and reaps
+/// the daemon on drop.
+pub struct Mount {
+    pub tmp: TempDir,
+    pub source: PathBuf,
+    pub mnt: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+pub struct MountBuilder {
+    over_itself: bool,
+    opts: Vec<String>,
+    args: Vec<String>,
+    tag: String,
+    source: Option<PathBuf>,
+    tmp: Option<TempDir>,
+}
+
+impl MountBuilder {
+    pub fn separate(mut self) -> Self {
+        self.over_itself = false;
+        self
+    }
+    pub fn opt(mut self, o: &str) -> Self {
+        self.opts.push(o.to_string());
+        self
+    }
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_string());
+        self
+    }
+    /// Use an existing backing directory (e.g. a ntfs-3g volume).
+    pub fn source(mut self, p: &Path, tmp: TempDir) -> Self {
+        self.source = Some(p.to_path_buf());
+        self.tmp = Some(tmp);
+        self
+    }
+    pub fn start(self) -> Mount {
+        let tmp = self.tmp.unwrap_or_else(|| TempDir::new(&self.tag));
+        let source = self.source.unwrap_or_else(|| tmp.path().join("tree"));
+        std::fs::create_dir_all(&source).unwrap();
+        chmod(&source, 0o755);
+        let mnt = if self.over_itself {
+            source.clone()
+        } else {
+            let m = tmp.path().join("mnt");
+            std::fs::create_dir_all(&m).unwrap();
+            m
+        };
+        let log = tmp.path().join("casafs.log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount").arg(&source).arg(&mnt).arg("-f");
+        for o in &self.opts {
+            cmd.arg("-o").arg(o);
+        }
+        cmd.args(&self.args);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or("info".into()),
+        );
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("spawn casafs");
+        let mut m = Mount {
+            tmp,
+            source,
+            mnt,
+            child: Some(child),
+            log,
+        };
+        m.wait_mounted();
+        m
+    }
+}
+
+impl Mount {
+    pub fn builder(tag: &str) -> MountBuilder {
+        MountBuilder {
+            over_itself: true,
+            opts: Vec::new(),
+            args: Vec::new(),
+            tag: tag.to_string(),
+            source: None,
+            tmp: None,
+        }
+    }
+
+    /// A mount of a fresh tree over itself.
+    pub fn over_itself(tag: &str) -> Mount {
+        Self::builder(tag).start()
+    }
+
+    /// A mount of a fresh tree on a separate mount point.
+    pub fn separate(tag: &str) -> Mount {
+        Self::builder(tag).separate().start()
+    }
+
+    fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if fstype_at(&self.mnt).as_deref() == Some("fuse.casafs") {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                self.child = None;
+                panic!("casafs exited before mounting ({st}): {log}");
+            }
+            if Instant::now() > deadline {
+                panic!("casafs did not mount within 20s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A path inside the mount.
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// The same path in the backing tree. For a mount over itself the
+    /// backing tree is hidden; this reads it through /proc of the daemon,
+    /// whose root descriptor sits below the mount.
+    pub fn backing(&self, rel: &str) -> PathBuf {
+        if self.source != self.mnt {
+            return self.source.join(rel);
+        }
+        let pid = self.pid();
+        // The daemon's cwd is irrelevant; find its root descriptor.
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+        for fd in fds.flatten() {
+            if let Ok(t) = std::fs::read_link(fd.path())
+                && t == self.source
+            {
+                let p = fd.path().join(rel);
+                return p;
+            }
+        }
+        panic!("backing root descriptor not found in /proc/{pid}/fd");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let t = std::fs::read_to_string(self.p(".casafs/stats.json")).unwrap();
+        serde_json::from_str(&t).unwrap()
+    }
+
+    /// Unmounts and waits for the daemon; returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        if fstype_at(&self.mnt).as_deref() == Some("fuse.casafs") && umount(&self.mnt, false) != 0 {
+            umount(&self.mnt, true);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs `sh -c script` as the given user (uid, gid), in `dir`.
+pub fn sh_as(uid: u32, gid: u32, dir: &Path, script: &str) -> Output {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(script).current_dir(dir);
+    if uid != 0 {
+        // Drop root's supplementary groups too, as a login would.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    c.output().expect("run sh")
+}
+
+pub fn sh(dir: &Path, script: &str) -> Output {
+    sh_as(0, 0, dir, script)
+}
+
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "command failed ({}): stdout {} stderr {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn user_ids(name: &str) -> (u32, u32) {
+    let c = CString::new(name).unwrap();
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "user {name} missing: the CI script creates it"
+    );
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn stat(p: &Path) -> libc::stat {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::lstat(c.as_ptr(), &mut st) };
+    assert_eq!(
+        rc,
+        0,
+        "lstat {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+    st
+}
+
+pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}

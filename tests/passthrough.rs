@@ -1,0 +1,443 @@
+//! The core passthrough, as a user sees it: contents, names, inode numbers,
+//! link counts, owners, modes, special files, xattrs, holes, locks, and file
+//! descriptors that outlive their names.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+
+fn cs(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+#[test]
+fn over_itself_serves_the_existing_tree_and_writes_reach_the_disk() {
+    let tmp = TempDir::new("preexisting");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("ms/POINTING")).unwrap();
+    fs::write(tree.join("ms/table.dat"), b"before mount").unwrap();
+    let mut m = Mount::builder("preexisting").source(&tree, tmp).start();
+    assert_eq!(fs::read(m.p("ms/table.dat")).unwrap(), b"before mount");
+    fs::write(m.p("ms/new.dat"), b"written through casafs").unwrap();
+    fs::create_dir(m.p("ms/sub")).unwrap();
+    assert_eq!(
+        fs::read(m.backing("ms/new.dat")).unwrap(),
+        b"written through casafs"
+    );
+    assert!(m.backing("ms/sub").is_dir());
+    assert_eq!(
+        names(&m.p("ms")),
+        ["POINTING", "new.dat", "sub", "table.dat"]
+    );
+    let st = m.stop().unwrap();
+    assert!(st.success(), "daemon exit {st}");
+    // After unmount the same directory shows the same content natively.
+    assert_eq!(
+        fs::read(m.mnt.join("ms/new.dat")).unwrap(),
+        b"written through casafs"
+    );
+    assert!(!m.mnt.join(".casafs-graveyard").exists());
+}
+
+#[test]
+fn separate_mount_point_mirrors_the_source() {
+    let m = Mount::separate("separate");
+    fs::write(m.p("a"), b"1").unwrap();
+    assert_eq!(fs::read(m.source.join("a")).unwrap(), b"1");
+    fs::write(m.source.join("b"), b"2").unwrap();
+    assert_eq!(fs::read(m.p("b")).unwrap(), b"2");
+    assert_eq!(names(&m.mnt), ["a", "b", "state"]);
+}
+
+#[test]
+fn inode_numbers_links_and_readdir_are_native() {
+    let m = Mount::over_itself("inodes");
+    fs::write(m.p("f"), b"x").unwrap();
+    let before = stat(&m.p("f"));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::hard_link(m.p("f"), m.p("g")).unwrap();
+    let f = stat(&m.p("f"));
+    let g = stat(&m.p("g"));
+    assert_eq!(f.st_ino, g.st_ino, "hard links share st_ino");
+    assert_eq!(f.st_nlink, 2, "nlink right after link");
+    assert!(
+        (f.st_ctime, f.st_ctime_nsec) > (before.st_ctime, before.st_ctime_nsec),
+        "ctime moves on link"
+    );
+    // st_ino is the backing inode number.
+    assert_eq!(f.st_ino, fs::metadata(m.backing("f")).unwrap().ino());
+    // readdir's d_ino equals st_ino for every entry.
+    for e in fs::read_dir(&m.mnt).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(e.ino(), stat(&e.path()).st_ino, "{:?}", e.file_name());
+    }
+    fs::remove_file(m.p("g")).unwrap();
+    assert_eq!(stat(&m.p("f")).st_nlink, 1, "nlink right after unlink");
+    fs::rename(m.p("f"), m.p("h")).unwrap();
+    assert_eq!(stat(&m.p("h")).st_ino, f.st_ino);
+}
+
+#[test]
+fn rename_flags_noreplace_and_exchange() {
+    let m = Mount::over_itself("rename");
+    fs::write(m.p("a"), b"A").unwrap();
+    fs::write(m.p("b"), b"B").unwrap();
+    let ren = |flags: u32| unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cs(&m.p("a")).as_ptr(),
+            libc::AT_FDCWD,
+            cs(&m.p("b")).as_ptr(),
+            flags,
+        )
+    };
+    assert_eq!(ren(libc::RENAME_NOREPLACE), -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    assert_eq!(ren(libc::RENAME_EXCHANGE), 0);
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"B");
+    assert_eq!(fs::read(m.p("b")).unwrap(), b"A");
+    assert_eq!(fs::read(m.backing("a")).unwrap(), b"B");
+    // Plain rename replaces.
+    fs::rename(m.p("a"), m.p("b")).unwrap();
+    assert_eq!(names(&m.mnt), ["b", "state"]);
+    assert_eq!(fs::read(m.p("b")).unwrap(), b"B");
+}
+
+#[test]
+fn special_files_symlinks_and_xattrs() {
+    let m = Mount::over_itself("special");
+    let fifo = m.p("fifo");
+    assert_eq!(unsafe { libc::mkfifo(cs(&fifo).as_ptr(), 0o640) }, 0);
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(stat(&fifo).st_mode & 0o7777, 0o640);
+    let dev = m.p("null");
+    assert_eq!(
+        unsafe {
+            libc::mknod(
+                cs(&dev).as_ptr(),
+                libc::S_IFCHR | 0o600,
+                libc::makedev(1, 3),
+            )
+        },
+        0
+    );
+    let st = stat(&dev);
+    assert_eq!(st.st_rdev, libc::makedev(1, 3));
+    let sock = std::os::unix::net::UnixListener::bind(m.p("sock")).unwrap();
+    assert!(
+        fs::symlink_metadata(m.p("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    drop(sock);
+    std::os::unix::fs::symlink("target/../x", m.p("link")).unwrap();
+    assert_eq!(
+        fs::read_link(m.p("link")).unwrap().to_str(),
+        Some("target/../x")
+    );
+    assert!(
+        fs::symlink_metadata(m.backing("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    fs::write(m.p("x"), b"").unwrap();
+    let out = sh(
+        &m.mnt,
+        "setfattr -n user.k -v hello x && getfattr --only-values -n user.k x",
+    );
+    assert_eq!(ok(&out), "hello");
+    let out = sh(&m.mnt, "getfattr -n user.missing x; echo rc=$?");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rc=1"));
+    let out = sh(&m.mnt, "setfattr -x user.k x && getfattr -d x");
+    assert!(!ok(&out).contains("user.k"));
+}
+
+#[test]
+fn setattr_times_modes_and_sizes() {
+    let m = Mount::over_itself("setattr");
+    let p = m.p("f");
+    fs::write(&p, b"0123456789").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o4751)).unwrap();
+    assert_eq!(stat(&p).st_mode & 0o7777, 0o4751);
+    assert_eq!(stat(&m.backing("f")).st_mode & 0o7777, 0o4751);
+    // truncate by path, grow and shrink
+    let c = cs(&p);
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 3) }, 0);
+    assert_eq!(fs::read(&p).unwrap(), b"012");
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 5) }, 0);
+    assert_eq!(fs::read(&p).unwrap(), b"012\0\0");
+    // utimensat: a fixed atime, mtime left alone (UTIME_OMIT), then UTIME_NOW
+    let before = stat(&p);
+    let ts = [
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 5,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    ];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
+        0
+    );
+    let st = stat(&p);
+    assert_eq!((st.st_atime, st.st_atime_nsec), (1_000_000_000, 5));
+    assert_eq!(
+        (st.st_mtime, st.st_mtime_nsec),
+        (before.st_mtime, before.st_mtime_nsec)
+    );
+    let now = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+    ];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), now.as_ptr(), 0) },
+        0
+    );
+    assert!(stat(&p).st_atime > 1_000_000_000);
+    // A symlink's own times (AT_SYMLINK_NOFOLLOW) are settable too.
+    std::os::unix::fs::symlink("f", m.p("l")).unwrap();
+    let lc = cs(&m.p("l"));
+    assert_eq!(
+        unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                lc.as_ptr(),
+                ts.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        },
+        0
+    );
+    assert_eq!(stat(&m.p("l")).st_atime, 1_000_000_000);
+}
+
+#[test]
+fn open_flags_trunc_append_excl() {
+    let m = Mount::over_itself("openflags");
+    let p = m.p("f");
+    fs::write(&p, b"hello world").unwrap();
+    let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"hello world!");
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"");
+    let e = OpenOptions::new().write(true).create_new(true).open(&p);
+    assert_eq!(errno_of(e), libc::EEXIST);
+    let e = File::open(m.p("missing"));
+    assert_eq!(errno_of(e), libc::ENOENT);
+    // O_CREAT without O_EXCL on an existing file opens it.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)
+        .unwrap();
+    f.write_all(b"abc").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"abc");
+}
+
+#[test]
+fn holes_seek_data_copy_file_range_and_locks() {
+    let m = Mount::over_itself("holes");
+    let p = m.p("sparse");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .open(&p)
+        .unwrap();
+    let fd = f.as_raw_fd();
+    let block = vec![7u8; 1 << 20];
+    (&f).write_all(&block).unwrap();
+    (&f).write_all(&block).unwrap();
+    // Punch a hole in the first MiB.
+    let rc = unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            1 << 20,
+        )
+    };
+    assert_eq!(rc, 0, "punch hole: {}", std::io::Error::last_os_error());
+    assert_eq!(f.metadata().unwrap().len(), 2 << 20);
+    let data = unsafe { libc::lseek(fd, 0, libc::SEEK_DATA) };
+    assert_eq!(data, 1 << 20, "SEEK_DATA finds the data after the hole");
+    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, 0);
+    let mut first = vec![1u8; 4096];
+    (&f).seek(SeekFrom::Start(0)).unwrap();
+    (&f).read_exact(&mut first).unwrap();
+    assert!(first.iter().all(|&b| b == 0), "the hole reads as zeros");
+    // Preallocation extends.
+    assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 3 << 20) }, 0);
+    assert_eq!(f.metadata().unwrap().len(), 3 << 20);
+    // copy_file_range between two files of the mount.
+    let q = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .open(m.p("copy"))
+        .unwrap();
+    let mut off_in: i64 = 1 << 20;
+    let mut off_out: i64 = 0;
+    let n = unsafe { libc::copy_file_range(fd, &mut off_in, q.as_raw_fd(), &mut off_out, 4096, 0) };
+    assert_eq!(n, 4096);
+    assert_eq!(fs::read(m.p("copy")).unwrap(), vec![7u8; 4096]);
+    // flock and POSIX locks conflict across open file descriptions.
+    let g = File::open(&p).unwrap();
+    assert_eq!(unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    assert_eq!(
+        unsafe { libc::flock(g.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        -1
+    );
+    assert_eq!(unsafe { libc::flock(fd, libc::LOCK_UN) }, 0);
+    let out = sh(
+        &m.mnt,
+        "python3 -c \"import fcntl,os,sys\nf=open('sparse','r+')\nfcntl.lockf(f, fcntl.LOCK_EX)\npid=os.fork()\nif pid==0:\n  g=open('sparse','r+')\n  try:\n    fcntl.lockf(g, fcntl.LOCK_EX|fcntl.LOCK_NB); os._exit(1)\n  except OSError: os._exit(0)\nprint(os.waitpid(pid,0)[1])\"",
+    );
+    assert_eq!(
+        ok(&out).trim(),
+        "0",
+        "a POSIX lock held by another process conflicts"
+    );
+}
+
+#[test]
+fn descriptors_outlive_their_names() {
+    for defer in ["never", "always"] {
+        let m = Mount::builder("unlinked")
+            .opt(&format!("defer_unlink={defer}"))
+            .start();
+        let p = m.p("victim");
+        fs::write(&p, b"payload").unwrap();
+        let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let fd = f.as_raw_fd();
+        fs::remove_file(&p).unwrap();
+        assert!(!p.exists(), "the name is gone at once ({defer})");
+        assert_eq!(names(&m.mnt), ["state"]);
+        let mut s = String::new();
+        (&f).read_to_string(&mut s).unwrap();
+        assert_eq!(s, "payload");
+        (&f).write_all(b"+more").unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 12, "fstat works");
+        f.set_len(3).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 3, "ftruncate works");
+        assert_eq!(unsafe { libc::fchmod(fd, 0o600) }, 0, "fchmod");
+        assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o600);
+        assert_eq!(unsafe { libc::fchown(fd, 65534, 65534) }, 0, "fchown");
+        assert_eq!(f.metadata().unwrap().uid(), 65534);
+        let ts = [
+            libc::timespec {
+                tv_sec: 1_234_567_890,
+                tv_nsec: 0,
+            },
+            libc::timespec {
+                tv_sec: 1_234_567_890,
+                tv_nsec: 0,
+            },
+        ];
+        assert_eq!(unsafe { libc::futimens(fd, ts.as_ptr()) }, 0, "futimens");
+        assert_eq!(f.metadata().unwrap().mtime(), 1_234_567_890);
+        assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 8192) }, 0, "fallocate");
+        assert_eq!(f.metadata().unwrap().len(), 8192);
+        drop(f);
+        // Nothing of it is left anywhere in the backing tree.
+        let leftovers = sh(
+            &m.backing(""),
+            "find . -name 'victim' -o -name '.fuse_hidden*' | wc -l",
+        );
+        assert_eq!(ok(&leftovers).trim(), "0");
+    }
+}
+
+#[test]
+fn other_users_get_in_and_own_what_they_create() {
+    let m = Mount::over_itself("users");
+    let (uid, gid) = user_ids("nobody");
+    fs::create_dir(m.p("shared")).unwrap();
+    chmod(&m.p("shared"), 0o1777);
+    let out = sh_as(
+        uid,
+        gid,
+        &m.p("shared"),
+        "echo hi > mine && mkdir d && ln -s mine l && mkfifo p && id -u",
+    );
+    assert_eq!(ok(&out).trim(), uid.to_string());
+    for n in ["mine", "d", "l", "p"] {
+        let st = stat(&m.backing(&format!("shared/{n}")));
+        assert_eq!(
+            (st.st_uid, st.st_gid),
+            (uid, gid),
+            "{n} is owned by its creator on disk"
+        );
+    }
+    // The kernel checks permissions: a private directory stays private.
+    fs::create_dir(m.p("private")).unwrap();
+    chmod(&m.p("private"), 0o700);
+    let out = sh_as(
+        uid,
+        gid,
+        &m.mnt,
+        "ls private 2>&1; touch private/x 2>&1; echo done",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Permission denied"), "{text}");
+    assert!(!m.backing("private/x").exists());
+    // setgid directories hand down their group.
+    fs::create_dir(m.p("sg")).unwrap();
+    std::os::unix::fs::chown(m.p("sg"), None, Some(4242)).unwrap();
+    chmod(&m.p("sg"), 0o2777);
+    ok(&sh_as(uid, gid, &m.p("sg"), "touch f && mkdir d"));
+    assert_eq!(stat(&m.backing("sg/f")).st_gid, 4242);
+    assert_eq!(stat(&m.backing("sg/d")).st_gid, 4242);
+    assert_ne!(stat(&m.backing("sg/d")).st_mode & libc::S_ISGID, 0);
+}
+
+#[test]
+fn descriptors_stay_bounded_on_a_large_walk() {
+    let m = Mount::over_itself("bounded");
+    // 20 directories of 500 files: far more inodes than a directory cache.
+    ok(&sh(
+        &m.mnt,
+        "for d in $(seq 1 20); do mkdir d$d; (cd d$d && seq 1 500 | xargs touch); done",
+    ));
+    ok(&sh(&m.mnt, "find . -type f | wc -l; ls -lR > /dev/null"));
+    let fds = fs::read_dir(format!("/proc/{}/fd", m.pid()))
+        .unwrap()
+        .count();
+    assert!(
+        fds < 200,
+        "the daemon holds {fds} descriptors after walking 10,000 files"
+    );
+    let st = m.stats();
+    assert!(st["inodes_cached"].as_u64().unwrap() >= 10_000);
+}
