@@ -1,0 +1,373 @@
+//! Redirect rules (SPEC §3): every way a matching name comes into existence
+//! is routed, and the original path keeps working while the original
+//! directory's listing stays clean.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const LOG: &str = "casa-20261122-010101.log";
+
+fn logs(m: &Mount) -> PathBuf {
+    m.backing("state/logs/casa")
+}
+
+fn scratch(m: &Mount) -> PathBuf {
+    m.backing("state/scratch/tmppointing")
+}
+
+fn cs(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn casa_open(p: &Path) -> fs::File {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(p)
+        .unwrap()
+}
+
+#[test]
+fn created_log_lands_in_logs_and_original_path_works() {
+    let m = Mount::over_itself("route-create");
+    fs::create_dir_all(m.p("repo/scripts")).unwrap();
+    let orig = m.p("repo/scripts").join(LOG);
+    let mut f = casa_open(&orig);
+    f.write_all(b"line 1\n").unwrap();
+    // Hidden from the original directory, in the mount and on disk.
+    assert_eq!(names(&m.p("repo/scripts")), Vec::<String>::new());
+    assert!(!m.backing("repo/scripts").join(LOG).exists());
+    // Listed in the logs area, through the mount and on disk.
+    assert_eq!(names(&m.p("state/logs/casa")), [LOG]);
+    assert_eq!(fs::read(logs(&m).join(LOG)).unwrap(), b"line 1\n");
+    // The original path keeps working.
+    assert_eq!(fs::read(&orig).unwrap(), b"line 1\n");
+    assert_eq!(
+        stat(&orig).st_ino,
+        stat(&m.p("state/logs/casa").join(LOG)).st_ino
+    );
+    // The origin is recorded, in the control directory and on the object.
+    let redirects = fs::read_to_string(m.p(".casafs/redirects")).unwrap();
+    assert!(
+        redirects.contains(&format!("repo/scripts/{LOG}\t")),
+        "{redirects}"
+    );
+    let out = sh(
+        &logs(&m),
+        &format!("getfattr --only-values -n user.casafs.origin {LOG}"),
+    );
+    assert_eq!(ok(&out), format!("repo/scripts/{LOG}"));
+    assert_eq!(m.stats()["redirects"]["casa-logs"]["redirects"], 1);
+    // Rename and unlink through the original name.
+    fs::rename(&orig, m.p("repo/scripts/kept.txt")).unwrap();
+    assert_eq!(names(&m.p("repo/scripts")), ["kept.txt"]);
+    assert_eq!(fs::read(m.p("repo/scripts/kept.txt")).unwrap(), b"line 1\n");
+}
+
+/// CASA's sequence: create, then three reopens by path with
+/// O_WRONLY|O_CREAT|O_APPEND while the first descriptor is open, writing
+/// through two descriptors at once.
+fn casa_reopen_sequence(m: &Mount) {
+    fs::create_dir_all(m.p("work")).unwrap();
+    let p = m.p("work").join(LOG);
+    let mut a = casa_open(&p);
+    a.seek(SeekFrom::End(0)).unwrap();
+    a.write_all(b"a1\n").unwrap();
+    {
+        let mut probe = casa_open(&p);
+        assert_eq!(probe.seek(SeekFrom::End(0)).unwrap(), 3);
+    }
+    let mut b = casa_open(&p);
+    b.seek(SeekFrom::End(0)).unwrap();
+    a.write_all(b"a2\n").unwrap();
+    b.write_all(b"b1\n").unwrap();
+    {
+        let mut probe = casa_open(&p);
+        assert_eq!(probe.seek(SeekFrom::End(0)).unwrap(), 9);
+    }
+    a.write_all(b"a3\n").unwrap();
+    b.write_all(b"b2\n").unwrap();
+    drop(a);
+    drop(b);
+    assert_eq!(names(&m.p("work")), Vec::<String>::new());
+    assert_eq!(names(&logs(m)), [LOG], "one file, never a second");
+    assert_eq!(
+        fs::read(logs(m).join(LOG)).unwrap(),
+        b"a1\na2\nb1\na3\nb2\n"
+    );
+}
+
+#[test]
+fn casa_reopens_append_to_the_same_file() {
+    casa_reopen_sequence(&Mount::over_itself("reopen"));
+}
+
+#[test]
+fn casa_reopens_append_to_the_same_file_without_name_cache() {
+    // With no entry caching every reopen reaches the daemon's create path.
+    casa_reopen_sequence(
+        &Mount::builder("reopen-nocache")
+            .opt("entry_timeout=0,attr_timeout=0")
+            .start(),
+    );
+}
+
+#[test]
+fn two_origins_same_name_never_overwrite() {
+    let m = Mount::over_itself("collide");
+    fs::create_dir_all(m.p("a")).unwrap();
+    fs::create_dir_all(m.p("b")).unwrap();
+    let mut fa = casa_open(&m.p("a").join(LOG));
+    let mut fb = casa_open(&m.p("b").join(LOG));
+    fa.write_all(b"from a").unwrap();
+    fb.write_all(b"from b").unwrap();
+    let mut want = vec![LOG.to_string(), LOG.replace(".log", "-2.log")];
+    want.sort();
+    assert_eq!(names(&logs(&m)), want);
+    assert_eq!(fs::read(m.p("a").join(LOG)).unwrap(), b"from a");
+    assert_eq!(fs::read(m.p("b").join(LOG)).unwrap(), b"from b");
+    // O_EXCL is judged by the original directory: a third origin may
+    // create the name although the logs area holds it twice already.
+    fs::create_dir_all(m.p("c")).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.p("c").join(LOG))
+        .unwrap();
+    let e = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.p("a").join(LOG));
+    assert_eq!(errno_of(e), libc::EEXIST);
+    assert_eq!(names(&logs(&m)).len(), 3);
+}
+
+#[test]
+fn tmppointing_directory_is_routed_and_walkable() {
+    let m = Mount::over_itself("tmpdir");
+    fs::create_dir_all(m.p("obs")).unwrap();
+    let t = m.p("obs/TMPPOINTING1763000000.25");
+    fs::create_dir(&t).unwrap();
+    fs::write(t.join("table.dat"), b"rows").unwrap();
+    fs::create_dir(t.join("sub")).unwrap();
+    assert_eq!(names(&m.p("obs")), Vec::<String>::new());
+    assert_eq!(names(&scratch(&m)), ["TMPPOINTING1763000000.25"]);
+    assert_eq!(names(&t), ["sub", "table.dat"]);
+    assert_eq!(
+        fs::read(scratch(&m).join("TMPPOINTING1763000000.25/table.dat")).unwrap(),
+        b"rows"
+    );
+    // Names inside a target area are never routed again.
+    fs::write(t.join(LOG), b"x").unwrap();
+    assert!(
+        scratch(&m)
+            .join("TMPPOINTING1763000000.25")
+            .join(LOG)
+            .exists()
+    );
+    fs::remove_dir_all(&t).unwrap();
+    assert!(!t.exists());
+    assert_eq!(names(&scratch(&m)), Vec::<String>::new());
+}
+
+#[test]
+fn rename_of_pointing_table_same_filesystem() {
+    let m = Mount::over_itself("rename-same");
+    fs::create_dir_all(m.p("obs/my.ms/POINTING")).unwrap();
+    fs::write(m.p("obs/my.ms/POINTING/table.f0"), b"pointing rows").unwrap();
+    // What concat(copypointing=False) does: shutil.move into the cwd.
+    let out = sh(
+        &m.p("obs"),
+        "python3 -c \"import shutil; shutil.move('my.ms/POINTING', 'TMPPOINTING1763000000.5')\"",
+    );
+    ok(&out);
+    assert_eq!(names(&m.p("obs")), ["my.ms"]);
+    assert_eq!(names(&m.p("obs/my.ms")), Vec::<String>::new());
+    assert_eq!(
+        fs::read(scratch(&m).join("TMPPOINTING1763000000.5/table.f0")).unwrap(),
+        b"pointing rows"
+    );
+    assert_eq!(
+        fs::read(m.p("obs/TMPPOINTING1763000000.5/table.f0")).unwrap(),
+        b"pointing rows"
+    );
+    // And back, as concat does for an empty table.
+    fs::rename(
+        m.p("obs/TMPPOINTING1763000000.5"),
+        m.p("obs/my.ms/POINTING"),
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read(m.p("obs/my.ms/POINTING/table.f0")).unwrap(),
+        b"pointing rows"
+    );
+    assert_eq!(names(&scratch(&m)), Vec::<String>::new());
+}
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new(p: PathBuf) -> Tmpfs {
+        fs::create_dir_all(&p).unwrap();
+        ok(&sh(
+            Path::new("/"),
+            &format!("mount -t tmpfs -o size=64m casafs-test {}", p.display()),
+        ));
+        Tmpfs(p)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        umount(&self.0, true);
+    }
+}
+
+#[test]
+fn rename_of_pointing_table_across_filesystems_and_a_crash() {
+    let tmp = TempDir::new("rename-exdev");
+    let fast = Tmpfs::new(tmp.path().join("nvme"));
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("obs/my.ms/POINTING")).unwrap();
+    fs::write(tree.join("obs/my.ms/POINTING/table.f0"), b"pointing rows").unwrap();
+    let scratch_dir = fast.0.join("tmppointing");
+    let mut m = Mount::builder("rename-exdev")
+        .opt(&format!("scratch={}", scratch_dir.display()))
+        .source(&tree, tmp)
+        .start();
+    // A bare rename across filesystems answers EXDEV, as POSIX says.
+    let rc = unsafe {
+        libc::rename(
+            cs(&m.p("obs/my.ms/POINTING")).as_ptr(),
+            cs(&m.p("obs/TMPPOINTING1")).as_ptr(),
+        )
+    };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EXDEV)
+    );
+    // shutil.move then copies; the process "crashes" before cleaning up.
+    let out = sh(
+        &m.p("obs"),
+        "python3 -c \"import shutil,os; shutil.move('my.ms/POINTING', 'TMPPOINTING1763000000.5'); os._exit(9)\"; true",
+    );
+    ok(&out);
+    assert_eq!(
+        names(&m.p("obs")),
+        ["my.ms"],
+        "nothing left in the working directory"
+    );
+    assert_eq!(
+        fs::read(scratch_dir.join("TMPPOINTING1763000000.5/table.f0")).unwrap(),
+        b"pointing rows",
+        "the only copy of the table is safe in scratch"
+    );
+    assert!(m.stop().unwrap().success());
+    assert_eq!(
+        names(&tree.join("obs")),
+        ["my.ms"],
+        "nor on disk after unmount"
+    );
+    drop(fast);
+}
+
+#[test]
+fn every_creating_operation_is_routed() {
+    let m = Mount::over_itself("allops");
+    fs::create_dir_all(m.p("d")).unwrap();
+    fs::write(m.p("d/plain"), b"p").unwrap();
+    let d = m.p("d");
+    // mknod (a regular file through mknod(2))
+    let c = cs(&d.join("casa-1.log"));
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFREG | 0o644, 0) },
+        0
+    );
+    // symlink
+    std::os::unix::fs::symlink("plain", d.join("casa-2.log")).unwrap();
+    // link
+    fs::hard_link(d.join("plain"), d.join("casa-3.log")).unwrap();
+    // rename onto a matching name (same filesystem)
+    fs::write(d.join("out.txt"), b"o").unwrap();
+    fs::rename(d.join("out.txt"), d.join("casa-4.log")).unwrap();
+    // mkdir of a TMPPOINTING directory, and a TMPPOINTING file
+    fs::create_dir(d.join("TMPPOINTING9")).unwrap();
+    fs::write(d.join("TMPPOINTING10"), b"f").unwrap();
+    // A directory named like a log is not a file: stays in place.
+    fs::create_dir(d.join("casa-5.log")).unwrap();
+    assert_eq!(names(&d), ["casa-5.log", "plain"]);
+    assert_eq!(
+        names(&logs(&m)),
+        ["casa-1.log", "casa-2.log", "casa-3.log", "casa-4.log"]
+    );
+    assert_eq!(names(&scratch(&m)), ["TMPPOINTING10", "TMPPOINTING9"]);
+    assert_eq!(fs::read(d.join("casa-3.log")).unwrap(), b"p");
+    assert_eq!(stat(&d.join("casa-3.log")).st_nlink, 2);
+    assert_eq!(
+        fs::read_link(d.join("casa-2.log")).unwrap().to_str(),
+        Some("plain")
+    );
+    assert_eq!(fs::read(d.join("casa-4.log")).unwrap(), b"o");
+    for n in ["casa-1.log", "casa-2.log", "casa-3.log", "casa-4.log"] {
+        fs::remove_file(d.join(n)).unwrap();
+    }
+    assert_eq!(names(&logs(&m)), Vec::<String>::new());
+    assert_eq!(m.stats()["redirects"]["casa-logs"]["redirects"], 4);
+}
+
+#[test]
+fn routed_files_belong_to_their_creator_and_respect_permissions() {
+    let m = Mount::over_itself("route-owner");
+    let (uid, gid) = user_ids("nobody");
+    fs::create_dir_all(m.p("open")).unwrap();
+    chmod(&m.p("open"), 0o777);
+    fs::create_dir_all(m.p("closed")).unwrap();
+    chmod(&m.p("closed"), 0o755);
+    let out = sh_as(
+        uid,
+        gid,
+        &m.p("open"),
+        &format!("umask 027; echo hi > {LOG}"),
+    );
+    ok(&out);
+    let st = stat(&logs(&m).join(LOG));
+    assert_eq!((st.st_uid, st.st_gid), (uid, gid));
+    assert_eq!(st.st_mode & 0o777, 0o640);
+    // The logs area is writable, but the caller's directory is not.
+    let out = sh_as(
+        uid,
+        gid,
+        &m.p("closed"),
+        "(echo hi > casa-x.log) 2>&1; echo rc=$?",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Permission denied") && !text.contains("rc=0"),
+        "{text}"
+    );
+    assert!(!logs(&m).join("casa-x.log").exists());
+}
+
+#[test]
+fn unusable_target_area_fails_open() {
+    let m = Mount::over_itself("failopen");
+    fs::create_dir_all(m.p("w")).unwrap();
+    fs::remove_dir(m.p("state/logs/casa")).unwrap();
+    let mut f = casa_open(&m.p("w").join(LOG));
+    f.write_all(b"still logged").unwrap();
+    assert_eq!(names(&m.p("w")), [LOG], "created in place");
+    assert_eq!(fs::read(m.backing("w").join(LOG)).unwrap(), b"still logged");
+    let st = m.stats();
+    assert_eq!(st["redirects"]["casa-logs"]["fail_open"], 1);
+    assert_eq!(st["fail_open"], 1);
+    assert!(m.log_text().contains("unusable"), "{}", m.log_text());
+}
