@@ -124,14 +124,6 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
 
 fn fuse_config(s: &Settings) -> Config {
     let mut cfg = Config::default();
-    cfg.mount_options = vec![
-        MountOption::FSName(s.fsname.clone()),
-        // The kernel takes the subtype from the mount data, which makes the
-        // mount show as fuse.casafs (what umount(8) and fstab expect).
-        MountOption::CUSTOM("subtype=casafs".into()),
-        MountOption::DefaultPermissions,
-    ];
-    cfg.mount_options.extend(s.mount_flags.iter().cloned());
     cfg.acl = if s.allow_other {
         SessionACL::All
     } else {
@@ -140,6 +132,63 @@ fn fuse_config(s: &Settings) -> Config {
     cfg.n_threads = Some(s.threads);
     cfg.clone_fd = true;
     cfg
+}
+
+/// Mounts with mount(2) and returns the /dev/fuse descriptor.
+///
+/// casafs mounts by itself rather than through fuser's mount helper so that
+/// nothing ever unmounts by path on the way out: mounted over itself on a
+/// mount point (the ntfs-3g volume), an unmount by path after ours would
+/// take the volume below down too.
+fn mount_fuse(s: &Settings, root_mode: u32) -> std::io::Result<OwnedFd> {
+    let dev = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if dev < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let dev = unsafe { OwnedFd::from_raw_fd(dev) };
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    for f in &s.mount_flags {
+        match f {
+            MountOption::RO => flags |= libc::MS_RDONLY,
+            MountOption::RW => flags &= !libc::MS_RDONLY,
+            MountOption::NoExec => flags |= libc::MS_NOEXEC,
+            MountOption::Exec => flags &= !libc::MS_NOEXEC,
+            MountOption::NoAtime => flags |= libc::MS_NOATIME,
+            MountOption::Sync => flags |= libc::MS_SYNCHRONOUS,
+            MountOption::DirSync => flags |= libc::MS_DIRSYNC,
+            MountOption::Suid => flags &= !libc::MS_NOSUID,
+            MountOption::NoSuid => flags |= libc::MS_NOSUID,
+            MountOption::Dev => flags &= !libc::MS_NODEV,
+            MountOption::NoDev => flags |= libc::MS_NODEV,
+            _ => {}
+        }
+    }
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        root_mode & libc::S_IFMT,
+        unsafe { libc::geteuid() },
+        unsafe { libc::getegid() },
+    );
+    if s.allow_other {
+        data.push_str(",allow_other");
+    }
+    let fsname = s.fsname.replace(',', "_");
+    let src = CString::new(fsname).unwrap_or_default();
+    let data = CString::new(data).unwrap_or_default();
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            c(&s.mountpoint).as_ptr(),
+            c"fuse.casafs".as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(dev)
 }
 
 /// `sd_notify`: tells systemd (Type=notify) how the service is doing.
@@ -239,7 +288,11 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
     let sigset = block_stop_signals();
     let mountpoint = p.settings.mountpoint.clone();
     let cfg = fuse_config(&p.settings);
-    let fs = match CasaFs::new(p) {
+    let acl = cfg.acl;
+    let mp = c(&mountpoint);
+    // Everything that reads the backing tree's mount table happens before
+    // the mount, which would otherwise shadow it.
+    let mut fs = match CasaFs::new(p) {
         Ok(fs) => fs,
         Err(e) => {
             let m = format!(
@@ -250,10 +303,20 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
             return Err(MountError::Failed(m));
         }
     };
-    let session = match fuser::Session::new(fs, &mountpoint, &cfg) {
+    let dev = match mount_fuse(&fs.settings, libc::S_IFDIR) {
+        Ok(d) => d,
+        Err(e) => {
+            fuser::Filesystem::destroy(&mut fs);
+            let m = format!("cannot mount on {}: {e}", mountpoint.display());
+            tell(&mut report, &m);
+            return Err(MountError::Failed(m));
+        }
+    };
+    let session = match fuser::Session::from_fd(fs, dev, acl, cfg) {
         Ok(s) => s,
         Err(e) => {
-            let m = format!("cannot mount on {}: {e}", mountpoint.display());
+            unsafe { libc::umount2(mp.as_ptr(), libc::MNT_DETACH) };
+            let m = format!("cannot start the session on {}: {e}", mountpoint.display());
             tell(&mut report, &m);
             return Err(MountError::Failed(m));
         }
@@ -265,7 +328,6 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
         std::process::id()
     ));
 
-    let mp = c(&mountpoint);
     std::thread::Builder::new()
         .name("casafs-signals".into())
         .spawn(move || {

@@ -171,13 +171,7 @@ impl Graveyard {
         loop {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
             let gname = CString::new(format!("{n:x}")).map_err(|_| sys::Errno::EINVAL)?;
-            match sys::rename_at2(
-                parent,
-                name,
-                gdir.as_raw_fd(),
-                &gname,
-                libc::RENAME_NOREPLACE,
-            ) {
+            match sys::rename_noreplace(parent, name, gdir.as_raw_fd(), &gname) {
                 Ok(()) => return Ok(gname),
                 Err(sys::Errno::EEXIST) => continue,
                 Err(e) => return Err(e),

@@ -63,6 +63,12 @@ pub struct Inode {
     /// Inside a target area: names here are never routed again.
     pub in_target: bool,
     pub lookups: AtomicU64,
+    /// Bumped when a backing inode number is reused by a new object while
+    /// the kernel may still hold the old one: the kernel then retires its
+    /// old inode instead of mixing the two.
+    pub generation: u64,
+    /// The object is gone (removed through us); its number may be reused.
+    pub dead: std::sync::atomic::AtomicBool,
     pub loc: Mutex<Loc>,
     fd: Mutex<Option<Arc<OwnedFd>>>,
     /// A descriptor of the object itself, taken when its last name goes
@@ -130,6 +136,8 @@ impl Inode {
             fmt: st.st_mode & libc::S_IFMT,
             in_target,
             lookups: AtomicU64::new(0),
+            generation: 0,
+            dead: std::sync::atomic::AtomicBool::new(false),
             loc: Mutex::new(Loc::Anchor),
             fd: Mutex::new(Some(Arc::new(fd))),
             pinned: Mutex::new(None),
@@ -139,6 +147,10 @@ impl Inode {
 
     pub fn is_dir(&self) -> bool {
         self.fmt == libc::S_IFDIR
+    }
+
+    pub fn same_as(&self, other: &Inode) -> bool {
+        self.dev == other.dev && self.ino == other.ino
     }
 
     pub fn same(&self, st: &libc::stat) -> bool {
@@ -157,6 +169,43 @@ impl Inode {
         let mut loc = self.loc.lock();
         if !matches!(*loc, Loc::Anchor) {
             *loc = Loc::At { parent, name };
+        }
+    }
+
+    /// Found under `name` in `parent`. If that is not where we thought it
+    /// was, it was moved behind our back, or it is a new object that reuses
+    /// a freed inode number (ntfs-3g reuses MFT records at once): either
+    /// way descriptors we cached for the old place must go.
+    pub fn relocate(&self, parent: &Arc<Inode>, name: &CStr) {
+        let moved = match &*self.loc.lock() {
+            Loc::Anchor => return,
+            Loc::At { parent: p, name: n } => !(p.same_as(parent) && n.as_c_str() == name),
+        };
+        if !moved {
+            return;
+        }
+        self.set_loc(parent.clone(), name.to_owned());
+        self.drop_cached_fd();
+        if self.open.lock().handles == 0 {
+            self.unpin();
+        }
+    }
+
+    /// Marks the object removed: its number is free for reuse by the
+    /// backing filesystem.
+    pub fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Release);
+        self.drop_cached_fd();
+    }
+
+    /// Forgets the cached directory descriptor (the directory was removed
+    /// or replaced).
+    pub fn drop_cached_fd(&self) {
+        if matches!(*self.loc.lock(), Loc::Anchor) {
+            return;
+        }
+        if self.fd.lock().take().is_some() {
+            CACHED_DIR_FDS.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -333,33 +382,55 @@ impl InodeTable {
         match self.map.entry(nodeid) {
             Entry::Occupied(mut e) => {
                 let cur = e.get();
-                if cur.same(st) && cur.fmt == fmt {
+                if cur.same(st) && cur.fmt == fmt && !cur.dead.load(Ordering::Acquire) {
                     cur.lookups.fetch_add(1, Ordering::Relaxed);
-                    cur.set_loc(parent.clone(), name.to_owned());
+                    cur.relocate(parent, name);
                     return cur.clone();
                 }
                 // The backing inode number was reused by a new object while
-                // the kernel still held the old one; the new one replaces it.
-                let ino = Arc::new(Self::make(nodeid, parent, name, st, in_target));
+                // the kernel still holds the old one. The new object gets a
+                // new generation; the lookups the kernel holds on the old
+                // one carry over, since its forget will come to this id.
+                let held = cur.lookups.load(Ordering::Acquire);
+                let ino = Arc::new(Self::make(
+                    nodeid,
+                    parent,
+                    name,
+                    st,
+                    in_target,
+                    cur.generation + 1,
+                    held + 1,
+                ));
                 e.insert(ino.clone());
                 ino
             }
             Entry::Vacant(v) => {
-                let ino = Arc::new(Self::make(nodeid, parent, name, st, in_target));
+                let ino = Arc::new(Self::make(nodeid, parent, name, st, in_target, 0, 1));
                 v.insert(ino.clone());
                 ino
             }
         }
     }
 
-    fn make(nodeid: u64, parent: &Arc<Inode>, name: &CStr, st: &libc::stat, t: bool) -> Inode {
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        nodeid: u64,
+        parent: &Arc<Inode>,
+        name: &CStr,
+        st: &libc::stat,
+        t: bool,
+        generation: u64,
+        lookups: u64,
+    ) -> Inode {
         Inode {
             nodeid,
             dev: st.st_dev,
             ino: st.st_ino,
             fmt: st.st_mode & libc::S_IFMT,
             in_target: t,
-            lookups: AtomicU64::new(1),
+            lookups: AtomicU64::new(lookups),
+            generation,
+            dead: std::sync::atomic::AtomicBool::new(false),
             loc: Mutex::new(Loc::At {
                 parent: parent.clone(),
                 name: name.to_owned(),
@@ -381,7 +452,10 @@ impl InodeTable {
         };
         let prev = ino
             .lookups
-            .fetch_sub(n.min(ino.lookups.load(Ordering::Relaxed)), Ordering::AcqRel);
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            })
+            .unwrap_or(0);
         if prev > n {
             return;
         }

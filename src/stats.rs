@@ -66,6 +66,10 @@ fn bucket_of(ns: u64) -> usize {
 fn bucket_upper(b: usize) -> f64 {
     let log = b / SUB;
     let frac = b % SUB;
+    if log < 2 {
+        // Below 4 ns there are no sub-buckets: the next power of two.
+        return (1u64 << (log + 1)) as f64;
+    }
     (1u64 << log) as f64 * (1.0 + (frac as f64 + 1.0) / SUB as f64)
 }
 

@@ -151,6 +151,22 @@ pub fn rename_at2(odir: RawFd, oname: &CStr, ndir: RawFd, nname: &CStr, flags: u
     .map(drop)
 }
 
+/// `renameat2(RENAME_NOREPLACE)`, emulated where the backing filesystem
+/// does not support the flag (ntfs-3g answers EINVAL): check, then rename.
+/// The emulation can race only with a concurrent creator of the same name
+/// outside casafs.
+pub fn rename_noreplace(odir: RawFd, oname: &CStr, ndir: RawFd, nname: &CStr) -> Res<()> {
+    match rename_at2(odir, oname, ndir, nname, libc::RENAME_NOREPLACE) {
+        Err(Errno::EINVAL) => {}
+        r => return r,
+    }
+    match stat_at(ndir, nname) {
+        Ok(_) => Err(Errno::EEXIST),
+        Err(Errno::ENOENT) => rename_at2(odir, oname, ndir, nname, 0),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn readlink_at(dir: RawFd, name: &CStr) -> Res<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     let n = check_size(unsafe {

@@ -110,7 +110,7 @@ impl Filesystem for CasaFs {
                     &self.ttl_attr(),
                     &self.ttl_entry(),
                     &self.attr(i.nodeid, &st),
-                    GEN,
+                    Generation(i.generation),
                 )
             }
         )
@@ -180,7 +180,7 @@ impl Filesystem for CasaFs {
     ) {
         let r = self.do_mknod(caller(req), parent.0, name, mode, rdev);
         serve!(self, Op::Mknod, reply, r, |(i, st)| self
-            .reply_entry(reply, i.nodeid, &st))
+            .reply_entry(reply, &i, &st))
     }
 
     fn mkdir(
@@ -194,7 +194,7 @@ impl Filesystem for CasaFs {
     ) {
         let r = self.do_mkdir(caller(req), parent.0, name, mode);
         serve!(self, Op::Mkdir, reply, r, |(i, st)| self
-            .reply_entry(reply, i.nodeid, &st))
+            .reply_entry(reply, &i, &st))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -227,7 +227,7 @@ impl Filesystem for CasaFs {
     ) {
         let r = self.do_symlink(caller(req), parent.0, link_name, target);
         serve!(self, Op::Symlink, reply, r, |(i, st)| self
-            .reply_entry(reply, i.nodeid, &st))
+            .reply_entry(reply, &i, &st))
     }
 
     fn rename(
@@ -254,7 +254,7 @@ impl Filesystem for CasaFs {
     ) {
         let r = self.do_link(caller(req), ino.0, newparent.0, newname);
         serve!(self, Op::Link, reply, r, |(i, st)| self
-            .reply_entry(reply, i.nodeid, &st))
+            .reply_entry(reply, &i, &st))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -527,6 +527,7 @@ impl Filesystem for CasaFs {
         let r = self.do_create(caller(req), parent.0, name, mode, flags);
         serve!(self, Op::Create, reply, r, |o| {
             let nodeid = o.inode.nodeid;
+            let gen_ = Generation(o.inode.generation);
             let attr = self.attr(nodeid, &o.st);
             let (fh, backing) = self.register(o, flags, &|fd| reply.open_backing(sys::borrow(fd)));
             let ttl = self.ttl_entry();
@@ -534,12 +535,12 @@ impl Filesystem for CasaFs {
                 Some(b) => reply.created_passthrough(
                     &ttl,
                     &attr,
-                    GEN,
+                    gen_,
                     FileHandle(fh),
                     FopenFlags::empty(),
                     &b,
                 ),
-                None => reply.created(&ttl, &attr, GEN, FileHandle(fh), FopenFlags::empty()),
+                None => reply.created(&ttl, &attr, gen_, FileHandle(fh), FopenFlags::empty()),
             }
         })
     }
@@ -607,12 +608,12 @@ impl Filesystem for CasaFs {
 }
 
 impl CasaFs {
-    fn reply_entry(&self, reply: ReplyEntry, nodeid: u64, st: &libc::stat) {
+    fn reply_entry(&self, reply: ReplyEntry, i: &crate::inode::Inode, st: &libc::stat) {
         reply.entry_with_ttls(
             &self.ttl_attr(),
             &self.ttl_entry(),
-            &self.attr(nodeid, st),
-            GEN,
+            &self.attr(i.nodeid, st),
+            Generation(i.generation),
         )
     }
 
@@ -697,7 +698,7 @@ impl CasaFs {
                 name,
                 &ttl_e,
                 &attr,
-                GEN,
+                Generation(inode.generation),
             );
             if full {
                 self.inodes.forget(inode.nodeid, 1);

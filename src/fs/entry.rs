@@ -432,7 +432,14 @@ impl CasaFs {
                     let g = self.graveyard.bury(dfd.as_raw_fd(), name)?;
                     open.buried.push(g.clone());
                     drop(open);
-                    v.set_loc(self.graveyard.dir.clone(), g);
+                    // Follow the object into the graveyard only if this was
+                    // the name we reach it by; another hard link stays a
+                    // better way to reach it after the last close.
+                    if v.parent_name()
+                        .is_some_and(|(p, n)| p.same_as(dir) && n.as_c_str() == name)
+                    {
+                        v.set_loc(self.graveyard.dir.clone(), g);
+                    }
                     self.stats.deferred_pending.fetch_add(1, Relaxed);
                     self.stats
                         .deferred_pending_bytes
@@ -450,6 +457,10 @@ impl CasaFs {
                 // Its other names live on, but the kernel knows it by this
                 // one: keep it reachable whatever name survives.
                 let _ = v.pin();
+            } else {
+                sys::unlink_at(dfd.as_raw_fd(), name, 0)?;
+                v.mark_dead();
+                return Ok(());
             }
         }
         sys::unlink_at(dfd.as_raw_fd(), name, 0)
@@ -477,7 +488,16 @@ impl CasaFs {
         }
         let loc = self.locate(&p, &name)?;
         let dfd = loc.dir.dir_fd()?;
+        let st = sys::stat_at(dfd.as_raw_fd(), &loc.name)?;
         sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR)?;
+        // A removed directory's number may come back for a new one.
+        if let Ok(i) = self
+            .inodes
+            .get(self.inodes.nodeid_for(st.st_dev, st.st_ino))
+            && i.same(&st)
+        {
+            i.mark_dead();
+        }
         if loc.redirect.is_some() {
             self.redirects.remove(&p, &name);
         }
@@ -551,9 +571,7 @@ impl CasaFs {
                     return Err(if e_dir { Errno::EISDIR } else { Errno::ENOTDIR });
                 }
             }
-            let mv = |d: RawFd, n: &CStr| {
-                sys::rename_at2(sfd.as_raw_fd(), &src.name, d, n, libc::RENAME_NOREPLACE)
-            };
+            let mv = |d: RawFd, n: &CStr| sys::rename_noreplace(sfd.as_raw_fd(), &src.name, d, n);
             let (_, tname, ()) = self.place(rule, &newname, &mv)?;
             if existing.is_some() {
                 let r = if is_dir {
@@ -624,6 +642,8 @@ impl CasaFs {
                     self.remove_file(&dst.dir, &dst.name)?;
                 } else if dstat.st_nlink > 1 {
                     let _ = v.pin();
+                } else {
+                    v.mark_dead();
                 }
             }
         }

@@ -210,8 +210,16 @@ impl CasaFs {
             inode.unpin();
         }
         if !buried.is_empty() {
-            let size = inode.stat().map(|s| s.st_size as u64).unwrap_or(0);
-            inode.unpin();
+            let st = inode.stat().ok();
+            let size = st.map(|s| s.st_size as u64).unwrap_or(0);
+            let nlink = st.map(|s| s.st_nlink as usize).unwrap_or(0);
+            if nlink > buried.len() {
+                // Other names live on (a hard link): keep the inode
+                // reachable without holding the graveyard name.
+                let _ = inode.pin();
+            } else {
+                inode.unpin();
+            }
             self.graveyard.release(&buried);
             let n = buried.len() as u64;
             self.stats.deferred_pending.fetch_sub(n, Relaxed);

@@ -127,8 +127,10 @@ impl MountBuilder {
     pub fn start(self) -> Mount {
         let tmp = self.tmp.unwrap_or_else(|| TempDir::new(&self.tag));
         let source = self.source.unwrap_or_else(|| tmp.path().join("tree"));
-        std::fs::create_dir_all(&source).unwrap();
-        chmod(&source, 0o755);
+        // The source may be a dead mount (a takeover test): leave it be.
+        if std::fs::create_dir_all(&source).is_ok() {
+            chmod(&source, 0o755);
+        }
         let mnt = if self.over_itself {
             source.clone()
         } else {
@@ -187,7 +189,11 @@ impl Mount {
     fn wait_mounted(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if fstype_at(&self.mnt).as_deref() == Some("fuse.casafs") {
+            // A dead mount also shows as fuse.casafs; only a live daemon
+            // answers for its control directory.
+            if fstype_at(&self.mnt).as_deref() == Some("fuse.casafs")
+                && self.mnt.join(".casafs/stats.json").exists()
+            {
                 return;
             }
             if let Some(c) = self.child.as_mut()
@@ -241,6 +247,15 @@ impl Mount {
     pub fn stats(&self) -> serde_json::Value {
         let t = std::fs::read_to_string(self.p(".casafs/stats.json")).unwrap();
         serde_json::from_str(&t).unwrap()
+    }
+
+    /// `kill -9` of the daemon, leaving its dead mount behind, as a crash
+    /// would. The guard no longer unmounts: the next mount must take over.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Unmounts and waits for the daemon; returns its exit status.
