@@ -15,7 +15,10 @@ const CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance");
 
 fn tool(name: &str) -> String {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    for p in [format!("{home}/.cargo/bin/{name}"), format!("/usr/local/bin/{name}")] {
+    for p in [
+        format!("{home}/.cargo/bin/{name}"),
+        format!("/usr/local/bin/{name}"),
+    ] {
         if Path::new(&p).exists() {
             return p;
         }
@@ -33,8 +36,8 @@ fn pjdfstest(dir: &Path) -> (usize, BTreeSet<String>) {
         .current_dir(dir)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let failed: BTreeSet<String> = text
         .lines()
         .filter(|l| l.trim_end().ends_with("FAILED"))
@@ -67,7 +70,10 @@ fn pjdfstest_fails_nothing_that_native_passes() {
     user_ids("tests");
     let native = TempDir::new("pjd-native");
     let (native_passed, native_failed) = pjdfstest(native.path());
-    assert!(native_passed > 300, "native run passed only {native_passed}");
+    assert!(
+        native_passed > 300,
+        "native run passed only {native_passed}"
+    );
     let m = Mount::over_itself("pjd-casafs");
     let dir = m.p("suite");
     std::fs::create_dir(&dir).unwrap();
@@ -82,10 +88,19 @@ fn pjdfstest_fails_nothing_that_native_passes() {
         "pjdfstest: native passed {native_passed}, casafs passed {passed}, casafs failed {:?}",
         failed
     );
-    assert!(regressions.is_empty(), "casafs fails where native passes: {regressions:?}");
+    assert!(
+        regressions.is_empty(),
+        "casafs fails where native passes: {regressions:?}"
+    );
     let stale: Vec<&String> = expected.iter().filter(|t| !failed.contains(*t)).collect();
-    assert!(stale.is_empty(), "listed as expected failures but passing now (shrink the list): {stale:?}");
-    assert!(passed + 1 >= native_passed, "{passed} passed against {native_passed} native");
+    assert!(
+        stale.is_empty(),
+        "listed as expected failures but passing now (shrink the list): {stale:?}"
+    );
+    assert!(
+        passed + 1 >= native_passed,
+        "{passed} passed against {native_passed} native"
+    );
 }
 
 fn fsx(dir: &Path, config: &str, seed: u32) -> String {
@@ -101,9 +116,13 @@ fn fsx(dir: &Path, config: &str, seed: u32) -> String {
         .arg(dir.join(format!("fsx-{config}-{seed}.dat")))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "fsx {config} seed {seed} in {}: {text}", dir.display());
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "fsx {config} seed {seed} in {}: {text}",
+        dir.display()
+    );
     text
 }
 

@@ -110,6 +110,7 @@ fn unlink_of_open_file_leaves_no_debris_and_frees_space_on_close() {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(true)
         .open(&p)
         .unwrap();
     f.write_all(&vec![7u8; 32 << 20]).unwrap();

@@ -272,6 +272,7 @@ fn holes_seek_data_copy_file_range_and_locks() {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(true)
         .open(&p)
         .unwrap();
     let fd = f.as_raw_fd();
@@ -305,6 +306,7 @@ fn holes_seek_data_copy_file_range_and_locks() {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(true)
         .open(m.p("copy"))
         .unwrap();
     let mut off_in: i64 = 1 << 20;

@@ -157,9 +157,13 @@ impl Filesystem for CasaFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let r = self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0));
-        serve!(self, Op::Setattr, reply, r, |st| reply
-            .attr(&self.ttl_attr(), &self.attr(ino.0, &st)))
+        serve!(
+            self,
+            Op::Setattr,
+            reply,
+            self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0)),
+            |st| reply.attr(&self.ttl_attr(), &self.attr(ino.0, &st))
+        )
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -178,9 +182,13 @@ impl Filesystem for CasaFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.do_mknod(caller(req), parent.0, name, mode, rdev);
-        serve!(self, Op::Mknod, reply, r, |(i, st)| self
-            .reply_entry(reply, &i, &st))
+        serve!(
+            self,
+            Op::Mknod,
+            reply,
+            self.do_mknod(caller(req), parent.0, name, mode, rdev),
+            |(i, st)| self.reply_entry(reply, &i, &st)
+        )
     }
 
     fn mkdir(
@@ -192,9 +200,13 @@ impl Filesystem for CasaFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.do_mkdir(caller(req), parent.0, name, mode);
-        serve!(self, Op::Mkdir, reply, r, |(i, st)| self
-            .reply_entry(reply, &i, &st))
+        serve!(
+            self,
+            Op::Mkdir,
+            reply,
+            self.do_mkdir(caller(req), parent.0, name, mode),
+            |(i, st)| self.reply_entry(reply, &i, &st)
+        )
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -225,9 +237,13 @@ impl Filesystem for CasaFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.do_symlink(caller(req), parent.0, link_name, target);
-        serve!(self, Op::Symlink, reply, r, |(i, st)| self
-            .reply_entry(reply, &i, &st))
+        serve!(
+            self,
+            Op::Symlink,
+            reply,
+            self.do_symlink(caller(req), parent.0, link_name, target),
+            |(i, st)| self.reply_entry(reply, &i, &st)
+        )
     }
 
     fn rename(
@@ -240,8 +256,13 @@ impl Filesystem for CasaFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.do_rename(parent.0, name, newparent.0, newname, flags.bits());
-        serve!(self, Op::Rename, reply, r, |_| reply.ok())
+        serve!(
+            self,
+            Op::Rename,
+            reply,
+            self.do_rename(parent.0, name, newparent.0, newname, flags.bits()),
+            |_| reply.ok()
+        )
     }
 
     fn link(
@@ -252,9 +273,13 @@ impl Filesystem for CasaFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.do_link(caller(req), ino.0, newparent.0, newname);
-        serve!(self, Op::Link, reply, r, |(i, st)| self
-            .reply_entry(reply, &i, &st))
+        serve!(
+            self,
+            Op::Link,
+            reply,
+            self.do_link(caller(req), ino.0, newparent.0, newname),
+            |(i, st)| self.reply_entry(reply, &i, &st)
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -361,13 +386,17 @@ impl Filesystem for CasaFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let r = if ino.0 == CONTROL_DIR_ID {
-            self.control_opendir()
-        } else {
-            self.do_opendir(ino.0)
-        };
-        serve!(self, Op::Opendir, reply, r, |fh| reply
-            .opened(FileHandle(fh), FopenFlags::empty()))
+        serve!(
+            self,
+            Op::Opendir,
+            reply,
+            if ino.0 == CONTROL_DIR_ID {
+                self.control_opendir()
+            } else {
+                self.do_opendir(ino.0)
+            },
+            |fh| reply.opened(FileHandle(fh), FopenFlags::empty())
+        )
     }
 
     fn readdir(
@@ -378,8 +407,13 @@ impl Filesystem for CasaFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.readdir_into(fh.0, offset, &mut reply);
-        serve!(self, Op::Readdir, reply, r, |_| reply.ok())
+        serve!(
+            self,
+            Op::Readdir,
+            reply,
+            self.readdir_into(fh.0, offset, &mut reply),
+            |_| reply.ok()
+        )
     }
 
     fn readdirplus(
@@ -390,8 +424,13 @@ impl Filesystem for CasaFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let r = self.readdirplus_into(fh.0, offset, &mut reply);
-        serve!(self, Op::Readdirplus, reply, r, |_| reply.ok())
+        serve!(
+            self,
+            Op::Readdirplus,
+            reply,
+            self.readdirplus_into(fh.0, offset, &mut reply),
+            |_| reply.ok()
+        )
     }
 
     fn releasedir(
@@ -506,12 +545,17 @@ impl Filesystem for CasaFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let r = if is_control(ino.0) {
-            Ok(())
-        } else {
-            self.do_access(ino.0, mask.bits())
-        };
-        serve!(self, Op::Access, reply, r, |_| reply.ok())
+        serve!(
+            self,
+            Op::Access,
+            reply,
+            if is_control(ino.0) {
+                Ok(())
+            } else {
+                self.do_access(ino.0, mask.bits())
+            },
+            |_| reply.ok()
+        )
     }
 
     fn create(
@@ -524,25 +568,31 @@ impl Filesystem for CasaFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self.do_create(caller(req), parent.0, name, mode, flags);
-        serve!(self, Op::Create, reply, r, |o| {
-            let nodeid = o.inode.nodeid;
-            let gen_ = Generation(o.inode.generation);
-            let attr = self.attr(nodeid, &o.st);
-            let (fh, backing) = self.register(o, flags, &|fd| reply.open_backing(sys::borrow(fd)));
-            let ttl = self.ttl_entry();
-            match backing {
-                Some(b) => reply.created_passthrough(
-                    &ttl,
-                    &attr,
-                    gen_,
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                    &b,
-                ),
-                None => reply.created(&ttl, &attr, gen_, FileHandle(fh), FopenFlags::empty()),
+        serve!(
+            self,
+            Op::Create,
+            reply,
+            self.do_create(caller(req), parent.0, name, mode, flags),
+            |o| {
+                let nodeid = o.inode.nodeid;
+                let gen_ = Generation(o.inode.generation);
+                let attr = self.attr(nodeid, &o.st);
+                let (fh, backing) =
+                    self.register(o, flags, &|fd| reply.open_backing(sys::borrow(fd)));
+                let ttl = self.ttl_entry();
+                match backing {
+                    Some(b) => reply.created_passthrough(
+                        &ttl,
+                        &attr,
+                        gen_,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &b,
+                    ),
+                    None => reply.created(&ttl, &attr, gen_, FileHandle(fh), FopenFlags::empty()),
+                }
             }
-        })
+        )
     }
 
     fn fallocate(
@@ -595,15 +645,20 @@ impl Filesystem for CasaFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let r = self.do_copy_file_range(
-            fh_in.0,
-            offset_in,
-            fh_out.0,
-            offset_out,
-            len,
-            flags.bits() as u32,
-        );
-        serve!(self, Op::CopyFileRange, reply, r, |n| reply.written(n))
+        serve!(
+            self,
+            Op::CopyFileRange,
+            reply,
+            self.do_copy_file_range(
+                fh_in.0,
+                offset_in,
+                fh_out.0,
+                offset_out,
+                len,
+                flags.bits() as u32,
+            ),
+            |n| reply.written(n)
+        )
     }
 }
 

@@ -181,6 +181,7 @@ impl CasaFs {
     /// then already given it the directory's group). Restores mode bits that
     /// a chown clears (set-id bits), so the result is what an in-place
     /// creation by the caller would have made.
+    #[allow(clippy::too_many_arguments)]
     fn give_to_caller(
         &self,
         dir_fd: i32,
