@@ -33,8 +33,13 @@ fn c(p: &Path) -> CString {
 /// A mount point whose daemon died answers ENOTCONN; detach it so the new
 /// daemon can mount there without manual steps.
 pub fn take_over_dead_mount(p: &Path) -> bool {
-    match std::fs::metadata(p) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+    // statfs always reaches the daemon; stat may be answered from the
+    // kernel's attribute cache for a while after the daemon died.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c(p).as_ptr(), &mut sfs) };
+    let err = (rc != 0).then(std::io::Error::last_os_error);
+    match err {
+        Some(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             let rc = unsafe { libc::umount2(c(p).as_ptr(), libc::MNT_DETACH) };
             if rc == 0 {
                 tracing::warn!(

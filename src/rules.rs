@@ -74,8 +74,18 @@ impl Rule {
         } else {
             glob_to_regex(pattern)?
         };
-        let re = Regex::new(&src)
-            .map_err(|e| format!("rule '{name}': invalid pattern '{pattern}': {e}"))?;
+        let re = Regex::new(&src).map_err(|e| {
+            // The regex crate explains over several lines; keep the last,
+            // which says what is wrong, so the error stays one line.
+            let text = e.to_string();
+            let why = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            let why = why.trim().trim_start_matches("error: ");
+            format!("rule '{name}': invalid pattern '{pattern}': {why}")
+        })?;
         Ok(Rule {
             name: name.to_string(),
             pattern: pattern.to_string(),

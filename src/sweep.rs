@@ -1,7 +1,17 @@
-//! `casafs sweep`: the one-off clean-up of debris made before casafs.
+//! `casafs sweep TREE`: the one-off clean-up of debris made before casafs
+//! was mounted. Stray `casa-*.log` files move to the logs area and
+//! `TMPPOINTING*` tables to scratch (never deleted, never overwritten);
+//! `.fuse_hidden*`/`.nfs*` files are reported with the processes holding
+//! them and removed only with `--remove-debris` and only when nobody holds
+//! them. The plan is printed before anything is done.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::rules::{Kind, Rule};
 
 pub struct SweepArgs {
     pub tree: PathBuf,
@@ -12,7 +22,353 @@ pub struct SweepArgs {
     pub min_age: Duration,
 }
 
-pub fn run(_a: SweepArgs) -> i32 {
-    eprintln!("casafs: error: sweep is not implemented yet");
-    1
+#[derive(Debug)]
+enum Action {
+    Move {
+        from: PathBuf,
+        to_dir: PathBuf,
+        bytes: u64,
+    },
+    Debris {
+        path: PathBuf,
+        bytes: u64,
+        holders: Vec<String>,
+    },
+}
+
+/// Who holds which file open, from `/proc/*/fd`.
+fn holders() -> HashMap<PathBuf, Vec<String>> {
+    let mut map: HashMap<PathBuf, Vec<String>> = HashMap::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return map;
+    };
+    for p in procs.flatten() {
+        let name = p.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let comm = fs::read_to_string(p.path().join("comm"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(t) = fs::read_link(fd.path()) {
+                let t = PathBuf::from(t.to_string_lossy().trim_end_matches(" (deleted)"));
+                map.entry(t).or_default().push(format!("{pid} ({comm})"));
+            }
+        }
+    }
+    for v in map.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    map
+}
+
+fn size_of(p: &Path) -> u64 {
+    let Ok(m) = fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if !m.is_dir() {
+        return m.len();
+    }
+    fs::read_dir(p)
+        .map(|it| it.flatten().map(|e| size_of(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+fn is_debris(name: &str) -> bool {
+    name.starts_with(".fuse_hidden") || name.starts_with(".nfs")
+}
+
+struct Plan {
+    actions: Vec<Action>,
+}
+
+fn walk(
+    dir: &Path,
+    skip: &[PathBuf],
+    rules: &[(Rule, PathBuf)],
+    min_age: Duration,
+    held: &HashMap<PathBuf, Vec<String>>,
+    plan: &mut Plan,
+) -> io::Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        if skip.iter().any(|s| path == *s) {
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_debris(&name) && !meta.is_dir() {
+            plan.actions.push(Action::Debris {
+                holders: held.get(&path).cloned().unwrap_or_default(),
+                path,
+                bytes: meta.len(),
+            });
+            continue;
+        }
+        let routed = rules.iter().find(|(r, _)| {
+            let kind_ok = match r.kind {
+                Kind::Any => true,
+                Kind::File => !meta.is_dir(),
+                Kind::Dir => meta.is_dir(),
+            };
+            kind_ok && r.matches_name(name.as_bytes())
+        });
+        if let Some((r, to)) = routed {
+            let old_enough = r.name != "tmppointing"
+                || meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|age| age >= min_age);
+            if old_enough {
+                plan.actions.push(Action::Move {
+                    bytes: size_of(&path),
+                    from: path,
+                    to_dir: to.clone(),
+                });
+                continue;
+            }
+        }
+        if meta.is_dir() {
+            walk(&path, skip, rules, min_age, held, plan)?;
+        }
+    }
+    Ok(())
+}
+
+/// A free name for `name` in `dir`: never overwrite.
+fn free_name(dir: &Path, name: &str) -> PathBuf {
+    let c = std::ffi::CString::new(name).unwrap_or_default();
+    for n in 1..100_000 {
+        let cand = crate::redirect::candidate(&c, n);
+        let p = dir.join(cand.to_string_lossy().as_ref());
+        if fs::symlink_metadata(&p).is_err() {
+            return p;
+        }
+    }
+    dir.join(format!("{name}-{}", std::process::id()))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let m = fs::symlink_metadata(from)?;
+    if m.is_dir() {
+        fs::create_dir(to)?;
+        for e in fs::read_dir(from)? {
+            let e = e?;
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+        fs::set_permissions(to, m.permissions())?;
+    } else if m.file_type().is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
+    } else {
+        fs::copy(from, to)?;
+        fs::File::open(to)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Moves `from` into `to_dir` under a free name; across filesystems it
+/// copies, syncs, and only then removes the original.
+fn move_into(from: &Path, to_dir: &Path) -> io::Result<PathBuf> {
+    fs::create_dir_all(to_dir)?;
+    let name = from
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dest = free_name(to_dir, &name);
+    match fs::rename(from, &dest) {
+        Ok(()) => Ok(dest),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            copy_tree(from, &dest)?;
+            if fs::symlink_metadata(from)?.is_dir() {
+                fs::remove_dir_all(from)?;
+            } else {
+                fs::remove_file(from)?;
+            }
+            Ok(dest)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn human(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    } else if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    } else if b >= 1 << 10 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}
+
+pub fn run(a: SweepArgs) -> i32 {
+    let tree = match fs::canonicalize(&a.tree) {
+        Ok(t) if t.is_dir() => t,
+        Ok(t) => {
+            eprintln!("casafs: error: sweep: {} is not a directory", t.display());
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("casafs: error: sweep: {}: {e}", a.tree.display());
+            return 2;
+        }
+    };
+    let logs = a
+        .logs
+        .clone()
+        .unwrap_or_else(|| tree.join("state/logs/casa"));
+    let scratch = a
+        .scratch
+        .clone()
+        .unwrap_or_else(|| tree.join("state/scratch/tmppointing"));
+    let rules = match (
+        Rule::new(
+            "casa-logs",
+            "casa-*.log",
+            false,
+            Kind::File,
+            logs.clone(),
+            None,
+        ),
+        Rule::new(
+            "tmppointing",
+            "TMPPOINTING*",
+            false,
+            Kind::Any,
+            scratch.clone(),
+            None,
+        ),
+    ) {
+        (Ok(l), Ok(s)) => vec![(l, logs.clone()), (s, scratch.clone())],
+        _ => return 2,
+    };
+    let skip = vec![
+        logs.clone(),
+        scratch.clone(),
+        tree.join(crate::graveyard::GRAVEYARD_DIR),
+        tree.join(".casafs"),
+    ];
+    let held = holders();
+    let mut plan = Plan {
+        actions: Vec::new(),
+    };
+    if let Err(e) = walk(&tree, &skip, &rules, a.min_age, &held, &mut plan) {
+        eprintln!("casafs: error: sweep: {}: {e}", tree.display());
+        return 1;
+    }
+
+    println!("sweep plan for {}:", tree.display());
+    if plan.actions.is_empty() {
+        println!("  nothing to do");
+    }
+    for act in &plan.actions {
+        match act {
+            Action::Move {
+                from,
+                to_dir,
+                bytes,
+            } => {
+                println!(
+                    "  move    {}  ->  {}/  ({})",
+                    from.display(),
+                    to_dir.display(),
+                    human(*bytes)
+                )
+            }
+            Action::Debris {
+                path,
+                bytes,
+                holders,
+            } => {
+                let who = if holders.is_empty() {
+                    "held by nobody".to_string()
+                } else {
+                    format!("held open by {}", holders.join(", "))
+                };
+                let what = if !a.remove_debris {
+                    "report"
+                } else if holders.is_empty() {
+                    "remove"
+                } else {
+                    "keep  "
+                };
+                println!("  {what}  {}  ({}, {who})", path.display(), human(*bytes));
+            }
+        }
+    }
+    if a.dry_run {
+        println!("dry run: nothing changed");
+        return 0;
+    }
+    let (mut moved, mut moved_bytes, mut removed, mut removed_bytes, mut failed) = (0, 0, 0, 0, 0);
+    for act in &plan.actions {
+        match act {
+            Action::Move {
+                from,
+                to_dir,
+                bytes,
+            } => match move_into(from, to_dir) {
+                Ok(dest) => {
+                    moved += 1;
+                    moved_bytes += bytes;
+                    tracing::info!("sweep: moved {} -> {}", from.display(), dest.display());
+                }
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("casafs: sweep: cannot move {}: {e}", from.display());
+                }
+            },
+            Action::Debris {
+                path,
+                bytes,
+                holders,
+            } => {
+                if a.remove_debris && holders.is_empty() {
+                    // Check again: a process may have opened it since.
+                    if holders_of(path).is_empty() {
+                        match fs::remove_file(path) {
+                            Ok(()) => {
+                                removed += 1;
+                                removed_bytes += bytes;
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                eprintln!("casafs: sweep: cannot remove {}: {e}", path.display());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let debris = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Debris { .. }))
+        .count();
+    println!(
+        "sweep done: moved {moved} ({}), removed {removed} debris files ({}), {} debris files left, {failed} failures",
+        human(moved_bytes),
+        human(removed_bytes),
+        debris - removed
+    );
+    if failed > 0 { 1 } else { 0 }
+}
+
+fn holders_of(p: &Path) -> Vec<String> {
+    holders().remove(p).unwrap_or_default()
 }

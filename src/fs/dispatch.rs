@@ -98,7 +98,13 @@ impl Filesystem for CasaFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if let Some(r) = self.control_lookup(parent.0, name.as_bytes()) {
             let ttl = self.ttl_entry();
-            return serve!(self, Op::Lookup, reply, r, |a| reply.entry(&ttl, &a, GEN));
+            // Control files change on every read: never cache their attributes.
+            return serve!(self, Op::Lookup, reply, r, |a| reply.entry_with_ttls(
+                &std::time::Duration::ZERO,
+                &ttl,
+                &a,
+                GEN
+            ));
         }
         serve!(
             self,

@@ -129,7 +129,8 @@ impl MountBuilder {
         let source = self.source.unwrap_or_else(|| tmp.path().join("tree"));
         // The source may be a dead mount (a takeover test): leave it be.
         if std::fs::create_dir_all(&source).is_ok() {
-            chmod(&source, 0o755);
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755));
         }
         let mnt = if self.over_itself {
             source.clone()
@@ -192,7 +193,7 @@ impl Mount {
             // A dead mount also shows as fuse.casafs; only a live daemon
             // answers for its control directory.
             if fstype_at(&self.mnt).as_deref() == Some("fuse.casafs")
-                && self.mnt.join(".casafs/stats.json").exists()
+                && std::fs::read(self.mnt.join(".casafs/stats.json")).is_ok()
             {
                 return;
             }

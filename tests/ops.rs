@@ -1,0 +1,401 @@
+//! Operations (SPEC §6, §7): mount(8)/fstab, daemon life cycle, systemd
+//! readiness, SIGTERM, takeover of a dead mount, the sweep, and bad input.
+
+mod common;
+
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+#[test]
+fn mount8_with_fuse_casafs_type_and_umount8() {
+    // A private mount namespace puts this build at /usr/local/bin/casafs
+    // (where mount.fuse3 looks) without touching the machine.
+    let tmp = TempDir::new("mount8");
+    let bin = tmp.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(BIN, bin.join("casafs")).unwrap();
+    let src = tmp.path().join("src");
+    let mnt = tmp.path().join("mnt");
+    let logs = tmp.path().join("logs");
+    fs::create_dir_all(src.join("repo")).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    let script = format!(
+        r#"set -e
+mount --bind {bin} /usr/local/bin
+mount -t fuse.casafs {src} {mnt} -o logs={logs},nosuid,nodev,nofail,_netdev,x-systemd.automount
+grep " {mnt} fuse.casafs " /proc/self/mounts
+echo hello > {mnt}/repo/casa-20260101-000000.log
+echo "repo: [$(ls -A {mnt}/repo)] logs: [$(ls -A {logs})]"
+pid=$(pgrep -f "^casafs {src} {mnt}")
+umount {mnt}
+for i in $(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+kill -0 $pid 2>/dev/null && echo "daemon still running" || echo "daemon exited"
+grep -c " {mnt} " /proc/self/mounts || true
+"#,
+        bin = bin.display(),
+        src = src.display(),
+        mnt = mnt.display(),
+        logs = logs.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = ok(&out);
+    assert!(
+        text.contains("fuse.casafs nosuid,nodev") || text.contains("fuse.casafs rw,nosuid,nodev"),
+        "{text}"
+    );
+    assert!(
+        text.contains("repo: [] logs: [casa-20260101-000000.log]"),
+        "{text}"
+    );
+    assert!(text.contains("daemon exited"), "{text}");
+    assert!(text.trim_end().ends_with('0'), "unmounted: {text}");
+    assert_eq!(
+        fs::read(logs.join("casa-20260101-000000.log")).unwrap(),
+        b"hello\n"
+    );
+}
+
+#[test]
+fn daemonizes_once_mounted_and_umount_ends_it() {
+    let tmp = TempDir::new("daemon");
+    let src = tmp.path().join("tree");
+    fs::create_dir_all(&src).unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&src)
+        .arg(&src)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Mounted by the time the command returned.
+    assert_eq!(fstype_at(&src).as_deref(), Some("fuse.casafs"));
+    assert!(src.join(".casafs/stats.json").exists());
+    let pid = fs::read_to_string(src.join(".casafs/stats.json")).is_ok();
+    assert!(pid);
+    assert_eq!(umount(&src, false), 0);
+    assert_eq!(fstype_at(&src), None);
+}
+
+#[test]
+fn notifies_systemd_when_ready_and_exits_0_on_sigterm() {
+    let tmp = TempDir::new("notify");
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let src = tmp.path().join("tree");
+    fs::create_dir_all(&src).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("mount")
+        .arg(&src)
+        .arg(&src)
+        .arg("-f")
+        .arg("-o")
+        .arg("defer_unlink=always")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY=1 from casafs");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    // Ready means mounted.
+    assert_eq!(fstype_at(&src).as_deref(), Some("fuse.casafs"));
+    // A pending deferred unlink, released before the stop.
+    let f = fs::File::create(src.join("held")).unwrap();
+    fs::remove_file(src.join("held")).unwrap();
+    drop(f);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "exit status after SIGTERM: {st}");
+    let n = sock.recv(&mut buf).unwrap_or(0);
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert_eq!(fstype_at(&src), None, "unmounted");
+    assert!(!src.join(".casafs-graveyard").exists(), "graveyard flushed");
+}
+
+#[test]
+fn sigterm_with_open_files_keeps_serving_them_until_closed() {
+    let mut m = Mount::builder("sigterm-busy")
+        .opt("defer_unlink=always")
+        .start();
+    fs::write(m.p("busy"), b"still here").unwrap();
+    let f = fs::File::open(m.p("busy")).unwrap();
+    fs::remove_file(m.p("busy")).unwrap();
+    let pid = m.pid();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    // Detached from the namespace at once ...
+    for _ in 0..100 {
+        if fstype_at(&m.mnt).is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fstype_at(&m.mnt), None);
+    // ... but the open file still works, and the daemon waits for it.
+    let mut s = String::new();
+    use std::io::Read;
+    (&f).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here");
+    let child = m.child.as_mut().unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "daemon still serving");
+    drop(f);
+    let st = m.stop().unwrap();
+    assert!(st.success(), "{st}");
+    assert!(!m.source.join(".casafs-graveyard").exists());
+}
+
+#[test]
+fn a_dead_mount_is_taken_over_by_the_next_mount() {
+    let tmp = TempDir::new("takeover");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("data"), b"safe").unwrap();
+    let mut m = Mount::builder("takeover").source(&tree, tmp).start();
+    fs::write(m.p("synced"), b"fsynced").unwrap();
+    fs::File::open(m.p("synced")).unwrap().sync_all().unwrap();
+    m.kill9();
+    let e = fs::read_dir(&tree).map(|_| ());
+    assert_eq!(errno_of(e), libc::ENOTCONN, "the dead mount point");
+    let m2 = Mount::builder("takeover2")
+        .source(&tree, TempDir::new("takeover2"))
+        .start();
+    let data = fs::read(m2.p("data"));
+    assert!(
+        data.is_ok(),
+        "{data:?} {} {:?}",
+        m2.log_text(),
+        fstype_at(&tree)
+    );
+    assert_eq!(data.unwrap(), b"safe");
+    assert_eq!(fs::read(m2.p("synced")).unwrap(), b"fsynced");
+    assert!(m2.log_text().contains("took over a dead casafs mount"));
+    drop(m2);
+    // Nothing stacked is left behind.
+    assert_eq!(fstype_at(&tree), None);
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
+    let tmp = TempDir::new("badinput");
+    let src = tmp.path().join("tree");
+    fs::create_dir_all(&src).unwrap();
+    let s = src.to_str().unwrap();
+    let bad_toml = tmp.path().join("bad.toml");
+    fs::write(&bad_toml, "logs = [\n").unwrap();
+    let bad_re = tmp.path().join("re.toml");
+    fs::write(
+        &bad_re,
+        "[[rule]]\nname = \"x\"\nregex = \"casa-(\"\ntarget = \"/tmp\"\n",
+    )
+    .unwrap();
+    let unknown_key = tmp.path().join("key.toml");
+    fs::write(&unknown_key, "scratchh = \"/tmp\"\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "-o".into(),
+                "logs=/tmp/x,colour=blue".into(),
+            ],
+            "colour=blue",
+        ),
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "--config".into(),
+                bad_toml.to_string_lossy().into(),
+            ],
+            "bad.toml",
+        ),
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "--config".into(),
+                bad_re.to_string_lossy().into(),
+            ],
+            "casa-(",
+        ),
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "-o".into(),
+                format!("config={}", unknown_key.display()),
+            ],
+            "scratchh",
+        ),
+        (
+            vec!["mount".into(), "/nonexistent/source".into(), s.into()],
+            "/nonexistent/source",
+        ),
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "-o".into(),
+                "scratch=/tmp/TMPPOINTING_area".into(),
+            ],
+            "TMPPOINTING_area",
+        ),
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "-o".into(),
+                "logs=/proc/version/logs".into(),
+            ],
+            "/proc/version/logs",
+        ),
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "-o".into(),
+                "defer_unlink=maybe".into(),
+            ],
+            "defer_unlink",
+        ),
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "-o".into(),
+                "threads=0".into(),
+            ],
+            "threads",
+        ),
+    ];
+    for (args, culprit) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _out, err) = run(&a);
+        assert_eq!(code, 2, "{a:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(culprit), "{a:?} names {culprit}: {err}");
+        assert_eq!(fstype_at(&src), None, "nothing mounted for {a:?}");
+    }
+    // Bad input never touches the data.
+    assert_eq!(names(&src), Vec::<String>::new());
+}
+
+#[test]
+fn sweep_moves_old_debris_and_reports_holders() {
+    let tmp = TempDir::new("sweep");
+    let t = tmp.path().join("tree");
+    fs::create_dir_all(t.join("repo/scripts")).unwrap();
+    fs::create_dir_all(t.join("obs/TMPPOINTING1700000000.5")).unwrap();
+    fs::create_dir_all(t.join("state/logs/casa")).unwrap();
+    fs::write(t.join("repo/scripts/casa-20250101-000000.log"), b"new").unwrap();
+    fs::write(t.join("state/logs/casa/casa-20250101-000000.log"), b"old").unwrap();
+    fs::write(t.join("obs/TMPPOINTING1700000000.5/table.f0"), b"rows").unwrap();
+    fs::write(t.join("obs/.fuse_hidden0000000200000001"), vec![0u8; 1000]).unwrap();
+    fs::write(t.join("obs/.fuse_hidden0000000300000002"), vec![0u8; 2000]).unwrap();
+    // A live process holds one of them open.
+    let held = t.join("obs/.fuse_hidden0000000300000002");
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 3<'{}'; exec sleep 30", held.display()))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let ts = t.to_str().unwrap();
+    let (code, out, err) = run(&["sweep", ts, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("move") && out.contains("casa-20250101-000000.log"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("held open by {}", holder.id())),
+        "{out}"
+    );
+    assert!(out.contains("dry run"), "{out}");
+    assert!(
+        t.join("repo/scripts/casa-20250101-000000.log").exists(),
+        "dry run changes nothing"
+    );
+
+    let (code, out, err) = run(&["sweep", ts, "--remove-debris"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(names(&t.join("repo/scripts")), Vec::<String>::new());
+    assert_eq!(
+        names(&t.join("state/logs/casa")),
+        ["casa-20250101-000000-2.log", "casa-20250101-000000.log"],
+        "no overwrite"
+    );
+    assert_eq!(
+        fs::read(t.join("state/logs/casa/casa-20250101-000000.log")).unwrap(),
+        b"old"
+    );
+    assert_eq!(
+        fs::read(t.join("state/logs/casa/casa-20250101-000000-2.log")).unwrap(),
+        b"new"
+    );
+    assert_eq!(
+        fs::read(t.join("state/scratch/tmppointing/TMPPOINTING1700000000.5/table.f0")).unwrap(),
+        b"rows"
+    );
+    assert_eq!(
+        names(&t.join("obs")),
+        [".fuse_hidden0000000300000002"],
+        "only the held one stays"
+    );
+    assert!(out.contains("removed 1 debris"), "{out}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("systemd-analyze missing: install systemd (the CI script does)");
+    }
+    let tmp = TempDir::new("unit");
+    let unit = fs::read_to_string(Path::new(REPO).join("mount-scripts/casafs.service")).unwrap();
+    let unit = unit.replace("/usr/local/bin/casafs", BIN);
+    let p = tmp.path().join("casafs.service");
+    fs::write(&p, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
