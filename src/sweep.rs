@@ -102,7 +102,7 @@ fn walk(
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
-        if skip.iter().any(|s| path == *s) {
+        if skip.contains(&path) {
             continue;
         }
         let Ok(meta) = fs::symlink_metadata(&path) else {
