@@ -1,0 +1,153 @@
+//! The control directory and statistics (SPEC §5), as an operator reads
+//! them.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::process::Command;
+
+use common::*;
+
+fn count(j: &serde_json::Value, op: &str) -> u64 {
+    j["operations"][op]["count"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn control_directory_lives_only_in_the_mount() {
+    let m = Mount::over_itself("ctl-visible");
+    fs::write(m.p("data"), b"x").unwrap();
+    // Resolvable by name ...
+    assert_eq!(
+        names(&m.p(".casafs")),
+        ["config", "metrics", "redirects", "stats.json"]
+    );
+    // ... but not in the root listing, nor in the backing tree.
+    assert!(!names(&m.mnt).contains(&".casafs".to_string()));
+    assert!(!m.backing(".casafs").exists());
+    assert!(!names(&m.backing("")).contains(&".casafs".to_string()));
+    // Read-only.
+    let e = fs::write(m.p(".casafs/stats.json"), b"{}");
+    assert_ne!(errno_of(e), 0);
+    let e = fs::remove_file(m.p(".casafs/metrics"));
+    assert_ne!(errno_of(e), 0);
+    let e = fs::create_dir(m.p(".casafs"));
+    assert_ne!(errno_of(e), 0);
+    // The effective configuration.
+    let cfg = fs::read_to_string(m.p(".casafs/config")).unwrap();
+    assert!(cfg.contains("defer_unlink = \"auto\""), "{cfg}");
+    assert!(cfg.contains("name = \"casa-logs\""), "{cfg}");
+}
+
+#[test]
+fn counters_move_with_traffic_by_the_right_amounts() {
+    let m = Mount::builder("ctl-counters")
+        .opt("passthrough=never")
+        .start();
+    fs::create_dir(m.p("d")).unwrap();
+    let before = m.stats();
+    let mut f = fs::File::create(m.p("d/f")).unwrap();
+    f.write_all(&vec![1u8; 100_000]).unwrap();
+    drop(f);
+    let data = fs::read(m.p("d/f")).unwrap();
+    assert_eq!(data.len(), 100_000);
+    for i in 0..5 {
+        let _ = fs::metadata(m.p(&format!("d/missing{i}")));
+    }
+    fs::write(m.p("d/casa-1.log"), b"log").unwrap();
+    fs::remove_file(m.p("d/f")).unwrap();
+    let after = m.stats();
+    assert_eq!(
+        after["bytes_written"].as_u64().unwrap() - before["bytes_written"].as_u64().unwrap(),
+        100_003
+    );
+    assert_eq!(
+        after["bytes_read"].as_u64().unwrap() - before["bytes_read"].as_u64().unwrap(),
+        100_000
+    );
+    assert_eq!(count(&after, "create") - count(&before, "create"), 2);
+    assert_eq!(count(&after, "unlink") - count(&before, "unlink"), 1);
+    let enoent = |j: &serde_json::Value| j["errors"]["ENOENT"].as_u64().unwrap_or(0);
+    assert!(enoent(&after) - enoent(&before) >= 5);
+    assert_eq!(after["redirects"]["casa-logs"]["redirects"], 1);
+    assert_eq!(after["redirects_live"], 1);
+    assert!(after["latency_us"]["create"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(after["uptime_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(after["backing_fs"]["source"], "ext4");
+    // Open handles now: one held, then none.
+    let held = fs::File::open(m.p("d/casa-1.log")).unwrap();
+    // (stats.json is rendered before its own handle is counted)
+    assert_eq!(m.stats()["open_handles"], 1, "the held file");
+    drop(held);
+    assert_eq!(m.stats()["open_handles"], 0);
+}
+
+#[test]
+fn metrics_are_valid_prometheus_text() {
+    let m = Mount::over_itself("ctl-prom");
+    fs::write(m.p("casa-2.log"), b"x").unwrap();
+    let text = fs::read_to_string(m.p(".casafs/metrics")).unwrap();
+    assert!(text.contains("casafs_redirects_total"), "{text}");
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
+fams = list(p(sys.stdin.read()))\nprint(len(fams), sum(len(f.samples) for f in fams))";
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = ok(&out);
+    let families: usize = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(families >= 10, "parsed {stdout}");
+}
+
+#[test]
+fn casafs_stats_prints_for_a_person() {
+    let m = Mount::over_itself("ctl-cli");
+    fs::write(m.p("casa-3.log"), b"x").unwrap();
+    let out = Command::new(BIN).arg("stats").arg(&m.mnt).output().unwrap();
+    let text = ok(&out);
+    assert!(text.contains("redirects    casa-logs 1"), "{text}");
+    assert!(
+        text.contains("operation") && text.contains("p99 us"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .args(["stats", "--json"])
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(j["redirects"]["casa-logs"]["redirects"], 1);
+    let out = Command::new(BIN)
+        .args(["stats", "--prometheus"])
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(ok(&out).contains("# TYPE casafs_operations_total counter"));
+    // --watch redraws in place until stopped.
+    let mut child = Command::new(BIN)
+        .args(["stats", "--watch", "0.2"])
+        .arg(&m.mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.matches("\x1b[H\x1b[2J").count() >= 2, "{text}");
+    // Not a casafs mount: a clear error.
+    let out = Command::new(BIN).args(["stats", "/tmp"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a casafs mounted on /tmp?"));
+}
