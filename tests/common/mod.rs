@@ -94,6 +94,9 @@ pub struct Mount {
     pub mnt: PathBuf,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Set by `kill9`: the dead mount it left is still this guard's to
+    /// clean up if the test fails before a takeover.
+    crashed: bool,
 }
 
 pub struct MountBuilder {
@@ -159,6 +162,7 @@ impl MountBuilder {
             mnt,
             child: Some(child),
             log,
+            crashed: false,
         };
         m.wait_mounted();
         m
@@ -256,6 +260,7 @@ impl Mount {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            self.crashed = true;
         }
     }
 
@@ -282,6 +287,17 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         self.stop();
+        // A crash this guard caused and nobody took over: only a dead mount
+        // (ENOTCONN) is removed, never a live one started by someone else.
+        if self.crashed
+            && fstype_at(&self.mnt).as_deref() == Some("fuse.casafs")
+            && std::fs::read_dir(&self.mnt)
+                .err()
+                .and_then(|e| e.raw_os_error())
+                == Some(libc::ENOTCONN)
+        {
+            umount(&self.mnt, true);
+        }
     }
 }
 
