@@ -339,6 +339,12 @@ pub fn fgetxattr(fd: RawFd, name: &CStr) -> Res<Vec<u8>> {
     Ok(buf)
 }
 
+/// A stat with every field zero (the attributes of a negative entry).
+pub fn zeroed_stat() -> libc::stat {
+    // SAFETY: libc::stat is plain integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
 pub fn borrow(fd: RawFd) -> BorrowedFd<'static> {
     // Only used for descriptors whose owner outlives the borrow (the reply
     // call that registers a passthrough backing file).
@@ -360,6 +366,20 @@ pub fn leaves_unlink_debris(f_type: i64) -> bool {
     matches!(
         f_type,
         FUSE_SUPER_MAGIC | NFS_SUPER_MAGIC | SMB_SUPER_MAGIC | SMB2_MAGIC | CIFS_MAGIC
+    )
+}
+
+/// Statfs magic numbers of network filesystems that report delayed write
+/// errors at close(2); on every other backing filesystem a FUSE flush has
+/// nothing to do and costs a round trip per close.
+pub fn reports_errors_at_close(f_type: i64) -> bool {
+    const NFS_SUPER_MAGIC: i64 = 0x6969;
+    const SMB_SUPER_MAGIC: i64 = 0x517B;
+    const SMB2_MAGIC: i64 = 0xFE53_4D42;
+    const CIFS_MAGIC: i64 = 0xFF53_4D42;
+    matches!(
+        f_type,
+        NFS_SUPER_MAGIC | SMB_SUPER_MAGIC | SMB2_MAGIC | CIFS_MAGIC
     )
 }
 

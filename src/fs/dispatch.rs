@@ -106,12 +106,10 @@ impl Filesystem for CasaFs {
                 GEN
             ));
         }
-        serve!(
-            self,
-            Op::Lookup,
-            reply,
-            self.do_lookup(parent.0, name),
-            |(i, st)| {
+        let t = self.stats.start(Op::Lookup);
+        match self.do_lookup(parent.0, name) {
+            Ok((i, st)) => {
+                self.stats.finish(t, None);
                 reply.entry_with_ttls(
                     &self.ttl_attr(),
                     &self.ttl_entry(),
@@ -119,7 +117,23 @@ impl Filesystem for CasaFs {
                     Generation(i.generation),
                 )
             }
-        )
+            Err(e) if e == sys::Errno::ENOENT => {
+                self.stats.finish(t, Some(e.code()));
+                // Node id 0 is a negative entry the kernel keeps for the
+                // entry timeout: PATH and import searches, and the lookup
+                // before every create, stop costing a round trip each.
+                reply.entry_with_ttls(
+                    &std::time::Duration::ZERO,
+                    &self.ttl_entry(),
+                    &self.attr(0, &sys::zeroed_stat()),
+                    Generation(0),
+                )
+            }
+            Err(e) => {
+                self.stats.finish(t, Some(e.code()));
+                reply.error(e)
+            }
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -357,6 +371,10 @@ impl Filesystem for CasaFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if !self.flush_on_close {
+            // Not an error for the statistics: the kernel asks once.
+            return reply.error(sys::Errno::ENOSYS);
+        }
         serve!(self, Op::Flush, reply, self.do_flush(fh.0), |_| reply.ok())
     }
 

@@ -41,6 +41,10 @@ pub struct CasaFs {
     pub stats: Arc<Stats>,
     /// Unlinks of open files go through the graveyard.
     pub defer_unlink: bool,
+    /// FUSE flush requests are answered (close(dup(fd)) on the backing file)
+    /// only where close reports errors; elsewhere the first flush answers
+    /// ENOSYS and the kernel stops sending them.
+    pub flush_on_close: bool,
     pub passthrough: AtomicBool,
     pub backing_types: Vec<(String, String)>,
     root: Arc<Inode>,
@@ -103,6 +107,7 @@ impl CasaFs {
             rule_area: p.rule_area,
             graveyard,
             defer_unlink,
+            flush_on_close: sys::reports_errors_at_close(root_ftype),
             passthrough: AtomicBool::new(false),
             backing_types,
             root,
