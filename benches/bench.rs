@@ -1,0 +1,742 @@
+//! The casafs benchmark suite: every workload on the native directory, on
+//! casafs mounted over itself, and on bindfs and mergerfs when installed,
+//! interleaved (each repetition runs every filesystem once, in a rotating
+//! order) so that drift of the machine hits all of them alike. Reported as
+//! the median ratio of wall time to the native directory, with min-max.
+//!
+//! ```sh
+//! cargo bench --bench bench                        # the table (as root)
+//! cargo bench --bench bench -- --reps 7 --gib 1    # more repetitions
+//! cargo bench --bench bench -- --walk 1000000      # daemon RSS and fds after a walk
+//! cargo bench --bench bench -- --stats-overhead    # cost of counting per request
+//! ```
+//!
+//! `CASAFS_BENCH_DIR` picks the directory the native runs and the backing
+//! trees live in (default `/var/tmp`); it should be the disk under test.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CASAFS: &str = env!("CARGO_BIN_EXE_casafs");
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+struct Opts {
+    reps: usize,
+    gib: u64,
+    walk: Option<u64>,
+    stats_overhead: bool,
+    only: Option<String>,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        reps: 5,
+        gib: 1,
+        walk: None,
+        stats_overhead: false,
+        only: None,
+    };
+    let mut args = std::env::args().skip(1);
+    // cargo passes `--bench`; anything unknown is ignored for that reason.
+    while let Some(a) = args.next() {
+        let num = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
+        match a.as_str() {
+            "--reps" => o.reps = num(args.next()).unwrap_or(5).max(1) as usize,
+            "--gib" => o.gib = num(args.next()).unwrap_or(1).max(1),
+            "--walk" => o.walk = num(args.next()),
+            "--stats-overhead" => o.stats_overhead = true,
+            "--only" => o.only = args.next(),
+            _ => {}
+        }
+    }
+    o
+}
+
+fn fs_magic(p: &Path) -> Option<i64> {
+    let c = CString::new(p.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0).then_some(s.f_type as i64)
+}
+
+fn umount(p: &Path, flags: i32) -> bool {
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    unsafe { libc::umount2(c.as_ptr(), flags) == 0 }
+}
+
+/// A FUSE filesystem this benchmark started in the foreground. Unmounted and
+/// reaped on drop, also when a workload panics.
+struct Mounted {
+    mnt: PathBuf,
+    child: Child,
+}
+
+impl Mounted {
+    fn start(cmd: &mut Command, mnt: &Path) -> Mounted {
+        let before = fs_magic(mnt);
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let mut m = Mounted {
+            mnt: mnt.to_path_buf(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Over itself the magic already was FUSE only if something else is
+        // mounted there, which the fresh directories here exclude.
+        while fs_magic(mnt) != Some(FUSE_SUPER_MAGIC) || before == Some(FUSE_SUPER_MAGIC) {
+            if let Ok(Some(st)) = m.child.try_wait() {
+                panic!("{cmd:?} exited before mounting: {st}");
+            }
+            assert!(Instant::now() < deadline, "{cmd:?} did not mount in 20s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if fs_magic(&self.mnt) == Some(FUSE_SUPER_MAGIC) && !umount(&self.mnt, 0) {
+            umount(&self.mnt, libc::MNT_DETACH);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One filesystem under test: where workloads run, and its mount if any.
+struct Target {
+    name: &'static str,
+    dir: PathBuf,
+    mount: Option<Mounted>,
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn targets(base: &Path) -> Vec<Target> {
+    let mut v = Vec::new();
+    let native = base.join("native");
+    fs::create_dir_all(&native).expect("create native dir");
+    v.push(Target {
+        name: "native",
+        dir: native,
+        mount: None,
+    });
+    // casafs in its production shape: over itself, default options.
+    let tree = base.join("casafs");
+    fs::create_dir_all(&tree).expect("create casafs tree");
+    let m = Mounted::start(
+        Command::new(CASAFS)
+            .arg("mount")
+            .arg(&tree)
+            .arg(&tree)
+            .arg("-f"),
+        &tree,
+    );
+    v.push(Target {
+        name: "casafs",
+        dir: tree,
+        mount: Some(m),
+    });
+    for (name, tool) in [("bindfs", "bindfs"), ("mergerfs", "mergerfs")] {
+        if !have(tool) {
+            eprintln!("{tool} is not installed: its column is left out");
+            continue;
+        }
+        let src = base.join(format!("{name}-src"));
+        let mnt = base.join(format!("{name}-mnt"));
+        fs::create_dir_all(&src).expect("create peer source");
+        fs::create_dir_all(&mnt).expect("create peer mount point");
+        let m = Mounted::start(Command::new(tool).arg("-f").arg(&src).arg(&mnt), &mnt);
+        v.push(Target {
+            name,
+            dir: mnt,
+            mount: Some(m),
+        });
+    }
+    v
+}
+
+/// xorshift64*: reproducible offsets and sizes without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn drop_caches() {
+    unsafe { libc::sync() };
+    // Needs root; without it the "cold" read is as warm as the other one.
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn seq_write(d: &Path, gib: u64) -> f64 {
+    let p = d.join("seq-write");
+    let buf = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut f = File::create(&p).expect("create");
+    for _ in 0..(gib << 10) {
+        f.write_all(&buf).expect("write");
+    }
+    f.sync_all().expect("fsync");
+    drop(f);
+    let e = secs(t.elapsed());
+    fs::remove_file(&p).expect("remove");
+    e
+}
+
+fn prepare_big(d: &Path, gib: u64) {
+    let p = d.join("seq-read");
+    if fs::metadata(&p).is_ok_and(|m| m.len() == gib << 30) {
+        return;
+    }
+    let mut f = File::create(&p).expect("create");
+    let buf = vec![0xa5u8; 1 << 20];
+    for _ in 0..(gib << 10) {
+        f.write_all(&buf).expect("write");
+    }
+    f.sync_all().expect("fsync");
+}
+
+fn read_all(p: &Path) -> u64 {
+    let mut f = File::open(p).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf).expect("read") {
+            0 => return n,
+            k => n += k as u64,
+        }
+    }
+}
+
+fn seq_read_warm(d: &Path) -> f64 {
+    let p = d.join("seq-read");
+    read_all(&p);
+    let t = Instant::now();
+    read_all(&p);
+    secs(t.elapsed())
+}
+
+fn seq_read_cold(d: &Path) -> f64 {
+    let p = d.join("seq-read");
+    drop_caches();
+    let t = Instant::now();
+    read_all(&p);
+    secs(t.elapsed())
+}
+
+/// create + 4 KiB write + close + stat + unlink, `n` times, in `dir`.
+fn meta_loop_in(dir: &Path, n: usize) {
+    fs::create_dir_all(dir).expect("mkdir");
+    let block = [7u8; 4096];
+    for i in 0..n {
+        let p = dir.join(format!("f{i}"));
+        let mut f = File::create(&p).expect("create");
+        f.write_all(&block).expect("write");
+        drop(f);
+        fs::metadata(&p).expect("stat");
+        fs::remove_file(&p).expect("unlink");
+    }
+}
+
+fn meta_loop(d: &Path) -> f64 {
+    let dir = d.join("meta");
+    let t = Instant::now();
+    meta_loop_in(&dir, 5000);
+    secs(t.elapsed())
+}
+
+fn two_clients(d: &Path) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for c in 0..2 {
+            let dir = d.join(format!("client{c}"));
+            s.spawn(move || meta_loop_in(&dir, 5000));
+        }
+    });
+    secs(t.elapsed())
+}
+
+/// A source tree of ~5,000 files in ~250 directories, as a tar archive made
+/// once on the native disk.
+fn make_archive(base: &Path) -> PathBuf {
+    let tar = base.join("tree.tar");
+    if tar.exists() {
+        return tar;
+    }
+    let gen_dir = base.join("tree-gen");
+    let root = gen_dir.join("src");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for a in 0..10 {
+        for b in 0..25 {
+            let dir = root.join(format!("mod{a}/sub{b}"));
+            fs::create_dir_all(&dir).expect("mkdir");
+            for f in 0..20 {
+                let len = 512 + (rng.next() % (16 << 10)) as usize;
+                let body: Vec<u8> = (0..len).map(|i| b"abcdefgh\n"[i % 9]).collect();
+                fs::write(dir.join(format!("file{f}.rs")), body).expect("write");
+            }
+        }
+    }
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&gen_dir)
+        .arg("src")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar -cf failed");
+    fs::remove_dir_all(&gen_dir).expect("remove generated tree");
+    tar
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>) {
+    dirs.push(dir.to_path_buf());
+    for e in fs::read_dir(dir).expect("readdir").flatten() {
+        let p = e.path();
+        let m = fs::symlink_metadata(&p).expect("lstat");
+        if m.is_dir() {
+            walk(&p, out, dirs);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Unpack, stat-walk, a `git status`-like scan (lstat every indexed file,
+/// list every directory for untracked files), remove. One time per phase.
+fn source_tree(d: &Path, tar: &Path) -> [f64; 4] {
+    let dest = d.join("tree");
+    fs::create_dir_all(&dest).expect("mkdir");
+    let t = Instant::now();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(&dest)
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar -xf failed in {}", dest.display());
+    let unpack = secs(t.elapsed());
+
+    let t = Instant::now();
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    walk(&dest, &mut files, &mut dirs);
+    let stat_walk = secs(t.elapsed());
+    assert_eq!(files.len(), 5000, "the unpacked tree");
+
+    let t = Instant::now();
+    for f in &files {
+        fs::symlink_metadata(f).expect("lstat");
+    }
+    for dir in &dirs {
+        let n = fs::read_dir(dir).expect("readdir").count();
+        std::hint::black_box(n);
+    }
+    let scan = secs(t.elapsed());
+
+    let t = Instant::now();
+    fs::remove_dir_all(&dest).expect("rm -r");
+    let remove = secs(t.elapsed());
+    [unpack, stat_walk, scan, remove]
+}
+
+const TABLE_FILES: usize = 300;
+const TABLE_FILE_SIZE: u64 = 256 << 10;
+
+fn prepare_table(d: &Path) {
+    let dir = d.join("table");
+    fs::create_dir_all(&dir).expect("mkdir");
+    let buf = vec![0u8; TABLE_FILE_SIZE as usize];
+    for i in 0..TABLE_FILES {
+        let p = dir.join(format!("table.f{i}"));
+        if !fs::metadata(&p).is_ok_and(|m| m.len() == TABLE_FILE_SIZE) {
+            fs::write(&p, &buf).expect("write");
+        }
+    }
+}
+
+/// The shape of a CASA table update: open each column file, 64 writes of
+/// 4 KiB at random aligned offsets, close.
+fn small_random_writes(d: &Path, seed: u64) -> f64 {
+    let dir = d.join("table");
+    let mut rng = Rng(seed | 1);
+    let block = [3u8; 4096];
+    let t = Instant::now();
+    for k in 0..TABLE_FILES {
+        let i = (k * 7 + seed as usize) % TABLE_FILES;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(format!("table.f{i}")))
+            .expect("open");
+        for _ in 0..64 {
+            let off = (rng.next() % (TABLE_FILE_SIZE / 4096)) * 4096;
+            f.write_all_at(&block, off).expect("pwrite");
+        }
+    }
+    secs(t.elapsed())
+}
+
+const WORKLOADS: &[&str] = &[
+    "seq write 1 GiB + fsync",
+    "seq read 1 GiB, warm",
+    "seq read 1 GiB, cold",
+    "metadata loop x5000",
+    "tree: unpack 5000 files",
+    "tree: stat-walk",
+    "tree: git-status scan",
+    "tree: remove",
+    "tree: all four phases",
+    "small random writes (300 files)",
+    "two clients, metadata x5000 each",
+];
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn summary(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    let med = median(&mut s);
+    (med, s[0], s[s.len() - 1])
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let out = |c: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(c)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{} · {} CPUs ({cpu}) · {} RAM · kernel {} · backing {}",
+        out("date -u +%Y-%m-%d"),
+        out("nproc"),
+        out("free -g | awk '/Mem:/{print $2\" GiB\"}'"),
+        out("uname -r"),
+        out("df -T \"${CASAFS_BENCH_DIR:-/var/tmp}\" | awk 'NR==2{print $2\" on \"$1}'"),
+    )
+}
+
+fn run_table(base: &Path, o: &Opts) {
+    let tar = make_archive(base);
+    let ts = targets(base);
+    for t in &ts {
+        prepare_big(&t.dir, o.gib);
+        prepare_table(&t.dir);
+    }
+    let gib_label = |s: &str| s.replace("1 GiB", &format!("{} GiB", o.gib));
+    // times[workload][target][rep]
+    let mut times = vec![vec![Vec::new(); ts.len()]; WORKLOADS.len()];
+    let want = |w: usize| {
+        o.only
+            .as_ref()
+            .is_none_or(|f| WORKLOADS[w].contains(f.as_str()))
+    };
+    for rep in 0..o.reps {
+        eprintln!("repetition {}/{}", rep + 1, o.reps);
+        for k in 0..ts.len() {
+            let ti = (k + rep) % ts.len();
+            let d = &ts[ti].dir;
+            // Write-back left by the previous filesystem is not this one's.
+            let settle = || unsafe { libc::sync() };
+            let mut put = |w: usize, v: f64| times[w][ti].push(v);
+            if want(0) {
+                settle();
+                put(0, seq_write(d, o.gib));
+            }
+            if want(1) {
+                settle();
+                put(1, seq_read_warm(d));
+            }
+            if want(2) {
+                settle();
+                put(2, seq_read_cold(d));
+            }
+            if want(3) {
+                settle();
+                put(3, meta_loop(d));
+            }
+            if (4..=8).any(want) {
+                settle();
+                let ph = source_tree(d, &tar);
+                for (i, v) in ph.iter().enumerate() {
+                    put(4 + i, *v);
+                }
+                put(8, ph.iter().sum());
+            }
+            if want(9) {
+                settle();
+                put(9, small_random_writes(d, rep as u64 * 1000 + 17));
+            }
+            if want(10) {
+                settle();
+                put(10, two_clients(d));
+            }
+        }
+    }
+
+    println!("\n{}\n", machine());
+    println!(
+        "Median wall-time ratio to the native directory [min-max] over {} interleaved repetitions:\n",
+        o.reps
+    );
+    let names: Vec<&str> = ts.iter().map(|t| t.name).collect();
+    print!("| workload | native (s) |");
+    for n in &names[1..] {
+        print!(" {n} |");
+    }
+    println!();
+    println!("|---|---:|{}", "---:|".repeat(names.len() - 1));
+    let ratios = |w: usize, a: usize, b: usize| -> Vec<f64> {
+        times[w][a]
+            .iter()
+            .zip(&times[w][b])
+            .map(|(x, y)| x / y)
+            .collect()
+    };
+    for (w, label) in WORKLOADS.iter().enumerate() {
+        if times[w][0].is_empty() {
+            continue;
+        }
+        let (nat, _, _) = summary(&times[w][0]);
+        print!("| {} | {nat:.3} |", gib_label(label));
+        for ti in 1..ts.len() {
+            let (m, lo, hi) = summary(&ratios(w, ti, 0));
+            print!(" {m:.2} [{lo:.2}-{hi:.2}] |");
+        }
+        println!();
+    }
+    let peers: Vec<usize> = (2..ts.len()).collect();
+    if !peers.is_empty() {
+        println!("\ncasafs time as a ratio of each peer's (below 1: casafs is faster):\n");
+        print!("| workload |");
+        for &p in &peers {
+            print!(" casafs / {} |", names[p]);
+        }
+        println!();
+        println!("|---|{}", "---:|".repeat(peers.len()));
+        for (w, label) in WORKLOADS.iter().enumerate() {
+            if times[w][0].is_empty() {
+                continue;
+            }
+            print!("| {} |", gib_label(label));
+            for &p in &peers {
+                let (m, lo, hi) = summary(&ratios(w, 1, p));
+                print!(" {m:.2} [{lo:.2}-{hi:.2}] |");
+            }
+            println!();
+        }
+    }
+    if !times[3][0].is_empty() && !times[10][0].is_empty() {
+        println!(
+            "\nTwo clients against one (metadata loop): work per second of two at once \
+             over one alone (above 1: two clients get ahead):\n"
+        );
+        println!("| filesystem | speed-up |");
+        println!("|---|---:|");
+        for (ti, n) in names.iter().enumerate() {
+            let v: Vec<f64> = times[3][ti]
+                .iter()
+                .zip(&times[10][ti])
+                .map(|(one, two)| 2.0 * one / two)
+                .collect();
+            let (m, lo, hi) = summary(&v);
+            println!("| {n} | {m:.2} [{lo:.2}-{hi:.2}] |");
+        }
+    }
+    if let Some(m) = ts[1].mount.as_ref() {
+        let st = fs::read_to_string(ts[1].dir.join(".casafs/stats.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&st).unwrap_or_default();
+        println!(
+            "\ncasafs daemon (pid {}): passthrough {}, {} opens with passthrough",
+            m.pid(),
+            v.pointer("/passthrough")
+                .unwrap_or(&serde_json::Value::Null),
+            v.pointer("/passthrough_opens")
+                .unwrap_or(&serde_json::Value::Null),
+        );
+    }
+    drop(ts);
+}
+
+fn proc_status(pid: u32, key: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Daemon memory and descriptors after a walk (lstat of every entry) of a
+/// tree of `n` files, 1,000 per directory, made natively beforehand.
+fn run_walk(base: &Path, n: u64) {
+    let tree = base.join("walk");
+    let per_dir = 1000;
+    let t = Instant::now();
+    for d in 0..n.div_ceil(per_dir) {
+        let dir = tree.join(format!("d{d}"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        for f in 0..per_dir.min(n - d * per_dir) {
+            File::create(dir.join(format!("f{f}"))).expect("create");
+        }
+    }
+    eprintln!("made {n} files in {:.0}s", t.elapsed().as_secs_f64());
+    let m = Mounted::start(
+        Command::new(CASAFS)
+            .arg("mount")
+            .arg(&tree)
+            .arg(&tree)
+            .arg("-f"),
+        &tree,
+    );
+    let pid = m.pid();
+    let rss0 = proc_status(pid, "VmRSS:");
+    let t = Instant::now();
+    let mut seen = 0u64;
+    for d in fs::read_dir(&tree).expect("readdir").flatten() {
+        if !d.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        for f in fs::read_dir(d.path()).expect("readdir").flatten() {
+            fs::symlink_metadata(f.path()).expect("lstat");
+            seen += 1;
+        }
+    }
+    let walk_s = t.elapsed().as_secs_f64();
+    let rss = proc_status(pid, "VmRSS:");
+    let hwm = proc_status(pid, "VmHWM:");
+    let fds = fd_count(pid);
+    println!("\n{}\n", machine());
+    println!(
+        "walk of {seen} files through casafs in {walk_s:.1}s: daemon RSS {:.1} MiB \
+         (was {:.1} MiB before the walk; peak {:.1} MiB; {:.0} bytes per cached inode), \
+         {fds} descriptors open",
+        rss as f64 / 1024.0,
+        rss0 as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        (rss.saturating_sub(rss0) * 1024) as f64 / seen.max(1) as f64,
+    );
+    drop(m);
+    let t = Instant::now();
+    fs::remove_dir_all(&tree).expect("remove walk tree");
+    eprintln!("removed in {:.0}s", t.elapsed().as_secs_f64());
+}
+
+/// The cost of counting one request (start + finish of the statistics), on
+/// one thread and on two threads bumping the same counters at once.
+fn run_stats_overhead() {
+    use casafs::stats::{Op, Stats};
+    let stats = Stats::new(&["casa-logs".into(), "tmppointing".into()]);
+    let n = 10_000_000u64;
+    let one = |s: &Stats| {
+        let t = Instant::now();
+        for _ in 0..n {
+            let tm = s.start(std::hint::black_box(Op::Getattr));
+            s.finish(tm, None);
+        }
+        t.elapsed().as_nanos() as f64 / n as f64
+    };
+    let single = one(&stats);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| one(&stats));
+        }
+    });
+    let contended = t.elapsed().as_nanos() as f64 / n as f64;
+    println!(
+        "\nstatistics per request: {single:.1} ns on one thread, {contended:.1} ns with two \
+         threads on the same counters (a FUSE request round trip is tens of microseconds)"
+    );
+}
+
+fn main() {
+    let o = parse_opts();
+    if o.stats_overhead {
+        run_stats_overhead();
+        return;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the benchmarks mount filesystems: run them as root");
+        std::process::exit(2);
+    }
+    let root =
+        std::env::var_os("CASAFS_BENCH_DIR").map_or(PathBuf::from("/var/tmp"), PathBuf::from);
+    let base = root.join(format!("casafs-bench-{}", std::process::id()));
+    fs::create_dir_all(&base).expect("create bench dir");
+    let result = std::panic::catch_unwind(|| match o.walk {
+        Some(n) => run_walk(&base, n),
+        None => {
+            run_table(&base, &o);
+            run_stats_overhead();
+        }
+    });
+    // Every mount was dropped by now (guards); the trees can go.
+    let _ = fs::remove_dir_all(&base);
+    if result.is_err() {
+        std::process::exit(1);
+    }
+}
