@@ -295,6 +295,7 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
     let cfg = fuse_config(&p.settings);
     let acl = cfg.acl;
     let mp = c(&mountpoint);
+    let retention = retention_list(&p);
     // Everything that reads the backing tree's mount table happens before
     // the mount, which would otherwise shadow it.
     let mut fs = match CasaFs::new(p) {
@@ -317,6 +318,7 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
             return Err(MountError::Failed(m));
         }
     };
+    let stats = fs.stats.clone();
     let session = match fuser::Session::from_fd(fs, dev, acl, cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -326,6 +328,7 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
             return Err(MountError::Failed(m));
         }
     };
+    crate::retention::start(retention, stats);
     tell(&mut report, "OK\n");
     sd_notify(&format!(
         "READY=1\nSTATUS=mounted on {}\nMAINPID={}",
@@ -357,6 +360,29 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
         .map_err(|e| MountError::Failed(format!("session ended with an error: {e}")))?;
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// The rules with a retention, each with its own descriptor of its area
+/// (opened before mounting, so below the mount).
+fn retention_list(p: &Prepared) -> Vec<crate::retention::Retention> {
+    let mut list = Vec::new();
+    for (i, rule) in p.settings.rules.rules.iter().enumerate() {
+        let Some(age) = rule.retention else { continue };
+        let Some((path, fd)) = p.rule_area.get(i).and_then(|&a| p.areas.get(a)) else {
+            continue;
+        };
+        match fd.try_clone() {
+            Ok(area) => list.push(crate::retention::Retention {
+                index: i,
+                rule: rule.clone(),
+                age,
+                area,
+                area_path: path.clone(),
+            }),
+            Err(e) => tracing::error!("rule '{}': retention disabled: {e}", rule.name),
+        }
+    }
+    list
 }
 
 /// Raises the descriptor limit to the hard limit: one descriptor per open

@@ -11,6 +11,7 @@ pub mod graveyard;
 pub mod handle;
 pub mod inode;
 pub mod redirect;
+pub mod retention;
 pub mod rules;
 pub mod stats;
 pub mod statscmd;

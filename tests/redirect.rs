@@ -371,3 +371,71 @@ fn unusable_target_area_fails_open() {
     assert_eq!(st["fail_open"], 1);
     assert!(m.log_text().contains("unusable"), "{}", m.log_text());
 }
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn retention_removes_old_closed_objects_and_keeps_open_ones() {
+    let tmp = TempDir::new("retention");
+    let tree = tmp.path().join("tree");
+    let scratch = tmp.path().join("scratch");
+    let cfg = tmp.path().join("casafs.toml");
+    fs::write(
+        &cfg,
+        "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n",
+    )
+    .unwrap();
+    let m = Mount::builder("retention")
+        .opt(&format!("scratch={}", scratch.display()))
+        .arg("--config")
+        .arg(cfg.to_str().unwrap())
+        .source(&tree, tmp)
+        .start();
+    let w = m.p("work");
+    fs::create_dir_all(&w).unwrap();
+    // A table left behind by a crashed run, and one still being written.
+    fs::create_dir(w.join("TMPPOINTING1")).unwrap();
+    fs::write(w.join("TMPPOINTING1/table.dat"), vec![1u8; 5000]).unwrap();
+    let held = fs::File::create(w.join("TMPPOINTING2")).unwrap();
+    // An operator's file in the scratch area that no rule matches.
+    fs::write(scratch.join("notes.txt"), b"mine").unwrap();
+    assert!(scratch.join("TMPPOINTING1/table.dat").exists());
+
+    wait_until("the closed table is removed", || {
+        !scratch.join("TMPPOINTING1").exists()
+    });
+    assert_eq!(errno_of(fs::metadata(w.join("TMPPOINTING1"))), libc::ENOENT);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        scratch.join("TMPPOINTING2").exists(),
+        "an open file is kept"
+    );
+    assert!(w.join("TMPPOINTING2").exists());
+    assert_eq!(fs::read(scratch.join("notes.txt")).unwrap(), b"mine");
+    assert_eq!(
+        m.stats()["redirects"]["tmppointing"]["retention_removed"],
+        1
+    );
+    let log = m.log_text();
+    assert!(
+        log.contains("retention (tmppointing): removed")
+            && log.contains("TMPPOINTING1 (5000 bytes"),
+        "{log}"
+    );
+
+    drop(held);
+    wait_until("the closed file is removed", || {
+        !scratch.join("TMPPOINTING2").exists()
+    });
+    assert_eq!(
+        m.stats()["redirects"]["tmppointing"]["retention_removed"],
+        2
+    );
+    assert_eq!(fs::read(scratch.join("notes.txt")).unwrap(), b"mine");
+}

@@ -1,0 +1,207 @@
+//! Retention: a background thread that removes, per rule, objects in the
+//! rule's target area that have not changed for longer than the rule's
+//! `retention`. Nothing that is open is removed: not through the mount (the
+//! daemon then holds the backing file), not directly, not as a process's
+//! working directory, and not when anything inside a directory is open.
+//! Every removal is logged with its path and size and counted.
+//!
+//! The area is reached through a descriptor opened before mounting, via
+//! `/proc/self/fd/N/...`, which never resolves through the mount: an area
+//! inside a tree mounted over itself is read from below.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::rules::{Kind, Rule};
+use crate::stats::Stats;
+
+/// One rule with a retention, and the area it empties.
+pub struct Retention {
+    /// Index of the rule in the statistics.
+    pub index: usize,
+    pub rule: Rule,
+    pub age: Duration,
+    pub area: OwnedFd,
+    /// For log lines only.
+    pub area_path: PathBuf,
+}
+
+/// Starts the thread if any rule has a retention. The thread lives as long
+/// as the daemon.
+pub fn start(list: Vec<Retention>, stats: Arc<Stats>) {
+    let Some(shortest) = list.iter().map(|r| r.age).min() else {
+        return;
+    };
+    // Often enough that nothing outlives its retention by much more than a
+    // quarter of it; never a busy loop, never less often than every 5 min.
+    let every = (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let spawned = std::thread::Builder::new()
+        .name("casafs-retention".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                for r in &list {
+                    pass(r, &stats);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("retention disabled: cannot start its thread: {e}");
+    }
+}
+
+/// A candidate for removal: its name in the area, its size and the inode
+/// numbers of everything in it.
+struct Expired {
+    name: std::ffi::OsString,
+    is_dir: bool,
+    bytes: u64,
+    age: Duration,
+    inos: HashSet<u64>,
+}
+
+fn pass(r: &Retention, stats: &Stats) {
+    let base = PathBuf::from(format!("/proc/self/fd/{}", r.area.as_raw_fd()));
+    let Ok(entries) = fs::read_dir(&base) else {
+        return;
+    };
+    let now = SystemTime::now();
+    let mut expired = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !r.rule.matches_name(name.as_bytes()) {
+            continue;
+        }
+        let Ok(md) = e.path().symlink_metadata() else {
+            continue;
+        };
+        let is_dir = md.is_dir();
+        if (r.rule.kind == Kind::File && is_dir) || (r.rule.kind == Kind::Dir && !is_dir) {
+            continue;
+        }
+        let mut x = Expired {
+            name,
+            is_dir,
+            bytes: 0,
+            age: Duration::MAX,
+            inos: HashSet::new(),
+        };
+        let mut newest = 0i64;
+        survey(&e.path(), &md, &mut x, &mut newest);
+        let changed = UNIX_EPOCH + Duration::from_secs(newest.max(0) as u64);
+        x.age = now.duration_since(changed).unwrap_or_default();
+        if x.age >= r.age {
+            expired.push(x);
+        }
+    }
+    if expired.is_empty() {
+        return;
+    }
+    let held = held_inodes();
+    for x in expired {
+        let path = base.join(&x.name);
+        let shown = r.area_path.join(&x.name);
+        if x.inos.iter().any(|i| held.contains(i)) {
+            tracing::debug!("retention: {} is open, kept", shown.display());
+            continue;
+        }
+        let res = if x.is_dir {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match res {
+            Ok(()) => {
+                stats.rules[r.index].retention_removed.fetch_add(1, Relaxed);
+                tracing::info!(
+                    "retention ({}): removed {} ({} bytes, unchanged for {}s)",
+                    r.rule.name,
+                    shown.display(),
+                    x.bytes,
+                    x.age.as_secs()
+                );
+            }
+            Err(e) => tracing::warn!("retention: cannot remove {}: {e}", shown.display()),
+        }
+    }
+}
+
+/// Size, newest change time and inode numbers of a tree, without following
+/// symlinks.
+fn survey(p: &Path, md: &fs::Metadata, x: &mut Expired, newest: &mut i64) {
+    x.inos.insert(md.ino());
+    *newest = (*newest).max(md.mtime()).max(md.ctime());
+    if md.is_file() {
+        x.bytes += md.len();
+    }
+    if md.is_dir()
+        && let Ok(rd) = fs::read_dir(p)
+    {
+        for e in rd.flatten() {
+            if let Ok(m) = e.path().symlink_metadata() {
+                survey(&e.path(), &m, x, newest);
+            }
+        }
+    }
+}
+
+/// Inode numbers of everything open or used as a working directory by any
+/// process. The daemon's own O_PATH descriptors (its inode cache) are not
+/// opens. Matching on the inode number alone (the mount shows the backing
+/// numbers) can only keep something too long, never remove it too early.
+fn held_inodes() -> HashSet<u64> {
+    let me = std::process::id().to_string();
+    let mut held = HashSet::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return held;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let dir = p.path();
+        if let Ok(m) = fs::metadata(dir.join("cwd")) {
+            held.insert(m.ino());
+        }
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            // fdinfo gives the inode without a stat that could hang on a
+            // dead network mount.
+            let (flags, ino) = fd_info(&dir, &fd.file_name());
+            if pid == me && flags & libc::O_PATH as i64 != 0 {
+                continue;
+            }
+            if let Some(i) = ino.or_else(|| fs::metadata(fd.path()).ok().map(|m| m.ino())) {
+                held.insert(i);
+            }
+        }
+    }
+    held
+}
+
+/// The open flags and inode number of a descriptor, from fdinfo.
+fn fd_info(proc_dir: &Path, fd: &std::ffi::OsStr) -> (i64, Option<u64>) {
+    let info = fs::read_to_string(proc_dir.join("fdinfo").join(fd)).unwrap_or_default();
+    let field = |k: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+    };
+    let flags = field("flags:")
+        .and_then(|v| i64::from_str_radix(&v, 8).ok())
+        .unwrap_or(0);
+    (flags, field("ino:").and_then(|v| v.parse().ok()))
+}
