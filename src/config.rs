@@ -219,7 +219,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !(n.is_finite() && n >= 0.0) {
         return Err(format!("invalid duration '{s}'"));
     }
-    Ok(Duration::from_secs_f64(n * mult))
+    Duration::try_from_secs_f64(n * mult).map_err(|_| format!("duration '{s}' is too long"))
 }
 
 fn parse_bool(k: &str, v: &str) -> Result<bool, BadInput> {
@@ -245,7 +245,11 @@ fn value_to_string(v: &toml::Value) -> String {
 fn read_file_config(path: &Path) -> Result<FileConfig, BadInput> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| BadInput(format!("config file {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
+    parse_file_config(path, &text)
+}
+
+fn parse_file_config(path: &Path, text: &str) -> Result<FileConfig, BadInput> {
+    toml::from_str(text).map_err(|e| {
         let msg = e.message().replace('\n', " ");
         let loc = e
             .span()
@@ -276,6 +280,34 @@ pub struct MountArgs {
 /// backing tree beyond reading the config file; the daemon checks the target
 /// areas before it mounts.
 pub fn build(args: &MountArgs) -> Result<Settings, BadInput> {
+    build_inner(args, None).map_err(one_line)
+}
+
+/// Errors echo what the operator wrote; a newline or other control
+/// character in it must not break the one-line error.
+fn one_line(e: BadInput) -> BadInput {
+    BadInput(
+        e.0.chars()
+            .flat_map(|c| {
+                let esc: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                esc
+            })
+            .collect(),
+    )
+}
+
+/// `build` with the config file's text given directly (for the fuzzer and
+/// for checking a file before installing it); `config=` options are
+/// ignored.
+pub fn build_from_text(args: &MountArgs, config_text: &str) -> Result<Settings, BadInput> {
+    build_inner(args, Some(config_text)).map_err(one_line)
+}
+
+fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, BadInput> {
     let mut raw = Raw::default();
     parse_o(&args.options, &mut raw)?;
 
@@ -290,9 +322,10 @@ pub fn build(args: &MountArgs) -> Result<Settings, BadInput> {
         .find(|(k, _)| k == "config")
         .map(|(_, v)| absolute(&cwd, v))
         .or_else(|| args.config.clone());
-    let file = match &config_file {
-        Some(p) => read_file_config(p)?,
-        None => FileConfig::default(),
+    let file = match (config_text, &config_file) {
+        (Some(text), _) => parse_file_config(Path::new("<text>"), text)?,
+        (None, Some(p)) => read_file_config(p)?,
+        (None, None) => FileConfig::default(),
     };
 
     // File values first, then -o values on top.
@@ -661,5 +694,91 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn durations_too_long_are_refused_not_a_panic() {
+        assert!(parse_duration("1e300").is_err());
+        assert!(parse_duration(&format!("{}d", "9".repeat(300))).is_err());
+        let e = build(&args(&[&format!("attr_timeout={}s", "9".repeat(300))])).unwrap_err();
+        assert!(e.0.contains("too long"), "{e}");
+    }
+
+    /// A short stable-toolchain fuzz of the option and config parsers (the
+    /// libFuzzer targets in fuzz/ go further): random inputs built from the
+    /// tokens the parsers care about never panic and never give a
+    /// multi-line error.
+    #[test]
+    fn random_options_and_config_files_never_panic() {
+        const TOKENS: &[&str] = &[
+            "logs",
+            "scratch",
+            "config",
+            "defer_unlink",
+            "threads",
+            "attr_timeout",
+            "=",
+            ",",
+            "1e309",
+            "-1",
+            "0",
+            "999999999999999999999",
+            "always",
+            "[[rule]]",
+            "name",
+            "glob",
+            "regex",
+            "kind",
+            "target",
+            "retention",
+            "enabled",
+            "\"",
+            "\n",
+            " = ",
+            "true",
+            "casa-*.log",
+            "TMPPOINTING*",
+            "[",
+            "]",
+            "*",
+            "?",
+            "\\",
+            "(",
+            ")",
+            "{99999}",
+            "/",
+            "\u{0}",
+            "é",
+            "file",
+            "dir",
+            "any",
+            "24h",
+            "ms",
+            "tmppointing",
+            "casa-logs",
+        ];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut pick = |n: u64| -> String {
+                (0..n)
+                    .map(|_| TOKENS[(next() % TOKENS.len() as u64) as usize])
+                    .collect()
+            };
+            let opts = pick(6);
+            let file = pick(24);
+            let a = args(&[&opts]);
+            match build_from_text(&a, &file) {
+                Ok(s) => {
+                    let _ = render(&s);
+                }
+                Err(e) => assert!(!e.0.contains('\n'), "{opts:?} {file:?}: {e}"),
+            }
+        }
     }
 }
