@@ -245,3 +245,45 @@ fn cpython_shutil_and_tempfile_suites_pass_with_tmpdir_on_casafs_over_ntfs() {
     assert!(text.contains("Result: SUCCESS"), "{text}");
     assert_eq!(debris_anywhere(&m.backing("")), "");
 }
+
+#[test]
+fn ntfs3g_killed_underneath_gives_errors_and_the_daemon_keeps_serving() {
+    let v = Ntfs::new("killed");
+    let img = v._tmp.path().join("vol.img");
+    let mut m = on_ntfs(&v);
+    fs::write(m.p("kept"), b"on disk").unwrap();
+    File::open(m.p("kept")).unwrap().sync_all().unwrap();
+    // The volume's driver dies (we started it; nothing else is touched).
+    let pid = ok(&sh(
+        Path::new("/"),
+        &format!("pgrep -f '^ntfs-3g +{}'", img.display()),
+    ));
+    ok(&sh(Path::new("/"), &format!("kill -9 {}", pid.trim())));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(errno_of(fs::write(m.p("new"), b"x")), libc::ENOTCONN);
+    assert_eq!(
+        errno_of(fs::read_dir(m.p("")).map(|d| d.count())),
+        libc::ENOTCONN
+    );
+    // casafs itself is alive: its control files answer and it unmounts cleanly.
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(m.p(".casafs/stats.json")).unwrap()).unwrap();
+    assert!(
+        st["errors"].as_object().is_some_and(|e| !e.is_empty()),
+        "{st}"
+    );
+    let status = m.stop().expect("the daemon was running");
+    assert!(status.success(), "{status} {}", m.log_text());
+    // Back up: the driver remounted, casafs on top again, data intact.
+    umount(&v.dir, true);
+    ok(&sh(
+        Path::new("/"),
+        &format!(
+            "ntfsfix -d {img} >/dev/null && ntfs-3g {img} {dir}",
+            img = img.display(),
+            dir = v.dir.display()
+        ),
+    ));
+    let m2 = on_ntfs(&v);
+    assert_eq!(fs::read(m2.p("kept")).unwrap(), b"on disk");
+}
