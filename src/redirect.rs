@@ -23,8 +23,16 @@ pub const ORIGIN_XATTR: &CStr = c"user.casafs.origin";
 /// A target area: a directory that routed objects are placed in.
 pub struct Area {
     pub path: PathBuf,
-    pub inode: Arc<Inode>,
+    /// The area's directory. Replaced when the directory was removed and
+    /// an operator made it again (see `CasaFs::revive_area`).
+    pub inode: parking_lot::RwLock<Arc<Inode>>,
     pub fs_type: i64,
+}
+
+impl Area {
+    pub fn dir(&self) -> Arc<Inode> {
+        self.inode.read().clone()
+    }
 }
 
 #[derive(Clone)]
@@ -130,7 +138,7 @@ pub fn candidate(name: &CStr, n: u32) -> CString {
 /// Records the origin on the object; filesystems without user xattrs (or a
 /// symlink) simply do not carry it.
 pub fn tag_origin(area: &Area, tname: &CStr, origin: &str) {
-    if let Ok(dir) = area.inode.dir_fd()
+    if let Ok(dir) = area.dir().dir_fd()
         && let Ok(path) = sys::proc_child_path(dir.as_raw_fd(), tname)
     {
         let _ = sys::setxattr(&path, ORIGIN_XATTR, origin.as_bytes(), 0, false);

@@ -370,6 +370,17 @@ fn unusable_target_area_fails_open() {
     assert_eq!(st["redirects"]["casa-logs"]["fail_open"], 1);
     assert_eq!(st["fail_open"], 1);
     assert!(m.log_text().contains("unusable"), "{}", m.log_text());
+    // The operator makes the area again: routing resumes without a remount.
+    fs::create_dir(m.p("state/logs/casa")).unwrap();
+    let mut g = casa_open(&m.p("w").join("casa-20261122-020202.log"));
+    g.write_all(b"routed again").unwrap();
+    assert_eq!(names(&m.p("w")), [LOG]);
+    assert_eq!(
+        fs::read(logs(&m).join("casa-20261122-020202.log")).unwrap(),
+        b"routed again"
+    );
+    assert_eq!(m.stats()["redirects"]["casa-logs"]["redirects"], 1);
+    assert!(m.log_text().contains("is back"), "{}", m.log_text());
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {

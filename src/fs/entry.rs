@@ -37,11 +37,12 @@ impl CasaFs {
     pub(super) fn locate(&self, dir: &Arc<Inode>, name: &CStr) -> Res<Located> {
         if let Some(r) = self.redirects.get(dir, name) {
             let area = self.areas.get(r.area).ok_or(Errno::EIO)?;
-            let afd = area.inode.dir_fd()?;
+            let adir = area.dir();
+            let afd = adir.dir_fd()?;
             match sys::stat_at(afd.as_raw_fd(), &r.tname) {
                 Ok(_) => {
                     return Ok(Located {
-                        dir: area.inode.clone(),
+                        dir: adir.clone(),
                         name: r.tname.clone(),
                         redirect: Some(r),
                     });
@@ -226,8 +227,8 @@ impl CasaFs {
             }
             match self.place(rule, name, make) {
                 Ok((area_idx, tname, v)) => {
-                    let area = &self.areas[area_idx];
-                    let afd = area.inode.dir_fd()?;
+                    let adir = self.areas[area_idx].dir();
+                    let afd = adir.dir_fd()?;
                     let mut st = sys::stat_at(afd.as_raw_fd(), &tname)?;
                     if let Some(who) = who {
                         let sg = self.setgid_of(pfd.as_raw_fd())?;
@@ -246,7 +247,7 @@ impl CasaFs {
                         }
                     }
                     self.record_redirect(p, name, rule, area_idx, &tname);
-                    let inode = self.inodes.remember(&area.inode, &tname, &st, true);
+                    let inode = self.inodes.remember(&adir, &tname, &st, true);
                     return Ok((inode, st, v));
                 }
                 Err(Errno::EXDEV)
@@ -299,17 +300,24 @@ impl CasaFs {
         make: &dyn Fn(RawFd, &CStr) -> Res<T>,
     ) -> Res<(usize, CString, T)> {
         let area_idx = *self.rule_area.get(rule).ok_or(Errno::EIO)?;
-        let area = self.areas.get(area_idx).ok_or(Errno::EIO)?;
-        let afd = area.inode.dir_fd()?;
-        for n in 1..100_000u32 {
-            let t = redirect::candidate(name, n);
-            match make(afd.as_raw_fd(), &t) {
-                Ok(v) => return Ok((area_idx, t, v)),
-                Err(Errno::EEXIST) => continue,
-                Err(e) => return Err(e),
+        let mut revived = false;
+        'again: loop {
+            let area = self.areas.get(area_idx).ok_or(Errno::EIO)?;
+            let afd = area.dir().dir_fd()?;
+            for n in 1..100_000u32 {
+                let t = redirect::candidate(name, n);
+                match make(afd.as_raw_fd(), &t) {
+                    Ok(v) => return Ok((area_idx, t, v)),
+                    Err(Errno::EEXIST) => continue,
+                    Err(Errno::ENOENT) if !revived && self.revive_area(area_idx) => {
+                        revived = true;
+                        continue 'again;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
+            return Err(Errno::EEXIST);
         }
-        Err(Errno::EEXIST)
     }
 
     fn record_redirect(
@@ -542,8 +550,8 @@ impl CasaFs {
 
         if let Some(rule) = route {
             let area_idx = self.rule_area[rule];
-            let area = &self.areas[area_idx];
-            if area.inode.dev != sst.st_dev {
+            let adir = self.areas[area_idx].dir();
+            if adir.dev != sst.st_dev {
                 match self.settings.cross_device {
                     crate::config::CrossDevice::Exdev => return Err(Errno::EXDEV),
                     crate::config::CrossDevice::InPlace => {
@@ -582,7 +590,7 @@ impl CasaFs {
                 if let Err(e) = r {
                     // Put the object back where it was: the rename fails as
                     // a whole.
-                    let afd = area.inode.dir_fd()?;
+                    let afd = self.areas[area_idx].dir().dir_fd()?;
                     let _ = sys::rename_at2(
                         afd.as_raw_fd(),
                         &tname,
@@ -597,7 +605,7 @@ impl CasaFs {
                 self.redirects.remove(&p, &name);
             }
             self.record_redirect(&np, &newname, rule, area_idx, &tname);
-            self.moved(&sst, &area.inode, &tname);
+            self.moved(&sst, &self.areas[area_idx].dir(), &tname);
             return Ok(());
         }
         self.rename_plain(&src, &sst, &dst, &np, &newname, flags)?;

@@ -81,7 +81,7 @@ impl CasaFs {
             backing_types.push((path.to_string_lossy().into_owned(), fs_type_of(&path, ft)));
             areas.push(Area {
                 path,
-                inode: Inode::new_anchor(nodeid, fd, &st, true),
+                inode: parking_lot::RwLock::new(Inode::new_anchor(nodeid, fd, &st, true)),
                 fs_type: ft,
             });
         }
@@ -119,6 +119,42 @@ impl CasaFs {
         self.root.dir_fd()
     }
 
+    /// A target area whose directory was removed while mounted: if the
+    /// operator made it again, use the new one. Inside the source tree it is
+    /// reopened from below the mount (never through it), without following
+    /// symlinks. True when the area has a live directory again.
+    pub(super) fn revive_area(&self, idx: usize) -> bool {
+        let Some(area) = self.areas.get(idx) else {
+            return false;
+        };
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        let fd = match area.path.strip_prefix(&self.settings.source) {
+            Ok(rel) if !rel.as_os_str().is_empty() => sys::cpath(rel).and_then(|r| {
+                let root = self.root_fd()?;
+                sys::open_beneath(root.as_raw_fd(), &r, flags, 0)
+            }),
+            Ok(_) => return false,
+            Err(_) => sys::cpath(&area.path)
+                .and_then(|p| sys::open_at(libc::AT_FDCWD, &p, flags | libc::O_NOFOLLOW, 0)),
+        };
+        let Ok(fd) = fd else {
+            return false;
+        };
+        let Ok(st) = sys::fstat(fd.as_raw_fd()) else {
+            return false;
+        };
+        let mut cur = area.inode.write();
+        if st.st_nlink == 0 || (cur.dev == st.st_dev && cur.ino == st.st_ino) {
+            return false;
+        }
+        *cur = Inode::new_anchor(cur.nodeid, fd, &st, true);
+        tracing::info!(
+            "target area {} is back: routing to it again",
+            area.path.display()
+        );
+        true
+    }
+
     fn ttl_attr(&self) -> Duration {
         self.settings.attr_timeout
     }
@@ -153,14 +189,23 @@ impl CasaFs {
     /// Whether `st` is the root of a target area (names below it are never
     /// routed again).
     fn is_area_root(&self, st: &libc::stat) -> bool {
-        self.areas
-            .iter()
-            .any(|a| a.inode.dev == st.st_dev && a.inode.ino == st.st_ino)
+        self.areas.iter().any(|a| {
+            let d = a.dir();
+            d.dev == st.st_dev && d.ino == st.st_ino
+        })
     }
 
     /// The rule that routes a new `name` in `dir`, if any.
     fn route(&self, dir: &Inode, name: &CStr, is_dir: bool) -> Option<usize> {
         if dir.in_target || self.settings.rules.is_empty() {
+            return None;
+        }
+        // An area directory made again after a removal was not known as one
+        // when it was created.
+        if self.areas.iter().any(|a| {
+            let d = a.dir();
+            d.dev == dir.dev && d.ino == dir.ino
+        }) {
             return None;
         }
         if dir.nodeid == ROOT_ID && is_reserved_root_name(name) {
