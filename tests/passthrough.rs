@@ -443,3 +443,49 @@ fn descriptors_stay_bounded_on_a_large_walk() {
     let st = m.stats();
     assert!(st["inodes_cached"].as_u64().unwrap() >= 10_000);
 }
+
+/// What writes and truncates leave of set-ID bits, for an unprivileged
+/// writer and for root: the same on casafs as on the native directory (with
+/// kernel passthrough on, where casafs must keep such files off it).
+fn set_id_outcomes(dir: &Path) -> Vec<(String, String)> {
+    let (uid, gid) = user_ids("nobody");
+    // (case, mode, what the writer does, writer, file's group)
+    let cases = [
+        ("write", 0o6777, "echo x >> f", uid, 0),
+        ("truncate", 0o6777, "truncate -s 1 f", uid, 0),
+        ("o_trunc", 0o6777, ": > f", uid, 0),
+        ("sgid_no_xgrp", 0o2766, "echo x >> f", uid, 0),
+        ("sgid_no_xgrp_in_group", 0o2766, "echo x >> f", uid, gid),
+        ("sgid_xgrp_in_group", 0o2776, "echo x >> f", uid, gid),
+        ("root_write", 0o6777, "echo x >> f", 0, 0),
+    ];
+    let mut out = Vec::new();
+    for (name, mode, script, who, group) in cases {
+        let d = dir.join(name);
+        fs::create_dir_all(&d).unwrap();
+        chmod(&d, 0o777);
+        fs::write(d.join("f"), b"data").unwrap();
+        std::os::unix::fs::chown(d.join("f"), Some(0), Some(group)).unwrap();
+        chmod(&d.join("f"), mode);
+        let o = sh_as(who, if who == 0 { 0 } else { gid }, &d, script);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let m = stat(&d.join("f")).st_mode & 0o7777;
+        out.push((name.to_string(), format!("{m:o}")));
+    }
+    out
+}
+
+#[test]
+fn unprivileged_writes_clear_set_id_bits_as_natively() {
+    let native = TempDir::new("setid-native");
+    chmod(native.path(), 0o755);
+    let want = set_id_outcomes(native.path());
+    assert_eq!(want[0].1, "777", "the native kernel clears them: {want:?}");
+    let m = Mount::over_itself("setid");
+    fs::create_dir_all(m.p("t")).unwrap();
+    assert_eq!(set_id_outcomes(&m.p("t")), want);
+}

@@ -62,6 +62,12 @@ impl Filesystem for CasaFs {
         ] {
             let _ = config.add_capabilities(f);
         }
+        if config
+            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            .is_ok()
+        {
+            self.killpriv.store(true, Relaxed);
+        }
         if self.settings.passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
@@ -161,7 +167,7 @@ impl Filesystem for CasaFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -181,7 +187,8 @@ impl Filesystem for CasaFs {
             self,
             Op::Setattr,
             reply,
-            self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0)),
+            self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0))
+                .and_then(|st| self.after_truncate(caller(req), ino.0, size, st, fh.map(|f| f.0))),
             |st| reply.attr(&self.ttl_attr(), &self.attr(ino.0, &st))
         )
     }
@@ -302,7 +309,7 @@ impl Filesystem for CasaFs {
         )
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if is_control(ino.0) {
             return serve!(
                 self,
@@ -312,7 +319,10 @@ impl Filesystem for CasaFs {
                 |fh| reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
             );
         }
-        serve!(self, Op::Open, reply, self.do_open(ino.0, flags.0), |o| {
+        let opened = self
+            .do_open(ino.0, flags.0)
+            .and_then(|o| self.after_open_trunc(caller(req), flags.0, o));
+        serve!(self, Op::Open, reply, opened, |o| {
             let (fh, backing) =
                 self.register(o, flags.0, &|fd| reply.open_backing(sys::borrow(fd)));
             match backing {
@@ -344,21 +354,24 @@ impl Filesystem for CasaFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let kill = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| caller(req));
         serve!(
             self,
             Op::Write,
             reply,
-            self.do_write(fh.0, offset, data),
+            self.do_write(fh.0, offset, data, kill),
             |n| reply.written(n)
         )
     }
@@ -596,7 +609,8 @@ impl Filesystem for CasaFs {
             self,
             Op::Create,
             reply,
-            self.do_create(caller(req), parent.0, name, mode, flags),
+            self.do_create(caller(req), parent.0, name, mode, flags)
+                .and_then(|o| self.after_open_trunc(caller(req), flags, o)),
             |o| {
                 let nodeid = o.inode.nodeid;
                 let gen_ = Generation(o.inode.generation);

@@ -99,6 +99,10 @@ impl CasaFs {
             if is_reg && self.passthrough.load(Relaxed) {
                 if let Some(b) = &open.backing {
                     backing = Some(b.clone());
+                } else if self.killpriv.load(Relaxed) && holds_privileges(o.fd.as_raw_fd(), &o.st) {
+                    // Writes to it must reach casafs, which clears the
+                    // privileges as the kernel would natively.
+                    tracing::debug!("no passthrough for a set-ID or capability file");
                 } else {
                     match open_backing(o.fd.as_raw_fd()) {
                         Ok(b) => {
@@ -148,7 +152,13 @@ impl CasaFs {
         Ok(buf)
     }
 
-    pub(super) fn do_write(&self, fh: u64, off: u64, data: &[u8]) -> Res<u32> {
+    pub(super) fn do_write(
+        &self,
+        fh: u64,
+        off: u64,
+        data: &[u8],
+        kill: Option<Caller>,
+    ) -> Res<u32> {
         let h = self.handles.get(fh)?;
         let fd = h.fd()?;
         let n = if h.append {
@@ -158,8 +168,59 @@ impl CasaFs {
         } else {
             sys::pwrite(fd, data, off)?
         };
+        if let Some(who) = kill
+            && let Err(e) = clear_privileges(fd, &who)
+        {
+            tracing::warn!("cannot clear set-ID bits after a write: {e:?}");
+        }
         self.stats.bytes_written.fetch_add(n as u64, Relaxed);
         Ok(n as u32)
+    }
+
+    /// An open with O_TRUNC by an unprivileged caller clears set-ID bits and
+    /// capabilities, as the kernel does natively (casafs truncates as root).
+    pub(super) fn after_open_trunc(&self, who: Caller, flags: i32, mut o: Opened) -> Res<Opened> {
+        if flags & libc::O_TRUNC != 0
+            && who.uid != 0
+            && self.killpriv.load(Relaxed)
+            && o.st.st_mode & libc::S_IFMT == libc::S_IFREG
+        {
+            clear_privileges(o.fd.as_raw_fd(), &who)?;
+            o.st = sys::fstat(o.fd.as_raw_fd())?;
+        }
+        Ok(o)
+    }
+
+    /// The same for a truncate (setattr with a size).
+    pub(super) fn after_truncate(
+        &self,
+        who: Caller,
+        ino: u64,
+        size: Option<u64>,
+        st: libc::stat,
+        fh: Option<u64>,
+    ) -> Res<libc::stat> {
+        if size.is_none()
+            || who.uid == 0
+            || !self.killpriv.load(Relaxed)
+            || st.st_mode & libc::S_IFMT != libc::S_IFREG
+        {
+            return Ok(st);
+        }
+        let kill = privilege_bits(&st, &who);
+        if st.st_mode & kill == 0 {
+            return Ok(st);
+        }
+        self.do_setattr(
+            ino,
+            Some(st.st_mode & 0o7777 & !kill),
+            None,
+            None,
+            None,
+            None,
+            None,
+            fh,
+        )
     }
 
     pub(super) fn do_flush(&self, fh: u64) -> Res<()> {
@@ -304,4 +365,54 @@ fn in_groups(pid: u32, gid: u32) -> bool {
     s.lines()
         .find_map(|l| l.strip_prefix("Groups:"))
         .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+}
+
+/// The set-ID bits a write or truncate by an unprivileged caller clears
+/// (as the kernel's `should_remove_suid`): set-user-ID always; set-group-ID
+/// with group execute, or when the caller is not in the file's group.
+fn privilege_bits(st: &libc::stat, who: &Caller) -> u32 {
+    let mut kill = libc::S_ISUID;
+    if st.st_mode & libc::S_IXGRP != 0 || !in_group(who, st.st_gid) {
+        kill |= libc::S_ISGID;
+    }
+    kill
+}
+
+/// Whether the caller is in group `gid` (primary or supplementary, from
+/// /proc; an unreadable status counts as not in the group, the safe side).
+fn in_group(who: &Caller, gid: u32) -> bool {
+    if who.gid == gid {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{}/status", who.pid))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether a write to this file could have to clear privileges.
+fn holds_privileges(fd: RawFd, st: &libc::stat) -> bool {
+    st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0
+        || sys::fgetxattr(fd, c"security.capability").is_ok()
+}
+
+/// Clears set-ID bits and file capabilities of an open regular file after
+/// an unprivileged write or truncate.
+fn clear_privileges(fd: RawFd, who: &Caller) -> Res<()> {
+    let st = sys::fstat(fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    let kill = privilege_bits(&st, who);
+    if st.st_mode & kill != 0 {
+        sys::fchmod(fd, st.st_mode & 0o7777 & !kill)?;
+    }
+    match sys::removexattr(&sys::proc_path(fd), c"security.capability", true) {
+        Ok(()) | Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => Ok(()),
+        Err(e) => Err(e),
+    }
 }

@@ -45,6 +45,11 @@ pub struct CasaFs {
     /// only where close reports errors; elsewhere the first flush answers
     /// ENOSYS and the kernel stops sending them.
     pub flush_on_close: bool,
+    /// FUSE_HANDLE_KILLPRIV_V2 is on: the kernel no longer asks for
+    /// security.capability before every write, and casafs clears set-ID bits
+    /// and capabilities itself where an unprivileged write or truncate would
+    /// natively (see `file.rs`).
+    pub killpriv: AtomicBool,
     pub passthrough: AtomicBool,
     pub backing_types: Vec<(String, String)>,
     root: Arc<Inode>,
@@ -109,6 +114,7 @@ impl CasaFs {
             defer_unlink,
             flush_on_close: sys::reports_errors_at_close(root_ftype),
             passthrough: AtomicBool::new(false),
+            killpriv: AtomicBool::new(false),
             backing_types,
             root,
             settings: p.settings,
