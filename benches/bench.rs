@@ -125,6 +125,18 @@ impl Drop for Mounted {
     }
 }
 
+/// casafs in its production shape: over itself, default options.
+fn mount_casafs(tree: &Path) -> Mounted {
+    Mounted::start(
+        Command::new(CASAFS)
+            .arg("mount")
+            .arg(tree)
+            .arg(tree)
+            .arg("-f"),
+        tree,
+    )
+}
+
 /// One filesystem under test: where workloads run, and its mount if any.
 struct Target {
     name: &'static str,
@@ -150,17 +162,9 @@ fn targets(base: &Path) -> Vec<Target> {
         dir: native,
         mount: None,
     });
-    // casafs in its production shape: over itself, default options.
     let tree = base.join("casafs");
     fs::create_dir_all(&tree).expect("create casafs tree");
-    let m = Mounted::start(
-        Command::new(CASAFS)
-            .arg("mount")
-            .arg(&tree)
-            .arg(&tree)
-            .arg("-f"),
-        &tree,
-    );
+    let m = mount_casafs(&tree);
     v.push(Target {
         name: "casafs",
         dir: tree,
@@ -644,14 +648,7 @@ fn run_walk(base: &Path, n: u64) {
         }
     }
     eprintln!("made {n} files in {:.0}s", t.elapsed().as_secs_f64());
-    let m = Mounted::start(
-        Command::new(CASAFS)
-            .arg("mount")
-            .arg(&tree)
-            .arg(&tree)
-            .arg("-f"),
-        &tree,
-    );
+    let m = mount_casafs(&tree);
     let pid = m.pid();
     let rss0 = proc_status(pid, "VmRSS:");
     let t = Instant::now();

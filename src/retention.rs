@@ -159,18 +159,7 @@ fn survey(p: &Path, md: &fs::Metadata, x: &mut Expired, newest: &mut i64) {
 fn held_inodes() -> HashSet<u64> {
     let me = std::process::id().to_string();
     let mut held = HashSet::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return held;
-    };
-    for p in procs.flatten() {
-        let pid = p.file_name();
-        let Some(pid) = pid
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let dir = p.path();
+    for (pid, dir) in crate::sys::processes() {
         if let Ok(m) = fs::metadata(dir.join("cwd")) {
             held.insert(m.ino());
         }

@@ -39,21 +39,11 @@ enum Action {
 /// Who holds which file open, from `/proc/*/fd`.
 fn holders() -> HashMap<PathBuf, Vec<String>> {
     let mut map: HashMap<PathBuf, Vec<String>> = HashMap::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return map;
-    };
-    for p in procs.flatten() {
-        let name = p.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let comm = fs::read_to_string(p.path().join("comm"))
+    for (pid, dir) in crate::sys::processes() {
+        let comm = fs::read_to_string(dir.join("comm"))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {

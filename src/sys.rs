@@ -355,32 +355,47 @@ pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
 }
 
-/// Statfs magic numbers of filesystems that turn an unlink of an open file
-/// into a visible rename (`.fuse_hidden*`, `.nfsXXXX`, SMB delete-pending).
-pub fn leaves_unlink_debris(f_type: i64) -> bool {
-    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    const NFS_SUPER_MAGIC: i64 = 0x6969;
-    const SMB_SUPER_MAGIC: i64 = 0x517B;
-    const SMB2_MAGIC: i64 = 0xFE53_4D42;
-    const CIFS_MAGIC: i64 = 0xFF53_4D42;
-    matches!(
-        f_type,
-        FUSE_SUPER_MAGIC | NFS_SUPER_MAGIC | SMB_SUPER_MAGIC | SMB2_MAGIC | CIFS_MAGIC
-    )
-}
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+const NFS_SUPER_MAGIC: i64 = 0x6969;
+const SMB_SUPER_MAGIC: i64 = 0x517B;
+const SMB2_MAGIC: i64 = 0xFE53_4D42;
+const CIFS_MAGIC: i64 = 0xFF53_4D42;
 
-/// Statfs magic numbers of network filesystems that report delayed write
-/// errors at close(2); on every other backing filesystem a FUSE flush has
-/// nothing to do and costs a round trip per close.
-pub fn reports_errors_at_close(f_type: i64) -> bool {
-    const NFS_SUPER_MAGIC: i64 = 0x6969;
-    const SMB_SUPER_MAGIC: i64 = 0x517B;
-    const SMB2_MAGIC: i64 = 0xFE53_4D42;
-    const CIFS_MAGIC: i64 = 0xFF53_4D42;
+/// Network filesystems (NFS, SMB/CIFS).
+fn is_network(f_type: i64) -> bool {
     matches!(
         f_type,
         NFS_SUPER_MAGIC | SMB_SUPER_MAGIC | SMB2_MAGIC | CIFS_MAGIC
     )
+}
+
+/// Filesystems that turn an unlink of an open file into a visible rename
+/// (`.fuse_hidden*`, `.nfsXXXX`, SMB delete-pending).
+pub fn leaves_unlink_debris(f_type: i64) -> bool {
+    f_type == FUSE_SUPER_MAGIC || is_network(f_type)
+}
+
+/// Filesystems that report delayed write errors at close(2); on every other
+/// backing filesystem a FUSE flush has nothing to do and costs a round trip
+/// per close.
+pub fn reports_errors_at_close(f_type: i64) -> bool {
+    is_network(f_type)
+}
+
+/// The processes of the system: (pid, its /proc directory).
+pub fn processes() -> Vec<(String, std::path::PathBuf)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let pid = p.file_name().into_string().ok()?;
+            pid.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| (pid, p.path()))
+        })
+        .collect()
 }
 
 /// A readable name for a statfs magic number, for the statistics.

@@ -6,33 +6,13 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A tmpfs of the given options mounted for the test, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(p: PathBuf, opts: &str) -> Tmpfs {
-        fs::create_dir_all(&p).unwrap();
-        ok(&sh(
-            Path::new("/"),
-            &format!("mount -t tmpfs -o {opts} casafs-test {}", p.display()),
-        ));
-        Tmpfs(p)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        umount(&self.0, true);
-    }
-}
 
 fn chunk(i: usize) -> Vec<u8> {
     (0..65536).map(|k| (i * 31 + k) as u8).collect()

@@ -211,30 +211,10 @@ fn rename_of_pointing_table_same_filesystem() {
     assert_eq!(names(&scratch(&m)), Vec::<String>::new());
 }
 
-/// A tmpfs mounted for the test, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(p: PathBuf) -> Tmpfs {
-        fs::create_dir_all(&p).unwrap();
-        ok(&sh(
-            Path::new("/"),
-            &format!("mount -t tmpfs -o size=64m casafs-test {}", p.display()),
-        ));
-        Tmpfs(p)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        umount(&self.0, true);
-    }
-}
-
 #[test]
 fn rename_of_pointing_table_across_filesystems_and_a_crash() {
     let tmp = TempDir::new("rename-exdev");
-    let fast = Tmpfs::new(tmp.path().join("nvme"));
+    let fast = Tmpfs::new(tmp.path().join("nvme"), "size=64m");
     let tree = tmp.path().join("tree");
     fs::create_dir_all(tree.join("obs/my.ms/POINTING")).unwrap();
     fs::write(tree.join("obs/my.ms/POINTING/table.f0"), b"pointing rows").unwrap();

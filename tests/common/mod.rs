@@ -374,3 +374,23 @@ pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
         Err(e) => e.raw_os_error().unwrap_or(-1),
     }
 }
+
+/// A tmpfs mounted for a test with the given options, unmounted on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn new(p: PathBuf, opts: &str) -> Tmpfs {
+        std::fs::create_dir_all(&p).unwrap();
+        ok(&sh(
+            Path::new("/"),
+            &format!("mount -t tmpfs -o {opts} casafs-test {}", p.display()),
+        ));
+        Tmpfs(p)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        umount(&self.0, true);
+    }
+}
