@@ -8,7 +8,7 @@
 //! `user.casafs.origin` xattr so it survives a remount.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -67,6 +67,80 @@ impl RedirectTable {
 
     pub fn insert(&self, dir: &Inode, name: &CStr, r: Redirect) {
         self.map.insert(Self::key(dir, name), r);
+    }
+
+    /// Rebuilds the table after a restart from the origins recorded on the
+    /// objects in the areas (`user.casafs.origin`). An object is reachable
+    /// by its original path again when that directory still exists, the
+    /// name there is free, and the rule still routes the name to this area.
+    /// Returns how many were restored.
+    pub fn restore(
+        &self,
+        areas: &[Area],
+        rule_area: &[usize],
+        rules: &crate::rules::RuleSet,
+        root: RawFd,
+    ) -> usize {
+        let mut restored = 0;
+        for (ai, area) in areas.iter().enumerate() {
+            let Ok(afd) = area.dir().dir_fd() else {
+                continue;
+            };
+            let Ok(list) =
+                sys::open_at(afd.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            else {
+                continue;
+            };
+            for tname in crate::graveyard::list_dir(&list).unwrap_or_default() {
+                let Some((origin, parent, name, created)) = origin_of(afd.as_raw_fd(), &tname)
+                else {
+                    continue;
+                };
+                let Ok(st) = sys::stat_at(afd.as_raw_fd(), &tname) else {
+                    continue;
+                };
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                let Some(rule) = rules.route(name.to_bytes(), is_dir) else {
+                    continue;
+                };
+                if rule_area.get(rule) != Some(&ai) {
+                    continue;
+                }
+                let pfd = if parent.is_empty() {
+                    None
+                } else {
+                    match CString::new(parent).ok().and_then(|p| {
+                        sys::open_beneath(root, &p, libc::O_PATH | libc::O_DIRECTORY, 0).ok()
+                    }) {
+                        Some(fd) => Some(fd),
+                        None => continue,
+                    }
+                };
+                let praw = pfd.as_ref().map_or(root, |f| f.as_raw_fd());
+                if sys::stat_at(praw, &name).is_ok() {
+                    continue;
+                }
+                let Ok(pst) = sys::fstat(praw) else {
+                    continue;
+                };
+                let key = (pst.st_dev, pst.st_ino, name);
+                if self.map.contains_key(&key) {
+                    continue;
+                }
+                self.map.insert(
+                    key,
+                    Redirect {
+                        area: ai,
+                        rule,
+                        tname,
+                        origin,
+                        created,
+                    },
+                );
+                restored += 1;
+            }
+        }
+        restored
     }
 
     pub fn remove(&self, dir: &Inode, name: &CStr) -> Option<Redirect> {
@@ -133,6 +207,27 @@ pub fn candidate(name: &CStr, n: u32) -> CString {
         }
     }
     CString::new(out).unwrap_or_else(|_| name.to_owned())
+}
+
+/// The origin recorded on an object in an area: the whole relative path, its
+/// directory part, its name, and the object's change time.
+fn origin_of(area: RawFd, tname: &CStr) -> Option<(String, String, CString, SystemTime)> {
+    let path = sys::proc_child_path(area, tname).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = sys::getxattr(&path, ORIGIN_XATTR, &mut buf, false).ok()?;
+    let origin = String::from_utf8(buf[..n].to_vec()).ok()?;
+    let (parent, name) = origin.rsplit_once('/').unwrap_or(("", origin.as_str()));
+    if name.is_empty() || name == "." || name == ".." || parent.starts_with('/') {
+        return None;
+    }
+    let st = sys::stat_at(area, tname).ok()?;
+    let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(st.st_ctime.max(0) as u64);
+    Some((
+        origin.clone(),
+        parent.to_string(),
+        CString::new(name).ok()?,
+        created,
+    ))
 }
 
 /// Records the origin on the object; filesystems without user xattrs (or a

@@ -430,3 +430,49 @@ fn retention_removes_old_closed_objects_and_keeps_open_ones() {
     );
     assert_eq!(fs::read(scratch.join("notes.txt")).unwrap(), b"mine");
 }
+
+#[test]
+fn redirects_survive_a_remount() {
+    let tmp = TempDir::new("restore");
+    let tree = tmp.path().join("tree");
+    let mut m = Mount::builder("restore").source(&tree, tmp).start();
+    let w = m.p("obs/run1");
+    fs::create_dir_all(&w).unwrap();
+    casa_open(&w.join(LOG)).write_all(b"first run\n").unwrap();
+    fs::create_dir(w.join("TMPPOINTING7")).unwrap();
+    fs::write(w.join("TMPPOINTING7/table.f0"), b"rows").unwrap();
+    // A name that a real file took in the meantime stays that file's.
+    casa_open(&m.p("obs/casa-taken.log"))
+        .write_all(b"routed")
+        .unwrap();
+    assert!(m.stop().is_some_and(|s| s.success()));
+    fs::write(tree.join("obs/casa-taken.log"), b"a real file").unwrap();
+
+    let m2 = Mount::builder("restore2")
+        .source(&tree, TempDir::new("restore2"))
+        .start();
+    let w = m2.p("obs/run1");
+    assert_eq!(names(&w), Vec::<String>::new(), "still hidden");
+    assert_eq!(fs::read(w.join(LOG)).unwrap(), b"first run\n");
+    casa_open(&w.join(LOG)).write_all(b"second run\n").unwrap();
+    assert_eq!(
+        fs::read(m2.backing("state/logs/casa").join(LOG)).unwrap(),
+        b"first run\nsecond run\n"
+    );
+    assert_eq!(fs::read(w.join("TMPPOINTING7/table.f0")).unwrap(), b"rows");
+    assert_eq!(
+        fs::read(m2.p("obs/casa-taken.log")).unwrap(),
+        b"a real file"
+    );
+    let listed = fs::read_to_string(m2.p(".casafs/redirects")).unwrap();
+    assert!(
+        listed.contains(&format!("obs/run1/{LOG}")) && listed.contains("obs/run1/TMPPOINTING7"),
+        "{listed}"
+    );
+    assert!(
+        m2.log_text()
+            .contains("2 redirects from before the restart"),
+        "{}",
+        m2.log_text()
+    );
+}

@@ -102,7 +102,7 @@ impl CasaFs {
             .iter()
             .map(|r| r.name.clone())
             .collect();
-        Ok(CasaFs {
+        let fs = CasaFs {
             stats: Arc::new(Stats::new(&rule_names)),
             rule_names,
             inodes,
@@ -118,7 +118,19 @@ impl CasaFs {
             backing_types,
             root,
             settings: p.settings,
-        })
+        };
+        let restored = fs.redirects.restore(
+            &fs.areas,
+            &fs.rule_area,
+            &fs.settings.rules,
+            root_raw.as_raw_fd(),
+        );
+        if restored > 0 {
+            tracing::info!(
+                "{restored} redirects from before the restart restored from their origins"
+            );
+        }
+        Ok(fs)
     }
 
     pub fn root_fd(&self) -> Res<Arc<OwnedFd>> {
