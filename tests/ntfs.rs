@@ -6,6 +6,7 @@ mod common;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -124,7 +125,9 @@ fn unlink_of_open_file_leaves_no_debris_and_frees_space_on_close() {
         "",
         "no .fuse_hidden right after unlink"
     );
-    // Every descriptor operation keeps working.
+    // Every descriptor operation keeps working, and fstat tells, as
+    // natively, that no name is left.
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
     let mut head = [0u8; 4];
     use std::io::{Seek, SeekFrom};
     f.seek(SeekFrom::Start(0)).unwrap();
@@ -187,7 +190,10 @@ fn rename_over_open_file_and_hard_links_leave_nothing() {
     fs::remove_file(m.p("a")).unwrap();
     assert_eq!(debris_anywhere(&raw), "");
     assert_eq!(fs::read(m.p("b")).unwrap(), b"linked");
+    assert_eq!(fs::metadata(m.p("b")).unwrap().nlink(), 1, "one name left");
+    assert_eq!(f.metadata().unwrap().nlink(), 1);
     drop(f);
+    assert_eq!(fs::metadata(m.p("b")).unwrap().nlink(), 1);
     assert_eq!(debris_anywhere(&raw), "");
     assert_eq!(fs::read(m.p("b")).unwrap(), b"linked");
     let mut listing = names(&raw);

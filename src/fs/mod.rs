@@ -133,6 +133,19 @@ impl CasaFs {
         Ok(fs)
     }
 
+    /// Links as the caller should see them: graveyard names that hold an
+    /// unlinked open file are not links of the tree (natively the unlink has
+    /// already dropped them).
+    fn visible_links(&self, nodeid: u64, nlink: u32) -> u32 {
+        if self.stats.deferred_pending.load(Ordering::Relaxed) == 0 {
+            return nlink;
+        }
+        match self.inodes.get(nodeid) {
+            Ok(i) => nlink.saturating_sub(i.open.lock().buried.len() as u32),
+            Err(_) => nlink,
+        }
+    }
+
     pub fn root_fd(&self) -> Res<Arc<OwnedFd>> {
         self.root.dir_fd()
     }
@@ -195,7 +208,7 @@ impl CasaFs {
             crtime: UNIX_EPOCH,
             kind: kind_of(st.st_mode),
             perm: (st.st_mode & 0o7777) as u16,
-            nlink: st.st_nlink as u32,
+            nlink: self.visible_links(nodeid, st.st_nlink as u32),
             uid: st.st_uid,
             gid: st.st_gid,
             rdev: st.st_rdev as u32,
