@@ -318,6 +318,12 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
             return Err(MountError::Failed(m));
         }
     };
+    match dev.try_clone() {
+        Ok(d) => {
+            let _ = fs.dev.set(std::sync::Arc::new(d));
+        }
+        Err(e) => tracing::warn!("kernel passthrough off: cannot share the FUSE device: {e}"),
+    }
     let stats = fs.stats.clone();
     let session = match fuser::Session::from_fd(fs, dev, acl, cfg) {
         Ok(s) => s,

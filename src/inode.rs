@@ -48,7 +48,7 @@ pub enum Loc {
 pub struct OpenState {
     pub handles: u32,
     /// The kernel passthrough backing id shared by all handles of the inode.
-    pub backing: Option<Arc<fuser::BackingId>>,
+    pub backing: Option<Arc<crate::backing::Backing>>,
     /// Graveyard names holding this inode's data until the last close.
     pub buried: Vec<CString>,
 }

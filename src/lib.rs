@@ -3,6 +3,7 @@
 //! own areas and never lets an unlink of an open file leave `.fuse_hidden*`
 //! files behind. See README.md for operation; each module documents its job.
 
+pub mod backing;
 pub mod cli;
 pub mod config;
 pub mod daemon;

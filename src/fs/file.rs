@@ -85,12 +85,7 @@ impl CasaFs {
     /// Registers an open file: counts the handle on its inode and, when
     /// kernel passthrough is on, hands back the inode's backing id to reply
     /// with (one per inode while any handle is open).
-    pub(super) fn register(
-        &self,
-        o: Opened,
-        flags: i32,
-        open_backing: &dyn Fn(RawFd) -> std::io::Result<fuser::BackingId>,
-    ) -> (u64, Option<Arc<fuser::BackingId>>) {
+    pub(super) fn register(&self, o: Opened, flags: i32) -> (u64, Option<u32>) {
         let is_reg = o.st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let mut backing = None;
         {
@@ -98,17 +93,16 @@ impl CasaFs {
             open.handles += 1;
             if is_reg && self.passthrough.load(Relaxed) {
                 if let Some(b) = &open.backing {
-                    backing = Some(b.clone());
+                    backing = Some(b.id());
                 } else if self.killpriv.load(Relaxed) && holds_privileges(o.fd.as_raw_fd(), &o.st) {
                     // Writes to it must reach casafs, which clears the
                     // privileges as the kernel would natively.
                     tracing::debug!("no passthrough for a set-ID or capability file");
-                } else {
-                    match open_backing(o.fd.as_raw_fd()) {
+                } else if let Some(dev) = self.dev.get() {
+                    match crate::backing::Backing::open(dev, o.fd.as_raw_fd()) {
                         Ok(b) => {
-                            let b = Arc::new(b);
-                            open.backing = Some(b.clone());
-                            backing = Some(b);
+                            backing = Some(b.id());
+                            open.backing = Some(Arc::new(b));
                         }
                         Err(e) => {
                             tracing::debug!("passthrough unavailable for this file: {e}");

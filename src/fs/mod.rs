@@ -7,6 +7,8 @@ mod dir;
 mod dispatch;
 mod entry;
 mod file;
+pub mod ops;
+pub mod reply;
 mod xattr;
 
 use std::ffi::CStr;
@@ -27,6 +29,7 @@ use crate::stats::{Extra, Stats};
 use crate::sys::{self, Errno, Res};
 
 pub use control::CONTROL_NAME;
+pub use entry::Caller;
 
 pub struct CasaFs {
     pub settings: Settings,
@@ -52,6 +55,9 @@ pub struct CasaFs {
     pub killpriv: AtomicBool,
     pub passthrough: AtomicBool,
     pub backing_types: Vec<(String, String)>,
+    /// The FUSE connection's device, once mounted: backing ids for kernel
+    /// passthrough are registered on it.
+    pub dev: std::sync::OnceLock<Arc<OwnedFd>>,
     root: Arc<Inode>,
 }
 
@@ -116,6 +122,7 @@ impl CasaFs {
             passthrough: AtomicBool::new(false),
             killpriv: AtomicBool::new(false),
             backing_types,
+            dev: std::sync::OnceLock::new(),
             root,
             settings: p.settings,
         };

@@ -7,7 +7,7 @@ use super::CasaFs;
 use crate::sys::{self, Errno, Res, cname};
 
 /// A reply to a get/list call: the size asked for, or the data.
-pub(super) enum XattrReply {
+pub(super) enum XattrAnswer {
     Size(u32),
     Data(Vec<u8>),
 }
@@ -15,31 +15,31 @@ pub(super) enum XattrReply {
 const XATTR_MAX: usize = 64 * 1024;
 
 impl CasaFs {
-    pub(super) fn do_getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Res<XattrReply> {
+    pub(super) fn do_getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Res<XattrAnswer> {
         let inode = self.inodes.get(ino)?;
         let name = cname(name)?;
         let (path, follow) = inode.anchor()?.path()?;
         if size == 0 {
             let n = sys::getxattr(&path, &name, &mut [], follow)?;
-            return Ok(XattrReply::Size(n as u32));
+            return Ok(XattrAnswer::Size(n as u32));
         }
         let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
         let n = sys::getxattr(&path, &name, &mut buf, follow)?;
         buf.truncate(n);
-        Ok(XattrReply::Data(buf))
+        Ok(XattrAnswer::Data(buf))
     }
 
-    pub(super) fn do_listxattr(&self, ino: u64, size: u32) -> Res<XattrReply> {
+    pub(super) fn do_listxattr(&self, ino: u64, size: u32) -> Res<XattrAnswer> {
         let inode = self.inodes.get(ino)?;
         let (path, follow) = inode.anchor()?.path()?;
         if size == 0 {
             let n = sys::listxattr(&path, &mut [], follow)?;
-            return Ok(XattrReply::Size(n as u32));
+            return Ok(XattrAnswer::Size(n as u32));
         }
         let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
         let n = sys::listxattr(&path, &mut buf, follow)?;
         buf.truncate(n);
-        Ok(XattrReply::Data(buf))
+        Ok(XattrAnswer::Data(buf))
     }
 
     pub(super) fn do_setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {

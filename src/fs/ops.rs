@@ -1,0 +1,587 @@
+//! The request handlers: time the operation, run it, count the outcome and
+//! answer. Written once for both transports (`dispatch.rs` for `/dev/fuse`,
+//! `crate::uring` for io_uring); nothing here knows how a reply travels.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use fuser::{FopenFlags, TimeOrNow};
+
+use super::CasaFs;
+use super::control::is_control;
+use super::entry::Caller;
+use super::reply::*;
+use super::xattr::XattrAnswer;
+use crate::handle::Body;
+use crate::inode::{CONTROL_DIR_ID, ROOT_ID};
+use crate::stats::Op;
+use crate::sys::{self, Errno, Res};
+
+/// Times the request, counts its outcome, and replies.
+macro_rules! serve {
+    ($fs:ident, $op:expr, $reply:ident, $body:expr, |$v:pat_param| $ok:expr) => {{
+        let t = $fs.stats.start($op);
+        match $body {
+            Ok($v) => {
+                $fs.stats.finish(t, None);
+                $ok
+            }
+            Err(e) => {
+                $fs.stats.finish(t, Some(e.code()));
+                $reply.error(e)
+            }
+        }
+    }};
+}
+
+/// The attributes of a setattr request.
+#[derive(Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<u64>,
+}
+
+impl CasaFs {
+    pub fn op_lookup(&self, parent: u64, name: &OsStr, reply: impl EntryReply) {
+        if let Some(r) = self.control_lookup(parent, name.as_bytes()) {
+            // Control files change on every read: never cache their attributes.
+            let ttl = self.ttl_entry();
+            return serve!(self, Op::Lookup, reply, r, |a| reply.entry(
+                &a,
+                Duration::ZERO,
+                ttl,
+                0
+            ));
+        }
+        let t = self.stats.start(Op::Lookup);
+        match self.do_lookup(parent, name) {
+            Ok((i, st)) => {
+                self.stats.finish(t, None);
+                reply.entry(
+                    &self.attr(i.nodeid, &st),
+                    self.ttl_attr(),
+                    self.ttl_entry(),
+                    i.generation,
+                )
+            }
+            Err(e) if e == Errno::ENOENT => {
+                self.stats.finish(t, Some(e.code()));
+                // Node id 0 is a negative entry the kernel keeps for the
+                // entry timeout: PATH and import searches stop costing a
+                // round trip each.
+                reply.entry(
+                    &self.attr(0, &sys::zeroed_stat()),
+                    Duration::ZERO,
+                    self.ttl_entry(),
+                    0,
+                )
+            }
+            Err(e) => {
+                self.stats.finish(t, Some(e.code()));
+                reply.error(e)
+            }
+        }
+    }
+
+    pub fn op_forget(&self, ino: u64, nlookup: u64) {
+        let t = self.stats.start(Op::Forget);
+        if !is_control(ino) {
+            self.inodes.forget(ino, nlookup);
+        }
+        self.stats.finish(t, None);
+    }
+
+    pub fn op_getattr(&self, ino: u64, fh: Option<u64>, reply: impl AttrReply) {
+        if is_control(ino) {
+            let a = self.control_attr(ino);
+            return serve!(self, Op::Getattr, reply, Ok::<_, Errno>(()), |_| reply
+                .attr(&a, Duration::ZERO));
+        }
+        serve!(self, Op::Getattr, reply, self.do_getattr(ino, fh), |st| {
+            reply.attr(&self.attr(ino, &st), self.ttl_attr())
+        })
+    }
+
+    pub fn op_setattr(&self, who: Caller, ino: u64, a: SetAttr, reply: impl AttrReply) {
+        serve!(
+            self,
+            Op::Setattr,
+            reply,
+            self.do_setattr(ino, a.mode, a.uid, a.gid, a.size, a.atime, a.mtime, a.fh)
+                .and_then(|st| self.after_truncate(who, ino, a.size, st, a.fh)),
+            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr())
+        )
+    }
+
+    pub fn op_readlink(&self, ino: u64, reply: impl DataReply) {
+        serve!(self, Op::Readlink, reply, self.do_readlink(ino), |d| reply
+            .data(&d))
+    }
+
+    fn reply_entry(&self, reply: impl EntryReply, i: &crate::inode::Inode, st: &libc::stat) {
+        reply.entry(
+            &self.attr(i.nodeid, st),
+            self.ttl_attr(),
+            self.ttl_entry(),
+            i.generation,
+        )
+    }
+
+    pub fn op_mknod(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        reply: impl EntryReply,
+    ) {
+        serve!(
+            self,
+            Op::Mknod,
+            reply,
+            self.do_mknod(who, parent, name, mode, rdev),
+            |(i, st)| self.reply_entry(reply, &i, &st)
+        )
+    }
+
+    pub fn op_mkdir(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        reply: impl EntryReply,
+    ) {
+        serve!(
+            self,
+            Op::Mkdir,
+            reply,
+            self.do_mkdir(who, parent, name, mode),
+            |(i, st)| self.reply_entry(reply, &i, &st)
+        )
+    }
+
+    pub fn op_unlink(&self, parent: u64, name: &OsStr, reply: impl EmptyReply) {
+        serve!(
+            self,
+            Op::Unlink,
+            reply,
+            self.do_unlink(parent, name),
+            |_| reply.ok()
+        )
+    }
+
+    pub fn op_rmdir(&self, parent: u64, name: &OsStr, reply: impl EmptyReply) {
+        serve!(self, Op::Rmdir, reply, self.do_rmdir(parent, name), |_| {
+            reply.ok()
+        })
+    }
+
+    pub fn op_symlink(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        reply: impl EntryReply,
+    ) {
+        serve!(
+            self,
+            Op::Symlink,
+            reply,
+            self.do_symlink(who, parent, name, target),
+            |(i, st)| self.reply_entry(reply, &i, &st)
+        )
+    }
+
+    pub fn op_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: impl EmptyReply,
+    ) {
+        serve!(
+            self,
+            Op::Rename,
+            reply,
+            self.do_rename(parent, name, newparent, newname, flags),
+            |_| reply.ok()
+        )
+    }
+
+    pub fn op_link(
+        &self,
+        who: Caller,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: impl EntryReply,
+    ) {
+        serve!(
+            self,
+            Op::Link,
+            reply,
+            self.do_link(who, ino, newparent, newname),
+            |(i, st)| self.reply_entry(reply, &i, &st)
+        )
+    }
+
+    pub fn op_open(&self, who: Caller, ino: u64, flags: i32, reply: impl OpenReply) {
+        if is_control(ino) {
+            return serve!(self, Op::Open, reply, self.control_open(ino, flags), |fh| {
+                reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO, None)
+            });
+        }
+        let opened = self
+            .do_open(ino, flags)
+            .and_then(|o| self.after_open_trunc(who, flags, o));
+        serve!(self, Op::Open, reply, opened, |o| {
+            let (fh, backing) = self.register(o, flags);
+            reply.opened(fh, FopenFlags::empty(), backing)
+        })
+    }
+
+    pub fn op_read(&self, fh: u64, offset: u64, size: u32, reply: impl DataReply) {
+        serve!(self, Op::Read, reply, self.do_read(fh, offset, size), |d| {
+            reply.data(&d)
+        })
+    }
+
+    /// `kill_suidgid`: the kernel asks casafs to clear set-ID bits and
+    /// capabilities as an unprivileged write would natively.
+    pub fn op_write(
+        &self,
+        who: Caller,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+        reply: impl WriteReply,
+    ) {
+        serve!(
+            self,
+            Op::Write,
+            reply,
+            self.do_write(fh, offset, data, kill_suidgid.then_some(who)),
+            |n| reply.written(n)
+        )
+    }
+
+    pub fn op_flush(&self, fh: u64, reply: impl EmptyReply) {
+        if !self.flush_on_close {
+            // Not an error for the statistics: the kernel asks once.
+            return reply.error(Errno::ENOSYS);
+        }
+        serve!(self, Op::Flush, reply, self.do_flush(fh), |_| reply.ok())
+    }
+
+    pub fn op_release(&self, fh: u64, reply: impl EmptyReply) {
+        serve!(self, Op::Release, reply, self.do_release(fh), |_| reply
+            .ok())
+    }
+
+    pub fn op_fsync(&self, fh: u64, datasync: bool, reply: impl EmptyReply) {
+        serve!(self, Op::Fsync, reply, self.do_fsync(fh, datasync), |_| {
+            reply.ok()
+        })
+    }
+
+    pub fn op_opendir(&self, ino: u64, reply: impl OpenReply) {
+        serve!(
+            self,
+            Op::Opendir,
+            reply,
+            if ino == CONTROL_DIR_ID {
+                self.control_opendir()
+            } else {
+                self.do_opendir(ino)
+            },
+            |fh| reply.opened(fh, FopenFlags::empty(), None)
+        )
+    }
+
+    pub fn op_readdir<R: DirReply>(&self, fh: u64, offset: u64, mut reply: R) {
+        serve!(
+            self,
+            Op::Readdir,
+            reply,
+            self.readdir_into(fh, offset, &mut reply),
+            |_| reply.ok()
+        )
+    }
+
+    pub fn op_readdirplus<R: DirPlusReply>(&self, fh: u64, offset: u64, mut reply: R) {
+        serve!(
+            self,
+            Op::Readdirplus,
+            reply,
+            self.readdirplus_into(fh, offset, &mut reply),
+            |_| reply.ok()
+        )
+    }
+
+    pub fn op_releasedir(&self, fh: u64, reply: impl EmptyReply) {
+        serve!(self, Op::Releasedir, reply, self.do_releasedir(fh), |_| {
+            reply.ok()
+        })
+    }
+
+    pub fn op_fsyncdir(&self, fh: u64, datasync: bool, reply: impl EmptyReply) {
+        serve!(
+            self,
+            Op::Fsyncdir,
+            reply,
+            self.do_fsyncdir(fh, datasync),
+            |_| reply.ok()
+        )
+    }
+
+    pub fn op_statfs(&self, reply: impl StatfsReply) {
+        serve!(self, Op::Statfs, reply, self.do_statfs(), |s| reply
+            .statfs(&s))
+    }
+
+    pub fn op_setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        reply: impl EmptyReply,
+    ) {
+        serve!(
+            self,
+            Op::Setxattr,
+            reply,
+            self.do_setxattr(ino, name, value, flags),
+            |_| reply.ok()
+        )
+    }
+
+    pub fn op_getxattr(&self, ino: u64, name: &OsStr, size: u32, reply: impl XattrReply) {
+        let r = if is_control(ino) {
+            Err(Errno::ENODATA)
+        } else {
+            self.do_getxattr(ino, name, size)
+        };
+        serve!(self, Op::Getxattr, reply, r, |x| match x {
+            XattrAnswer::Size(n) => reply.size(n),
+            XattrAnswer::Data(d) => reply.data(&d),
+        })
+    }
+
+    pub fn op_listxattr(&self, ino: u64, size: u32, reply: impl XattrReply) {
+        let r = if is_control(ino) {
+            Ok(XattrAnswer::Size(0))
+        } else {
+            self.do_listxattr(ino, size)
+        };
+        serve!(self, Op::Listxattr, reply, r, |x| match x {
+            XattrAnswer::Size(n) => reply.size(n),
+            XattrAnswer::Data(d) => reply.data(&d),
+        })
+    }
+
+    pub fn op_removexattr(&self, ino: u64, name: &OsStr, reply: impl EmptyReply) {
+        serve!(
+            self,
+            Op::Removexattr,
+            reply,
+            self.do_removexattr(ino, name),
+            |_| reply.ok()
+        )
+    }
+
+    pub fn op_access(&self, ino: u64, mask: i32, reply: impl EmptyReply) {
+        serve!(
+            self,
+            Op::Access,
+            reply,
+            if is_control(ino) {
+                Ok(())
+            } else {
+                self.do_access(ino, mask)
+            },
+            |_| reply.ok()
+        )
+    }
+
+    pub fn op_create(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        reply: impl CreateReply,
+    ) {
+        serve!(
+            self,
+            Op::Create,
+            reply,
+            self.do_create(who, parent, name, mode, flags)
+                .and_then(|o| self.after_open_trunc(who, flags, o)),
+            |o| {
+                let attr = self.attr(o.inode.nodeid, &o.st);
+                let generation = o.inode.generation;
+                let (fh, backing) = self.register(o, flags);
+                reply.created(
+                    &attr,
+                    self.ttl_entry(),
+                    generation,
+                    fh,
+                    FopenFlags::empty(),
+                    backing,
+                )
+            }
+        )
+    }
+
+    pub fn op_fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: impl EmptyReply,
+    ) {
+        serve!(
+            self,
+            Op::Fallocate,
+            reply,
+            self.do_fallocate(fh, offset, length, mode),
+            |_| reply.ok()
+        )
+    }
+
+    pub fn op_lseek(&self, fh: u64, offset: i64, whence: i32, reply: impl LseekReply) {
+        serve!(
+            self,
+            Op::Lseek,
+            reply,
+            self.do_lseek(fh, offset, whence),
+            |o| reply.offset(o)
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn op_copy_file_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+        flags: u32,
+        reply: impl WriteReply,
+    ) {
+        serve!(
+            self,
+            Op::CopyFileRange,
+            reply,
+            self.do_copy_file_range(fh_in, offset_in, fh_out, offset_out, len, flags),
+            |n| reply.written(n)
+        )
+    }
+
+    fn readdir_into(&self, fh: u64, offset: u64, reply: &mut impl DirReply) -> Res<()> {
+        let h = self.handles.get(fh)?;
+        if matches!(h.body, Body::ControlDir) {
+            for (i, (ino, kind, name)) in self
+                .control_entries()
+                .into_iter()
+                .enumerate()
+                .skip(offset as usize)
+            {
+                if reply.add(ino, i as u64 + 1, kind, OsStr::new(&name)) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let dir = h.inode.clone();
+        drop(h);
+        let dfd = dir.dir_fd()?;
+        use std::os::fd::AsRawFd;
+        self.walk_dir(fh, offset, &mut |e| {
+            let kind = self.dtype_kind(dfd.as_raw_fd(), e);
+            let ino = self.d_ino(dir.dev, e.name, e.ino, dir.nodeid);
+            Ok(reply.add(
+                ino,
+                e.off as u64,
+                kind,
+                OsStr::from_bytes(e.name.to_bytes()),
+            ))
+        })
+    }
+
+    fn readdirplus_into(&self, fh: u64, offset: u64, reply: &mut impl DirPlusReply) -> Res<()> {
+        let h = self.handles.get(fh)?;
+        let ttl = self.ttl_entry();
+        if matches!(h.body, Body::ControlDir) {
+            for (i, (ino, _kind, name)) in self
+                .control_entries()
+                .into_iter()
+                .enumerate()
+                .skip(offset as usize)
+            {
+                let attr = self.control_attr(if ino == ROOT_ID { CONTROL_DIR_ID } else { ino });
+                if reply.add(ino, i as u64 + 1, OsStr::new(&name), ttl, &attr, 0) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let dir = h.inode.clone();
+        drop(h);
+        let dfd = dir.dir_fd()?;
+        use std::os::fd::AsRawFd;
+        let dst = sys::fstat(dfd.as_raw_fd())?;
+        self.walk_dir(fh, offset, &mut |e| {
+            let name = OsStr::from_bytes(e.name.to_bytes());
+            if matches!(e.name.to_bytes(), b"." | b"..") {
+                // The kernel takes no reference on these.
+                let attr = self.attr(dir.nodeid, &dst);
+                return Ok(reply.add(attr.ino.0, e.off as u64, name, ttl, &attr, 0));
+            }
+            let st = match sys::stat_at(dfd.as_raw_fd(), e.name) {
+                Ok(st) => st,
+                // Gone since getdents: skip it like a later readdir would.
+                Err(Errno::ENOENT) => return Ok(false),
+                Err(err) => return Err(err),
+            };
+            let in_target = dir.in_target || self.is_area_root(&st);
+            let inode = self.inodes.remember(&dir, e.name, &st, in_target);
+            let attr = self.attr(inode.nodeid, &st);
+            let full = reply.add(
+                inode.nodeid,
+                e.off as u64,
+                name,
+                ttl,
+                &attr,
+                inode.generation,
+            );
+            if full {
+                self.inodes.forget(inode.nodeid, 1);
+            }
+            Ok(full)
+        })
+    }
+
+    /// Whether kernel passthrough is serving file data on this mount.
+    pub fn passthrough_on(&self) -> bool {
+        self.passthrough.load(Relaxed)
+    }
+}

@@ -1,0 +1,244 @@
+//! What a request handler answers, independent of how the answer reaches
+//! the kernel. The handlers in `ops.rs` are written once against these
+//! traits; `/dev/fuse` replies (fuser's reply objects, below) and io_uring
+//! replies (`crate::uring::reply`) implement them.
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use fuser::{FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo};
+
+use crate::sys::Errno;
+
+pub trait Reply: Sized {
+    fn error(self, e: Errno);
+}
+
+pub trait EmptyReply: Reply {
+    fn ok(self);
+}
+
+pub trait EntryReply: Reply {
+    fn entry(self, attr: &FileAttr, ttl_attr: Duration, ttl_entry: Duration, generation: u64);
+}
+
+pub trait AttrReply: Reply {
+    fn attr(self, attr: &FileAttr, ttl: Duration);
+}
+
+pub trait DataReply: Reply {
+    fn data(self, data: &[u8]);
+}
+
+pub trait WriteReply: Reply {
+    fn written(self, n: u32);
+}
+
+/// `backing` is a passthrough backing id (`crate::backing`).
+pub trait OpenReply: Reply {
+    fn opened(self, fh: u64, flags: FopenFlags, backing: Option<u32>);
+}
+
+pub trait CreateReply: Reply {
+    fn created(
+        self,
+        attr: &FileAttr,
+        ttl: Duration,
+        generation: u64,
+        fh: u64,
+        flags: FopenFlags,
+        backing: Option<u32>,
+    );
+}
+
+pub trait StatfsReply: Reply {
+    fn statfs(self, s: &libc::statvfs);
+}
+
+pub trait XattrReply: Reply {
+    fn size(self, n: u32);
+    fn data(self, data: &[u8]);
+}
+
+pub trait LseekReply: Reply {
+    fn offset(self, off: i64);
+}
+
+/// A directory listing being filled; `add` answers true once full.
+pub trait DirReply: Reply {
+    fn add(&mut self, ino: u64, off: u64, kind: FileType, name: &OsStr) -> bool;
+    fn ok(self);
+}
+
+pub trait DirPlusReply: Reply {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        ino: u64,
+        off: u64,
+        name: &OsStr,
+        ttl: Duration,
+        attr: &FileAttr,
+        generation: u64,
+    ) -> bool;
+    fn ok(self);
+}
+
+// --- /dev/fuse: fuser's reply objects ---------------------------------------
+
+macro_rules! fuser_error {
+    ($($t:ty),*) => {$(
+        impl Reply for $t {
+            fn error(self, e: Errno) {
+                <$t>::error(self, e)
+            }
+        }
+    )*};
+}
+
+fuser_error!(
+    fuser::ReplyEmpty,
+    fuser::ReplyEntry,
+    fuser::ReplyAttr,
+    fuser::ReplyData,
+    fuser::ReplyWrite,
+    fuser::ReplyOpen,
+    fuser::ReplyCreate,
+    fuser::ReplyStatfs,
+    fuser::ReplyXattr,
+    fuser::ReplyLseek,
+    fuser::ReplyDirectory,
+    fuser::ReplyDirectoryPlus
+);
+
+impl EmptyReply for fuser::ReplyEmpty {
+    fn ok(self) {
+        fuser::ReplyEmpty::ok(self)
+    }
+}
+
+impl EntryReply for fuser::ReplyEntry {
+    fn entry(self, attr: &FileAttr, ttl_attr: Duration, ttl_entry: Duration, generation: u64) {
+        self.entry_with_ttls(&ttl_attr, &ttl_entry, attr, Generation(generation))
+    }
+}
+
+impl AttrReply for fuser::ReplyAttr {
+    fn attr(self, attr: &FileAttr, ttl: Duration) {
+        fuser::ReplyAttr::attr(self, &ttl, attr)
+    }
+}
+
+impl DataReply for fuser::ReplyData {
+    fn data(self, data: &[u8]) {
+        fuser::ReplyData::data(self, data)
+    }
+}
+
+impl WriteReply for fuser::ReplyWrite {
+    fn written(self, n: u32) {
+        fuser::ReplyWrite::written(self, n)
+    }
+}
+
+impl OpenReply for fuser::ReplyOpen {
+    fn opened(self, fh: u64, flags: FopenFlags, backing: Option<u32>) {
+        match backing {
+            Some(id) => {
+                // The id stays owned by `crate::backing::Backing`: the
+                // wrapper must not close it.
+                let b = unsafe { self.wrap_backing(id) };
+                self.opened_passthrough(FileHandle(fh), flags, &b);
+                let _ = b.into_raw();
+            }
+            None => fuser::ReplyOpen::opened(self, FileHandle(fh), flags),
+        }
+    }
+}
+
+impl CreateReply for fuser::ReplyCreate {
+    fn created(
+        self,
+        attr: &FileAttr,
+        ttl: Duration,
+        generation: u64,
+        fh: u64,
+        flags: FopenFlags,
+        backing: Option<u32>,
+    ) {
+        let g = Generation(generation);
+        match backing {
+            Some(id) => {
+                let b = unsafe { self.wrap_backing(id) };
+                self.created_passthrough(&ttl, attr, g, FileHandle(fh), flags, &b);
+                let _ = b.into_raw();
+            }
+            None => fuser::ReplyCreate::created(self, &ttl, attr, g, FileHandle(fh), flags),
+        }
+    }
+}
+
+impl StatfsReply for fuser::ReplyStatfs {
+    fn statfs(self, s: &libc::statvfs) {
+        fuser::ReplyStatfs::statfs(
+            self,
+            s.f_blocks,
+            s.f_bfree,
+            s.f_bavail,
+            s.f_files,
+            s.f_ffree,
+            s.f_bsize as u32,
+            s.f_namemax as u32,
+            s.f_frsize as u32,
+        )
+    }
+}
+
+impl XattrReply for fuser::ReplyXattr {
+    fn size(self, n: u32) {
+        fuser::ReplyXattr::size(self, n)
+    }
+    fn data(self, data: &[u8]) {
+        fuser::ReplyXattr::data(self, data)
+    }
+}
+
+impl LseekReply for fuser::ReplyLseek {
+    fn offset(self, off: i64) {
+        fuser::ReplyLseek::offset(self, off)
+    }
+}
+
+impl DirReply for fuser::ReplyDirectory {
+    fn add(&mut self, ino: u64, off: u64, kind: FileType, name: &OsStr) -> bool {
+        fuser::ReplyDirectory::add(self, INodeNo(ino), off, kind, name)
+    }
+    fn ok(self) {
+        fuser::ReplyDirectory::ok(self)
+    }
+}
+
+impl DirPlusReply for fuser::ReplyDirectoryPlus {
+    fn add(
+        &mut self,
+        ino: u64,
+        off: u64,
+        name: &OsStr,
+        ttl: Duration,
+        attr: &FileAttr,
+        generation: u64,
+    ) -> bool {
+        fuser::ReplyDirectoryPlus::add(
+            self,
+            INodeNo(ino),
+            off,
+            name,
+            &ttl,
+            attr,
+            Generation(generation),
+        )
+    }
+    fn ok(self) {
+        fuser::ReplyDirectoryPlus::ok(self)
+    }
+}
