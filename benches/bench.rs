@@ -32,6 +32,8 @@ struct Opts {
     walk: Option<u64>,
     stats_overhead: bool,
     only: Option<String>,
+    /// Extra casafs columns, each mounted with these `-o` options.
+    also: Vec<String>,
 }
 
 fn parse_opts() -> Opts {
@@ -41,6 +43,7 @@ fn parse_opts() -> Opts {
         walk: None,
         stats_overhead: false,
         only: None,
+        also: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     // cargo passes `--bench`; anything unknown is ignored for that reason.
@@ -52,6 +55,7 @@ fn parse_opts() -> Opts {
             "--walk" => o.walk = num(args.next()),
             "--stats-overhead" => o.stats_overhead = true,
             "--only" => o.only = args.next(),
+            "--also" => o.also.extend(args.next()),
             _ => {}
         }
     }
@@ -125,21 +129,20 @@ impl Drop for Mounted {
     }
 }
 
-/// casafs in its production shape: over itself, default options.
-fn mount_casafs(tree: &Path) -> Mounted {
-    Mounted::start(
-        Command::new(CASAFS)
-            .arg("mount")
-            .arg(tree)
-            .arg(tree)
-            .arg("-f"),
-        tree,
-    )
+/// casafs in its production shape: over itself, default options (plus
+/// `opts` for the extra columns of `--also`).
+fn mount_casafs(tree: &Path, opts: Option<&str>) -> Mounted {
+    let mut cmd = Command::new(CASAFS);
+    cmd.arg("mount").arg(tree).arg(tree).arg("-f");
+    if let Some(o) = opts {
+        cmd.arg("-o").arg(o);
+    }
+    Mounted::start(&mut cmd, tree)
 }
 
 /// One filesystem under test: where workloads run, and its mount if any.
 struct Target {
-    name: &'static str,
+    name: String,
     dir: PathBuf,
     mount: Option<Mounted>,
 }
@@ -153,23 +156,33 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn targets(base: &Path) -> Vec<Target> {
+fn targets(base: &Path, also: &[String]) -> Vec<Target> {
     let mut v = Vec::new();
     let native = base.join("native");
     fs::create_dir_all(&native).expect("create native dir");
     v.push(Target {
-        name: "native",
+        name: "native".into(),
         dir: native,
         mount: None,
     });
     let tree = base.join("casafs");
     fs::create_dir_all(&tree).expect("create casafs tree");
-    let m = mount_casafs(&tree);
+    let m = mount_casafs(&tree, None);
     v.push(Target {
-        name: "casafs",
+        name: "casafs".into(),
         dir: tree,
         mount: Some(m),
     });
+    for (i, opts) in also.iter().enumerate() {
+        let tree = base.join(format!("casafs-also-{i}"));
+        fs::create_dir_all(&tree).expect("create casafs tree");
+        let m = mount_casafs(&tree, Some(opts));
+        v.push(Target {
+            name: format!("casafs -o {opts}"),
+            dir: tree,
+            mount: Some(m),
+        });
+    }
     for (name, tool) in [("bindfs", "bindfs"), ("mergerfs", "mergerfs")] {
         if !have(tool) {
             eprintln!("{tool} is not installed: its column is left out");
@@ -181,7 +194,7 @@ fn targets(base: &Path) -> Vec<Target> {
         fs::create_dir_all(&mnt).expect("create peer mount point");
         let m = Mounted::start(Command::new(tool).arg("-f").arg(&src).arg(&mnt), &mnt);
         v.push(Target {
-            name,
+            name: name.into(),
             dir: mnt,
             mount: Some(m),
         });
@@ -480,7 +493,7 @@ fn machine() -> String {
 
 fn run_table(base: &Path, o: &Opts) {
     let tar = make_archive(base);
-    let ts = targets(base);
+    let ts = targets(base, &o.also);
     for t in &ts {
         prepare_big(&t.dir, o.gib);
         prepare_table(&t.dir);
@@ -491,7 +504,7 @@ fn run_table(base: &Path, o: &Opts) {
     let want = |w: usize| {
         o.only
             .as_ref()
-            .is_none_or(|f| WORKLOADS[w].contains(f.as_str()))
+            .is_none_or(|f| f.split(',').any(|p| WORKLOADS[w].contains(p)))
     };
     for rep in 0..o.reps {
         eprintln!("repetition {}/{}", rep + 1, o.reps);
@@ -541,7 +554,7 @@ fn run_table(base: &Path, o: &Opts) {
         "Median wall-time ratio to the native directory [min-max] over {} interleaved repetitions:\n",
         o.reps
     );
-    let names: Vec<&str> = ts.iter().map(|t| t.name).collect();
+    let names: Vec<&str> = ts.iter().map(|t| t.name.as_str()).collect();
     print!("| workload | native (s) |");
     for n in &names[1..] {
         print!(" {n} |");
@@ -648,7 +661,7 @@ fn run_walk(base: &Path, n: u64) {
         }
     }
     eprintln!("made {n} files in {:.0}s", t.elapsed().as_secs_f64());
-    let m = mount_casafs(&tree);
+    let m = mount_casafs(&tree, None);
     let pid = m.pid();
     let rss0 = proc_status(pid, "VmRSS:");
     let t = Instant::now();

@@ -42,6 +42,8 @@ pub struct Settings {
     pub defer_unlink: DeferUnlink,
     pub cross_device: CrossDevice,
     pub passthrough: bool,
+    /// Serve requests through FUSE over io_uring where the kernel offers it.
+    pub io_uring: bool,
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
     pub threads: usize,
@@ -75,6 +77,7 @@ struct FileConfig {
     defer_unlink: Option<String>,
     cross_device: Option<String>,
     passthrough: Option<toml::Value>,
+    io_uring: Option<toml::Value>,
     attr_timeout: Option<toml::Value>,
     entry_timeout: Option<toml::Value>,
     threads: Option<toml::Value>,
@@ -156,6 +159,7 @@ const KEYS: &[&str] = &[
     "defer_unlink",
     "cross_device",
     "passthrough",
+    "io_uring",
     "attr_timeout",
     "entry_timeout",
     "threads",
@@ -343,6 +347,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         "passthrough",
         file.passthrough.as_ref().map(value_to_string),
     );
+    push("io_uring", file.io_uring.as_ref().map(value_to_string));
     push(
         "attr_timeout",
         file.attr_timeout.as_ref().map(value_to_string),
@@ -363,6 +368,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         defer_unlink: DeferUnlink::Auto,
         cross_device: CrossDevice::Exdev,
         passthrough: true,
+        io_uring: true,
         attr_timeout: Duration::from_secs(1),
         entry_timeout: Duration::from_secs(1),
         threads: default_threads(),
@@ -403,6 +409,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
                 }
             }
             "passthrough" => s.passthrough = parse_bool(k, v)?,
+            "io_uring" => s.io_uring = parse_bool(k, v)?,
             "attr_timeout" => {
                 s.attr_timeout = parse_duration(v)
                     .map_err(|e| BadInput(format!("option 'attr_timeout': {e}")))?
@@ -580,6 +587,8 @@ pub fn render(s: &Settings) -> String {
     out.push_str(&format!("cross_device = \"{cd}\"\n"));
     let pt = if s.passthrough { "auto" } else { "never" };
     out.push_str(&format!("passthrough = \"{pt}\"\n"));
+    let ur = if s.io_uring { "auto" } else { "never" };
+    out.push_str(&format!("io_uring = \"{ur}\"\n"));
     out.push_str(&format!(
         "attr_timeout = \"{}s\"\n",
         s.attr_timeout.as_secs_f64()

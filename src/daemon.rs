@@ -30,8 +30,10 @@ fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
-/// A mount point whose daemon died answers ENOTCONN; detach it so the new
-/// daemon can mount there without manual steps.
+/// A mount point whose daemon died answers ENOTCONN (or ECONNABORTED to
+/// the first caller after the death, for requests the kernel had queued for
+/// io_uring); detach it so the new daemon can mount there without manual
+/// steps.
 pub fn take_over_dead_mount(p: &Path) -> bool {
     // statfs always reaches the daemon; stat may be answered from the
     // kernel's attribute cache for a while after the daemon died.
@@ -39,7 +41,7 @@ pub fn take_over_dead_mount(p: &Path) -> bool {
     let rc = unsafe { libc::statfs(c(p).as_ptr(), &mut sfs) };
     let err = (rc != 0).then(std::io::Error::last_os_error);
     match err {
-        Some(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Some(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
             let rc = unsafe { libc::umount2(c(p).as_ptr(), libc::MNT_DETACH) };
             if rc == 0 {
                 tracing::warn!(
@@ -229,6 +231,10 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
+/// A ring entry's payload buffer: at least the largest request or reply the
+/// kernel may put there (1 MiB writes and reads, as negotiated in INIT).
+const URING_PAYLOAD: usize = (1 << 20) + 4096;
+
 /// Mounts and serves until unmounted. With `daemonize`, the parent returns
 /// only once the mount is up (or failed), as mount(8) expects.
 pub fn run(p: Prepared) -> Result<(), MountError> {
@@ -298,7 +304,7 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
     let retention = retention_list(&p);
     // Everything that reads the backing tree's mount table happens before
     // the mount, which would otherwise shadow it.
-    let mut fs = match CasaFs::new(p) {
+    let fs = match CasaFs::new(p) {
         Ok(fs) => fs,
         Err(e) => {
             let m = format!(
@@ -309,10 +315,15 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
             return Err(MountError::Failed(m));
         }
     };
+    if fs.settings.io_uring
+        && let Err(e) = crate::uring::enable_in_kernel()
+    {
+        tracing::info!("FUSE over io_uring off, serving through /dev/fuse: {e}");
+    }
     let dev = match mount_fuse(&fs.settings, libc::S_IFDIR) {
         Ok(d) => d,
         Err(e) => {
-            fuser::Filesystem::destroy(&mut fs);
+            fuser::Filesystem::destroy(&mut crate::fs::Dispatch(std::sync::Arc::new(fs)));
             let m = format!("cannot mount on {}: {e}", mountpoint.display());
             tell(&mut report, &m);
             return Err(MountError::Failed(m));
@@ -325,7 +336,8 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
         Err(e) => tracing::warn!("kernel passthrough off: cannot share the FUSE device: {e}"),
     }
     let stats = fs.stats.clone();
-    let session = match fuser::Session::from_fd(fs, dev, acl, cfg) {
+    let fs = std::sync::Arc::new(fs);
+    let session = match fuser::Session::from_fd(crate::fs::Dispatch(fs.clone()), dev, acl, cfg) {
         Ok(s) => s,
         Err(e) => {
             unsafe { libc::umount2(mp.as_ptr(), libc::MNT_DETACH) };
@@ -333,6 +345,15 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
             tell(&mut report, &m);
             return Err(MountError::Failed(m));
         }
+    };
+    // INIT is answered: if it agreed on io_uring, every request now waits
+    // for the CPU queues.
+    let queues = match (
+        fs.uring.load(std::sync::atomic::Ordering::Relaxed),
+        fs.dev.get(),
+    ) {
+        (true, Some(d)) => Some(crate::uring::start(fs.clone(), d.clone(), URING_PAYLOAD)),
+        _ => None,
     };
     crate::retention::start(retention, stats);
     tell(&mut report, "OK\n");
@@ -361,9 +382,11 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
         })
         .map_err(|e| MountError::Failed(format!("signal thread: {e}")))?;
 
-    session
-        .run()
-        .map_err(|e| MountError::Failed(format!("session ended with an error: {e}")))?;
+    let ended = session.run();
+    if let Some(q) = queues {
+        q.join();
+    }
+    ended.map_err(|e| MountError::Failed(format!("session ended with an error: {e}")))?;
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(())
 }

@@ -18,3 +18,4 @@ pub mod stats;
 pub mod statscmd;
 pub mod sweep;
 pub mod sys;
+pub mod uring;

@@ -95,6 +95,10 @@ pub struct Stats {
     pub direct_unlinks_open: AtomicU64,
     pub open_handles: AtomicU64,
     pub passthrough_opens: AtomicU64,
+    /// CPU queues of FUSE over io_uring in use (0: requests come through
+    /// `/dev/fuse`).
+    pub ring_queues: AtomicU64,
+    pub ring_requests: AtomicU64,
 }
 
 /// A request in flight: which operation and when it started.
@@ -128,6 +132,8 @@ impl Stats {
             direct_unlinks_open: AtomicU64::new(0),
             open_handles: AtomicU64::new(0),
             passthrough_opens: AtomicU64::new(0),
+            ring_queues: AtomicU64::new(0),
+            ring_requests: AtomicU64::new(0),
         }
     }
 
@@ -297,6 +303,11 @@ impl Stats {
             "bytes_written": self.bytes_written.load(Relaxed),
             "passthrough": x.passthrough_enabled,
             "passthrough_opens": self.passthrough_opens.load(Relaxed),
+            "transport": {
+                "kind": if self.ring_queues.load(Relaxed) > 0 { "io_uring" } else { "dev_fuse" },
+                "io_uring_queues": self.ring_queues.load(Relaxed),
+                "io_uring_requests": self.ring_requests.load(Relaxed),
+            },
             "redirects": rules,
             "redirects_live": x.redirects_live,
             "fail_open": fail_open,
@@ -388,6 +399,28 @@ impl Stats {
             o,
             "casafs_written_bytes_total{{{l}}} {}",
             self.bytes_written.load(Relaxed)
+        );
+        family(
+            &mut o,
+            "io_uring_queues",
+            "gauge",
+            "CPU queues of FUSE over io_uring in use (0: requests come through /dev/fuse).",
+        );
+        let _ = writeln!(
+            o,
+            "casafs_io_uring_queues{{{l}}} {}",
+            self.ring_queues.load(Relaxed)
+        );
+        family(
+            &mut o,
+            "io_uring_requests_total",
+            "counter",
+            "Requests served through FUSE over io_uring.",
+        );
+        let _ = writeln!(
+            o,
+            "casafs_io_uring_requests_total{{{l}}} {}",
+            self.ring_requests.load(Relaxed)
         );
         family(
             &mut o,

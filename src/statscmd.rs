@@ -72,6 +72,19 @@ pub fn summary(j: &Value) -> String {
         num(&j["open_handles"]),
         num(&j["inodes_cached"])
     ));
+    let t = &j["transport"];
+    o.push_str(&format!(
+        "transport    {}\n",
+        if t["kind"].as_str() == Some("io_uring") {
+            format!(
+                "io_uring, {} CPU queues, {} requests",
+                num(&t["io_uring_queues"]),
+                num(&t["io_uring_requests"])
+            )
+        } else {
+            "/dev/fuse".to_string()
+        }
+    ));
     o.push_str("redirects    ");
     if let Some(r) = j["redirects"].as_object() {
         let parts: Vec<String> = r

@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use fuser::{
@@ -26,7 +27,18 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-impl Filesystem for CasaFs {
+/// What fuser serves: fuser owns the object it dispatches to, and the
+/// io_uring queues share the same filesystem, hence a handle to it.
+pub struct Dispatch(pub Arc<CasaFs>);
+
+impl std::ops::Deref for Dispatch {
+    type Target = CasaFs;
+    fn deref(&self) -> &CasaFs {
+        &self.0
+    }
+}
+
+impl Filesystem for Dispatch {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         for f in [
             InitFlags::FUSE_PARALLEL_DIROPS,
@@ -54,18 +66,26 @@ impl Filesystem for CasaFs {
         if let Err(max) = config.set_max_readahead(1 << 20) {
             let _ = config.set_max_readahead(max);
         }
+        // Asked for only where this process can run the queues: once agreed,
+        // every request waits until all CPU queues are registered.
+        if self.settings.io_uring
+            && crate::uring::usable()
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+        {
+            self.uring.store(true, Relaxed);
+        }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        let on_off = |b: bool| if b { "on" } else { "off" };
         tracing::info!(
-            "mounted {} on {} (passthrough {}, deferred unlink {})",
+            "mounted {} on {} (passthrough {}, deferred unlink {}, io_uring {})",
             self.settings.source.display(),
             self.settings.mountpoint.display(),
-            if self.passthrough.load(Relaxed) {
-                "on"
-            } else {
-                "off"
-            },
-            if self.defer_unlink { "on" } else { "off" },
+            on_off(self.passthrough.load(Relaxed)),
+            on_off(self.defer_unlink),
+            on_off(self.uring.load(Relaxed)),
         );
         Ok(())
     }

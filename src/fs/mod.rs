@@ -29,6 +29,7 @@ use crate::stats::{Extra, Stats};
 use crate::sys::{self, Errno, Res};
 
 pub use control::CONTROL_NAME;
+pub use dispatch::Dispatch;
 pub use entry::Caller;
 
 pub struct CasaFs {
@@ -54,6 +55,8 @@ pub struct CasaFs {
     /// natively (see `file.rs`).
     pub killpriv: AtomicBool,
     pub passthrough: AtomicBool,
+    /// INIT agreed on FUSE over io_uring: the queues serve requests.
+    pub uring: AtomicBool,
     pub backing_types: Vec<(String, String)>,
     /// The FUSE connection's device, once mounted: backing ids for kernel
     /// passthrough are registered on it.
@@ -120,6 +123,7 @@ impl CasaFs {
             defer_unlink,
             flush_on_close: sys::reports_errors_at_close(root_ftype),
             passthrough: AtomicBool::new(false),
+            uring: AtomicBool::new(false),
             killpriv: AtomicBool::new(false),
             backing_types,
             dev: std::sync::OnceLock::new(),

@@ -288,17 +288,23 @@ impl Drop for Mount {
     fn drop(&mut self) {
         self.stop();
         // A crash this guard caused and nobody took over: only a dead mount
-        // (ENOTCONN) is removed, never a live one started by someone else.
+        // (ENOTCONN, or ECONNABORTED for the first caller after the death)
+        // is removed, never a live one started by someone else.
         if self.crashed
             && fstype_at(&self.mnt).as_deref() == Some("fuse.casafs")
-            && std::fs::read_dir(&self.mnt)
-                .err()
-                .and_then(|e| e.raw_os_error())
-                == Some(libc::ENOTCONN)
+            && is_dead_connection(std::fs::read_dir(&self.mnt).map(|_| ()))
         {
             umount(&self.mnt, true);
         }
     }
+}
+
+/// Whether a result is a FUSE mount's answer after its daemon died.
+pub fn is_dead_connection<T>(r: std::io::Result<T>) -> bool {
+    matches!(
+        r.err().and_then(|e| e.raw_os_error()),
+        Some(libc::ENOTCONN | libc::ECONNABORTED)
+    )
 }
 
 /// Runs `sh -c script` as the given user (uid, gid), in `dir`.
