@@ -223,6 +223,12 @@ fn pin(cpu: usize) {
 
 type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
 
+/// Fault injection for the tests: `CASAFS_FAULT_QUEUE=N` makes queue N fail
+/// to start, as a thread or ring the system refuses would.
+fn injected_fault(qid: u16) -> bool {
+    std::env::var("CASAFS_FAULT_QUEUE").is_ok_and(|v| v.parse() == Ok(qid))
+}
+
 fn queue_thread(
     fs: &CasaFs,
     dev: &OwnedFd,
@@ -232,6 +238,11 @@ fn queue_thread(
 ) {
     pin(qid as usize);
     let setup = || -> std::io::Result<(Ring, Buf, Buf, Buf)> {
+        if injected_fault(qid) {
+            return Err(std::io::Error::other(
+                "fault injected by CASAFS_FAULT_QUEUE",
+            ));
+        }
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4)?;
         let bufs = (
             Buf::new(4096)?,

@@ -103,6 +103,7 @@ pub struct MountBuilder {
     over_itself: bool,
     opts: Vec<String>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     tag: String,
     source: Option<PathBuf>,
     tmp: Option<TempDir>,
@@ -119,6 +120,10 @@ impl MountBuilder {
     }
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
         self
     }
     /// Use an existing backing directory (e.g. a ntfs-3g volume).
@@ -149,6 +154,7 @@ impl MountBuilder {
             cmd.arg("-o").arg(o);
         }
         cmd.args(&self.args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or("info".into()),
@@ -175,6 +181,7 @@ impl Mount {
             over_itself: true,
             opts: Vec::new(),
             args: Vec::new(),
+            env: Vec::new(),
             tag: tag.to_string(),
             source: None,
             tmp: None,
@@ -196,10 +203,24 @@ impl Mount {
         loop {
             // A dead mount also shows as fuse.casafs; only a live daemon
             // answers for its control directory.
-            if fstype_at(&self.mnt).as_deref() == Some("fuse.casafs")
-                && std::fs::read(self.mnt.join(".casafs/stats.json")).is_ok()
-            {
-                return;
+            if fstype_at(&self.mnt).as_deref() == Some("fuse.casafs") {
+                // On a thread: a daemon that accepts the mount but never
+                // answers must fail the test, not hang it.
+                let stats = self.mnt.join(".casafs/stats.json");
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = tx.send(std::fs::read(stats).is_ok());
+                });
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left.max(Duration::from_millis(100))) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(_) => {
+                        let log = self.log_text();
+                        self.stop();
+                        panic!("casafs mounted but did not answer within 20s: {log}");
+                    }
+                }
             }
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(st)) = c.try_wait()

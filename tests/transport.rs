@@ -1,0 +1,217 @@
+//! How requests reach casafs: FUSE over io_uring with a queue per CPU where
+//! the kernel offers it, `/dev/fuse` otherwise, and the fall back from one
+//! to the other when a queue cannot start. Every transport serves the same
+//! operations with the same results.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+/// The kernel was built with FUSE over io_uring.
+fn kernel_has_io_uring() -> bool {
+    Path::new("/sys/module/fuse/parameters/enable_uring").exists()
+}
+
+fn possible_cpus() -> u64 {
+    let s = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    let last = s.trim().rsplit([',', '-']).next().unwrap();
+    last.parse::<u64>().unwrap() + 1
+}
+
+fn pin_to(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| buf[..r as usize].to_vec())
+}
+
+fn xattr_set(p: &Path, name: &str, v: &[u8]) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let r = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(r, 0, "setxattr {}", std::io::Error::last_os_error());
+}
+
+/// Every family of operations, checked by what a user sees and what lands
+/// on the backing disk. `tag` keeps runs on several CPUs apart.
+fn exercise(m: &Mount, tag: &str) {
+    let d = m.p(tag);
+    fs::create_dir(&d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o750)).unwrap();
+    assert_eq!(fs::metadata(&d).unwrap().mode() & 0o7777, 0o750);
+
+    let f = d.join("data");
+    let mut w = fs::File::create(&f).unwrap();
+    w.write_all(&vec![7u8; 300_000]).unwrap();
+    w.seek(SeekFrom::Start(10)).unwrap();
+    w.write_all(b"hello").unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    let mut back = Vec::new();
+    fs::File::open(&f).unwrap().read_to_end(&mut back).unwrap();
+    assert_eq!(back.len(), 300_000);
+    assert_eq!(&back[8..17], b"\x07\x07hello\x07\x07");
+    assert_eq!(
+        fs::read(m.backing(&format!("{tag}/data"))).unwrap(),
+        back,
+        "the bytes on the backing disk"
+    );
+
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(12)
+        .unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().len(), 12);
+
+    xattr_set(&f, "user.origin", b"test");
+    assert_eq!(xattr_get(&f, "user.origin").as_deref(), Some(&b"test"[..]));
+    assert_eq!(xattr_get(&f, "user.absent"), None);
+
+    std::os::unix::fs::symlink("data", d.join("link")).unwrap();
+    assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new("data"));
+    fs::hard_link(&f, d.join("hard")).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::metadata(&f).unwrap().ino(),
+        fs::metadata(d.join("hard")).unwrap().ino()
+    );
+    fs::rename(d.join("hard"), d.join("renamed")).unwrap();
+
+    let mut listed = names(&d);
+    listed.sort();
+    assert_eq!(listed, ["data", "link", "renamed"]);
+    let e = fs::create_dir(&d);
+    assert_eq!(errno_of(e), libc::EEXIST);
+    assert_eq!(errno_of(fs::metadata(d.join("nothing"))), libc::ENOENT);
+
+    for n in ["data", "link", "renamed"] {
+        fs::remove_file(d.join(n)).unwrap();
+    }
+    fs::remove_dir(&d).unwrap();
+    assert!(!m.backing(tag).exists());
+}
+
+fn transport(m: &Mount) -> (String, u64, u64) {
+    let t = &m.stats()["transport"];
+    (
+        t["kind"].as_str().unwrap_or("").to_string(),
+        t["io_uring_queues"].as_u64().unwrap(),
+        t["io_uring_requests"].as_u64().unwrap(),
+    )
+}
+
+/// Runs `exercise` on a thread with a deadline: a request that waits for a
+/// queue that never comes fails the test instead of hanging it.
+fn exercise_within(m: &Mount, tag: &str, cpu: Option<usize>) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(c) = cpu {
+                pin_to(c);
+            }
+            exercise(m, tag);
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            // Unblock the stuck thread before the scope joins it.
+            umount(&m.mnt, true);
+            panic!("requests did not complete within 60 s: {}", m.log_text());
+        }
+    });
+}
+
+#[test]
+fn requests_are_served_through_a_queue_per_cpu() {
+    let m = Mount::over_itself("uring");
+    if !kernel_has_io_uring() {
+        // A kernel without it: /dev/fuse serves, and the log says why.
+        assert_eq!(transport(&m).0, "dev_fuse");
+        assert!(m.log_text().contains("FUSE over io_uring off"));
+        return;
+    }
+    let (kind, queues, before) = transport(&m);
+    assert_eq!(kind, "io_uring", "{}", m.log_text());
+    assert_eq!(queues, possible_cpus());
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for cpu in 0..cpus {
+        exercise_within(&m, &format!("cpu{cpu}"), Some(cpu));
+    }
+    let (_, _, after) = transport(&m);
+    // Each run makes dozens of requests; all of them went through the rings.
+    assert!(
+        after >= before + 40 * cpus as u64,
+        "{before} -> {after} requests"
+    );
+    let prom = fs::read_to_string(m.p(".casafs/metrics")).unwrap();
+    let line = prom
+        .lines()
+        .find(|l| l.starts_with("casafs_io_uring_queues{"))
+        .unwrap_or_default();
+    assert!(line.ends_with(&format!(" {queues}")), "{prom}");
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_casafs"))
+        .arg("stats")
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("transport    io_uring, {queues} CPU queues")),
+        "{text}"
+    );
+}
+
+#[test]
+fn dev_fuse_serves_everything_when_io_uring_is_off() {
+    let m = Mount::builder("devfuse").opt("io_uring=never").start();
+    exercise_within(&m, "work", None);
+    let (kind, queues, requests) = transport(&m);
+    assert_eq!((kind.as_str(), queues, requests), ("dev_fuse", 0, 0));
+    let cfg = fs::read_to_string(m.p(".casafs/config")).unwrap();
+    assert!(cfg.contains("io_uring = \"never\""), "{cfg}");
+}
+
+#[test]
+fn a_queue_that_cannot_start_falls_back_to_dev_fuse() {
+    if !kernel_has_io_uring() {
+        // Nothing to fall back from: covered by the test above.
+        let m = Mount::over_itself("fallback");
+        assert_eq!(transport(&m).0, "dev_fuse");
+        return;
+    }
+    // The last queue fails after INIT agreed on io_uring: the kernel must be
+    // told, or every request would wait for that queue forever.
+    let last = (possible_cpus() - 1).to_string();
+    let m = Mount::builder("fallback")
+        .env("CASAFS_FAULT_QUEUE", &last)
+        .start();
+    exercise_within(&m, "work", None);
+    let (kind, _, requests) = transport(&m);
+    assert_eq!((kind.as_str(), requests), ("dev_fuse", 0));
+    assert!(
+        m.log_text()
+            .contains("FUSE over io_uring unavailable, serving through /dev/fuse"),
+        "{}",
+        m.log_text()
+    );
+}
