@@ -16,9 +16,10 @@ Options (-o key=value,..., or the same keys at the top of the config file):
   defer_unlink=MODE   auto (FUSE/NFS/SMB backing only), always, never   [auto]
   cross_device=MODE   rename onto a routed name across filesystems: exdev or inplace   [exdev]
   passthrough=MODE    kernel FUSE passthrough for file data: auto or never   [auto]
+  io_uring=MODE       FUSE over io_uring, a request queue per CPU: auto or never   [auto]
   attr_timeout=DUR    attribute cache time, e.g. 1s   [1s]
   entry_timeout=DUR   name cache time   [1s]
-  threads=N           request threads   [number of CPUs, at least 2]
+  threads=N           /dev/fuse request threads   [number of CPUs, at least 2]
   fsname=NAME         name shown in mount tables   [SOURCE]
   allow_other / noallow_other   let other users in (default: allowed)
   ro, rw, nosuid, nodev, noexec, noatime, sync, dirsync ...   kernel mount flags

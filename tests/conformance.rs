@@ -65,16 +65,20 @@ fn expected_failures() -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn pjdfstest_fails_nothing_that_native_passes() {
+/// pjdfstest on a native directory and on casafs mounted with `opts`.
+fn pjdfstest_against_native(tag: &str, opts: &[&str]) -> Mount {
     user_ids("tests");
-    let native = TempDir::new("pjd-native");
+    let native = TempDir::new(&format!("{tag}-native"));
     let (native_passed, native_failed) = pjdfstest(native.path());
     assert!(
         native_passed > 300,
         "native run passed only {native_passed}"
     );
-    let m = Mount::over_itself("pjd-casafs");
+    let mut b = Mount::builder(tag);
+    for o in opts {
+        b = b.opt(o);
+    }
+    let m = b.start();
     let dir = m.p("suite");
     std::fs::create_dir(&dir).unwrap();
     chmod(&dir, 0o755);
@@ -85,7 +89,7 @@ fn pjdfstest_fails_nothing_that_native_passes() {
         .filter(|t| !native_failed.contains(*t) && !expected.contains(*t))
         .collect();
     eprintln!(
-        "pjdfstest: native passed {native_passed}, casafs passed {passed}, casafs failed {:?}",
+        "pjdfstest {opts:?}: native passed {native_passed}, casafs passed {passed}, casafs failed {:?}",
         failed
     );
     assert!(
@@ -101,6 +105,29 @@ fn pjdfstest_fails_nothing_that_native_passes() {
         passed + 1 >= native_passed,
         "{passed} passed against {native_passed} native"
     );
+    m
+}
+
+fn transport_of(m: &Mount) -> String {
+    m.stats()["transport"]["kind"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn pjdfstest_fails_nothing_that_native_passes() {
+    let m = pjdfstest_against_native("pjd-casafs", &[]);
+    // The default transport carried the suite where the kernel has it.
+    if std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        assert_eq!(transport_of(&m), "io_uring");
+    }
+}
+
+#[test]
+fn pjdfstest_over_dev_fuse_fails_nothing_that_native_passes() {
+    let m = pjdfstest_against_native("pjd-devfuse", &["io_uring=never"]);
+    assert_eq!(transport_of(&m), "dev_fuse");
 }
 
 fn fsx(dir: &Path, config: &str, seed: u32) -> String {
@@ -126,9 +153,13 @@ fn fsx(dir: &Path, config: &str, seed: u32) -> String {
     text
 }
 
-fn fsx_everywhere(config: &str) {
+fn fsx_everywhere(config: &str, opts: &[&str]) {
     let native = TempDir::new("fsx-native");
-    let m = Mount::over_itself(&format!("fsx-{config}"));
+    let mut b = Mount::builder(&format!("fsx-{config}"));
+    for o in opts {
+        b = b.opt(o);
+    }
+    let m = b.start();
     for seed in [1, 2, 3] {
         let t = fsx(native.path(), config, seed);
         assert!(t.contains("A-OK"), "{t}");
@@ -139,15 +170,22 @@ fn fsx_everywhere(config: &str) {
 
 #[test]
 fn fsx_with_mmap() {
-    fsx_everywhere("mmap");
+    fsx_everywhere("mmap", &[]);
 }
 
 #[test]
 fn fsx_without_mmap() {
-    fsx_everywhere("nommap");
+    fsx_everywhere("nommap", &[]);
 }
 
 #[test]
 fn fsx_with_hole_punching() {
-    fsx_everywhere("punch");
+    fsx_everywhere("punch", &[]);
+}
+
+/// File data through the daemon rather than kernel passthrough: every read
+/// and write crosses the request transport (1 MiB io_uring payloads).
+#[test]
+fn fsx_through_the_daemon() {
+    fsx_everywhere("nommap", &["passthrough=never"]);
 }

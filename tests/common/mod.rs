@@ -320,6 +320,17 @@ impl Drop for Mount {
     }
 }
 
+/// Waits up to 5 s for `cond`. For what follows a close(): the kernel sends
+/// FUSE's release after close() has returned, so what the release does (a
+/// deferred unlink completing, a counter going down) shows a moment later.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within 5 s: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Whether a result is a FUSE mount's answer after its daemon died.
 pub fn is_dead_connection<T>(r: std::io::Result<T>) -> bool {
     matches!(
