@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use common::*;
@@ -232,6 +232,46 @@ fn setattr_times_modes_and_sizes() {
         0
     );
     assert_eq!(stat(&m.p("l")).st_atime, 1_000_000_000);
+}
+
+/// A program that is running cannot be truncated: open(O_TRUNC) answers
+/// ETXTBSY and the program's bytes stay as they are (the kernel checks only
+/// after the filesystem's open, so casafs must not truncate in open).
+#[test]
+fn a_running_program_is_not_truncated_by_a_refused_open() {
+    let m = Mount::over_itself("etxtbsy");
+    let exe = m.p("prog");
+    fs::copy("/bin/sleep", &exe).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let size = fs::metadata(&exe).unwrap().len();
+    let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        let r = OpenOptions::new()
+            .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+            .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+            .custom_flags(flags & libc::O_TRUNC)
+            .open(&exe);
+        assert_eq!(errno_of(r), libc::ETXTBSY, "open flags {flags:#o}");
+    }
+    assert_eq!(
+        fs::metadata(&exe).unwrap().len(),
+        size,
+        "the program's bytes"
+    );
+    assert_eq!(fs::metadata(m.backing("prog")).unwrap().len(), size);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the program still runs"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Once it has ended, it can be rewritten.
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&exe)
+        .unwrap();
+    assert_eq!(fs::metadata(&exe).unwrap().len(), 0);
 }
 
 #[test]

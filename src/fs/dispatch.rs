@@ -40,11 +40,14 @@ impl std::ops::Deref for Dispatch {
 
 impl Filesystem for Dispatch {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Not FUSE_ATOMIC_O_TRUNC: with it, an open(O_TRUNC) is truncated
+        // by casafs before the kernel checks whether the file is a running
+        // program, which then fails with ETXTBSY after its bytes are gone.
+        // Without it the kernel checks first and truncates with a setattr.
         for f in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_AUTO_INVAL_DATA,
             InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
