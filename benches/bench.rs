@@ -7,6 +7,8 @@
 //! ```sh
 //! cargo bench --bench bench                        # the table (as root)
 //! cargo bench --bench bench -- --reps 7 --gib 1    # more repetitions
+//! cargo bench --bench bench -- --only metadata,tree # some workloads only
+//! cargo bench --bench bench -- --also io_uring=never  # a casafs column with other options
 //! cargo bench --bench bench -- --walk 1000000      # daemon RSS and fds after a walk
 //! cargo bench --bench bench -- --stats-overhead    # cost of counting per request
 //! ```
