@@ -30,29 +30,39 @@ fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
-/// A mount point whose daemon died answers ENOTCONN (or ECONNABORTED to
-/// the first caller after the death, for requests the kernel had queued for
-/// io_uring); detach it so the new daemon can mount there without manual
-/// steps.
+/// A mount point whose daemon died answers ENOTCONN; detach it so the new
+/// daemon can mount there without manual steps.
+///
+/// Right after a daemon that served through io_uring died, a caller may
+/// get ECONNABORTED or ECANCELED instead (requests the kernel had queued
+/// for its rings) until the kernel has finished ending the connection: ask
+/// again for a moment, and take over only once it says ENOTCONN, so a live
+/// mount is never detached.
 pub fn take_over_dead_mount(p: &Path) -> bool {
-    // statfs always reaches the daemon; stat may be answered from the
-    // kernel's attribute cache for a while after the daemon died.
-    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c(p).as_ptr(), &mut sfs) };
-    let err = (rc != 0).then(std::io::Error::last_os_error);
-    match err {
-        Some(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
-            let rc = unsafe { libc::umount2(c(p).as_ptr(), libc::MNT_DETACH) };
-            if rc == 0 {
-                tracing::warn!(
-                    "{}: took over a dead casafs mount (transport endpoint was not connected)",
-                    p.display()
-                );
+    let mut tries = 0;
+    loop {
+        // statfs always reaches the daemon; stat may be answered from the
+        // kernel's attribute cache for a while after the daemon died.
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statfs(c(p).as_ptr(), &mut sfs) };
+        let errno = (rc != 0).then(|| std::io::Error::last_os_error().raw_os_error());
+        match errno.flatten() {
+            Some(libc::ENOTCONN) => break,
+            Some(libc::ECONNABORTED | libc::ECANCELED) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            rc == 0
+            _ => return false,
         }
-        _ => false,
     }
+    let rc = unsafe { libc::umount2(c(p).as_ptr(), libc::MNT_DETACH) };
+    if rc == 0 {
+        tracing::warn!(
+            "{}: took over a dead casafs mount (transport endpoint was not connected)",
+            p.display()
+        );
+    }
+    rc == 0
 }
 
 fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
@@ -348,13 +358,13 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
     };
     // INIT is answered: if it agreed on io_uring, every request now waits
     // for the CPU queues.
-    let queues = match (
+    if let (true, Some(d)) = (
         fs.uring.load(std::sync::atomic::Ordering::Relaxed),
         fs.dev.get(),
     ) {
-        (true, Some(d)) => Some(crate::uring::start(fs.clone(), d.clone(), URING_PAYLOAD)),
-        _ => None,
-    };
+        let q = crate::uring::start(fs.clone(), d.clone(), URING_PAYLOAD);
+        *fs.queues.lock() = Some(q);
+    }
     crate::retention::start(retention, stats);
     tell(&mut report, "OK\n");
     sd_notify(&format!(
@@ -382,11 +392,9 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
         })
         .map_err(|e| MountError::Failed(format!("signal thread: {e}")))?;
 
-    let ended = session.run();
-    if let Some(q) = queues {
-        q.join();
-    }
-    ended.map_err(|e| MountError::Failed(format!("session ended with an error: {e}")))?;
+    session
+        .run()
+        .map_err(|e| MountError::Failed(format!("session ended with an error: {e}")))?;
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(())
 }

@@ -168,7 +168,8 @@ fn a_dead_mount_is_taken_over_by_the_next_mount() {
     fs::File::open(m.p("synced")).unwrap().sync_all().unwrap();
     m.kill9();
     let e = fs::read_dir(&tree).map(|_| ());
-    assert!(is_dead_connection(e), "the dead mount point");
+    let shown = format!("{e:?}");
+    assert!(is_dead_connection(e), "the dead mount point: {shown}");
     let m2 = Mount::builder("takeover2")
         .source(&tree, TempDir::new("takeover2"))
         .start();

@@ -94,6 +94,12 @@ impl Filesystem for Dispatch {
     }
 
     fn destroy(&mut self) {
+        // The io_uring queues end with the connection; let the requests
+        // they are still serving (a last release) finish before the
+        // graveyard is flushed.
+        if let Some(q) = self.queues.lock().take() {
+            q.join(std::time::Duration::from_secs(10));
+        }
         if let Ok(fd) = self.root_fd() {
             use std::os::fd::AsRawFd;
             self.graveyard.close(fd.as_raw_fd());

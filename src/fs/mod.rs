@@ -57,6 +57,7 @@ pub struct CasaFs {
     pub passthrough: AtomicBool,
     /// INIT agreed on FUSE over io_uring: the queues serve requests.
     pub uring: AtomicBool,
+    pub queues: parking_lot::Mutex<Option<crate::uring::Queues>>,
     pub backing_types: Vec<(String, String)>,
     /// The FUSE connection's device, once mounted: backing ids for kernel
     /// passthrough are registered on it.
@@ -124,6 +125,7 @@ impl CasaFs {
             flush_on_close: sys::reports_errors_at_close(root_ftype),
             passthrough: AtomicBool::new(false),
             uring: AtomicBool::new(false),
+            queues: parking_lot::Mutex::new(None),
             killpriv: AtomicBool::new(false),
             backing_types,
             dev: std::sync::OnceLock::new(),

@@ -138,10 +138,21 @@ pub struct Queues {
 }
 
 impl Queues {
-    /// Waits for every queue thread; they end when the mount goes away.
-    pub fn join(self) {
+    /// Waits for the queue threads, which end when the connection goes
+    /// away, for at most `limit`: a thread still inside a request is left
+    /// to the process's exit.
+    pub fn join(self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         for t in self.threads {
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("a queue thread is still busy at exit");
+            }
         }
     }
 }

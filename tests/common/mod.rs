@@ -309,7 +309,6 @@ impl Drop for Mount {
     fn drop(&mut self) {
         self.stop();
         // A crash this guard caused and nobody took over: only a dead mount
-        // (ENOTCONN, or ECONNABORTED for the first caller after the death)
         // is removed, never a live one started by someone else.
         if self.crashed
             && fstype_at(&self.mnt).as_deref() == Some("fuse.casafs")
@@ -331,11 +330,14 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Whether a result is a FUSE mount's answer after its daemon died.
+/// Whether a result is a FUSE mount's answer after its daemon died:
+/// ENOTCONN, or for the first callers after a daemon that served through
+/// io_uring died, ECONNABORTED or ECANCELED (requests the kernel had queued
+/// for its rings).
 pub fn is_dead_connection<T>(r: std::io::Result<T>) -> bool {
     matches!(
         r.err().and_then(|e| e.raw_os_error()),
-        Some(libc::ENOTCONN | libc::ECONNABORTED)
+        Some(libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
     )
 }
 
