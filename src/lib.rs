@@ -7,6 +7,7 @@ pub mod backing;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fault;
 pub mod fs;
 pub mod graveyard;
 pub mod handle;

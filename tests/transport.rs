@@ -88,6 +88,25 @@ fn exercise(m: &Mount, tag: &str) {
     assert_eq!(xattr_get(&f, "user.origin").as_deref(), Some(&b"test"[..]));
     assert_eq!(xattr_get(&f, "user.absent"), None);
 
+    // The control files have no attributes, asked with or without a buffer.
+    let ctl = std::ffi::CString::new(
+        m.p(".casafs/stats.json")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        unsafe { libc::listxattr(ctl.as_ptr(), std::ptr::null_mut(), 0) },
+        0
+    );
+    let mut list = [0 as libc::c_char; 256];
+    assert_eq!(
+        unsafe { libc::listxattr(ctl.as_ptr(), list.as_mut_ptr(), list.len()) },
+        0,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+
     std::os::unix::fs::symlink("data", d.join("link")).unwrap();
     assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new("data"));
     fs::hard_link(&f, d.join("hard")).unwrap();
@@ -214,4 +233,25 @@ fn a_queue_that_cannot_start_falls_back_to_dev_fuse() {
         "{}",
         m.log_text()
     );
+}
+
+/// A bug that panics in a handler costs only its own request: the caller
+/// gets EIO, and the daemon goes on serving, on every transport, however
+/// many times it happens.
+#[test]
+fn a_handler_that_panics_fails_only_its_own_request() {
+    for opts in ["io_uring=auto", "io_uring=never"] {
+        let m = Mount::builder("panic")
+            .opt(opts)
+            .env("CASAFS_FAULT_PANIC", "boom")
+            .start();
+        for _ in 0..8 {
+            assert_eq!(errno_of(fs::metadata(m.p("boom"))), libc::EIO, "{opts}");
+        }
+        exercise_within(&m, "after", None);
+        assert!(
+            m.log_text().contains("a request handler panicked"),
+            "{opts}"
+        );
+    }
 }

@@ -19,6 +19,15 @@ use super::CasaFs;
 use super::entry::Caller;
 use super::ops::SetAttr;
 
+/// Runs a handler so that a bug that panics costs only its own request:
+/// the reply object is dropped on the way out, which answers EIO, and the
+/// thread goes on reading requests.
+fn guarded(f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        tracing::error!("a request handler panicked; the request was answered EIO");
+    }
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -72,7 +81,8 @@ impl Filesystem for Dispatch {
         // Asked for only where this process can run the queues: once agreed,
         // every request waits until all CPU queues are registered.
         if self.settings.io_uring
-            && crate::uring::usable()
+            && self.dev.get().is_some()
+            && crate::uring::prepare()
             && config
                 .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
                 .is_ok()
@@ -107,15 +117,15 @@ impl Filesystem for Dispatch {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.op_lookup(parent.0, name, reply)
+        guarded(|| self.op_lookup(parent.0, name, reply))
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.op_forget(ino.0, nlookup)
+        guarded(|| self.op_forget(ino.0, nlookup))
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.op_getattr(ino.0, fh.map(|f| f.0), reply)
+        guarded(|| self.op_getattr(ino.0, fh.map(|f| f.0), reply))
     }
 
     fn setattr(
@@ -145,11 +155,11 @@ impl Filesystem for Dispatch {
             mtime,
             fh: fh.map(|f| f.0),
         };
-        self.op_setattr(caller(req), ino.0, a, reply)
+        guarded(|| self.op_setattr(caller(req), ino.0, a, reply))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.op_readlink(ino.0, reply)
+        guarded(|| self.op_readlink(ino.0, reply))
     }
 
     fn mknod(
@@ -162,7 +172,7 @@ impl Filesystem for Dispatch {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.op_mknod(caller(req), parent.0, name, mode, rdev, reply)
+        guarded(|| self.op_mknod(caller(req), parent.0, name, mode, rdev, reply))
     }
 
     fn mkdir(
@@ -174,15 +184,15 @@ impl Filesystem for Dispatch {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.op_mkdir(caller(req), parent.0, name, mode, reply)
+        guarded(|| self.op_mkdir(caller(req), parent.0, name, mode, reply))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.op_unlink(parent.0, name, reply)
+        guarded(|| self.op_unlink(parent.0, name, reply))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.op_rmdir(parent.0, name, reply)
+        guarded(|| self.op_rmdir(parent.0, name, reply))
     }
 
     fn symlink(
@@ -193,7 +203,7 @@ impl Filesystem for Dispatch {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.op_symlink(caller(req), parent.0, link_name, target, reply)
+        guarded(|| self.op_symlink(caller(req), parent.0, link_name, target, reply))
     }
 
     fn rename(
@@ -206,7 +216,7 @@ impl Filesystem for Dispatch {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.op_rename(parent.0, name, newparent.0, newname, flags.bits(), reply)
+        guarded(|| self.op_rename(parent.0, name, newparent.0, newname, flags.bits(), reply))
     }
 
     fn link(
@@ -217,11 +227,11 @@ impl Filesystem for Dispatch {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.op_link(caller(req), ino.0, newparent.0, newname, reply)
+        guarded(|| self.op_link(caller(req), ino.0, newparent.0, newname, reply))
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.op_open(caller(req), ino.0, flags.0, reply)
+        guarded(|| self.op_open(caller(req), ino.0, flags.0, reply))
     }
 
     fn read(
@@ -235,7 +245,7 @@ impl Filesystem for Dispatch {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.op_read(fh.0, offset, size, reply)
+        guarded(|| self.op_read(fh.0, offset, size, reply))
     }
 
     fn write(
@@ -251,7 +261,7 @@ impl Filesystem for Dispatch {
         reply: ReplyWrite,
     ) {
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        self.op_write(caller(req), fh.0, offset, data, kill, reply)
+        guarded(|| self.op_write(caller(req), fh.0, offset, data, kill, reply))
     }
 
     fn flush(
@@ -262,7 +272,7 @@ impl Filesystem for Dispatch {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.op_flush(fh.0, reply)
+        guarded(|| self.op_flush(fh.0, reply))
     }
 
     fn release(
@@ -275,7 +285,7 @@ impl Filesystem for Dispatch {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.op_release(fh.0, reply)
+        guarded(|| self.op_release(fh.0, reply))
     }
 
     fn fsync(
@@ -286,11 +296,11 @@ impl Filesystem for Dispatch {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.op_fsync(fh.0, datasync, reply)
+        guarded(|| self.op_fsync(fh.0, datasync, reply))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.op_opendir(ino.0, reply)
+        guarded(|| self.op_opendir(ino.0, reply))
     }
 
     fn readdir(
@@ -301,7 +311,7 @@ impl Filesystem for Dispatch {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        self.op_readdir(fh.0, offset, reply)
+        guarded(|| self.op_readdir(fh.0, offset, reply))
     }
 
     fn readdirplus(
@@ -312,7 +322,7 @@ impl Filesystem for Dispatch {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.op_readdirplus(fh.0, offset, reply)
+        guarded(|| self.op_readdirplus(fh.0, offset, reply))
     }
 
     fn releasedir(
@@ -323,7 +333,7 @@ impl Filesystem for Dispatch {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.op_releasedir(fh.0, reply)
+        guarded(|| self.op_releasedir(fh.0, reply))
     }
 
     fn fsyncdir(
@@ -334,11 +344,11 @@ impl Filesystem for Dispatch {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.op_fsyncdir(fh.0, datasync, reply)
+        guarded(|| self.op_fsyncdir(fh.0, datasync, reply))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.op_statfs(reply)
+        guarded(|| self.op_statfs(reply))
     }
 
     fn setxattr(
@@ -351,23 +361,23 @@ impl Filesystem for Dispatch {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.op_setxattr(ino.0, name, value, flags, reply)
+        guarded(|| self.op_setxattr(ino.0, name, value, flags, reply))
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.op_getxattr(ino.0, name, size, reply)
+        guarded(|| self.op_getxattr(ino.0, name, size, reply))
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.op_listxattr(ino.0, size, reply)
+        guarded(|| self.op_listxattr(ino.0, size, reply))
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.op_removexattr(ino.0, name, reply)
+        guarded(|| self.op_removexattr(ino.0, name, reply))
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.op_access(ino.0, mask.bits(), reply)
+        guarded(|| self.op_access(ino.0, mask.bits(), reply))
     }
 
     fn create(
@@ -380,7 +390,7 @@ impl Filesystem for Dispatch {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.op_create(caller(req), parent.0, name, mode, flags, reply)
+        guarded(|| self.op_create(caller(req), parent.0, name, mode, flags, reply))
     }
 
     fn fallocate(
@@ -393,7 +403,7 @@ impl Filesystem for Dispatch {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.op_fallocate(fh.0, offset, length, mode, reply)
+        guarded(|| self.op_fallocate(fh.0, offset, length, mode, reply))
     }
 
     fn lseek(
@@ -405,7 +415,7 @@ impl Filesystem for Dispatch {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.op_lseek(fh.0, offset, whence, reply)
+        guarded(|| self.op_lseek(fh.0, offset, whence, reply))
     }
 
     fn copy_file_range(
@@ -421,14 +431,16 @@ impl Filesystem for Dispatch {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.op_copy_file_range(
-            fh_in.0,
-            offset_in,
-            fh_out.0,
-            offset_out,
-            len,
-            flags.bits() as u32,
-            reply,
-        )
+        guarded(|| {
+            self.op_copy_file_range(
+                fh_in.0,
+                offset_in,
+                fh_out.0,
+                offset_out,
+                len,
+                flags.bits() as u32,
+                reply,
+            )
+        })
     }
 }

@@ -51,6 +51,7 @@ pub struct SetAttr {
 
 impl CasaFs {
     pub fn op_lookup(&self, parent: u64, name: &OsStr, reply: impl EntryReply) {
+        crate::fault::panic_on_lookup(name.as_bytes());
         if let Some(r) = self.control_lookup(parent, name.as_bytes()) {
             // Control files change on every read: never cache their attributes.
             let ttl = self.ttl_entry();
@@ -384,7 +385,12 @@ impl CasaFs {
 
     pub fn op_listxattr(&self, ino: u64, size: u32, reply: impl XattrReply) {
         let r = if is_control(ino) {
-            Ok(XattrAnswer::Size(0))
+            // No attributes: a size of 0, or an empty list.
+            Ok(if size == 0 {
+                XattrAnswer::Size(0)
+            } else {
+                XattrAnswer::Data(Vec::new())
+            })
         } else {
             self.do_listxattr(ino, size)
         };
@@ -538,7 +544,7 @@ impl CasaFs {
                 .skip(offset as usize)
             {
                 let attr = self.control_attr(if ino == ROOT_ID { CONTROL_DIR_ID } else { ino });
-                if reply.add(ino, i as u64 + 1, OsStr::new(&name), ttl, &attr, 0) {
+                if reply.add(i as u64 + 1, OsStr::new(&name), ttl, &attr, 0) {
                     break;
                 }
             }
@@ -554,7 +560,7 @@ impl CasaFs {
             if matches!(e.name.to_bytes(), b"." | b"..") {
                 // The kernel takes no reference on these.
                 let attr = self.attr(dir.nodeid, &dst);
-                return Ok(reply.add(attr.ino.0, e.off as u64, name, ttl, &attr, 0));
+                return Ok(reply.add(e.off as u64, name, ttl, &attr, 0));
             }
             let st = match sys::stat_at(dfd.as_raw_fd(), e.name) {
                 Ok(st) => st,
@@ -565,14 +571,7 @@ impl CasaFs {
             let in_target = dir.in_target || self.is_area_root(&st);
             let inode = self.inodes.remember(&dir, e.name, &st, in_target);
             let attr = self.attr(inode.nodeid, &st);
-            let full = reply.add(
-                inode.nodeid,
-                e.off as u64,
-                name,
-                ttl,
-                &attr,
-                inode.generation,
-            );
+            let full = reply.add(e.off as u64, name, ttl, &attr, inode.generation);
             if full {
                 self.inodes.forget(inode.nodeid, 1);
             }

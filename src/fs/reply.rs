@@ -70,11 +70,10 @@ pub trait DirReply: Reply {
     fn ok(self);
 }
 
+/// Entries are numbered by their attributes' `ino`.
 pub trait DirPlusReply: Reply {
-    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
-        ino: u64,
         off: u64,
         name: &OsStr,
         ttl: Duration,
@@ -221,7 +220,6 @@ impl DirReply for fuser::ReplyDirectory {
 impl DirPlusReply for fuser::ReplyDirectoryPlus {
     fn add(
         &mut self,
-        ino: u64,
         off: u64,
         name: &OsStr,
         ttl: Duration,
@@ -230,7 +228,7 @@ impl DirPlusReply for fuser::ReplyDirectoryPlus {
     ) -> bool {
         fuser::ReplyDirectoryPlus::add(
             self,
-            INodeNo(ino),
+            attr.ino,
             off,
             name,
             &ttl,

@@ -463,7 +463,8 @@ pub fn attr(a: &FileAttr) -> Attr {
         gid: a.gid,
         rdev: a.rdev,
         blksize: a.blksize,
-        flags: a.flags,
+        // FUSE_ATTR_* bits (submount, DAX) on Linux: none apply.
+        flags: 0,
     }
 }
 

@@ -10,35 +10,45 @@
 //! per CPU both wake-ups stay on the caller's CPU.
 //!
 //! `/dev/fuse` stays in use alongside: the kernel sends INIT, FORGET and
-//! INTERRUPT there, and falls back to it for everything if any queue fails
+//! INTERRUPT there, and falls back to it for everything if a queue fails
 //! to register.
 //!
-//! Each thread owns one ring with one entry, so a slow request (an fsync
-//! on a busy disk) only holds its own thread: the kernel gives the next
-//! request of that CPU to another idle entry.
+//! Each thread owns one ring with one entry (`queue.rs`), so a slow request
+//! (an fsync on a busy disk) only holds its own thread: the kernel gives the
+//! next request of that CPU to another idle entry.
 
 pub mod abi;
+mod queue;
 mod reply;
 mod serve;
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc;
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, cqueue, squeue};
+use parking_lot::Mutex;
 
 use crate::fs::CasaFs;
-use reply::{Answer, RingReply};
-
-const CMD_REGISTER: u32 = 1;
-const CMD_COMMIT_AND_FETCH: u32 = 2;
 
 /// Threads (each with one ring entry) per CPU queue.
 pub const THREADS_PER_QUEUE: usize = 2;
 
+/// How often a queue may lose a thread to an unexpected error and get a new
+/// one before casafs gives up on the connection.
+const MAX_RESTARTS: usize = 8;
+
 /// The kernel's switch for FUSE over io_uring (off by default).
 const ENABLE_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
+
+/// A ring made before INIT is answered, kept to tell the kernel to fall
+/// back to `/dev/fuse` if the queues cannot start: by then the system may
+/// refuse new rings for the very reason the queues failed.
+static FALLBACK_RING: Mutex<Option<Ring>> = Mutex::new(None);
 
 /// Makes sure the kernel will offer io_uring to this mount: the module
 /// parameter must be on before the mount's INIT. Root may turn it on; it
@@ -54,82 +64,115 @@ pub fn enable_in_kernel() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether this process may create io_uring instances (they can be turned
-/// off by `kernel.io_uring_disabled` or a seccomp filter). Asked before INIT
-/// is answered: once io_uring is agreed, requests wait for the queues.
-pub fn usable() -> bool {
-    IoUring::<squeue::Entry128, cqueue::Entry>::builder()
-        .build(2)
-        .is_ok()
+/// Whether this process may use io_uring (it can be turned off by
+/// `kernel.io_uring_disabled` or a seccomp filter), keeping the ring that
+/// proves it for the fall back. Asked before INIT is answered: once
+/// io_uring is agreed, requests wait for the queues.
+pub fn prepare() -> bool {
+    match IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(2) {
+        Ok(r) => {
+            *FALLBACK_RING.lock() = Some(r);
+            true
+        }
+        Err(e) => {
+            tracing::info!("FUSE over io_uring off, serving through /dev/fuse: io_uring: {e}");
+            false
+        }
+    }
 }
 
 /// The queue count the kernel expects: one per possible CPU.
 fn possible_cpus() -> usize {
-    let parsed = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+    let counted = std::fs::read_to_string("/sys/devices/system/cpu/possible")
         .ok()
         .and_then(|s| {
-            let last = s.trim().rsplit([',', '-']).next()?.parse::<usize>().ok()?;
-            Some(last + 1)
+            let mut n = 0;
+            for part in s.trim().split(',') {
+                n += match part.split_once('-') {
+                    Some((a, b)) => b.parse::<usize>().ok()? + 1 - a.parse::<usize>().ok()?,
+                    None => part.parse::<usize>().map(|_| 1).ok()?,
+                };
+            }
+            Some(n)
         });
-    parsed.unwrap_or_else(|| unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize)
+    counted.unwrap_or_else(|| unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize)
 }
 
-/// A page-aligned anonymous mapping the kernel copies requests into. Pages
-/// are only backed once touched.
-struct Buf {
-    ptr: *mut u8,
-    len: usize,
+/// This mount's connection number under `/sys/fs/fuse/connections`: the
+/// minor device number of the topmost `fuse.casafs` mount on `mountpoint`.
+fn connection_of(mountpoint: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.to_string_lossy().replace(' ', "\\040");
+    text.lines()
+        .rev()
+        .filter(|l| {
+            let mut halves = l.split(" - ");
+            let (a, b) = (halves.next().unwrap_or(""), halves.next().unwrap_or(""));
+            a.split(' ').nth(4) == Some(want.as_str()) && b.starts_with("fuse.casafs ")
+        })
+        .find_map(|l| l.split(' ').nth(2)?.split(':').nth(1)?.parse().ok())
 }
 
-impl Buf {
-    fn new(len: usize) -> std::io::Result<Buf> {
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
+/// What the queue threads share.
+pub(crate) struct Shared {
+    fs: Arc<CasaFs>,
+    dev: Arc<OwnedFd>,
+    payload_len: usize,
+    /// Without `allow_other`: the only user served, as fuser does.
+    owner: Option<u32>,
+    /// Threads serving each queue now, and how often each was restarted.
+    live: Vec<AtomicUsize>,
+    restarts: Vec<AtomicUsize>,
+    connection: Option<u32>,
+}
+
+impl Shared {
+    /// A thread of queue `qid` ended while the connection lives. Another
+    /// takes its place; past the limit the connection is ended, so callers
+    /// get errors instead of waiting on a queue nobody serves.
+    fn thread_lost(self: &Arc<Self>, qid: u16) {
+        let q = qid as usize;
+        let left = self.live[q].fetch_sub(1, Relaxed) - 1;
+        if self.restarts[q].fetch_add(1, Relaxed) < MAX_RESTARTS {
+            tracing::warn!("queue {qid}: starting a new thread in place of a failed one");
+            if spawn_thread(self, qid, None).is_ok() {
+                return;
+            }
         }
-        Ok(Buf { ptr: p.cast(), len })
+        tracing::warn!("queue {qid}: {left} threads left");
+        if left == 0 {
+            tracing::error!(
+                "queue {qid} has no thread left: ending the connection so that callers get errors"
+            );
+            self.abort_connection();
+        }
+    }
+
+    fn abort_connection(&self) {
+        let done = self.connection.is_some_and(|c| {
+            std::fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), "1").is_ok()
+        });
+        if !done {
+            tracing::error!("cannot end the FUSE connection (is fusectl mounted?)");
+        }
     }
 }
 
-impl Drop for Buf {
-    fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+fn spawn_thread(
+    shared: &Arc<Shared>,
+    qid: u16,
+    ready: Option<mpsc::Sender<(u16, Result<(), String>)>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let s = shared.clone();
+    shared.live[qid as usize].fetch_add(1, Relaxed);
+    let spawned = std::thread::Builder::new()
+        .name(format!("casafs-q{qid}"))
+        .stack_size(512 * 1024)
+        .spawn(move || queue::run(s, qid, ready));
+    if spawned.is_err() {
+        shared.live[qid as usize].fetch_sub(1, Relaxed);
     }
-}
-
-fn cmd_area(qid: u16, commit_id: u64) -> [u8; 80] {
-    // struct fuse_uring_cmd_req: flags u64, commit_id u64, qid u16.
-    let mut c = [0u8; 80];
-    c[8..16].copy_from_slice(&commit_id.to_ne_bytes());
-    c[16..18].copy_from_slice(&qid.to_ne_bytes());
-    c
-}
-
-fn register_sqe(dev: RawFd, qid: u16, iov: *const libc::iovec) -> squeue::Entry128 {
-    let sqe = opcode::UringCmd80::new(types::Fd(dev), CMD_REGISTER)
-        .cmd(cmd_area(qid, 0))
-        .addr(Some(iov as u64))
-        .build();
-    // The crate has no setter for `len`: the kernel wants the iovec count
-    // (header and payload) there, at byte 24 of the entry.
-    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
-    raw[24..28].copy_from_slice(&2u32.to_ne_bytes());
-    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
-}
-
-fn commit_sqe(dev: RawFd, qid: u16, commit_id: u64) -> squeue::Entry128 {
-    opcode::UringCmd80::new(types::Fd(dev), CMD_COMMIT_AND_FETCH)
-        .cmd(cmd_area(qid, commit_id))
-        .build()
+    spawned
 }
 
 /// The running queues.
@@ -157,43 +200,56 @@ impl Queues {
     }
 }
 
-/// Starts the queue threads once INIT agreed on io_uring. If any queue
-/// cannot start, the kernel is made to fall back to `/dev/fuse` (a failed
-/// registration does that) so no request waits for a queue that never
-/// comes.
+/// Starts the queue threads once INIT agreed on io_uring. If a queue gets
+/// no thread at all, the kernel is made to fall back to `/dev/fuse` (a
+/// failed registration does that) so no request waits for a queue that
+/// never comes.
 pub fn start(fs: Arc<CasaFs>, dev: Arc<OwnedFd>, payload_len: usize) -> Queues {
     let n = possible_cpus();
-    let (tx, rx) = mpsc::channel::<Result<(), String>>();
+    let owner = (!fs.settings.allow_other).then(|| unsafe { libc::geteuid() });
+    let connection = connection_of(&fs.settings.mountpoint);
+    let shared = Arc::new(Shared {
+        fs,
+        dev,
+        payload_len,
+        owner,
+        live: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        restarts: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        connection,
+    });
+    let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
-    let mut failed: Option<String> = None;
+    let mut started = vec![0usize; n];
+    let mut why = None;
     for qid in 0..n {
-        for k in 0..THREADS_PER_QUEUE {
-            let (fs, dev, tx) = (fs.clone(), dev.clone(), tx.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("casafs-q{qid}.{k}"))
-                .stack_size(512 * 1024)
-                .spawn(move || queue_thread(&fs, &dev, qid as u16, payload_len, &tx));
-            match spawned {
+        for _ in 0..THREADS_PER_QUEUE {
+            match spawn_thread(&shared, qid as u16, Some(tx.clone())) {
                 Ok(t) => threads.push(t),
-                Err(e) => failed = Some(format!("cannot start a queue thread: {e}")),
+                Err(e) => why = Some(format!("cannot start a queue thread: {e}")),
             }
         }
     }
     drop(tx);
     for _ in 0..threads.len() {
         match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failed = Some(e),
+            Ok((qid, Ok(()))) => started[qid as usize] += 1,
+            Ok((_, Err(e))) => why = Some(e),
             Err(_) => break,
         }
     }
-    match failed {
-        Some(e) => {
-            tracing::warn!("FUSE over io_uring unavailable, serving through /dev/fuse: {e}");
-            force_fallback(dev.as_raw_fd());
+    match started.iter().position(|&k| k == 0) {
+        Some(q) => {
+            let why = why.unwrap_or_default();
+            tracing::warn!(
+                "FUSE over io_uring unavailable, serving through /dev/fuse: queue {q} did not start: {why}"
+            );
+            force_fallback(&shared);
         }
         None => {
-            fs.stats.ring_queues.store(n as u64, Relaxed);
+            shared.fs.stats.ring_queues.store(n as u64, Relaxed);
+            if let Some(e) = why {
+                tracing::warn!("a queue thread did not start: {e}");
+            }
             tracing::info!(
                 "serving through FUSE over io_uring: {n} CPU queues, {THREADS_PER_QUEUE} threads each"
             );
@@ -204,17 +260,20 @@ pub fn start(fs: Arc<CasaFs>, dev: Arc<OwnedFd>, payload_len: usize) -> Queues {
 
 /// A registration the kernel refuses (a queue that does not exist) turns
 /// io_uring off for the connection: requests flow through `/dev/fuse`.
-fn force_fallback(dev: RawFd) {
-    let Ok(mut ring) = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(2) else {
-        return;
-    };
-    let iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; 2];
-    let sqe = register_sqe(dev, u16::MAX, iov.as_ptr());
-    if unsafe { ring.submission().push(&sqe) }.is_ok() {
-        let _ = ring.submit_and_wait(1);
+/// Where even that cannot be sent, the connection is ended rather than
+/// left with requests waiting forever.
+fn force_fallback(shared: &Shared) {
+    let sent = FALLBACK_RING.lock().take().is_some_and(|mut ring| {
+        let iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 2];
+        let sqe = queue::register_sqe(shared.dev.as_raw_fd(), u16::MAX, iov.as_ptr());
+        unsafe { ring.submission().push(&sqe) }.is_ok() && ring.submit_and_wait(1).is_ok()
+    });
+    if !sent {
+        tracing::error!("cannot switch the connection back to /dev/fuse");
+        shared.abort_connection();
     }
 }
 
@@ -232,199 +291,11 @@ fn pin(cpu: usize) {
     }
 }
 
-type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
-
-/// Fault injection for the tests: `CASAFS_FAULT_QUEUE=N` makes queue N fail
-/// to start, as a thread or ring the system refuses would.
-fn injected_fault(qid: u16) -> bool {
-    std::env::var("CASAFS_FAULT_QUEUE").is_ok_and(|v| v.parse() == Ok(qid))
-}
-
-fn queue_thread(
-    fs: &CasaFs,
-    dev: &OwnedFd,
-    qid: u16,
-    payload_len: usize,
-    ready: &mpsc::Sender<Result<(), String>>,
-) {
-    pin(qid as usize);
-    let setup = || -> std::io::Result<(Ring, Buf, Buf, Buf)> {
-        if injected_fault(qid) {
-            return Err(std::io::Error::other(
-                "fault injected by CASAFS_FAULT_QUEUE",
-            ));
-        }
-        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4)?;
-        let bufs = (
-            Buf::new(4096)?,
-            Buf::new(payload_len)?,
-            Buf::new(payload_len)?,
-        );
-        Ok((ring, bufs.0, bufs.1, bufs.2))
-    };
-    let (mut ring, header, payload, spare) = match setup() {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = ready.send(Err(format!("queue {qid}: {e}")));
-            return;
-        }
-    };
-    let iov = Box::new([
-        libc::iovec {
-            iov_base: header.ptr.cast(),
-            iov_len: abi::HEADER_SIZE,
-        },
-        libc::iovec {
-            iov_base: payload.ptr.cast(),
-            iov_len: payload.len,
-        },
-    ]);
-    let dev = dev.as_raw_fd();
-    let register = register_sqe(dev, qid, iov.as_ptr());
-    let submitted = unsafe { ring.submission().push(&register) }
-        .map_err(|_| "submission queue full".to_string())
-        .and_then(|_| ring.submit().map_err(|e| e.to_string()));
-    if let Err(e) = submitted {
-        let _ = ready.send(Err(format!("queue {qid}: {e}")));
-        return;
-    }
-    let _ = ready.send(Ok(()));
-
-    let clean = serve_loop(
-        fs,
-        &mut ring,
-        dev,
-        qid,
-        [&header, &payload, &spare],
-        &register,
-    );
-    // Close the ring before the buffers go: the kernel copies into them
-    // until the entry is cancelled.
-    drop(ring);
-    drop(iov);
-    if !clean {
-        // The kernel may still hold the entry's buffer addresses.
-        std::mem::forget(header);
-        std::mem::forget(payload);
-    }
-}
-
-/// Serves requests until the connection goes away (true) or the ring fails
-/// (false).
-fn serve_loop(
-    fs: &CasaFs,
-    ring: &mut Ring,
-    dev: RawFd,
-    qid: u16,
-    [header, payload, spare]: [&Buf; 3],
-    register: &squeue::Entry128,
-) -> bool {
-    loop {
-        match ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => {
-                tracing::error!("queue {qid}: io_uring_enter: {e}");
-                return false;
-            }
-        }
-        let Some(cqe) = ring.completion().next() else {
-            continue;
-        };
-        let res = cqe.result();
-        if res == -libc::EAGAIN || res == -libc::EINTR {
-            // Registered before the kernel finished INIT: register again.
-            if unsafe { ring.submission().push(register) }.is_err() {
-                return false;
-            }
-            continue;
-        }
-        if res < 0 {
-            if ![libc::ENOTCONN, libc::ECONNABORTED, libc::ECANCELED].contains(&-res) {
-                fs.stats.ring_queues.store(0, Relaxed);
-                tracing::error!(
-                    "queue {qid}: the kernel refused the ring entry: {}",
-                    std::io::Error::from_raw_os_error(-res)
-                );
-            }
-            return true;
-        }
-        let commit_id = handle(fs, header, payload, spare);
-        fs.stats.ring_requests.fetch_add(1, Relaxed);
-        let sqe = commit_sqe(dev, qid, commit_id);
-        if unsafe { ring.submission().push(&sqe) }.is_err() {
-            return false;
-        }
-    }
-}
-
-/// Serves the request in the entry's buffers and writes the reply there.
-/// Returns the commit id to hand the entry back with.
-///
-/// Handlers read their arguments (names, write data) from the payload
-/// buffer, so a request that came with arguments is answered into `spare`
-/// first and copied over once the handler is done.
-fn handle(fs: &CasaFs, header: &Buf, payload: &Buf, spare: &Buf) -> u64 {
-    let mut head = [0u8; abi::HEADER_SIZE];
-    // SAFETY: between a request's CQE and its commit the entry's buffers
-    // belong to this thread alone; the header area is HEADER_SIZE bytes.
-    unsafe { std::ptr::copy_nonoverlapping(header.ptr, head.as_mut_ptr(), abi::HEADER_SIZE) };
-    let h: abi::InHeader = abi::read(&head);
-    let op_in = &head[abi::OP_IN..abi::OP_IN + 128];
-    let commit_id = abi::read::<u64>(&head[abi::ENT_COMMIT_ID..]);
-    let sz = (abi::read::<u32>(&head[abi::ENT_PAYLOAD_SZ..]) as usize).min(payload.len);
-    let out = if sz == 0 { payload } else { spare };
-    let mut ans = Answer::unanswered();
-    let limit = serve::reply_limit(h.opcode, op_in);
-    {
-        // SAFETY: see above; `out` is not the buffer `args` lives in unless
-        // there are no arguments.
-        let args = unsafe { std::slice::from_raw_parts(payload.ptr, sz) };
-        let r = unsafe { RingReply::new(out.ptr, out.len, limit, &mut ans) };
-        serve::serve(fs, &h, op_in, args, r);
-    }
-    let len = ans.len.min(payload.len);
-    let out_header = abi::OutHeader {
-        len: (16 + len) as u32,
-        error: ans.error,
-        unique: h.unique,
-    };
-    // SAFETY: both buffers are ours until the commit and large enough.
-    unsafe {
-        if sz != 0 && len > 0 {
-            std::ptr::copy_nonoverlapping(spare.ptr, payload.ptr, len);
-        }
-        std::ptr::copy_nonoverlapping(abi::bytes(&out_header).as_ptr(), header.ptr, 16);
-        std::ptr::copy_nonoverlapping(
-            (len as u32).to_ne_bytes().as_ptr(),
-            header.ptr.add(abi::ENT_PAYLOAD_SZ),
-            4,
-        );
-    }
-    commit_id
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn register_entries_carry_two_iovecs_and_the_queue() {
-        let iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; 2];
-        let sqe = super::register_sqe(5, 3, iov.as_ptr());
-        let raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
-        assert_eq!(raw[0], 46, "IORING_OP_URING_CMD");
-        assert_eq!(i32::from_ne_bytes(raw[4..8].try_into().unwrap()), 5);
-        assert_eq!(u32::from_ne_bytes(raw[8..12].try_into().unwrap()), 1);
-        assert_eq!(
-            u64::from_ne_bytes(raw[16..24].try_into().unwrap()),
-            iov.as_ptr() as u64
-        );
-        assert_eq!(u32::from_ne_bytes(raw[24..28].try_into().unwrap()), 2);
-        assert_eq!(
-            u16::from_ne_bytes(raw[48 + 16..48 + 18].try_into().unwrap()),
-            3
-        );
+    fn this_machines_possible_cpus_are_counted() {
+        let n = super::possible_cpus();
+        assert!(n >= std::thread::available_parallelism().unwrap().get());
     }
 }

@@ -27,12 +27,8 @@ impl Answer {
     }
 }
 
-/// One reply into a payload buffer of `cap` bytes. `limit` is the size the
-/// kernel asked for where it asks for one (reads, listings, xattrs).
-///
-/// The buffer is the one the request's own arguments arrived in; handlers
-/// are done with those arguments before they reply, so writing through the
-/// raw pointer here never overlaps a live use of them.
+/// One reply into a buffer of `cap` bytes. `limit` is the size the kernel
+/// asked for where it asks for one (reads, listings, xattrs).
 pub struct RingReply<'a> {
     out: *mut u8,
     cap: usize,
@@ -238,7 +234,6 @@ impl DirReply for RingReply<'_> {
 impl DirPlusReply for RingReply<'_> {
     fn add(
         &mut self,
-        ino: u64,
         off: u64,
         name: &OsStr,
         ttl: Duration,
@@ -248,7 +243,7 @@ impl DirPlusReply for RingReply<'_> {
         let name = name.as_bytes();
         let e = abi::entry_out(attr, ttl, ttl, generation);
         let d = abi::Dirent {
-            ino,
+            ino: attr.ino.0,
             off,
             namelen: name.len() as u32,
             typ: abi::type_bits(attr.kind) >> 12,

@@ -40,10 +40,33 @@ pub fn reply_limit(opcode: u32, op_in: &[u8]) -> usize {
     }
 }
 
-/// Serves one request. `payload` holds the request's trailing arguments;
-/// `r` writes into the same buffer, which handlers only do once they are
-/// done with their arguments.
-pub fn serve(fs: &CasaFs, h: &InHeader, op_in: &[u8], payload: &[u8], r: RingReply<'_>) {
+/// Serves one request. `payload` holds the request's trailing arguments.
+/// `owner`: without `allow_other`, the one user served; others get EACCES
+/// except for what the kernel may send on anyone's behalf, as fuser does
+/// on `/dev/fuse`.
+pub fn serve(
+    fs: &CasaFs,
+    owner: Option<u32>,
+    h: &InHeader,
+    op_in: &[u8],
+    payload: &[u8],
+    r: RingReply<'_>,
+) {
+    if owner.is_some_and(|o| o != h.uid)
+        && !matches!(
+            h.opcode,
+            READ | READDIR
+                | READDIRPLUS
+                | WRITE
+                | FSYNC
+                | FSYNCDIR
+                | RELEASE
+                | RELEASEDIR
+                | DESTROY
+        )
+    {
+        return r.error(Errno::EACCES);
+    }
     let who = Caller {
         uid: h.uid,
         gid: h.gid,

@@ -1,0 +1,36 @@
+//! Fault injection for the tests, from the environment of the daemon:
+//!
+//! - `CASAFS_FAULT_QUEUE=N`: io_uring queue N fails to start, as a thread
+//!   or ring the system refuses would.
+//! - `CASAFS_FAULT_PANIC=NAME`: a lookup of NAME panics inside its handler,
+//!   as a bug would; the caller must get EIO and the daemon keep serving.
+//!
+//! Read once; unset (production), each check is a load and a compare.
+
+use std::sync::OnceLock;
+
+struct Faults {
+    queue: Option<u16>,
+    panic_name: Option<Vec<u8>>,
+}
+
+fn faults() -> &'static Faults {
+    static F: OnceLock<Faults> = OnceLock::new();
+    F.get_or_init(|| Faults {
+        queue: std::env::var("CASAFS_FAULT_QUEUE")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        panic_name: std::env::var_os("CASAFS_FAULT_PANIC")
+            .map(std::os::unix::ffi::OsStringExt::into_vec),
+    })
+}
+
+pub fn queue_fails(qid: u16) -> bool {
+    faults().queue == Some(qid)
+}
+
+pub fn panic_on_lookup(name: &[u8]) {
+    if faults().panic_name.as_deref() == Some(name) {
+        panic!("fault injected by CASAFS_FAULT_PANIC");
+    }
+}
