@@ -241,10 +241,6 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
-/// A ring entry's payload buffer: at least the largest request or reply the
-/// kernel may put there (1 MiB writes and reads, as negotiated in INIT).
-const URING_PAYLOAD: usize = (1 << 20) + 4096;
-
 /// Mounts and serves until unmounted. With `daemonize`, the parent returns
 /// only once the mount is up (or failed), as mount(8) expects.
 pub fn run(p: Prepared) -> Result<(), MountError> {
@@ -343,7 +339,9 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
         Ok(d) => {
             let _ = fs.dev.set(std::sync::Arc::new(d));
         }
-        Err(e) => tracing::warn!("kernel passthrough off: cannot share the FUSE device: {e}"),
+        Err(e) => {
+            tracing::warn!("kernel passthrough and io_uring off: cannot share the FUSE device: {e}")
+        }
     }
     let stats = fs.stats.clone();
     let fs = std::sync::Arc::new(fs);
@@ -358,12 +356,8 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
     };
     // INIT is answered: if it agreed on io_uring, every request now waits
     // for the CPU queues.
-    if let (true, Some(d)) = (
-        fs.uring.load(std::sync::atomic::Ordering::Relaxed),
-        fs.dev.get(),
-    ) {
-        let q = crate::uring::start(fs.clone(), d.clone(), URING_PAYLOAD);
-        *fs.queues.lock() = Some(q);
+    if fs.uring.load(std::sync::atomic::Ordering::Relaxed) {
+        *fs.queues.lock() = crate::uring::start(&fs);
     }
     crate::retention::start(retention, stats);
     tell(&mut report, "OK\n");

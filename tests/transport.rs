@@ -19,10 +19,16 @@ fn kernel_has_io_uring() -> bool {
     Path::new("/sys/module/fuse/parameters/enable_uring").exists()
 }
 
+/// CPUs the kernel may ever run (`0-1`, `0-3,8-11`, ...): one queue each.
 fn possible_cpus() -> u64 {
     let s = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
-    let last = s.trim().rsplit([',', '-']).next().unwrap();
-    last.parse::<u64>().unwrap() + 1
+    s.trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<u64>().unwrap() + 1 - a.parse::<u64>().unwrap(),
+            None => 1,
+        })
+        .sum()
 }
 
 fn pin_to(cpu: usize) {

@@ -5,7 +5,6 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use fuser::{FopenFlags, TimeOrNow};
@@ -577,10 +576,5 @@ impl CasaFs {
             }
             Ok(full)
         })
-    }
-
-    /// Whether kernel passthrough is serving file data on this mount.
-    pub fn passthrough_on(&self) -> bool {
-        self.passthrough.load(Relaxed)
     }
 }

@@ -200,18 +200,25 @@ impl Queues {
     }
 }
 
-/// Starts the queue threads once INIT agreed on io_uring. If a queue gets
+/// A ring entry's payload buffer: at least the largest request or reply the
+/// kernel may put there (1 MiB writes and reads, as negotiated in INIT).
+const PAYLOAD_LEN: usize = (1 << 20) + 4096;
+
+/// Starts the queue threads once INIT agreed on io_uring (which it only
+/// does once the FUSE device is shared: `None` otherwise). If a queue gets
 /// no thread at all, the kernel is made to fall back to `/dev/fuse` (a
 /// failed registration does that) so no request waits for a queue that
 /// never comes.
-pub fn start(fs: Arc<CasaFs>, dev: Arc<OwnedFd>, payload_len: usize) -> Queues {
+pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
+    let dev = fs.dev.get()?.clone();
+    let fs = fs.clone();
     let n = possible_cpus();
     let owner = (!fs.settings.allow_other).then(|| unsafe { libc::geteuid() });
     let connection = connection_of(&fs.settings.mountpoint);
     let shared = Arc::new(Shared {
         fs,
         dev,
-        payload_len,
+        payload_len: PAYLOAD_LEN,
         owner,
         live: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         restarts: (0..n).map(|_| AtomicUsize::new(0)).collect(),
@@ -255,7 +262,7 @@ pub fn start(fs: Arc<CasaFs>, dev: Arc<OwnedFd>, payload_len: usize) -> Queues {
             );
         }
     }
-    Queues { threads }
+    Some(Queues { threads })
 }
 
 /// A registration the kernel refuses (a queue that does not exist) turns

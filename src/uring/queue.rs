@@ -142,9 +142,17 @@ pub(super) fn run(
     let (mut ring, entry) = match setup() {
         Ok(v) => v,
         Err(e) => {
-            shared.live[qid as usize].fetch_sub(1, Relaxed);
-            if let Some(tx) = ready {
-                let _ = tx.send((qid, Err(format!("queue {qid}: {e}"))));
+            match ready {
+                // At start: `start` decides whether the queue has a thread.
+                Some(tx) => {
+                    shared.live[qid as usize].fetch_sub(1, Relaxed);
+                    let _ = tx.send((qid, Err(format!("queue {qid}: {e}"))));
+                }
+                // A replacement: the same budget as any failed thread.
+                None => {
+                    tracing::error!("queue {qid}: {e}");
+                    shared.thread_lost(qid);
+                }
             }
             return;
         }
