@@ -244,13 +244,17 @@ impl CasaFs {
                 reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO, None)
             });
         }
-        let opened = self
-            .do_open(ino, flags)
-            .and_then(|o| self.after_open_trunc(who, flags, o));
-        serve!(self, Op::Open, reply, opened, |o| {
-            let (fh, backing) = self.register(o, flags);
-            reply.opened(fh, FopenFlags::empty(), backing)
-        })
+        serve!(
+            self,
+            Op::Open,
+            reply,
+            self.do_open(ino, flags)
+                .and_then(|o| self.after_open_trunc(who, flags, o)),
+            |o| {
+                let (fh, backing) = self.register(o, flags);
+                reply.opened(fh, FopenFlags::empty(), backing)
+            }
+        )
     }
 
     pub fn op_read(&self, fh: u64, offset: u64, size: u32, reply: impl DataReply) {
@@ -371,29 +375,32 @@ impl CasaFs {
     }
 
     pub fn op_getxattr(&self, ino: u64, name: &OsStr, size: u32, reply: impl XattrReply) {
-        let r = if is_control(ino) {
-            Err(Errno::ENODATA)
-        } else {
-            self.do_getxattr(ino, name, size)
+        // The work goes inside `serve!`, which times it.
+        let body = || {
+            if is_control(ino) {
+                Err(Errno::ENODATA)
+            } else {
+                self.do_getxattr(ino, name, size)
+            }
         };
-        serve!(self, Op::Getxattr, reply, r, |x| match x {
+        serve!(self, Op::Getxattr, reply, body(), |x| match x {
             XattrAnswer::Size(n) => reply.size(n),
             XattrAnswer::Data(d) => reply.data(&d),
         })
     }
 
     pub fn op_listxattr(&self, ino: u64, size: u32, reply: impl XattrReply) {
-        let r = if is_control(ino) {
-            // No attributes: a size of 0, or an empty list.
-            Ok(if size == 0 {
-                XattrAnswer::Size(0)
+        let body = || {
+            if !is_control(ino) {
+                self.do_listxattr(ino, size)
+            } else if size == 0 {
+                // No attributes: a size of 0, or an empty list.
+                Ok(XattrAnswer::Size(0))
             } else {
-                XattrAnswer::Data(Vec::new())
-            })
-        } else {
-            self.do_listxattr(ino, size)
+                Ok(XattrAnswer::Data(Vec::new()))
+            }
         };
-        serve!(self, Op::Listxattr, reply, r, |x| match x {
+        serve!(self, Op::Listxattr, reply, body(), |x| match x {
             XattrAnswer::Size(n) => reply.size(n),
             XattrAnswer::Data(d) => reply.data(&d),
         })
