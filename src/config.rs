@@ -44,6 +44,8 @@ pub struct Settings {
     pub passthrough: bool,
     /// Serve requests through FUSE over io_uring where the kernel offers it.
     pub io_uring: bool,
+    /// io_uring queue threads hand their CPU to the caller they answer.
+    pub handoff: bool,
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
     pub threads: usize,
@@ -78,6 +80,7 @@ struct FileConfig {
     cross_device: Option<String>,
     passthrough: Option<toml::Value>,
     io_uring: Option<toml::Value>,
+    handoff: Option<toml::Value>,
     attr_timeout: Option<toml::Value>,
     entry_timeout: Option<toml::Value>,
     threads: Option<toml::Value>,
@@ -160,6 +163,7 @@ const KEYS: &[&str] = &[
     "cross_device",
     "passthrough",
     "io_uring",
+    "handoff",
     "attr_timeout",
     "entry_timeout",
     "threads",
@@ -348,6 +352,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         file.passthrough.as_ref().map(value_to_string),
     );
     push("io_uring", file.io_uring.as_ref().map(value_to_string));
+    push("handoff", file.handoff.as_ref().map(value_to_string));
     push(
         "attr_timeout",
         file.attr_timeout.as_ref().map(value_to_string),
@@ -369,6 +374,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         cross_device: CrossDevice::Exdev,
         passthrough: true,
         io_uring: true,
+        handoff: true,
         attr_timeout: Duration::from_secs(1),
         entry_timeout: Duration::from_secs(1),
         threads: default_threads(),
@@ -410,6 +416,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
             }
             "passthrough" => s.passthrough = parse_bool(k, v)?,
             "io_uring" => s.io_uring = parse_bool(k, v)?,
+            "handoff" => s.handoff = parse_bool(k, v)?,
             "attr_timeout" => {
                 s.attr_timeout = parse_duration(v)
                     .map_err(|e| BadInput(format!("option 'attr_timeout': {e}")))?
@@ -589,6 +596,8 @@ pub fn render(s: &Settings) -> String {
     out.push_str(&format!("passthrough = \"{pt}\"\n"));
     let ur = if s.io_uring { "auto" } else { "never" };
     out.push_str(&format!("io_uring = \"{ur}\"\n"));
+    let ho = if s.handoff { "auto" } else { "never" };
+    out.push_str(&format!("handoff = \"{ho}\"\n"));
     out.push_str(&format!(
         "attr_timeout = \"{}s\"\n",
         s.attr_timeout.as_secs_f64()

@@ -4,7 +4,7 @@
 //! The hot path does two relaxed atomic adds per request (count and a latency
 //! bucket) and reads the clock twice; nothing allocates or locks.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 macro_rules! ops {
@@ -99,6 +99,10 @@ pub struct Stats {
     /// `/dev/fuse`).
     pub ring_queues: AtomicU64,
     pub ring_requests: AtomicU64,
+    /// Queue threads hand their CPU to the caller they answer.
+    pub ring_handoff: AtomicBool,
+    /// Times the handoff watchdog took a queue thread back from a busy CPU.
+    pub ring_handoff_revoked: AtomicU64,
 }
 
 /// A request in flight: which operation and when it started.
@@ -134,6 +138,8 @@ impl Stats {
             passthrough_opens: AtomicU64::new(0),
             ring_queues: AtomicU64::new(0),
             ring_requests: AtomicU64::new(0),
+            ring_handoff: AtomicBool::new(false),
+            ring_handoff_revoked: AtomicU64::new(0),
         }
     }
 
@@ -307,6 +313,8 @@ impl Stats {
                 "kind": if self.ring_queues.load(Relaxed) > 0 { "io_uring" } else { "dev_fuse" },
                 "io_uring_queues": self.ring_queues.load(Relaxed),
                 "io_uring_requests": self.ring_requests.load(Relaxed),
+                "io_uring_handoff": self.ring_handoff.load(Relaxed),
+                "io_uring_handoff_revoked": self.ring_handoff_revoked.load(Relaxed),
             },
             "redirects": rules,
             "redirects_live": x.redirects_live,
@@ -421,6 +429,17 @@ impl Stats {
             o,
             "casafs_io_uring_requests_total{{{l}}} {}",
             self.ring_requests.load(Relaxed)
+        );
+        family(
+            &mut o,
+            "io_uring_handoff_revoked_total",
+            "counter",
+            "Times a queue thread was taken back from handing its CPU to a caller, because the CPU was busy.",
+        );
+        let _ = writeln!(
+            o,
+            "casafs_io_uring_handoff_revoked_total{{{l}}} {}",
+            self.ring_handoff_revoked.load(Relaxed)
         );
         family(
             &mut o,

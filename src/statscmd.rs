@@ -77,9 +77,17 @@ pub fn summary(j: &Value) -> String {
         "transport    {}\n",
         if t["kind"].as_str() == Some("io_uring") {
             format!(
-                "io_uring, {} CPU queues, {} requests",
+                "io_uring, {} CPU queues, {} requests, {}",
                 num(&t["io_uring_queues"]),
-                num(&t["io_uring_requests"])
+                num(&t["io_uring_requests"]),
+                if t["io_uring_handoff"].as_bool() == Some(true) {
+                    format!(
+                        "CPU handoff on (taken back {} times)",
+                        num(&t["io_uring_handoff_revoked"])
+                    )
+                } else {
+                    "CPU handoff off".to_string()
+                }
             )
         } else {
             "/dev/fuse".to_string()

@@ -261,3 +261,112 @@ fn a_handler_that_panics_fails_only_its_own_request() {
         );
     }
 }
+
+/// Scheduling policies of the daemon's queue threads (0: SCHED_OTHER,
+/// 5: SCHED_IDLE).
+fn queue_policies(pid: u32) -> Vec<u64> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("casafs-q") {
+            continue;
+        }
+        let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the command: the 3rd field of the line comes first,
+        // the policy is the 41st.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        out.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    out
+}
+
+/// Sets the flag when dropped, also when the test panics.
+struct SetOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A queue thread is SCHED_IDLE only for the moment of its reply, so that
+/// its caller is woken on the same CPU. On a CPU kept busy by another
+/// process that would starve it: the watchdog takes it back, the requests
+/// keep completing, and no thread stays SCHED_IDLE afterwards.
+#[test]
+fn queue_threads_hand_their_cpu_over_and_get_it_back_on_a_busy_cpu() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    if !kernel_has_io_uring() {
+        let m = Mount::over_itself("handoff");
+        assert_eq!(transport(&m).0, "dev_fuse");
+        return;
+    }
+    let m = Mount::over_itself("handoff");
+    let revoked = |m: &Mount| m.stats()["transport"]["io_uring_handoff_revoked"].as_u64();
+    assert_eq!(m.stats()["transport"]["io_uring_handoff"], true);
+    assert_eq!(revoked(&m), Some(0));
+    let stop = AtomicBool::new(false);
+    let done = std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_to(0);
+            while !stop.load(Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        s.spawn(|| {
+            let _stop = SetOnDrop(&stop);
+            pin_to(0);
+            let d = m.p("busy");
+            fs::create_dir(&d).unwrap();
+            let start = std::time::Instant::now();
+            let mut done = 0;
+            loop {
+                for i in 0..100 {
+                    let f = d.join(format!("f{i}"));
+                    fs::write(&f, b"data").unwrap();
+                    assert_eq!(fs::metadata(&f).unwrap().len(), 4);
+                    fs::remove_file(&f).unwrap();
+                    done += 1;
+                }
+                if revoked(&m) > Some(0) || start.elapsed() > Duration::from_secs(30) {
+                    return done;
+                }
+            }
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(done >= 100);
+    assert!(revoked(&m) > Some(0), "{}", m.stats()["transport"]);
+    eventually("every queue thread back to SCHED_OTHER", || {
+        queue_policies(m.pid()).iter().all(|&p| p == 0)
+    });
+    exercise_within(&m, "after", None);
+    assert!(
+        stats_text(&m).contains("CPU handoff on (taken back"),
+        "{}",
+        stats_text(&m)
+    );
+
+    let n = Mount::builder("nohandoff").opt("handoff=never").start();
+    assert_eq!(n.stats()["transport"]["io_uring_handoff"], false);
+    exercise_within(&n, "work", None);
+    assert_eq!(revoked(&n), Some(0));
+    assert!(queue_policies(n.pid()).iter().all(|&p| p == 0));
+    let cfg = fs::read_to_string(n.p(".casafs/config")).unwrap();
+    assert!(cfg.contains("handoff = \"never\""), "{cfg}");
+    assert!(
+        stats_text(&n).contains("CPU handoff off"),
+        "{}",
+        stats_text(&n)
+    );
+}
+
+/// What `casafs stats MOUNTPOINT` prints.
+fn stats_text(m: &Mount) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_casafs"))
+        .arg("stats")
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

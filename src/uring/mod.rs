@@ -18,6 +18,7 @@
 //! next request of that CPU to another idle entry.
 
 pub mod abi;
+mod handoff;
 mod queue;
 mod reply;
 mod serve;
@@ -124,6 +125,7 @@ pub(crate) struct Shared {
     live: Vec<AtomicUsize>,
     restarts: Vec<AtomicUsize>,
     connection: Option<u32>,
+    handoff: Arc<handoff::Handoff>,
 }
 
 impl Shared {
@@ -215,6 +217,16 @@ pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
     let n = possible_cpus();
     let owner = (!fs.settings.allow_other).then(|| unsafe { libc::geteuid() });
     let connection = connection_of(&fs.settings.mountpoint);
+    let weak = Arc::downgrade(&fs);
+    let handoff = handoff::Handoff::new(
+        fs.settings.handoff,
+        Box::new(move || {
+            if let Some(fs) = weak.upgrade() {
+                fs.stats.ring_handoff_revoked.fetch_add(1, Relaxed);
+            }
+        }),
+    );
+    fs.stats.ring_handoff.store(handoff.enabled(), Relaxed);
     let shared = Arc::new(Shared {
         fs,
         dev,
@@ -223,6 +235,7 @@ pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
         live: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         restarts: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         connection,
+        handoff,
     });
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
@@ -257,8 +270,13 @@ pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
             if let Some(e) = why {
                 tracing::warn!("a queue thread did not start: {e}");
             }
+            let handoff = if shared.handoff.enabled() {
+                "on"
+            } else {
+                "off"
+            };
             tracing::info!(
-                "serving through FUSE over io_uring: {n} CPU queues, {THREADS_PER_QUEUE} threads each"
+                "serving through FUSE over io_uring: {n} CPU queues, {THREADS_PER_QUEUE} threads each, CPU handoff {handoff}"
             );
         }
     }

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::reply::{Answer, RingReply};
-use super::{Ring, Shared, abi, serve};
+use super::{Ring, Shared, abi, handoff, serve};
 
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
@@ -158,7 +158,16 @@ pub(super) fn run(
         }
     };
     let mut entry = Some(entry);
-    let ended = serve_loop(&shared, &mut ring, dev, qid, &mut entry, ready);
+    let member = shared.handoff.join();
+    let ended = serve_loop(
+        &shared,
+        &mut ring,
+        dev,
+        qid,
+        &mut entry,
+        ready,
+        member.as_ref(),
+    );
     // Close the ring before the buffers go: the kernel copies into them
     // until the entry is cancelled.
     drop(ring);
@@ -190,6 +199,7 @@ fn serve_loop(
     qid: u16,
     entry: &mut Option<Entry>,
     ready: Option<mpsc::Sender<(u16, Result<(), String>)>>,
+    handoff: Option<&handoff::Member>,
 ) -> End {
     let mut ready = ready;
     let Some(e) = entry.as_ref() else {
@@ -213,7 +223,17 @@ fn serve_loop(
     if submitted.is_err() {
         return End::Failed;
     }
+    let mut reply_pending = false;
     loop {
+        if std::mem::take(&mut reply_pending)
+            && let Some(m) = handoff
+            && m.before_reply()
+        {
+            // The reply alone, so that the thread is back to its normal
+            // policy before it waits; an error shows again just below.
+            let _ = ring.submit();
+            m.after_reply();
+        }
         match ring.submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -243,6 +263,7 @@ fn serve_loop(
             let commit_id = handle(shared, e);
             shared.fs.stats.ring_requests.fetch_add(1, Relaxed);
             last = commit_sqe(dev, qid, commit_id);
+            reply_pending = true;
         } else if res == -libc::EAGAIN || res == -libc::EINTR {
             // Registered before the kernel finished INIT: the same again.
         } else if [libc::ENOTCONN, libc::ECONNABORTED, libc::ECANCELED].contains(&-res) {
