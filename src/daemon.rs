@@ -360,7 +360,11 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
         *fs.queues.lock() = crate::uring::start(&fs);
     }
     crate::retention::start(retention, stats);
+    let detached = report.is_some();
     tell(&mut report, "OK\n");
+    if detached {
+        crate::logsink::leave_caller_stderr();
+    }
     sd_notify(&format!(
         "READY=1\nSTATUS=mounted on {}\nMAINPID={}",
         mountpoint.display(),

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod graveyard;
 pub mod handle;
 pub mod inode;
+pub mod logsink;
 pub mod redirect;
 pub mod retention;
 pub mod rules;

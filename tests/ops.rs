@@ -70,21 +70,62 @@ fn daemonizes_once_mounted_and_umount_ends_it() {
     let tmp = TempDir::new("daemon");
     let src = tmp.path().join("tree");
     fs::create_dir_all(&src).unwrap();
-    let out = Command::new(BIN)
+    let sock_path = tmp.path().join("log.sock");
+    let syslog = UnixDatagram::bind(&sock_path).unwrap();
+    syslog
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(BIN)
         .arg("mount")
         .arg(&src)
         .arg(&src)
-        .stderr(Stdio::null())
-        .output()
+        .env("CASAFS_SYSLOG", &sock_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(out.status.success());
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    assert!(child.wait().unwrap().success());
     // Mounted by the time the command returned.
     assert_eq!(fstype_at(&src).as_deref(), Some("fuse.casafs"));
     assert!(src.join(".casafs/stats.json").exists());
-    let pid = fs::read_to_string(src.join(".casafs/stats.json")).is_ok();
-    assert!(pid);
+    // The daemon keeps neither of its caller's outputs: whoever reads them
+    // (ssh, `$(mount -a 2>&1)`) sees their end while the mount lives.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let _ = out.read_to_string(&mut text);
+        let _ = err.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let ended = rx.recv_timeout(Duration::from_secs(20));
+    if ended.is_err() {
+        umount(&src, true);
+    }
+    assert!(
+        ended.is_ok(),
+        "the daemon still holds its caller's stdout or stderr"
+    );
+    assert_eq!(fstype_at(&src).as_deref(), Some("fuse.casafs"));
+    // Its messages go to syslog instead.
+    fs::write(src.join("casa-20260101-000000.log"), b"x").unwrap();
+    let mut records = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !records
+        .iter()
+        .any(|r: &String| r.contains("casa-20260101-000000.log"))
+    {
+        let Ok(n) = syslog.recv(&mut buf) else { break };
+        records.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
     assert_eq!(umount(&src, false), 0);
     assert_eq!(fstype_at(&src), None);
+    let routed = records
+        .iter()
+        .find(|r| r.contains("casa-20260101-000000.log"))
+        .unwrap_or_else(|| panic!("no syslog record of the routed log: {records:?}"));
+    assert!(routed.starts_with("<30>casafs["), "{routed}");
 }
 
 #[test]
