@@ -173,8 +173,16 @@ impl CasaFs {
 
     /// An open with O_TRUNC by an unprivileged caller clears set-ID bits and
     /// capabilities, as the kernel does natively (casafs truncates as root).
+    ///
+    /// So does an unprivileged open for writing of such a file while
+    /// another handle of it passes through (held open, or closed with its
+    /// release still on its way): the kernel requires every open of the
+    /// inode to pass through then, so this handle's writes would never
+    /// reach casafs, which otherwise clears the bits at the first write.
     pub(super) fn after_open_trunc(&self, who: Caller, flags: i32, mut o: Opened) -> Res<Opened> {
-        if flags & libc::O_TRUNC != 0
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let passes_through = || writes && o.inode.open.lock().backing.is_some();
+        if (flags & libc::O_TRUNC != 0 || passes_through())
             && who.uid != 0
             && self.killpriv.load(Relaxed)
             && o.st.st_mode & libc::S_IFMT == libc::S_IFREG
