@@ -288,10 +288,10 @@ impl Drop for SetOnDrop<'_> {
     }
 }
 
-/// A queue thread is SCHED_IDLE only for the moment of its reply, so that
-/// its caller is woken on the same CPU. On a CPU kept busy by another
-/// process that would starve it: the watchdog takes it back, the requests
-/// keep completing, and no thread stays SCHED_IDLE afterwards.
+/// Queue threads are SCHED_IDLE while requests keep coming, so that each
+/// caller is woken on its own CPU. On a CPU kept busy by another process
+/// that would starve them: the watchdog takes them back, the requests keep
+/// completing, and no thread stays SCHED_IDLE once they stop.
 #[test]
 fn queue_threads_hand_their_cpu_over_and_get_it_back_on_a_busy_cpu() {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

@@ -6,43 +6,57 @@
 //! an idle CPU is slow (a virtual machine halts idle vCPUs) that move costs
 //! more than the whole request, and it happens on every request. A CPU
 //! whose only runnable threads are SCHED_IDLE counts as idle to the
-//! scheduler, so a thread that is SCHED_IDLE at the moment it replies gets
-//! its caller woken on its own CPU, which it then gives up at once.
+//! scheduler, so a thread that is SCHED_IDLE when it replies gets its
+//! caller woken on its own CPU, which it then gives up at once.
 //!
 //! A SCHED_IDLE thread also waits for as long as any other thread wants its
-//! CPU, and the next request of that CPU may land on it. So a thread is
-//! SCHED_IDLE only from just before its reply until it runs again (usually
-//! when the caller blocks again), and a watchdog of normal priority takes
-//! the policy back from a thread that has not run again within
-//! [`EXPOSURE_LIMIT`]: its CPU is busy with other work, where the handoff
-//! gains nothing. That thread then replies without the handoff for
-//! [`BAN`]. The watchdog ticks only while replies are being made.
+//! CPU. So queue threads are SCHED_IDLE only while requests keep coming
+//! (they become so at a reply, and the watchdog puts them back after
+//! [`QUIET`] without replies) and only while some CPU has idle time (when
+//! every CPU is busy no caller is moved anyway, and the thread would only
+//! wait behind other work). Meanwhile the watchdog, a thread of normal
+//! priority, looks at them every [`TICK`]: one that is runnable but has not
+//! been on a CPU for two ticks in a row is starved by other work on its
+//! CPU; it gets its normal policy back and replies without the handoff for
+//! [`BAN`]. Changing a policy costs two microseconds, so it happens once
+//! per burst of requests, not per request.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-/// How long a thread may stay SCHED_IDLE after its reply.
-const EXPOSURE_LIMIT: u64 = 3_000_000;
-/// How long a thread the watchdog had to rescue replies without handoff.
-const BAN: u64 = 1_000_000_000;
-/// The watchdog's period while replies are being made.
+/// The watchdog's period while requests keep coming.
 const TICK: Duration = Duration::from_millis(2);
-/// With no reply for this long the watchdog sleeps until the next one.
+/// A thread the watchdog had to take back replies without handoff this long.
+const BAN: u64 = 1_000_000_000;
+/// With no reply for this long the threads go back to their normal policy
+/// and the watchdog sleeps until the next reply.
 const QUIET: u64 = 50_000_000;
 
 /// One queue thread's handoff state.
-pub(crate) struct Slot {
+struct Slot {
     tid: libc::pid_t,
-    /// When the thread last became SCHED_IDLE for a reply; 0 while it is
-    /// not. Whoever swaps it back to 0 restores the normal policy.
-    exposed_since: AtomicU64,
+    /// `/proc/thread-self/stat` and `schedstat`: the thread's state, and
+    /// how much it ran, for the watchdog.
+    stat: std::fs::File,
+    schedstat: std::fs::File,
+    /// `schedstat` at the watchdog's last tick.
+    last_ran: Mutex<Vec<u8>>,
+    /// The thread is SCHED_IDLE. Whoever swaps it to false restores the
+    /// normal policy.
+    idle: AtomicBool,
     /// No handoff for this thread before this time.
     banned_until: AtomicU64,
+    /// Consecutive watchdog ticks that saw the thread runnable.
+    runnable_ticks: AtomicU32,
 }
 
 pub(crate) struct Handoff {
     enabled: bool,
+    /// Every CPU is busy: no caller would be moved to an idle CPU, and a
+    /// SCHED_IDLE thread would only wait behind other work.
+    saturated: AtomicBool,
     slots: Mutex<Vec<Arc<Slot>>>,
     last_reply: AtomicU64,
     on_revoke: Box<dyn Fn() + Send + Sync>,
@@ -80,6 +94,45 @@ fn policy_round_trip_allowed() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the thread got a CPU since the last tick: its run time or its
+/// count of times on a CPU moved. A thread that answers requests does,
+/// many times per tick; one waiting for a busy CPU does not.
+fn ran_since_last_tick(s: &Slot) -> bool {
+    let mut buf = [0u8; 128];
+    let Ok(n) = s.schedstat.read_at(&mut buf, 0) else {
+        return false;
+    };
+    let Ok(mut last) = s.last_ran.lock() else {
+        return false;
+    };
+    // "run time ns, wait time ns, times on a CPU": the wait time moves for
+    // a waiting thread too.
+    let mut fields = buf[..n].split(|&b| b == b' ' || b == b'\n');
+    let ran: Vec<u8> = [fields.next(), fields.nth(1)]
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f.iter().copied().chain([b' ']))
+        .collect();
+    let moved = *last != ran;
+    *last = ran;
+    moved
+}
+
+/// Whether the thread whose `stat` file this is is running or waiting to
+/// run (`R`), as opposed to sleeping.
+fn runnable(stat: &std::fs::File) -> bool {
+    let mut buf = [0u8; 512];
+    let Ok(n) = stat.read_at(&mut buf, 0) else {
+        return false;
+    };
+    // "tid (comm) S ...": the state follows the last ')'.
+    let text = &buf[..n];
+    text.iter()
+        .rposition(|&b| b == b')')
+        .and_then(|i| text.get(i + 2))
+        .is_some_and(|&s| s == b'R')
+}
+
 impl Handoff {
     /// `on_revoke` hears each time the watchdog takes a thread back.
     pub(crate) fn new(wanted: bool, on_revoke: Box<dyn Fn() + Send + Sync>) -> Arc<Handoff> {
@@ -91,6 +144,7 @@ impl Handoff {
         }
         Arc::new(Handoff {
             enabled,
+            saturated: AtomicBool::new(false),
             slots: Mutex::new(Vec::new()),
             last_reply: AtomicU64::new(0),
             on_revoke,
@@ -103,50 +157,57 @@ impl Handoff {
         self.enabled
     }
 
-    /// The calling queue thread's slot, until the returned guard drops.
+    /// The calling queue thread's membership, until the returned guard
+    /// drops. None: no handoff.
     pub(crate) fn join(self: &Arc<Self>) -> Option<Member> {
         if !self.enabled {
             return None;
         }
-        self.start_watchdog();
+        // Without them the watchdog could not tell a starved thread.
+        let stat = std::fs::File::open("/proc/thread-self/stat").ok()?;
+        let schedstat = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
+        if !self.start_watchdog() {
+            return None;
+        }
         let slot = Arc::new(Slot {
             tid: gettid(),
-            exposed_since: AtomicU64::new(0),
+            stat,
+            schedstat,
+            last_ran: Mutex::new(Vec::new()),
+            idle: AtomicBool::new(false),
             banned_until: AtomicU64::new(0),
+            runnable_ticks: AtomicU32::new(0),
         });
-        if let Ok(mut v) = self.slots.lock() {
-            v.push(slot.clone());
-        }
+        self.slots.lock().ok()?.push(slot.clone());
         Some(Member {
             handoff: self.clone(),
             slot,
         })
     }
 
-    fn start_watchdog(self: &Arc<Self>) {
+    fn start_watchdog(self: &Arc<Self>) -> bool {
+        let Ok(mut w) = self.watchdog.lock() else {
+            return false;
+        };
+        if w.is_some() {
+            return true;
+        }
         if self.watchdog_started.swap(true, Relaxed) {
-            return;
+            return false;
         }
         let weak = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
+        match std::thread::Builder::new()
             .name("casafs-handoff".into())
             .stack_size(64 * 1024)
-            .spawn(move || watch(weak));
-        match spawned {
+            .spawn(move || watch(weak))
+        {
             Ok(t) => {
-                if let Ok(mut w) = self.watchdog.lock() {
-                    *w = Some(t.thread().clone());
-                }
+                *w = Some(t.thread().clone());
+                true
             }
             Err(e) => {
-                // Without the watchdog nobody could rescue a starved thread.
                 tracing::warn!("queue threads reply without CPU handoff: {e}");
-                if let Ok(mut v) = self.slots.lock() {
-                    for s in v.iter() {
-                        s.banned_until.store(u64::MAX, Relaxed);
-                    }
-                    v.clear();
-                }
+                false
             }
         }
     }
@@ -159,42 +220,93 @@ impl Handoff {
         }
     }
 
-    /// One watchdog pass: restores the normal policy of every thread
-    /// exposed for too long. Returns whether replies are still being made.
+    /// One watchdog pass. Returns whether requests are still coming.
     fn tick(&self) -> bool {
         let now = now_ns();
+        let active = now.saturating_sub(self.last_reply.load(Relaxed)) < QUIET;
+        let release = !active || self.saturated.load(Relaxed);
         let slots = match self.slots.lock() {
             Ok(v) => v.clone(),
             Err(_) => return false,
         };
         for s in slots {
-            let since = s.exposed_since.load(Relaxed);
-            if since != 0
-                && now.saturating_sub(since) > EXPOSURE_LIMIT
-                && s.exposed_since
-                    .compare_exchange(since, 0, Relaxed, Relaxed)
-                    .is_ok()
-            {
-                set_policy(s.tid, libc::SCHED_OTHER);
+            if !s.idle.load(Relaxed) {
+                s.runnable_ticks.store(0, Relaxed);
+                continue;
+            }
+            if release {
+                if s.idle.swap(false, Relaxed) {
+                    set_policy(s.tid, libc::SCHED_OTHER);
+                }
+                continue;
+            }
+            if ran_since_last_tick(&s) || !runnable(&s.stat) {
+                s.runnable_ticks.store(0, Relaxed);
+                continue;
+            }
+            if s.runnable_ticks.fetch_add(1, Relaxed) + 1 >= 2 {
+                // The ban first: the thread may reply again the moment its
+                // policy changes.
                 s.banned_until.store(now + BAN, Relaxed);
-                (self.on_revoke)();
+                s.runnable_ticks.store(0, Relaxed);
+                if s.idle.swap(false, Relaxed) {
+                    set_policy(s.tid, libc::SCHED_OTHER);
+                    (self.on_revoke)();
+                }
             }
         }
-        now.saturating_sub(self.last_reply.load(Relaxed)) < QUIET
+        active
     }
 }
 
+/// How often the watchdog looks at how idle the CPUs were.
+const LOAD_PERIOD: Duration = Duration::from_millis(50);
+
+/// Idle and busy time of all CPUs so far, from `/proc/stat`, in ticks.
+fn cpu_times(stat: &std::fs::File) -> Option<(u64, u64)> {
+    let mut buf = [0u8; 256];
+    let n = stat.read_at(&mut buf, 0).ok()?;
+    let line = std::str::from_utf8(&buf[..n]).ok()?.lines().next()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    let busy = v.iter().take(8).sum::<u64>().saturating_sub(idle);
+    Some((idle, busy))
+}
+
 fn watch(handoff: Weak<Handoff>) {
+    let proc_stat = std::fs::File::open("/proc/stat").ok();
+    let mut last = proc_stat.as_ref().and_then(cpu_times);
+    let mut checked = std::time::Instant::now();
     loop {
-        let busy = match handoff.upgrade() {
-            Some(h) => h.tick(),
-            None => return,
+        let Some(h) = handoff.upgrade() else {
+            return;
         };
-        if busy {
-            std::thread::sleep(TICK);
-        } else {
-            // Woken by the next reply; the timeout notices the end.
+        if checked.elapsed() >= LOAD_PERIOD {
+            checked = std::time::Instant::now();
+            let now = proc_stat.as_ref().and_then(cpu_times);
+            if let (Some(a), Some(b)) = (last, now) {
+                let (idle, busy) = (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1));
+                // Less than 5% idle since the last look.
+                h.saturated.store(idle * 20 < idle + busy, Relaxed);
+            }
+            last = now;
+        }
+        let active = h.tick();
+        let saturated = h.saturated.load(Relaxed);
+        drop(h);
+        if !active {
+            // Woken by the next reply after a quiet spell; the timeout
+            // notices the end of the mount.
             std::thread::park_timeout(Duration::from_secs(1));
+        } else if saturated {
+            std::thread::sleep(LOAD_PERIOD / 5);
+        } else {
+            std::thread::sleep(TICK);
         }
     }
 }
@@ -206,41 +318,30 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    /// Before committing a reply: becomes SCHED_IDLE if the handoff is on
-    /// for this thread. Returns whether it did.
-    pub(crate) fn before_reply(&self) -> bool {
+    /// Before committing a reply: the thread becomes SCHED_IDLE unless it
+    /// already is or is banned, and the watchdog wakes after a quiet spell.
+    pub(crate) fn before_reply(&self) {
         let now = now_ns();
-        if now < self.slot.banned_until.load(Relaxed) {
-            return false;
-        }
-        self.slot.exposed_since.store(now, Relaxed);
         if now.saturating_sub(self.handoff.last_reply.swap(now, Relaxed)) >= QUIET {
             self.handoff.wake_watchdog();
         }
-        if !set_policy(0, libc::SCHED_IDLE) {
-            self.slot.exposed_since.store(0, Relaxed);
-            return false;
+        if self.slot.idle.load(Relaxed)
+            || now < self.slot.banned_until.load(Relaxed)
+            || self.handoff.saturated.load(Relaxed)
+        {
+            return;
         }
-        // The watchdog may have taken the slot back between the two steps,
-        // before the policy changed: then nobody else restores it.
-        if self.slot.exposed_since.load(Relaxed) == 0 {
-            set_policy(0, libc::SCHED_OTHER);
-            return false;
-        }
-        true
-    }
-
-    /// Once the reply is committed and the thread runs again.
-    pub(crate) fn after_reply(&self) {
-        if self.slot.exposed_since.swap(0, Relaxed) != 0 {
-            set_policy(0, libc::SCHED_OTHER);
+        if set_policy(0, libc::SCHED_IDLE) {
+            self.slot.idle.store(true, Relaxed);
         }
     }
 }
 
 impl Drop for Member {
     fn drop(&mut self) {
-        self.after_reply();
+        if self.slot.idle.swap(false, Relaxed) {
+            set_policy(0, libc::SCHED_OTHER);
+        }
         if let Ok(mut v) = self.handoff.slots.lock() {
             v.retain(|s| !Arc::ptr_eq(s, &self.slot));
         }
@@ -250,38 +351,13 @@ impl Drop for Member {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn policy() -> libc::c_int {
         unsafe { libc::sched_getscheduler(0) }
     }
 
-    #[test]
-    fn off_when_not_wanted() {
-        let h = Handoff::new(false, Box::new(|| {}));
-        assert!(!h.enabled());
-        assert!(h.join().is_none());
-    }
-
-    #[test]
-    fn a_reply_is_made_idle_and_the_thread_comes_back_to_normal() {
-        let h = Handoff::new(true, Box::new(|| {}));
-        assert!(
-            h.enabled(),
-            "the tests run as root, who may change policies"
-        );
-        std::thread::spawn(move || {
-            let m = h.join().unwrap();
-            assert!(m.before_reply());
-            assert_eq!(policy(), libc::SCHED_IDLE);
-            m.after_reply();
-            assert_eq!(policy(), libc::SCHED_OTHER);
-        })
-        .join()
-        .unwrap();
-    }
-
-    #[test]
-    fn the_watchdog_takes_back_a_thread_left_idle_and_bans_it() {
+    fn counting() -> (Arc<AtomicU64>, Arc<Handoff>) {
         let revoked = Arc::new(AtomicU64::new(0));
         let r = revoked.clone();
         let h = Handoff::new(
@@ -294,23 +370,83 @@ mod tests {
             h.enabled(),
             "the tests run as root, who may change policies"
         );
-        let h2 = h.clone();
+        (revoked, h)
+    }
+
+    #[test]
+    fn off_when_not_wanted() {
+        let h = Handoff::new(false, Box::new(|| {}));
+        assert!(!h.enabled());
+        assert!(h.join().is_none());
+    }
+
+    #[test]
+    fn a_thread_is_idle_while_replies_come_and_normal_once_quiet() {
+        let (revoked, h) = counting();
+        let r = revoked.clone();
         std::thread::spawn(move || {
-            let m = h2.join().unwrap();
-            assert!(m.before_reply());
-            // Stay exposed well past the limit, as a thread on a busy CPU.
-            let start = std::time::Instant::now();
+            let m = h.join().unwrap();
+            m.before_reply();
+            assert_eq!(policy(), libc::SCHED_IDLE);
+            let start = Instant::now();
             while policy() == libc::SCHED_IDLE && start.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(Duration::from_millis(20));
             }
             assert_eq!(policy(), libc::SCHED_OTHER);
-            // Banned: the next reply goes without the handoff.
-            assert!(!m.before_reply());
-            assert_eq!(policy(), libc::SCHED_OTHER);
-            m.after_reply();
+            // Sleeping between requests is no reason to take it back: a
+            // quiet spell is, unless the machine is so busy (other tests)
+            // that the thread waited for its CPU.
+            if r.load(Relaxed) == 0 {
+                assert!(start.elapsed() >= Duration::from_millis(QUIET / 1_000_000));
+                // The next burst: idle again.
+                m.before_reply();
+                assert_eq!(policy(), libc::SCHED_IDLE);
+            }
         })
         .join()
         .unwrap();
+        assert!(revoked.load(Relaxed) <= 1);
+    }
+
+    fn pin_to(cpu: usize) {
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+
+    #[test]
+    fn the_watchdog_takes_back_a_thread_starved_by_a_busy_cpu_and_bans_it() {
+        let (revoked, h) = counting();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hog = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pin_to(0);
+                while !stop.load(Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let served = std::thread::spawn(move || {
+            pin_to(0);
+            let m = h.join().unwrap();
+            m.before_reply();
+            // Waits behind the hog for as long as it is SCHED_IDLE.
+            let start = Instant::now();
+            while policy() == libc::SCHED_IDLE && start.elapsed() < Duration::from_secs(10) {
+                std::hint::spin_loop();
+            }
+            let after = policy();
+            // Banned: the next reply goes without the handoff.
+            m.before_reply();
+            (after, policy())
+        })
+        .join();
+        stop.store(true, Relaxed);
+        hog.join().unwrap();
+        assert_eq!(served.unwrap(), (libc::SCHED_OTHER, libc::SCHED_OTHER));
         assert_eq!(revoked.load(Relaxed), 1);
     }
 }

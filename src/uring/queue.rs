@@ -227,12 +227,8 @@ fn serve_loop(
     loop {
         if std::mem::take(&mut reply_pending)
             && let Some(m) = handoff
-            && m.before_reply()
         {
-            // The reply alone, so that the thread is back to its normal
-            // policy before it waits; an error shows again just below.
-            let _ = ring.submit();
-            m.after_reply();
+            m.before_reply();
         }
         match ring.submit_and_wait(1) {
             Ok(_) => {}
