@@ -303,7 +303,9 @@ fn queue_threads_hand_their_cpu_over_and_get_it_back_on_a_busy_cpu() {
     let m = Mount::over_itself("handoff");
     let revoked = |m: &Mount| m.stats()["transport"]["io_uring_handoff_revoked"].as_u64();
     assert_eq!(m.stats()["transport"]["io_uring_handoff"], true);
-    assert_eq!(revoked(&m), Some(0));
+    // (other tests may keep CPUs busy while this one mounts)
+    let before = revoked(&m);
+    assert!(before.is_some());
     let stop = AtomicBool::new(false);
     let done = std::thread::scope(|s| {
         s.spawn(|| {
@@ -327,7 +329,7 @@ fn queue_threads_hand_their_cpu_over_and_get_it_back_on_a_busy_cpu() {
                     fs::remove_file(&f).unwrap();
                     done += 1;
                 }
-                if revoked(&m) > Some(0) || start.elapsed() > Duration::from_secs(30) {
+                if revoked(&m) > before || start.elapsed() > Duration::from_secs(30) {
                     return done;
                 }
             }
@@ -336,7 +338,7 @@ fn queue_threads_hand_their_cpu_over_and_get_it_back_on_a_busy_cpu() {
         .unwrap()
     });
     assert!(done >= 100);
-    assert!(revoked(&m) > Some(0), "{}", m.stats()["transport"]);
+    assert!(revoked(&m) > before, "{}", m.stats()["transport"]);
     eventually("every queue thread back to SCHED_OTHER", || {
         queue_policies(m.pid()).iter().all(|&p| p == 0)
     });

@@ -11,8 +11,8 @@
 //!
 //! A SCHED_IDLE thread also waits for as long as any other thread wants its
 //! CPU. So queue threads are SCHED_IDLE only while requests keep coming
-//! (they become so at a reply, and the watchdog puts them back after
-//! [`QUIET`] without replies) and only while some CPU has idle time (when
+//! (they become so at a reply, and the watchdog puts each back after
+//! [`QUIET`] without a reply from it) and only while some CPU has idle time (when
 //! every CPU is busy no caller is moved anyway, and the thread would only
 //! wait behind other work). Meanwhile the watchdog, a thread of normal
 //! priority, looks at them every [`TICK`]: one that is runnable but has not
@@ -50,6 +50,12 @@ struct Slot {
     banned_until: AtomicU64,
     /// Consecutive watchdog ticks that saw the thread runnable.
     runnable_ticks: AtomicU32,
+    /// Replies so far, and as many as the watchdog saw at its last tick: a
+    /// thread that replied since is not starved, without a look at /proc.
+    replies: AtomicU64,
+    seen_replies: AtomicU64,
+    /// When the thread last replied.
+    last_reply: AtomicU64,
 }
 
 pub(crate) struct Handoff {
@@ -177,6 +183,9 @@ impl Handoff {
             idle: AtomicBool::new(false),
             banned_until: AtomicU64::new(0),
             runnable_ticks: AtomicU32::new(0),
+            replies: AtomicU64::new(0),
+            seen_replies: AtomicU64::new(0),
+            last_reply: AtomicU64::new(0),
         });
         self.slots.lock().ok()?.push(slot.clone());
         Some(Member {
@@ -234,13 +243,19 @@ impl Handoff {
                 s.runnable_ticks.store(0, Relaxed);
                 continue;
             }
-            if release {
+            // A thread whose CPU sends no more requests goes back too, so
+            // that on a host with many CPUs only the busy ones are watched.
+            if release || now.saturating_sub(s.last_reply.load(Relaxed)) >= QUIET {
                 if s.idle.swap(false, Relaxed) {
                     set_policy(s.tid, libc::SCHED_OTHER);
                 }
                 continue;
             }
-            if ran_since_last_tick(&s) || !runnable(&s.stat) {
+            let replies = s.replies.load(Relaxed);
+            if s.seen_replies.swap(replies, Relaxed) != replies
+                || ran_since_last_tick(&s)
+                || !runnable(&s.stat)
+            {
                 s.runnable_ticks.store(0, Relaxed);
                 continue;
             }
@@ -325,6 +340,8 @@ impl Member {
         if now.saturating_sub(self.handoff.last_reply.swap(now, Relaxed)) >= QUIET {
             self.handoff.wake_watchdog();
         }
+        self.slot.last_reply.store(now, Relaxed);
+        self.slot.replies.fetch_add(1, Relaxed);
         if self.slot.idle.load(Relaxed)
             || now < self.slot.banned_until.load(Relaxed)
             || self.handoff.saturated.load(Relaxed)
