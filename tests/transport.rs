@@ -146,6 +146,17 @@ fn transport(m: &Mount) -> (String, u64, u64) {
     )
 }
 
+/// Whether the kernel offers FUSE over io_uring; where it does not, checks
+/// that a mount is served through `/dev/fuse` instead.
+fn io_uring_or_dev_fuse(tag: &str) -> bool {
+    if kernel_has_io_uring() {
+        return true;
+    }
+    let m = Mount::over_itself(tag);
+    assert_eq!(transport(&m).0, "dev_fuse");
+    false
+}
+
 /// Runs `exercise` on a thread with a deadline: a request that waits for a
 /// queue that never comes fails the test instead of hanging it.
 fn exercise_within(m: &Mount, tag: &str, cpu: Option<usize>) {
@@ -218,10 +229,8 @@ fn dev_fuse_serves_everything_when_io_uring_is_off() {
 
 #[test]
 fn a_queue_that_cannot_start_falls_back_to_dev_fuse() {
-    if !kernel_has_io_uring() {
-        // Nothing to fall back from: covered by the test above.
-        let m = Mount::over_itself("fallback");
-        assert_eq!(transport(&m).0, "dev_fuse");
+    // Without io_uring there is nothing to fall back from.
+    if !io_uring_or_dev_fuse("fallback") {
         return;
     }
     // The last queue fails after INIT agreed on io_uring: the kernel must be
@@ -295,9 +304,7 @@ impl Drop for SetOnDrop<'_> {
 #[test]
 fn queue_threads_hand_their_cpu_over_and_get_it_back_on_a_busy_cpu() {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-    if !kernel_has_io_uring() {
-        let m = Mount::over_itself("handoff");
-        assert_eq!(transport(&m).0, "dev_fuse");
+    if !io_uring_or_dev_fuse("handoff") {
         return;
     }
     let m = Mount::over_itself("handoff");

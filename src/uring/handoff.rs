@@ -23,7 +23,7 @@
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 /// The watchdog's period while requests keep coming.
@@ -41,8 +41,9 @@ struct Slot {
     /// how much it ran, for the watchdog.
     stat: std::fs::File,
     schedstat: std::fs::File,
-    /// `schedstat` at the watchdog's last tick.
-    last_ran: Mutex<Vec<u8>>,
+    /// Run time plus times on a CPU, from `schedstat`, at the watchdog's
+    /// last look: both only grow, so their sum moves when either does.
+    last_ran: AtomicU64,
     /// The thread is SCHED_IDLE. Whoever swaps it to false restores the
     /// normal policy.
     idle: AtomicBool,
@@ -50,24 +51,19 @@ struct Slot {
     banned_until: AtomicU64,
     /// Consecutive watchdog ticks that saw the thread runnable.
     runnable_ticks: AtomicU32,
-    /// Replies so far, and as many as the watchdog saw at its last tick: a
-    /// thread that replied since is not starved, without a look at /proc.
-    replies: AtomicU64,
-    seen_replies: AtomicU64,
-    /// When the thread last replied.
+    /// When the thread last replied: written by that thread alone, so the
+    /// queue threads share nothing on their way through a request.
     last_reply: AtomicU64,
 }
 
 pub(crate) struct Handoff {
-    enabled: bool,
     /// Every CPU is busy: no caller would be moved to an idle CPU, and a
     /// SCHED_IDLE thread would only wait behind other work.
     saturated: AtomicBool,
     slots: Mutex<Vec<Arc<Slot>>>,
-    last_reply: AtomicU64,
     on_revoke: Box<dyn Fn() + Send + Sync>,
-    watchdog: Mutex<Option<std::thread::Thread>>,
-    watchdog_started: AtomicBool,
+    /// Set once the watchdog runs: the handoff is on.
+    watchdog: OnceLock<std::thread::Thread>,
 }
 
 fn now_ns() -> u64 {
@@ -108,20 +104,18 @@ fn ran_since_last_tick(s: &Slot) -> bool {
     let Ok(n) = s.schedstat.read_at(&mut buf, 0) else {
         return false;
     };
-    let Ok(mut last) = s.last_ran.lock() else {
-        return false;
-    };
     // "run time ns, wait time ns, times on a CPU": the wait time moves for
     // a waiting thread too.
-    let mut fields = buf[..n].split(|&b| b == b' ' || b == b'\n');
-    let ran: Vec<u8> = [fields.next(), fields.nth(1)]
-        .into_iter()
-        .flatten()
-        .flat_map(|f| f.iter().copied().chain([b' ']))
+    let v: Vec<u64> = std::str::from_utf8(&buf[..n])
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
         .collect();
-    let moved = *last != ran;
-    *last = ran;
-    moved
+    let ran = v
+        .first()
+        .unwrap_or(&0)
+        .wrapping_add(*v.get(2).unwrap_or(&0));
+    s.last_ran.swap(ran, Relaxed) != ran
 }
 
 /// Whether the thread whose `stat` file this is is running or waiting to
@@ -142,49 +136,57 @@ fn runnable(stat: &std::fs::File) -> bool {
 impl Handoff {
     /// `on_revoke` hears each time the watchdog takes a thread back.
     pub(crate) fn new(wanted: bool, on_revoke: Box<dyn Fn() + Send + Sync>) -> Arc<Handoff> {
-        let enabled = wanted && policy_round_trip_allowed();
-        if wanted && !enabled {
+        let h = Arc::new(Handoff {
+            saturated: AtomicBool::new(false),
+            slots: Mutex::new(Vec::new()),
+            on_revoke,
+            watchdog: OnceLock::new(),
+        });
+        if !wanted {
+            return h;
+        }
+        if !policy_round_trip_allowed() {
             tracing::info!(
                 "queue threads reply without CPU handoff: cannot change their scheduling policy"
             );
+            return h;
         }
-        Arc::new(Handoff {
-            enabled,
-            saturated: AtomicBool::new(false),
-            slots: Mutex::new(Vec::new()),
-            last_reply: AtomicU64::new(0),
-            on_revoke,
-            watchdog: Mutex::new(None),
-            watchdog_started: AtomicBool::new(false),
-        })
+        let weak = Arc::downgrade(&h);
+        match std::thread::Builder::new()
+            .name("casafs-handoff".into())
+            .stack_size(64 * 1024)
+            .spawn(move || watch(weak))
+        {
+            Ok(t) => {
+                let _ = h.watchdog.set(t.thread().clone());
+            }
+            // Without the watchdog nobody could rescue a starved thread.
+            Err(e) => tracing::warn!("queue threads reply without CPU handoff: {e}"),
+        }
+        h
     }
 
     pub(crate) fn enabled(&self) -> bool {
-        self.enabled
+        self.watchdog.get().is_some()
     }
 
     /// The calling queue thread's membership, until the returned guard
     /// drops. None: no handoff.
     pub(crate) fn join(self: &Arc<Self>) -> Option<Member> {
-        if !self.enabled {
+        if !self.enabled() {
             return None;
         }
         // Without them the watchdog could not tell a starved thread.
         let stat = std::fs::File::open("/proc/thread-self/stat").ok()?;
         let schedstat = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
-        if !self.start_watchdog() {
-            return None;
-        }
         let slot = Arc::new(Slot {
             tid: gettid(),
             stat,
             schedstat,
-            last_ran: Mutex::new(Vec::new()),
+            last_ran: AtomicU64::new(0),
             idle: AtomicBool::new(false),
             banned_until: AtomicU64::new(0),
             runnable_ticks: AtomicU32::new(0),
-            replies: AtomicU64::new(0),
-            seen_replies: AtomicU64::new(0),
             last_reply: AtomicU64::new(0),
         });
         self.slots.lock().ok()?.push(slot.clone());
@@ -194,68 +196,39 @@ impl Handoff {
         })
     }
 
-    fn start_watchdog(self: &Arc<Self>) -> bool {
-        let Ok(mut w) = self.watchdog.lock() else {
-            return false;
-        };
-        if w.is_some() {
-            return true;
-        }
-        if self.watchdog_started.swap(true, Relaxed) {
-            return false;
-        }
-        let weak = Arc::downgrade(self);
-        match std::thread::Builder::new()
-            .name("casafs-handoff".into())
-            .stack_size(64 * 1024)
-            .spawn(move || watch(weak))
-        {
-            Ok(t) => {
-                *w = Some(t.thread().clone());
-                true
-            }
-            Err(e) => {
-                tracing::warn!("queue threads reply without CPU handoff: {e}");
-                false
-            }
-        }
-    }
-
     fn wake_watchdog(&self) {
-        if let Ok(w) = self.watchdog.lock()
-            && let Some(t) = w.as_ref()
-        {
+        if let Some(t) = self.watchdog.get() {
             t.unpark();
         }
     }
 
-    /// One watchdog pass. Returns whether requests are still coming.
-    fn tick(&self) -> bool {
-        let now = now_ns();
-        let active = now.saturating_sub(self.last_reply.load(Relaxed)) < QUIET;
-        let release = !active || self.saturated.load(Relaxed);
+    /// One watchdog pass; `prev` is when the last one was. Returns whether
+    /// requests are still coming.
+    fn tick(&self, now: u64, prev: u64) -> bool {
+        let release = self.saturated.load(Relaxed);
         let slots = match self.slots.lock() {
             Ok(v) => v.clone(),
             Err(_) => return false,
         };
+        let mut active = false;
         for s in slots {
+            let last_reply = s.last_reply.load(Relaxed);
+            let quiet = now.saturating_sub(last_reply) >= QUIET;
+            active |= !quiet;
             if !s.idle.load(Relaxed) {
                 s.runnable_ticks.store(0, Relaxed);
                 continue;
             }
             // A thread whose CPU sends no more requests goes back too, so
             // that on a host with many CPUs only the busy ones are watched.
-            if release || now.saturating_sub(s.last_reply.load(Relaxed)) >= QUIET {
+            if release || quiet {
                 if s.idle.swap(false, Relaxed) {
                     set_policy(s.tid, libc::SCHED_OTHER);
                 }
                 continue;
             }
-            let replies = s.replies.load(Relaxed);
-            if s.seen_replies.swap(replies, Relaxed) != replies
-                || ran_since_last_tick(&s)
-                || !runnable(&s.stat)
-            {
+            // A reply since the last tick shows progress without /proc.
+            if last_reply >= prev || ran_since_last_tick(&s) || !runnable(&s.stat) {
                 s.runnable_ticks.store(0, Relaxed);
                 continue;
             }
@@ -297,6 +270,7 @@ fn watch(handoff: Weak<Handoff>) {
     let proc_stat = std::fs::File::open("/proc/stat").ok();
     let mut last = proc_stat.as_ref().and_then(cpu_times);
     let mut checked = std::time::Instant::now();
+    let mut prev = now_ns();
     loop {
         let Some(h) = handoff.upgrade() else {
             return;
@@ -311,7 +285,9 @@ fn watch(handoff: Weak<Handoff>) {
             }
             last = now;
         }
-        let active = h.tick();
+        let now = now_ns();
+        let active = h.tick(now, prev);
+        prev = now;
         let saturated = h.saturated.load(Relaxed);
         drop(h);
         if !active {
@@ -337,11 +313,10 @@ impl Member {
     /// already is or is banned, and the watchdog wakes after a quiet spell.
     pub(crate) fn before_reply(&self) {
         let now = now_ns();
-        if now.saturating_sub(self.handoff.last_reply.swap(now, Relaxed)) >= QUIET {
+        if now.saturating_sub(self.slot.last_reply.swap(now, Relaxed)) >= QUIET {
+            // The watchdog may be asleep after a quiet spell everywhere.
             self.handoff.wake_watchdog();
         }
-        self.slot.last_reply.store(now, Relaxed);
-        self.slot.replies.fetch_add(1, Relaxed);
         if self.slot.idle.load(Relaxed)
             || now < self.slot.banned_until.load(Relaxed)
             || self.handoff.saturated.load(Relaxed)

@@ -223,13 +223,7 @@ fn serve_loop(
     if submitted.is_err() {
         return End::Failed;
     }
-    let mut reply_pending = false;
     loop {
-        if std::mem::take(&mut reply_pending)
-            && let Some(m) = handoff
-        {
-            m.before_reply();
-        }
         match ring.submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -259,7 +253,9 @@ fn serve_loop(
             let commit_id = handle(shared, e);
             shared.fs.stats.ring_requests.fetch_add(1, Relaxed);
             last = commit_sqe(dev, qid, commit_id);
-            reply_pending = true;
+            if let Some(m) = handoff {
+                m.before_reply();
+            }
         } else if res == -libc::EAGAIN || res == -libc::EINTR {
             // Registered before the kernel finished INIT: the same again.
         } else if [libc::ENOTCONN, libc::ECONNABORTED, libc::ECANCELED].contains(&-res) {
