@@ -179,13 +179,18 @@ impl CasaFs {
     /// release still on its way): the kernel requires every open of the
     /// inode to pass through then, so this handle's writes would never
     /// reach casafs, which otherwise clears the bits at the first write.
-    pub(super) fn after_open_trunc(&self, who: Caller, flags: i32, mut o: Opened) -> Res<Opened> {
+    pub(super) fn clear_privileges_on_open(
+        &self,
+        who: Caller,
+        flags: i32,
+        mut o: Opened,
+    ) -> Res<Opened> {
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let passes_through = || writes && o.inode.open.lock().backing.is_some();
-        if (flags & libc::O_TRUNC != 0 || passes_through())
-            && who.uid != 0
+        if who.uid != 0
             && self.killpriv.load(Relaxed)
             && o.st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && (flags & libc::O_TRUNC != 0 || passes_through())
         {
             clear_privileges(o.fd.as_raw_fd(), &who)?;
             o.st = sys::fstat(o.fd.as_raw_fd())?;

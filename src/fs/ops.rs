@@ -249,7 +249,7 @@ impl CasaFs {
             Op::Open,
             reply,
             self.do_open(ino, flags)
-                .and_then(|o| self.after_open_trunc(who, flags, o)),
+                .and_then(|o| self.clear_privileges_on_open(who, flags, o)),
             |o| {
                 let (fh, backing) = self.register(o, flags);
                 reply.opened(fh, FopenFlags::empty(), backing)
@@ -444,7 +444,7 @@ impl CasaFs {
             Op::Create,
             reply,
             self.do_create(who, parent, name, mode, flags)
-                .and_then(|o| self.after_open_trunc(who, flags, o)),
+                .and_then(|o| self.clear_privileges_on_open(who, flags, o)),
             |o| {
                 let attr = self.attr(o.inode.nodeid, &o.st);
                 let generation = o.inode.generation;
