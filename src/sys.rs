@@ -58,6 +58,53 @@ pub fn proc_child_path(dir: RawFd, name: &CStr) -> Res<CString> {
     CString::new(v).map_err(|_| Errno::EINVAL)
 }
 
+/// `getxattrat(2)` (Linux 6.13) of `name` in `dir`, never following a final
+/// symlink: the answer `lgetxattr` gives on `proc_child_path`, without the
+/// walk through /proc (1.8 against 4.5 µs here, and the kernel asks for
+/// security.capability before the first write of every file). `None` where
+/// the call is missing (old kernel, or a seccomp filter that answers EPERM),
+/// remembered so that only the first call pays for finding out.
+pub fn getxattr_at(dir: RawFd, name: &CStr, attr: &CStr, buf: &mut [u8]) -> Option<Res<usize>> {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    // One number on every architecture since the tables were unified (5.1).
+    const SYS_GETXATTRAT: libc::c_long = 464;
+    static MISSING: AtomicBool = AtomicBool::new(false);
+    #[repr(C)]
+    struct XattrArgs {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+    if MISSING.load(Relaxed) {
+        return None;
+    }
+    let mut args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+        flags: 0,
+    };
+    let rc = unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir,
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            attr.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if rc >= 0 {
+        return Some(Ok(rc as usize));
+    }
+    let e = last_errno();
+    if e == Errno::ENOSYS || e == Errno::EPERM {
+        MISSING.store(true, Relaxed);
+        return None;
+    }
+    Some(Err(e))
+}
+
 pub fn open_at(dir: RawFd, name: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {
     let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -162,8 +162,51 @@ fn special_files_symlinks_and_xattrs() {
     assert_eq!(ok(&out), "hello");
     let out = sh(&m.mnt, "getfattr -n user.missing x; echo rc=$?");
     assert!(String::from_utf8_lossy(&out.stdout).contains("rc=1"));
+    // The size query, a buffer too small, and the calls that must not
+    // follow a symlink: the link's own trusted.* attribute, not its
+    // target's.
+    assert_eq!(
+        lgetxattr(&m.p("x"), "user.k", 0),
+        Ok(b"\0\0\0\0\0".to_vec())
+    );
+    assert_eq!(lgetxattr(&m.p("x"), "user.k", 2), Err(libc::ERANGE));
+    std::os::unix::fs::symlink("x", m.p("to-x")).unwrap();
+    let out = sh(
+        &m.backing(""),
+        "setfattr -h -n trusted.t -v link to-x && setfattr -n trusted.t -v target x",
+    );
+    ok(&out);
+    assert_eq!(
+        lgetxattr(&m.p("to-x"), "trusted.t", 64),
+        Ok(b"link".to_vec())
+    );
+    assert_eq!(
+        lgetxattr(&m.p("x"), "trusted.t", 64),
+        Ok(b"target".to_vec())
+    );
+    assert_eq!(lgetxattr(&m.p("to-x"), "user.k", 64), Err(libc::ENODATA));
     let out = sh(&m.mnt, "setfattr -x user.k x && getfattr -d x");
     assert!(!ok(&out).contains("user.k"));
+}
+
+/// `lgetxattr` with a buffer of `size` bytes (0: the size query, answered
+/// as that many zero bytes), or the errno.
+fn lgetxattr(p: &Path, name: &str, size: usize) -> Result<Vec<u8>, i32> {
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; size];
+    let r = unsafe {
+        libc::lgetxattr(
+            cs(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    buf.resize(r as usize, 0);
+    Ok(buf)
 }
 
 #[test]

@@ -2,8 +2,10 @@
 //! a symlink it may be).
 
 use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
 
 use super::CasaFs;
+use crate::inode::Anchor;
 use crate::sys::{self, Errno, Res, cname};
 
 /// A reply to a get/list call: the size asked for, or the data.
@@ -18,13 +20,22 @@ impl CasaFs {
     pub(super) fn do_getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Res<XattrAnswer> {
         let inode = self.inodes.get(ino)?;
         let name = cname(name)?;
-        let (path, follow) = inode.anchor()?.path()?;
+        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+        let anchor = inode.anchor()?;
+        let n = match &anchor {
+            Anchor::At(dir, n) => sys::getxattr_at(dir.as_raw_fd(), n, &name, &mut buf),
+            Anchor::Fd(_) => None,
+        };
+        let n = match n {
+            Some(n) => n?,
+            None => {
+                let (path, follow) = anchor.path()?;
+                sys::getxattr(&path, &name, &mut buf, follow)?
+            }
+        };
         if size == 0 {
-            let n = sys::getxattr(&path, &name, &mut [], follow)?;
             return Ok(XattrAnswer::Size(n as u32));
         }
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::getxattr(&path, &name, &mut buf, follow)?;
         buf.truncate(n);
         Ok(XattrAnswer::Data(buf))
     }
