@@ -17,6 +17,8 @@ pub(super) struct Opened {
     pub inode: Arc<Inode>,
     pub fd: OwnedFd,
     pub st: libc::stat,
+    /// Made by this open: it cannot carry file capabilities yet.
+    pub created: bool,
 }
 
 impl CasaFs {
@@ -27,7 +29,12 @@ impl CasaFs {
         if !inode.same(&st) {
             return Err(Errno::ENOENT);
         }
-        Ok(Opened { inode, fd, st })
+        Ok(Opened {
+            inode,
+            fd,
+            st,
+            created: false,
+        })
     }
 
     /// `open(O_CREAT)` of a name the kernel does not know. Routed names,
@@ -61,7 +68,12 @@ impl CasaFs {
             let st = sys::fstat(fd.as_raw_fd())?;
             let in_target = dir.in_target || self.is_area_root(&st);
             let inode = self.inodes.remember(dir, n, &st, in_target);
-            Ok(Opened { inode, fd, st })
+            Ok(Opened {
+                inode,
+                fd,
+                st,
+                created: false,
+            })
         };
         let loc = self.locate(&p, &name)?;
         if loc.redirect.is_some() {
@@ -76,7 +88,12 @@ impl CasaFs {
             )
         };
         match self.new_entry(Some(who), &p, &name, false, mode, &mk) {
-            Ok((inode, st, fd)) => Ok(Opened { inode, fd, st }),
+            Ok((inode, st, fd)) => Ok(Opened {
+                inode,
+                fd,
+                st,
+                created: true,
+            }),
             Err(Errno::EEXIST) if !excl => existing(&p, &name),
             Err(e) => Err(e),
         }
@@ -94,7 +111,7 @@ impl CasaFs {
             if is_reg && self.passthrough.load(Relaxed) {
                 if let Some(b) = &open.backing {
                     backing = Some(b.id());
-                } else if self.killpriv.load(Relaxed) && holds_privileges(o.fd.as_raw_fd(), &o.st) {
+                } else if self.killpriv.load(Relaxed) && holds_privileges(&o) {
                     // Writes to it must reach casafs, which clears the
                     // privileges as the kernel would natively.
                     tracing::debug!("no passthrough for a set-ID or capability file");
@@ -402,9 +419,9 @@ fn in_group(who: &Caller, gid: u32) -> bool {
 }
 
 /// Whether a write to this file could have to clear privileges.
-fn holds_privileges(fd: RawFd, st: &libc::stat) -> bool {
-    st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0
-        || sys::fgetxattr(fd, c"security.capability").is_ok()
+fn holds_privileges(o: &Opened) -> bool {
+    o.st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0
+        || (!o.created && sys::fgetxattr(o.fd.as_raw_fd(), c"security.capability").is_ok())
 }
 
 /// Clears set-ID bits and file capabilities of an open regular file after
