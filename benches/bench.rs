@@ -1,6 +1,6 @@
 //! The casafs benchmark suite: every workload on the native directory, on
 //! casafs mounted over itself, and on bindfs and mergerfs when installed,
-//! interleaved (each repetition runs every filesystem once, in a rotating
+//! interleaved (each repetition runs every filesystem once, in a shuffled
 //! order) so that drift of the machine hits all of them alike. Reported as
 //! the median ratio of wall time to the native directory, with min-max.
 //!
@@ -526,9 +526,17 @@ fn run_table(base: &Path, o: &Opts) {
             .is_none_or(|f| f.split(',').any(|p| WORKLOADS[w].contains(p)))
     };
     for rep in 0..o.reps {
-        eprintln!("repetition {}/{}", rep + 1, o.reps);
-        for k in 0..ts.len() {
-            let ti = (k + rep) % ts.len();
+        // A fresh order each repetition: in a rotation each filesystem would
+        // always follow the same one, and inherit its leftovers (write-back,
+        // freed blocks) every time.
+        let mut order: Vec<usize> = (0..ts.len()).collect();
+        let mut rng = Rng(0x5eed ^ (rep as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        for i in (1..order.len()).rev() {
+            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        }
+        let names: Vec<&str> = order.iter().map(|&i| ts[i].name.as_str()).collect();
+        eprintln!("repetition {}/{}: {}", rep + 1, o.reps, names.join(", "));
+        for ti in order {
             let d = &ts[ti].dir;
             // Write-back left by the previous filesystem is not this one's.
             let settle = || unsafe { libc::sync() };
