@@ -26,7 +26,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CASAFS: &str = env!("CARGO_BIN_EXE_casafs");
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 struct Opts {
     reps: usize,
@@ -64,10 +63,9 @@ fn parse_opts() -> Opts {
     o
 }
 
-fn fs_magic(p: &Path) -> Option<i64> {
-    let c = CString::new(p.as_os_str().as_bytes()).ok()?;
-    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0).then_some(s.f_type as i64)
+fn dev(p: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p).ok().map(|m| m.dev())
 }
 
 fn umount(p: &Path, flags: i32) -> bool {
@@ -86,7 +84,9 @@ struct Mounted {
 
 impl Mounted {
     fn start(cmd: &mut Command, mnt: &Path) -> Mounted {
-        let before = fs_magic(mnt);
+        // A new mount is a new device; the filesystem type would not do,
+        // as the backing directory may itself be FUSE (ntfs-3g).
+        let before = dev(mnt);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -97,9 +97,7 @@ impl Mounted {
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        // Over itself the magic already was FUSE only if something else is
-        // mounted there, which the fresh directories here exclude.
-        while fs_magic(mnt) != Some(FUSE_SUPER_MAGIC) || before == Some(FUSE_SUPER_MAGIC) {
+        while dev(mnt).is_none_or(|d| Some(d) == before) {
             if let Ok(Some(st)) = m.child.try_wait() {
                 panic!("{cmd:?} exited before mounting: {st}");
             }
@@ -116,7 +114,8 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if fs_magic(&self.mnt) == Some(FUSE_SUPER_MAGIC) && !umount(&self.mnt, 0) {
+        let parent = self.mnt.parent().and_then(dev);
+        if dev(&self.mnt).is_some_and(|d| Some(d) != parent) && !umount(&self.mnt, 0) {
             umount(&self.mnt, libc::MNT_DETACH);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
