@@ -22,7 +22,9 @@
 //! per burst of requests, not per request.
 
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -54,6 +56,20 @@ struct Slot {
     /// When the thread last replied: written by that thread alone, so the
     /// queue threads share nothing on their way through a request.
     last_reply: AtomicU64,
+}
+
+impl Slot {
+    /// Gives the thread its normal policy back; true if it was SCHED_IDLE.
+    /// The policy changes before the flag: a reply in between sees the flag
+    /// still set and leaves the policy alone, where the other order could
+    /// leave a SCHED_IDLE thread flagged normal or the reverse.
+    fn restore(&self) -> bool {
+        if !self.idle.load(Acquire) {
+            return false;
+        }
+        set_policy(self.tid, libc::SCHED_OTHER);
+        self.idle.swap(false, Release)
+    }
 }
 
 pub(crate) struct Handoff {
@@ -222,9 +238,7 @@ impl Handoff {
             // A thread whose CPU sends no more requests goes back too, so
             // that on a host with many CPUs only the busy ones are watched.
             if release || quiet {
-                if s.idle.swap(false, Relaxed) {
-                    set_policy(s.tid, libc::SCHED_OTHER);
-                }
+                s.restore();
                 continue;
             }
             // A reply since the last tick shows progress without /proc.
@@ -237,8 +251,7 @@ impl Handoff {
                 // policy changes.
                 s.banned_until.store(now + BAN, Relaxed);
                 s.runnable_ticks.store(0, Relaxed);
-                if s.idle.swap(false, Relaxed) {
-                    set_policy(s.tid, libc::SCHED_OTHER);
+                if s.restore() {
                     (self.on_revoke)();
                 }
             }
@@ -317,13 +330,16 @@ impl Member {
             // The watchdog may be asleep after a quiet spell everywhere.
             self.handoff.wake_watchdog();
         }
-        if self.slot.idle.load(Relaxed)
+        // Acquire: a ban stored before the flag was cleared is seen here.
+        if self.slot.idle.load(Acquire)
             || now < self.slot.banned_until.load(Relaxed)
             || self.handoff.saturated.load(Relaxed)
         {
             return;
         }
-        if set_policy(0, libc::SCHED_IDLE) {
+        // Reset on fork: a queue thread started by this one to replace it
+        // begins with the normal policy, not unwatched as SCHED_IDLE.
+        if set_policy(0, libc::SCHED_IDLE | libc::SCHED_RESET_ON_FORK) {
             self.slot.idle.store(true, Relaxed);
         }
     }
@@ -331,9 +347,7 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        if self.slot.idle.swap(false, Relaxed) {
-            set_policy(0, libc::SCHED_OTHER);
-        }
+        self.slot.restore();
         if let Ok(mut v) = self.handoff.slots.lock() {
             v.retain(|s| !Arc::ptr_eq(s, &self.slot));
         }
@@ -345,8 +359,9 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    /// The calling thread's policy, without the reset-on-fork flag.
     fn policy() -> libc::c_int {
-        unsafe { libc::sched_getscheduler(0) }
+        unsafe { libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK }
     }
 
     fn counting() -> (Arc<AtomicU64>, Arc<Handoff>) {

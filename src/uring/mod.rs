@@ -226,7 +226,6 @@ pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
             }
         }),
     );
-    fs.stats.ring_handoff.store(handoff.enabled(), Relaxed);
     let shared = Arc::new(Shared {
         fs,
         dev,
@@ -267,14 +266,13 @@ pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
         }
         None => {
             shared.fs.stats.ring_queues.store(n as u64, Relaxed);
+            // Only now: after a fallback to /dev/fuse there is no handoff.
+            let on = shared.handoff.enabled();
+            shared.fs.stats.ring_handoff.store(on, Relaxed);
             if let Some(e) = why {
                 tracing::warn!("a queue thread did not start: {e}");
             }
-            let handoff = if shared.handoff.enabled() {
-                "on"
-            } else {
-                "off"
-            };
+            let handoff = if on { "on" } else { "off" };
             tracing::info!(
                 "serving through FUSE over io_uring: {n} CPU queues, {THREADS_PER_QUEUE} threads each, CPU handoff {handoff}"
             );
