@@ -158,33 +158,9 @@ pub fn stat_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
 /// device and inode number cannot go stale; size, times and link count may
 /// lag behind a change made there by someone else.
 pub fn identify_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
-    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
-    check(unsafe {
-        libc::statx(
-            dir,
-            name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
-            libc::STATX_BASIC_STATS,
-            &mut sx,
-        )
-    })?;
     let mut st = zeroed_stat();
-    st.st_dev = libc::makedev(sx.stx_dev_major, sx.stx_dev_minor);
-    st.st_ino = sx.stx_ino;
-    st.st_mode = u32::from(sx.stx_mode);
-    st.st_nlink = sx.stx_nlink.into();
-    st.st_uid = sx.stx_uid;
-    st.st_gid = sx.stx_gid;
-    st.st_rdev = libc::makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
-    st.st_size = sx.stx_size as i64;
-    st.st_blocks = sx.stx_blocks as i64;
-    st.st_blksize = sx.stx_blksize.into();
-    st.st_atime = sx.stx_atime.tv_sec;
-    st.st_atime_nsec = sx.stx_atime.tv_nsec.into();
-    st.st_mtime = sx.stx_mtime.tv_sec;
-    st.st_mtime_nsec = sx.stx_mtime.tv_nsec.into();
-    st.st_ctime = sx.stx_ctime.tv_sec;
-    st.st_ctime_nsec = sx.stx_ctime.tv_nsec.into();
+    let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;
+    check(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, flags) })?;
     Ok(st)
 }
 
