@@ -104,17 +104,41 @@ impl Anchor {
     /// Opens the object with real access flags. Never follows a symlink.
     pub fn open(&self, flags: i32) -> Res<OwnedFd> {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
-        match self {
-            Anchor::Fd(fd) => sys::open_at(
+        let via_proc = |fd: &OwnedFd| {
+            sys::open_at(
                 libc::AT_FDCWD,
                 &sys::proc_path(fd.as_raw_fd()),
                 flags & !libc::O_NOFOLLOW,
                 0,
-            ),
+            )
+        };
+        match self {
+            // "." from a directory's own O_PATH descriptor: no walk through
+            // /proc. It needs search permission, which a daemon that is not
+            // root may lack where /proc would still open it.
+            Anchor::Fd(fd) if flags & libc::O_DIRECTORY != 0 => {
+                match sys::open_at(fd.as_raw_fd(), c".", flags, 0) {
+                    Err(Errno::EACCES) => via_proc(fd),
+                    r => r,
+                }
+            }
+            Anchor::Fd(fd) => via_proc(fd),
             Anchor::At(dir, name) => {
                 sys::open_at(dir.as_raw_fd(), name, flags | libc::O_NOFOLLOW, 0)
             }
         }
+    }
+
+    /// An extended attribute of the object (never of a symlink's target)
+    /// into `buf`, or its size when `buf` is empty.
+    pub fn getxattr(&self, attr: &CStr, buf: &mut [u8]) -> Res<usize> {
+        if let Anchor::At(dir, name) = self
+            && let Some(n) = sys::getxattr_at(dir.as_raw_fd(), name, attr, buf)
+        {
+            return n;
+        }
+        let (path, follow) = self.path()?;
+        sys::getxattr(&path, attr, buf, follow)
     }
 
     /// A path for the calls without an `*at()` form, plus whether the call

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use super::{CasaFs, is_reserved_root_name, kind_of};
 use crate::handle::{Body, DirStream, Handle};
-use crate::inode::{Anchor, ROOT_ID};
+use crate::inode::ROOT_ID;
 use crate::sys::{self, Errno, Res};
 
 const DIRBUF: usize = 32 * 1024;
@@ -30,18 +30,7 @@ pub(super) struct RawEnt<'a> {
 impl CasaFs {
     pub(super) fn do_opendir(&self, ino: u64) -> Res<u64> {
         let inode = self.inodes.get(ino)?;
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-        let anchor = inode.anchor()?;
-        let fd = match &anchor {
-            // "." from the directory's own O_PATH descriptor: no walk through
-            // /proc. It needs search permission, which a daemon that is not
-            // root may lack where /proc would still open it.
-            Anchor::Fd(d) => match sys::open_at(d.as_raw_fd(), c".", flags, 0) {
-                Err(Errno::EACCES) => anchor.open(flags)?,
-                r => r?,
-            },
-            Anchor::At(..) => anchor.open(flags)?,
-        };
+        let fd = inode.anchor()?.open(libc::O_RDONLY | libc::O_DIRECTORY)?;
         self.stats.open_handles.fetch_add(1, Relaxed);
         Ok(self.handles.insert(Handle {
             inode,

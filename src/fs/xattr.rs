@@ -2,10 +2,8 @@
 //! a symlink it may be).
 
 use std::ffi::OsStr;
-use std::os::fd::AsRawFd;
 
 use super::CasaFs;
-use crate::inode::Anchor;
 use crate::sys::{self, Errno, Res, cname};
 
 /// A reply to a get/list call: the size asked for, or the data.
@@ -21,18 +19,7 @@ impl CasaFs {
         let inode = self.inodes.get(ino)?;
         let name = cname(name)?;
         let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let anchor = inode.anchor()?;
-        let n = match &anchor {
-            Anchor::At(dir, n) => sys::getxattr_at(dir.as_raw_fd(), n, &name, &mut buf),
-            Anchor::Fd(_) => None,
-        };
-        let n = match n {
-            Some(n) => n?,
-            None => {
-                let (path, follow) = anchor.path()?;
-                sys::getxattr(&path, &name, &mut buf, follow)?
-            }
-        };
+        let n = inode.anchor()?.getxattr(&name, &mut buf)?;
         if size == 0 {
             return Ok(XattrAnswer::Size(n as u32));
         }
