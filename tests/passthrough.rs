@@ -527,10 +527,15 @@ fn descriptors_stay_bounded_on_a_large_walk() {
     assert!(st["inodes_cached"].as_u64().unwrap() >= 10_000);
 }
 
-/// What writes and truncates leave of set-ID bits, for an unprivileged
-/// writer and for root: the same on casafs as on the native directory (with
-/// kernel passthrough on, where casafs must keep such files off it).
+/// What writes and truncates leave of set-ID bits and file capabilities,
+/// for an unprivileged writer and for root: the same on casafs as on the
+/// native directory (with kernel passthrough on, where casafs must keep
+/// set-ID files off it and leaves capabilities to the backing filesystem).
 fn set_id_outcomes(dir: &Path) -> Vec<(String, String)> {
+    // cap_net_raw+ep, as setcap(8) writes it (v2).
+    const CAP: [u8; 20] = [
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     let (uid, gid) = user_ids("nobody");
     // (case, mode, what the writer does, writer, file's group)
     let cases = [
@@ -550,6 +555,17 @@ fn set_id_outcomes(dir: &Path) -> Vec<(String, String)> {
         fs::write(d.join("f"), b"data").unwrap();
         std::os::unix::fs::chown(d.join("f"), Some(0), Some(group)).unwrap();
         chmod(&d.join("f"), mode);
+        let f = cs(&d.join("f"));
+        let set = unsafe {
+            libc::setxattr(
+                f.as_ptr(),
+                c"security.capability".as_ptr(),
+                CAP.as_ptr().cast(),
+                CAP.len(),
+                0,
+            )
+        };
+        assert_eq!(set, 0, "{name}: {}", std::io::Error::last_os_error());
         let o = sh_as(who, if who == 0 { 0 } else { gid }, &d, script);
         assert!(
             o.status.success(),
@@ -557,7 +573,8 @@ fn set_id_outcomes(dir: &Path) -> Vec<(String, String)> {
             String::from_utf8_lossy(&o.stderr)
         );
         let m = stat(&d.join("f")).st_mode & 0o7777;
-        out.push((name.to_string(), format!("{m:o}")));
+        let caps = lgetxattr(&d.join("f"), "security.capability", 64).is_ok();
+        out.push((name.to_string(), format!("{m:o} caps {caps}")));
     }
     out
 }
@@ -567,7 +584,10 @@ fn unprivileged_writes_clear_set_id_bits_as_natively() {
     let native = TempDir::new("setid-native");
     chmod(native.path(), 0o755);
     let want = set_id_outcomes(native.path());
-    assert_eq!(want[0].1, "777", "the native kernel clears them: {want:?}");
+    assert_eq!(
+        want[0].1, "777 caps false",
+        "the native kernel clears them: {want:?}"
+    );
     let m = Mount::over_itself("setid");
     fs::create_dir_all(m.p("t")).unwrap();
     assert_eq!(set_id_outcomes(&m.p("t")), want);

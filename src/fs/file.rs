@@ -17,8 +17,6 @@ pub(super) struct Opened {
     pub inode: Arc<Inode>,
     pub fd: OwnedFd,
     pub st: libc::stat,
-    /// Made by this open: it cannot carry file capabilities yet.
-    pub created: bool,
 }
 
 impl CasaFs {
@@ -29,12 +27,7 @@ impl CasaFs {
         if !inode.same(&st) {
             return Err(Errno::ENOENT);
         }
-        Ok(Opened {
-            inode,
-            fd,
-            st,
-            created: false,
-        })
+        Ok(Opened { inode, fd, st })
     }
 
     /// `open(O_CREAT)` of a name the kernel does not know. Routed names,
@@ -68,12 +61,7 @@ impl CasaFs {
             let st = sys::fstat(fd.as_raw_fd())?;
             let in_target = dir.in_target || self.is_area_root(&st);
             let inode = self.inodes.remember(dir, n, &st, in_target);
-            Ok(Opened {
-                inode,
-                fd,
-                st,
-                created: false,
-            })
+            Ok(Opened { inode, fd, st })
         };
         let loc = self.locate(&p, &name)?;
         if loc.redirect.is_some() {
@@ -88,12 +76,7 @@ impl CasaFs {
             )
         };
         match self.new_entry(Some(who), &p, &name, false, mode, &mk) {
-            Ok((inode, st, fd)) => Ok(Opened {
-                inode,
-                fd,
-                st,
-                created: true,
-            }),
+            Ok((inode, st, fd)) => Ok(Opened { inode, fd, st }),
             Err(Errno::EEXIST) if !excl => existing(&p, &name),
             Err(e) => Err(e),
         }
@@ -111,10 +94,10 @@ impl CasaFs {
             if is_reg && self.passthrough.load(Relaxed) {
                 if let Some(b) = &open.backing {
                     backing = Some(b.id());
-                } else if self.killpriv.load(Relaxed) && holds_privileges(&o) {
+                } else if self.killpriv.load(Relaxed) && holds_privileges(&o.st) {
                     // Writes to it must reach casafs, which clears the
                     // privileges as the kernel would natively.
-                    tracing::debug!("no passthrough for a set-ID or capability file");
+                    tracing::debug!("no passthrough for a set-ID file");
                 } else if let Some(dev) = self.dev.get() {
                     match crate::backing::Backing::open(dev, o.fd.as_raw_fd()) {
                         Ok(b) => {
@@ -188,8 +171,8 @@ impl CasaFs {
         Ok(n as u32)
     }
 
-    /// An open with O_TRUNC by an unprivileged caller clears set-ID bits and
-    /// capabilities, as the kernel does natively (casafs truncates as root).
+    /// An open with O_TRUNC by an unprivileged caller clears set-ID bits, as
+    /// the kernel does natively (casafs truncates as root, which keeps them).
     ///
     /// So does an unprivileged open for writing of such a file while
     /// another handle of it passes through (held open, or closed with its
@@ -207,6 +190,7 @@ impl CasaFs {
         if who.uid != 0
             && self.killpriv.load(Relaxed)
             && o.st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && holds_privileges(&o.st)
             && (flags & libc::O_TRUNC != 0 || passes_through())
         {
             clear_privileges(o.fd.as_raw_fd(), &who)?;
@@ -418,25 +402,24 @@ fn in_group(who: &Caller, gid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether a write to this file could have to clear privileges.
-fn holds_privileges(o: &Opened) -> bool {
-    o.st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0
-        || (!o.created && sys::fgetxattr(o.fd.as_raw_fd(), c"security.capability").is_ok())
+/// Whether a write to this file could have to clear privileges that the
+/// backing filesystem keeps when casafs (root) writes: set-ID bits. File
+/// capabilities need nothing from casafs: a write or truncate drops them
+/// whoever makes it.
+fn holds_privileges(st: &libc::stat) -> bool {
+    st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0
 }
 
-/// Clears set-ID bits and file capabilities of an open regular file after
-/// an unprivileged write or truncate.
+/// Clears the set-ID bits of an open regular file after an unprivileged
+/// write or truncate (the backing filesystem dropped its capabilities).
 fn clear_privileges(fd: RawFd, who: &Caller) -> Res<()> {
     let st = sys::fstat(fd)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || !holds_privileges(&st) {
         return Ok(());
     }
     let kill = privilege_bits(&st, who);
     if st.st_mode & kill != 0 {
         sys::fchmod(fd, st.st_mode & 0o7777 & !kill)?;
     }
-    match sys::removexattr(&sys::proc_path(fd), c"security.capability", true) {
-        Ok(()) | Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => Ok(()),
-        Err(e) => Err(e),
-    }
+    Ok(())
 }

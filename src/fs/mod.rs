@@ -51,8 +51,9 @@ pub struct CasaFs {
     pub flush_on_close: bool,
     /// FUSE_HANDLE_KILLPRIV_V2 is on: the kernel no longer asks for
     /// security.capability before every write, and casafs clears set-ID bits
-    /// and capabilities itself where an unprivileged write or truncate would
-    /// natively (see `file.rs`).
+    /// itself where an unprivileged write or truncate would natively (see
+    /// `file.rs`); capabilities go with any write or truncate of the
+    /// backing file.
     pub killpriv: AtomicBool,
     pub passthrough: AtomicBool,
     /// INIT agreed on FUSE over io_uring: the queues serve requests.
