@@ -17,6 +17,7 @@ Options (-o key=value,..., or the same keys at the top of the config file):
   cross_device=MODE   rename onto a routed name across filesystems: exdev or inplace   [exdev]
   passthrough=MODE    kernel FUSE passthrough for file data: auto or never   [auto]
   io_uring=MODE       FUSE over io_uring, a request queue per CPU: auto or never   [auto]
+  handoff=MODE        queue threads hand their CPU to the caller they answer (root): auto or never   [auto]
   attr_timeout=DUR    attribute cache time, e.g. 1s   [1s]
   entry_timeout=DUR   name cache time   [1s]
   threads=N           /dev/fuse request threads   [number of CPUs, at least 2]

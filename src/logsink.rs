@@ -116,10 +116,9 @@ fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = v.split_once(':') else {
         return false;
     };
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(2, &mut st) } != 0 {
+    let Ok(st) = crate::sys::fstat(2) else {
         return false;
-    }
+    };
     dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
 }
 
@@ -130,8 +129,11 @@ pub fn leave_caller_stderr() {
     if stderr_is_journal() {
         return;
     }
+    // Non-blocking: request threads log, and a stalled syslog daemon must
+    // cost them a lost line, never a wait.
     let sock = UnixDatagram::unbound()
         .and_then(|s| s.connect(syslog_path()).map(|_| s))
+        .and_then(|s| s.set_nonblocking(true).map(|_| s))
         .ok();
     let _ = SYSLOG.set(sock);
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
