@@ -132,18 +132,65 @@ impl Anchor {
     /// An extended attribute of the object (never of a symlink's target)
     /// into `buf`, or its size when `buf` is empty.
     pub fn getxattr(&self, attr: &CStr, buf: &mut [u8]) -> Res<usize> {
-        if let Anchor::At(dir, name) = self
-            && let Some(n) = sys::getxattr_at(dir.as_raw_fd(), name, attr, buf)
-        {
-            return n;
+        self.xattr(
+            buf,
+            |dir, name, buf| sys::getxattr_at(dir, name, attr, buf),
+            |path, follow, buf| sys::getxattr(path, attr, buf, follow),
+        )
+    }
+
+    /// The names of the object's extended attributes, or their size.
+    pub fn listxattr(&self, buf: &mut [u8]) -> Res<usize> {
+        self.xattr(buf, sys::listxattr_at, |path, follow, buf| {
+            sys::listxattr(path, buf, follow)
+        })
+    }
+
+    pub fn setxattr(&self, attr: &CStr, val: &[u8], flags: i32) -> Res<()> {
+        self.xattr(
+            &mut [],
+            |dir, name, _| sys::setxattr_at(dir, name, attr, val, flags),
+            |path, follow, _| sys::setxattr(path, attr, val, flags, follow),
+        )
+    }
+
+    pub fn removexattr(&self, attr: &CStr) -> Res<()> {
+        self.xattr(
+            &mut [],
+            |dir, name, _| sys::removexattr_at(dir, name, attr),
+            |path, follow, _| sys::removexattr(path, attr, follow),
+        )
+    }
+
+    /// One xattr call: its `*xattrat` form `at` on a name in a directory
+    /// (a directory's own descriptor with "."), or `by_path` on the /proc
+    /// path where there is no such form: the call is missing, the object is
+    /// a pinned file (only its O_PATH descriptor is left, which the *at
+    /// calls refuse), or a daemon that is not root may not search the
+    /// directory.
+    fn xattr<T>(
+        &self,
+        buf: &mut [u8],
+        at: impl FnOnce(RawFd, &CStr, &mut [u8]) -> Option<Res<T>>,
+        by_path: impl FnOnce(&CStr, bool, &mut [u8]) -> Res<T>,
+    ) -> Res<T> {
+        let fast = match self {
+            Anchor::At(dir, name) => at(dir.as_raw_fd(), name, buf),
+            Anchor::Fd(fd) => match at(fd.as_raw_fd(), c".", buf) {
+                Some(Err(Errno::ENOTDIR | Errno::EACCES)) => None,
+                r => r,
+            },
+        };
+        if let Some(r) = fast {
+            return r;
         }
         let (path, follow) = self.path()?;
-        sys::getxattr(&path, attr, buf, follow)
+        by_path(&path, follow, buf)
     }
 
     /// A path for the calls without an `*at()` form, plus whether the call
     /// must follow the last component (the `/proc/self/fd/N` magic link).
-    pub fn path(&self) -> Res<(CString, bool)> {
+    fn path(&self) -> Res<(CString, bool)> {
         match self {
             Anchor::Fd(fd) => Ok((sys::proc_path(fd.as_raw_fd()), true)),
             Anchor::At(dir, name) => Ok((sys::proc_child_path(dir.as_raw_fd(), name)?, false)),

@@ -58,51 +58,170 @@ pub fn proc_child_path(dir: RawFd, name: &CStr) -> Res<CString> {
     CString::new(v).map_err(|_| Errno::EINVAL)
 }
 
-/// `getxattrat(2)` (Linux 6.13) of `name` in `dir`, never following a final
-/// symlink: the answer `lgetxattr` gives on `proc_child_path`, without the
-/// walk through /proc (1.8 against 4.5 µs here, and the kernel asks for
-/// security.capability before the first write of every file). `None` where
-/// the call is missing (old kernel, or a seccomp filter that answers EPERM),
-/// remembered so that only the first call pays for finding out.
-pub fn getxattr_at(dir: RawFd, name: &CStr, attr: &CStr, buf: &mut [u8]) -> Option<Res<usize>> {
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+/// The `*xattrat(2)` calls (Linux 6.13) on `name` in `dir`, never following a
+/// final symlink: the answers the `l*xattr` calls give on `proc_child_path`,
+/// without the walk through /proc (getxattr 1.8 against 4.5 µs here, and the
+/// kernel asks for security.capability before the first write of every
+/// file). Each returns `None` where its call is missing (an old kernel, or a
+/// seccomp filter that does not know it), and the caller takes the /proc
+/// path instead.
+mod xattr_at {
+    use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+    use super::*;
+
     // One number on every architecture since the tables were unified (5.1).
-    const SYS_GETXATTRAT: libc::c_long = 464;
-    static MISSING: AtomicBool = AtomicBool::new(false);
+    pub const SET: usize = 0;
+    pub const GET: usize = 1;
+    pub const LIST: usize = 2;
+    pub const REMOVE: usize = 3;
+    const NR: [libc::c_long; 4] = [463, 464, 465, 466];
+
+    const UNKNOWN: u8 = 0;
+    const PRESENT: u8 = 1;
+    const MISSING: u8 = 2;
+    static STATE: [AtomicU8; 4] = [const { AtomicU8::new(UNKNOWN) }; 4];
+
+    /// The `struct xattr_args` of set/getxattrat.
     #[repr(C)]
-    struct XattrArgs {
-        value: u64,
-        size: u32,
-        flags: u32,
+    pub struct Args {
+        pub value: u64,
+        pub size: u32,
+        pub flags: u32,
     }
-    if MISSING.load(Relaxed) {
+
+    /// Whether call `op` exists, found out once per call: asked with a bad
+    /// descriptor, a kernel that has it answers EBADF (or EINVAL, EFAULT),
+    /// while a missing call or a filter answers ENOSYS or EPERM. An error
+    /// from a real call is never mistaken for a missing one, so an EPERM a
+    /// filesystem gives (an immutable file, trusted.* for a non-root
+    /// daemon) does not turn the fast path off.
+    pub fn present(op: usize) -> bool {
+        match STATE[op].load(Relaxed) {
+            PRESENT => return true,
+            MISSING => return false,
+            _ => {}
+        }
+        let mut args = Args {
+            value: 0,
+            size: 0,
+            flags: 0,
+        };
+        let args_ptr = &mut args as *mut Args;
+        let size = std::mem::size_of::<Args>();
+        let (x, bad) = (c"x".as_ptr(), -1 as libc::c_int);
+        let rc = unsafe {
+            match op {
+                SET | GET => libc::syscall(NR[op], bad, x, 0, x, args_ptr, size),
+                LIST => libc::syscall(NR[op], bad, x, 0, std::ptr::null_mut::<u8>(), 0usize),
+                _ => libc::syscall(NR[op], bad, x, 0, x),
+            }
+        };
+        let missing = rc < 0 && matches!(last_errno(), Errno::ENOSYS | Errno::EPERM);
+        STATE[op].store(if missing { MISSING } else { PRESENT }, Relaxed);
+        !missing
+    }
+
+    pub fn call(rc: libc::c_long) -> Res<usize> {
+        if rc < 0 {
+            Err(last_errno())
+        } else {
+            Ok(rc as usize)
+        }
+    }
+
+    pub fn nr(op: usize) -> libc::c_long {
+        NR[op]
+    }
+}
+
+pub fn getxattr_at(dir: RawFd, name: &CStr, attr: &CStr, buf: &mut [u8]) -> Option<Res<usize>> {
+    use xattr_at::*;
+    if !present(GET) {
         return None;
     }
-    let mut args = XattrArgs {
+    let mut args = Args {
         value: buf.as_mut_ptr() as u64,
         size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
         flags: 0,
     };
     let rc = unsafe {
         libc::syscall(
-            SYS_GETXATTRAT,
+            nr(GET),
             dir,
             name.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW,
             attr.as_ptr(),
-            &mut args as *mut XattrArgs,
-            std::mem::size_of::<XattrArgs>(),
+            &mut args as *mut Args,
+            std::mem::size_of::<Args>(),
         )
     };
-    if rc >= 0 {
-        return Some(Ok(rc as usize));
-    }
-    let e = last_errno();
-    if e == Errno::ENOSYS || e == Errno::EPERM {
-        MISSING.store(true, Relaxed);
+    Some(call(rc))
+}
+
+pub fn setxattr_at(
+    dir: RawFd,
+    name: &CStr,
+    attr: &CStr,
+    val: &[u8],
+    flags: i32,
+) -> Option<Res<()>> {
+    use xattr_at::*;
+    if !present(SET) {
         return None;
     }
-    Some(Err(e))
+    let args = Args {
+        value: val.as_ptr() as u64,
+        size: u32::try_from(val.len()).unwrap_or(u32::MAX),
+        flags: flags as u32,
+    };
+    let rc = unsafe {
+        libc::syscall(
+            nr(SET),
+            dir,
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            attr.as_ptr(),
+            &args as *const Args,
+            std::mem::size_of::<Args>(),
+        )
+    };
+    Some(call(rc).map(drop))
+}
+
+pub fn listxattr_at(dir: RawFd, name: &CStr, buf: &mut [u8]) -> Option<Res<usize>> {
+    use xattr_at::*;
+    if !present(LIST) {
+        return None;
+    }
+    let rc = unsafe {
+        libc::syscall(
+            nr(LIST),
+            dir,
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    Some(call(rc))
+}
+
+pub fn removexattr_at(dir: RawFd, name: &CStr, attr: &CStr) -> Option<Res<()>> {
+    use xattr_at::*;
+    if !present(REMOVE) {
+        return None;
+    }
+    let rc = unsafe {
+        libc::syscall(
+            nr(REMOVE),
+            dir,
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            attr.as_ptr(),
+        )
+    };
+    Some(call(rc).map(drop))
 }
 
 pub fn open_at(dir: RawFd, name: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {

@@ -187,6 +187,99 @@ fn special_files_symlinks_and_xattrs() {
     assert_eq!(lgetxattr(&m.p("to-x"), "user.k", 64), Err(libc::ENODATA));
     let out = sh(&m.mnt, "setfattr -x user.k x && getfattr -d x");
     assert!(!ok(&out).contains("user.k"));
+
+    // Set, list and remove land on the link itself, never on its target.
+    let out = sh(
+        &m.mnt,
+        "setfattr -h -n trusted.s -v own to-x && getfattr -h --only-values -n trusted.s to-x \
+         && getfattr -h -m - --absolute-names to-x | grep -c trusted",
+    );
+    assert_eq!(ok(&out).trim(), "own2");
+    assert_eq!(
+        lgetxattr(&m.backing("x"), "trusted.s", 64),
+        Err(libc::ENODATA)
+    );
+    assert_eq!(
+        lgetxattr(&m.backing("to-x"), "trusted.s", 64),
+        Ok(b"own".to_vec())
+    );
+    ok(&sh(&m.mnt, "setfattr -h -x trusted.s to-x"));
+    assert_eq!(
+        lgetxattr(&m.backing("to-x"), "trusted.s", 64),
+        Err(libc::ENODATA)
+    );
+    assert_eq!(
+        lgetxattr(&m.backing("x"), "trusted.t", 64),
+        Ok(b"target".to_vec())
+    );
+    // A directory's own attributes (the root's and a subdirectory's), and
+    // the errors of create-only, replace-only and removing what is not there.
+    fs::create_dir(m.p("d")).unwrap();
+    for dir in [m.p("d"), m.p("")] {
+        assert_eq!(lsetxattr(&dir, "user.dir", b"v1", 0), Ok(()));
+        assert_eq!(
+            lsetxattr(&dir, "user.dir", b"v2", libc::XATTR_CREATE),
+            Err(libc::EEXIST)
+        );
+        assert_eq!(
+            lsetxattr(&dir, "user.none", b"v", libc::XATTR_REPLACE),
+            Err(libc::ENODATA)
+        );
+        assert_eq!(
+            lsetxattr(&dir, "user.dir", b"v3", libc::XATTR_REPLACE),
+            Ok(())
+        );
+        assert_eq!(lgetxattr(&dir, "user.dir", 64), Ok(b"v3".to_vec()));
+        let list = ok(&sh(&dir, "getfattr -h -d . 2>&1"));
+        assert!(list.contains("user.dir=\"v3\""), "{list}");
+    }
+    assert_eq!(
+        lgetxattr(&m.backing("d"), "user.dir", 64),
+        Ok(b"v3".to_vec())
+    );
+    ok(&sh(&m.mnt, "setfattr -x user.dir d"));
+    assert_eq!(
+        lgetxattr(&m.backing("d"), "user.dir", 64),
+        Err(libc::ENODATA)
+    );
+    let out = sh(&m.mnt, "setfattr -x user.dir d 2>&1; echo rc=$?");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No such attribute"));
+    ok(&sh(&m.mnt, "setfattr -x user.dir ."));
+
+    // A file that is open but has no name any more keeps its attributes.
+    fs::write(m.p("gone"), b"g").unwrap();
+    let f = fs::File::open(m.p("gone")).unwrap();
+    fs::remove_file(m.p("gone")).unwrap();
+    let fd = f.as_raw_fd();
+    let (k, v) = (CString::new("user.kept").unwrap(), b"still");
+    let rc = unsafe { libc::fsetxattr(fd, k.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let mut buf = [0u8; 16];
+    let n = unsafe { libc::fgetxattr(fd, k.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(&buf[..n.max(0) as usize], b"still");
+    let n = unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(&buf[..n.max(0) as usize], b"user.kept\0");
+    assert_eq!(unsafe { libc::fremovexattr(fd, k.as_ptr()) }, 0);
+    let n = unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(n, 0);
+}
+
+/// `lsetxattr`, or the errno.
+fn lsetxattr(p: &Path, name: &str, val: &[u8], flags: i32) -> Result<(), i32> {
+    let n = CString::new(name).unwrap();
+    let r = unsafe {
+        libc::lsetxattr(
+            cs(p).as_ptr(),
+            n.as_ptr(),
+            val.as_ptr().cast(),
+            val.len(),
+            flags,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    Ok(())
 }
 
 /// `lgetxattr` with a buffer of `size` bytes (0: the size query, answered

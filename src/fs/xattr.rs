@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 
 use super::CasaFs;
-use crate::sys::{self, Errno, Res, cname};
+use crate::sys::{Res, cname};
 
 /// A reply to a get/list call: the size asked for, or the data.
 pub(super) enum XattrAnswer {
@@ -29,13 +29,11 @@ impl CasaFs {
 
     pub(super) fn do_listxattr(&self, ino: u64, size: u32) -> Res<XattrAnswer> {
         let inode = self.inodes.get(ino)?;
-        let (path, follow) = inode.anchor()?.path()?;
+        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+        let n = inode.anchor()?.listxattr(&mut buf)?;
         if size == 0 {
-            let n = sys::listxattr(&path, &mut [], follow)?;
             return Ok(XattrAnswer::Size(n as u32));
         }
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::listxattr(&path, &mut buf, follow)?;
         buf.truncate(n);
         Ok(XattrAnswer::Data(buf))
     }
@@ -43,17 +41,12 @@ impl CasaFs {
     pub(super) fn do_setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
         let inode = self.inodes.get(ino)?;
         let name = cname(name)?;
-        let (path, follow) = inode.anchor()?.path()?;
-        sys::setxattr(&path, &name, value, flags, follow)
+        inode.anchor()?.setxattr(&name, value, flags)
     }
 
     pub(super) fn do_removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
         let inode = self.inodes.get(ino)?;
         let name = cname(name)?;
-        let (path, follow) = inode.anchor()?.path()?;
-        match sys::removexattr(&path, &name, follow) {
-            Err(e) if e == Errno::ENODATA => Err(Errno::ENODATA),
-            r => r,
-        }
+        inode.anchor()?.removexattr(&name)
     }
 }
