@@ -20,13 +20,23 @@
 //! CPU; it gets its normal policy back and replies without the handoff for
 //! [`BAN`]. Changing a policy costs two microseconds, so it happens once
 //! per burst of requests, not per request.
+//!
+//! On its way through a request a queue thread touches only its own slot:
+//! it counts the reply, and the watchdog compares counts between ticks. The
+//! watchdog sleeps while no thread is SCHED_IDLE; the thread that becomes
+//! so wakes it.
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    Ordering::SeqCst,
 };
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::stats::Stats;
 
 /// The watchdog's period while requests keep coming.
 const TICK: Duration = Duration::from_millis(2);
@@ -53,9 +63,13 @@ struct Slot {
     banned_until: AtomicU64,
     /// Consecutive watchdog ticks that saw the thread runnable.
     runnable_ticks: AtomicU32,
-    /// When the thread last replied: written by that thread alone, so the
-    /// queue threads share nothing on their way through a request.
-    last_reply: AtomicU64,
+    /// Replies so far: written by the thread alone, so the queue threads
+    /// share nothing on their way through a request.
+    replies: AtomicU64,
+    /// The watchdog's own: `replies` at its last look, and when it last saw
+    /// the count move.
+    seen: AtomicU64,
+    moved_at: AtomicU64,
 }
 
 impl Slot {
@@ -77,9 +91,12 @@ pub(crate) struct Handoff {
     /// SCHED_IDLE thread would only wait behind other work.
     saturated: AtomicBool,
     slots: Mutex<Vec<Arc<Slot>>>,
-    on_revoke: Box<dyn Fn() + Send + Sync>,
+    /// Counts each time the watchdog takes a thread back.
+    stats: Arc<Stats>,
     /// Set once the watchdog runs: the handoff is on.
     watchdog: OnceLock<std::thread::Thread>,
+    /// The watchdog is parked: no thread was SCHED_IDLE when it looked.
+    asleep: AtomicBool,
 }
 
 fn now_ns() -> u64 {
@@ -94,10 +111,6 @@ fn now_ns() -> u64 {
 fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> bool {
     let p = libc::sched_param { sched_priority: 0 };
     unsafe { libc::sched_setscheduler(tid, policy, &p) == 0 }
-}
-
-fn gettid() -> libc::pid_t {
-    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
 }
 
 /// Whether a thread of this process may become SCHED_IDLE and come back:
@@ -150,13 +163,13 @@ fn runnable(stat: &std::fs::File) -> bool {
 }
 
 impl Handoff {
-    /// `on_revoke` hears each time the watchdog takes a thread back.
-    pub(crate) fn new(wanted: bool, on_revoke: Box<dyn Fn() + Send + Sync>) -> Arc<Handoff> {
+    pub(crate) fn new(wanted: bool, stats: Arc<Stats>) -> Arc<Handoff> {
         let h = Arc::new(Handoff {
             saturated: AtomicBool::new(false),
             slots: Mutex::new(Vec::new()),
-            on_revoke,
+            stats,
             watchdog: OnceLock::new(),
+            asleep: AtomicBool::new(false),
         });
         if !wanted {
             return h;
@@ -196,53 +209,52 @@ impl Handoff {
         let stat = std::fs::File::open("/proc/thread-self/stat").ok()?;
         let schedstat = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
         let slot = Arc::new(Slot {
-            tid: gettid(),
+            tid: unsafe { libc::gettid() },
             stat,
             schedstat,
             last_ran: AtomicU64::new(0),
             idle: AtomicBool::new(false),
             banned_until: AtomicU64::new(0),
             runnable_ticks: AtomicU32::new(0),
-            last_reply: AtomicU64::new(0),
+            replies: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            moved_at: AtomicU64::new(0),
         });
-        self.slots.lock().ok()?.push(slot.clone());
+        self.slots.lock().push(slot.clone());
         Some(Member {
             handoff: self.clone(),
             slot,
         })
     }
 
-    fn wake_watchdog(&self) {
-        if let Some(t) = self.watchdog.get() {
-            t.unpark();
-        }
-    }
-
-    /// One watchdog pass; `prev` is when the last one was. Returns whether
-    /// requests are still coming.
-    fn tick(&self, now: u64, prev: u64) -> bool {
+    /// One watchdog pass at `now`. Returns whether a thread is still
+    /// SCHED_IDLE (to watch), and whether any replied since the last pass.
+    fn tick(&self, now: u64) -> (bool, bool) {
         let release = self.saturated.load(Relaxed);
-        let slots = match self.slots.lock() {
-            Ok(v) => v.clone(),
-            Err(_) => return false,
-        };
-        let mut active = false;
+        let slots = self.slots.lock().clone();
+        let (mut watched, mut replying) = (false, false);
         for s in slots {
-            let last_reply = s.last_reply.load(Relaxed);
-            let quiet = now.saturating_sub(last_reply) >= QUIET;
-            active |= !quiet;
-            if !s.idle.load(Relaxed) {
+            let n = s.replies.load(Relaxed);
+            let replied = s.seen.swap(n, Relaxed) != n;
+            if replied {
+                s.moved_at.store(now, Relaxed);
+                replying = true;
+            }
+            // Acquire: the count the thread stored before the flag is in.
+            if !s.idle.load(Acquire) {
                 s.runnable_ticks.store(0, Relaxed);
                 continue;
             }
             // A thread whose CPU sends no more requests goes back too, so
             // that on a host with many CPUs only the busy ones are watched.
+            let quiet = now.saturating_sub(s.moved_at.load(Relaxed)) >= QUIET;
             if release || quiet {
                 s.restore();
                 continue;
             }
+            watched = true;
             // A reply since the last tick shows progress without /proc.
-            if last_reply >= prev || ran_since_last_tick(&s) || !runnable(&s.stat) {
+            if replied || ran_since_last_tick(&s) || !runnable(&s.stat) {
                 s.runnable_ticks.store(0, Relaxed);
                 continue;
             }
@@ -252,11 +264,23 @@ impl Handoff {
                 s.banned_until.store(now + BAN, Relaxed);
                 s.runnable_ticks.store(0, Relaxed);
                 if s.restore() {
-                    (self.on_revoke)();
+                    self.stats.ring_handoff_revoked.fetch_add(1, Relaxed);
                 }
             }
         }
-        active
+        (watched, replying)
+    }
+
+    /// Parks the watchdog until a thread becomes SCHED_IDLE, or `timeout`.
+    fn sleep_until_watched(&self, timeout: Duration) {
+        // The flag before the last look, and the thread sets its own flag
+        // before reading this one (both SeqCst): one of the two sees the
+        // other, so no thread can turn SCHED_IDLE unwatched.
+        self.asleep.store(true, SeqCst);
+        if !self.slots.lock().iter().any(|s| s.idle.load(SeqCst)) {
+            std::thread::park_timeout(timeout);
+        }
+        self.asleep.store(false, SeqCst);
     }
 }
 
@@ -283,7 +307,6 @@ fn watch(handoff: Weak<Handoff>) {
     let proc_stat = std::fs::File::open("/proc/stat").ok();
     let mut last = proc_stat.as_ref().and_then(cpu_times);
     let mut checked = std::time::Instant::now();
-    let mut prev = now_ns();
     loop {
         let Some(h) = handoff.upgrade() else {
             return;
@@ -298,19 +321,19 @@ fn watch(handoff: Weak<Handoff>) {
             }
             last = now;
         }
-        let now = now_ns();
-        let active = h.tick(now, prev);
-        prev = now;
-        let saturated = h.saturated.load(Relaxed);
-        drop(h);
-        if !active {
-            // Woken by the next reply after a quiet spell; the timeout
-            // notices the end of the mount.
-            std::thread::park_timeout(Duration::from_secs(1));
-        } else if saturated {
-            std::thread::sleep(LOAD_PERIOD / 5);
-        } else {
+        let (watched, replying) = h.tick(now_ns());
+        if watched {
+            drop(h);
             std::thread::sleep(TICK);
+        } else if replying && h.saturated.load(Relaxed) {
+            // No thread turns SCHED_IDLE while every CPU is busy: look
+            // again for the end of that while requests come.
+            drop(h);
+            std::thread::sleep(LOAD_PERIOD);
+        } else {
+            // The timeout notices the end of the mount, and refreshes the
+            // load after a busy spell.
+            h.sleep_until_watched(Duration::from_secs(1));
         }
     }
 }
@@ -325,22 +348,25 @@ impl Member {
     /// Before committing a reply: the thread becomes SCHED_IDLE unless it
     /// already is or is banned, and the watchdog wakes after a quiet spell.
     pub(crate) fn before_reply(&self) {
-        let now = now_ns();
-        if now.saturating_sub(self.slot.last_reply.swap(now, Relaxed)) >= QUIET {
-            // The watchdog may be asleep after a quiet spell everywhere.
-            self.handoff.wake_watchdog();
-        }
+        let s = &self.slot;
+        s.replies
+            .store(s.replies.load(Relaxed).wrapping_add(1), Relaxed);
         // Acquire: a ban stored before the flag was cleared is seen here.
-        if self.slot.idle.load(Acquire)
-            || now < self.slot.banned_until.load(Relaxed)
+        if s.idle.load(Acquire)
             || self.handoff.saturated.load(Relaxed)
+            || now_ns() < s.banned_until.load(Relaxed)
         {
             return;
         }
         // Reset on fork: a queue thread started by this one to replace it
         // begins with the normal policy, not unwatched as SCHED_IDLE.
         if set_policy(0, libc::SCHED_IDLE | libc::SCHED_RESET_ON_FORK) {
-            self.slot.idle.store(true, Relaxed);
+            s.idle.store(true, SeqCst);
+            if self.handoff.asleep.load(SeqCst)
+                && let Some(t) = self.handoff.watchdog.get()
+            {
+                t.unpark();
+            }
         }
     }
 }
@@ -348,9 +374,10 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         self.slot.restore();
-        if let Ok(mut v) = self.handoff.slots.lock() {
-            v.retain(|s| !Arc::ptr_eq(s, &self.slot));
-        }
+        self.handoff
+            .slots
+            .lock()
+            .retain(|s| !Arc::ptr_eq(s, &self.slot));
     }
 }
 
@@ -364,33 +391,31 @@ mod tests {
         unsafe { libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK }
     }
 
-    fn counting() -> (Arc<AtomicU64>, Arc<Handoff>) {
-        let revoked = Arc::new(AtomicU64::new(0));
-        let r = revoked.clone();
-        let h = Handoff::new(
-            true,
-            Box::new(move || {
-                r.fetch_add(1, Relaxed);
-            }),
-        );
+    fn counting() -> (Arc<Stats>, Arc<Handoff>) {
+        let stats = Arc::new(Stats::new(&[]));
+        let h = Handoff::new(true, stats.clone());
         assert!(
             h.enabled(),
             "the tests run as root, who may change policies"
         );
-        (revoked, h)
+        (stats, h)
+    }
+
+    fn revoked(stats: &Stats) -> u64 {
+        stats.ring_handoff_revoked.load(Relaxed)
     }
 
     #[test]
     fn off_when_not_wanted() {
-        let h = Handoff::new(false, Box::new(|| {}));
+        let h = Handoff::new(false, Arc::new(Stats::new(&[])));
         assert!(!h.enabled());
         assert!(h.join().is_none());
     }
 
     #[test]
     fn a_thread_is_idle_while_replies_come_and_normal_once_quiet() {
-        let (revoked, h) = counting();
-        let r = revoked.clone();
+        let (revoked_by, h) = counting();
+        let r = revoked_by.clone();
         std::thread::spawn(move || {
             let m = h.join().unwrap();
             m.before_reply();
@@ -403,7 +428,7 @@ mod tests {
             // Sleeping between requests is no reason to take it back: a
             // quiet spell is, unless the machine is so busy (other tests)
             // that the thread waited for its CPU.
-            if r.load(Relaxed) == 0 {
+            if revoked(&r) == 0 {
                 assert!(start.elapsed() >= Duration::from_millis(QUIET / 1_000_000));
                 // The next burst: idle again.
                 m.before_reply();
@@ -412,32 +437,24 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert!(revoked.load(Relaxed) <= 1);
-    }
-
-    fn pin_to(cpu: usize) {
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+        assert!(revoked(&revoked_by) <= 1);
     }
 
     #[test]
     fn the_watchdog_takes_back_a_thread_starved_by_a_busy_cpu_and_bans_it() {
-        let (revoked, h) = counting();
+        let (stats, h) = counting();
         let stop = Arc::new(AtomicBool::new(false));
         let hog = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                pin_to(0);
+                crate::uring::pin(0);
                 while !stop.load(Relaxed) {
                     std::hint::spin_loop();
                 }
             })
         };
         let served = std::thread::spawn(move || {
-            pin_to(0);
+            crate::uring::pin(0);
             let m = h.join().unwrap();
             m.before_reply();
             // Waits behind the hog for as long as it is SCHED_IDLE.
@@ -454,6 +471,6 @@ mod tests {
         stop.store(true, Relaxed);
         hog.join().unwrap();
         assert_eq!(served.unwrap(), (libc::SCHED_OTHER, libc::SCHED_OTHER));
-        assert_eq!(revoked.load(Relaxed), 1);
+        assert_eq!(revoked(&stats), 1);
     }
 }

@@ -217,15 +217,7 @@ pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
     let n = possible_cpus();
     let owner = (!fs.settings.allow_other).then(|| unsafe { libc::geteuid() });
     let connection = connection_of(&fs.settings.mountpoint);
-    let weak = Arc::downgrade(&fs);
-    let handoff = handoff::Handoff::new(
-        fs.settings.handoff,
-        Box::new(move || {
-            if let Some(fs) = weak.upgrade() {
-                fs.stats.ring_handoff_revoked.fetch_add(1, Relaxed);
-            }
-        }),
-    );
+    let handoff = handoff::Handoff::new(fs.settings.handoff, fs.stats.clone());
     let shared = Arc::new(Shared {
         fs,
         dev,
