@@ -15,8 +15,9 @@ use std::sync::OnceLock;
 
 use tracing::Level;
 
-/// Unset: stderr. Set: syslog through the socket, or nowhere without one.
-static SYSLOG: OnceLock<Option<UnixDatagram>> = OnceLock::new();
+/// Unset: stderr. Set: syslog, through a socket that reconnects when the
+/// syslog daemon comes back.
+static SYSLOG: OnceLock<UnixDatagram> = OnceLock::new();
 
 /// The syslog socket: `/dev/log`, or `CASAFS_SYSLOG` where set.
 fn syslog_path() -> std::path::PathBuf {
@@ -25,86 +26,96 @@ fn syslog_path() -> std::path::PathBuf {
         .unwrap_or_else(|| "/dev/log".into())
 }
 
-/// The `tracing` writer for the whole process.
-pub struct LogSink;
+/// Sets up logging for the process: `RUST_LOG` or info, one formatting for
+/// stderr (time stamp, level, colours on a terminal) and one for syslog
+/// (which adds its own time stamp and takes the level as the priority).
+pub fn init() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(Sink::Stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let syslog = tracing_subscriber::fmt::layer()
+        .with_writer(Sink::Syslog)
+        .with_target(false)
+        .with_ansi(false)
+        .with_level(false)
+        .without_time();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(syslog)
+        .init();
+}
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
+/// The two `tracing` writers: each takes the lines while it is the one in
+/// use and drops them otherwise.
+#[derive(Clone, Copy)]
+enum Sink {
+    Stderr,
+    Syslog,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Sink {
     type Writer = Line;
 
     fn make_writer(&'a self) -> Line {
-        Line(Level::INFO)
+        Line(*self, Level::INFO)
     }
 
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Line {
-        Line(*meta.level())
+        Line(*self, *meta.level())
     }
 }
 
 /// One formatted event, of the given level.
-pub struct Line(Level);
+struct Line(Sink, Level);
 
 impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match SYSLOG.get() {
-            None => std::io::stderr().write(buf),
-            Some(None) => Ok(buf.len()),
-            Some(Some(sock)) => {
-                let _ = sock.send(&syslog_record(self.0, buf));
+        match (self.0, SYSLOG.get()) {
+            (Sink::Stderr, None) => std::io::stderr().write(buf),
+            (Sink::Syslog, Some(sock)) => {
+                send(sock, &syslog_record(self.1, buf), syslog_path);
                 Ok(buf.len())
             }
+            _ => Ok(buf.len()),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        if SYSLOG.get().is_none() {
+        if let (Sink::Stderr, None) = (self.0, SYSLOG.get()) {
             std::io::stderr().flush()?;
         }
         Ok(())
     }
 }
 
-/// `<PRI>casafs[PID]: message` (facility daemon) from a formatted line,
-/// without its colours, time stamp and level: syslog adds its own.
-fn syslog_record(level: Level, line: &[u8]) -> Vec<u8> {
+/// Sends a record, connecting again to `path` when the socket is refused
+/// or not connected: syslogd restarted (a new socket at the same path) or
+/// was not there at mount time. A full socket loses the record.
+fn send(sock: &UnixDatagram, rec: &[u8], path: impl FnOnce() -> std::path::PathBuf) {
+    if let Err(e) = sock.send(rec)
+        && e.kind() != std::io::ErrorKind::WouldBlock
+        && sock.connect(path()).is_ok()
+    {
+        let _ = sock.send(rec);
+    }
+}
+
+/// `<PRI>casafs[PID]: message` (facility daemon).
+fn syslog_record(level: Level, message: &[u8]) -> Vec<u8> {
     let severity = match level {
         Level::ERROR => 3,
         Level::WARN => 4,
         Level::INFO => 6,
         _ => 7,
     };
-    let text = strip_ansi(&String::from_utf8_lossy(line));
-    let text = text.trim_end();
-    // "2026-11-23T22:47:06.964689Z  INFO message"
-    let message = text
-        .split_once(' ')
-        .map(|(_, rest)| rest.trim_start())
-        .and_then(|rest| rest.split_once(' '))
-        .map(|(_, m)| m.trim_start())
-        .unwrap_or(text);
-    format!(
-        "<{}>casafs[{}]: {message}",
-        3 * 8 + severity,
-        std::process::id()
-    )
-    .into_bytes()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // ESC [ parameters final-letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    let mut rec = format!("<{}>casafs[{}]: ", 3 * 8 + severity, std::process::id()).into_bytes();
+    rec.extend_from_slice(message.trim_ascii_end());
+    rec
 }
 
 /// Whether stderr is the systemd journal (`JOURNAL_STREAM` names it).
@@ -130,11 +141,13 @@ pub fn leave_caller_stderr() {
         return;
     }
     // Non-blocking: request threads log, and a stalled syslog daemon must
-    // cost them a lost line, never a wait.
-    let sock = UnixDatagram::unbound()
-        .and_then(|s| s.connect(syslog_path()).map(|_| s))
-        .and_then(|s| s.set_nonblocking(true).map(|_| s))
-        .ok();
+    // cost them a lost line, never a wait. Not connected yet is fine: each
+    // line tries again.
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let _ = sock.set_nonblocking(true);
+    let _ = sock.connect(syslog_path());
     let _ = SYSLOG.set(sock);
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         unsafe { libc::dup2(null.as_raw_fd(), 2) };
@@ -146,16 +159,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_formatted_line_becomes_a_daemon_facility_record() {
-        let line = b"2026-11-23T22:47:06.964689Z  INFO mounted /a on /a\n";
-        let rec = String::from_utf8(syslog_record(Level::INFO, line)).unwrap();
+    fn a_line_becomes_a_daemon_facility_record() {
+        let rec = String::from_utf8(syslog_record(Level::INFO, b"mounted /a on /a\n")).unwrap();
         assert_eq!(
             rec,
             format!("<30>casafs[{}]: mounted /a on /a", std::process::id())
         );
-        let line = b"\x1b[2m2026-11-23T22:47:06Z\x1b[0m \x1b[33m WARN\x1b[0m area unusable\n";
-        let rec = String::from_utf8(syslog_record(Level::WARN, line)).unwrap();
-        assert!(rec.starts_with("<28>casafs["), "{rec}");
-        assert!(rec.ends_with("]: area unusable"), "{rec}");
+        let rec = syslog_record(Level::WARN, b"area unusable\n");
+        assert!(rec.starts_with(b"<28>casafs["));
+        assert!(rec.ends_with(b"]: area unusable"));
+    }
+
+    /// A syslog daemon that restarts (its socket replaced at the same
+    /// path) still gets the lines that follow.
+    #[test]
+    fn lines_reach_a_restarted_syslog() {
+        let dir = std::env::temp_dir().join(format!("casafs-syslog-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("log");
+        let listen = || {
+            let _ = std::fs::remove_file(&path);
+            let l = UnixDatagram::bind(&path).unwrap();
+            l.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            l
+        };
+        let sock = UnixDatagram::unbound().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        assert!(sock.connect(&path).is_err());
+        let send = |text: &[u8]| send(&sock, &syslog_record(Level::INFO, text), || path.clone());
+        let recv = |l: &UnixDatagram| {
+            let mut buf = [0u8; 256];
+            let n = l.recv(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        // Not there yet: the line is lost, and the next finds the socket.
+        send(b"zero");
+        let first = listen();
+        send(b"one");
+        assert!(recv(&first).ends_with("]: one"));
+        drop(first);
+        let second = listen();
+        send(b"two");
+        assert!(recv(&second).ends_with("]: two"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
