@@ -464,21 +464,19 @@ fn summary(v: &[f64]) -> (f64, f64, f64) {
     (med, s[0], s[s.len() - 1])
 }
 
-/// The device under `dir` when it is ext4 mounted without a journal
-/// (`/proc/fs/ext4/DEV` but no `/proc/fs/jbd2/DEV-8`).
+/// The device under `dir` when it is ext4 mounted without a journal: the
+/// kernel's name of the device that holds it (`dm-0`, not a
+/// `/dev/mapper/...` link) has `/proc/fs/ext4/NAME` but no
+/// `/proc/fs/jbd2/NAME-8`.
 fn ext4_without_journal(dir: &Path) -> Option<String> {
-    let out = Command::new("findmnt")
-        .args(["-n", "-o", "SOURCE,FSTYPE", "--target"])
-        .arg(dir)
-        .output()
-        .ok()?;
-    let out = String::from_utf8_lossy(&out.stdout);
-    let mut f = out.split_whitespace();
-    let (src, fstype) = (f.next()?, f.next()?);
-    let dev = Path::new(src).file_name()?.to_str()?;
-    let ext4 = Path::new("/proc/fs/ext4").join(dev).exists();
-    let journal = Path::new("/proc/fs/jbd2").join(format!("{dev}-8")).exists();
-    (fstype == "ext4" && ext4 && !journal).then(|| src.to_string())
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(dir).ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let link = fs::read_link(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    let name = link.file_name()?.to_str()?;
+    let ext4 = Path::new("/proc/fs/ext4").join(name).exists();
+    let journal = Path::new("/proc/fs/jbd2").join(format!("{name}-8")).exists();
+    (ext4 && !journal).then(|| format!("/dev/{name}"))
 }
 
 fn machine() -> String {
