@@ -475,7 +475,9 @@ fn ext4_without_journal(dir: &Path) -> Option<String> {
     let link = fs::read_link(format!("/sys/dev/block/{major}:{minor}")).ok()?;
     let name = link.file_name()?.to_str()?;
     let ext4 = Path::new("/proc/fs/ext4").join(name).exists();
-    let journal = Path::new("/proc/fs/jbd2").join(format!("{name}-8")).exists();
+    let journal = Path::new("/proc/fs/jbd2")
+        .join(format!("{name}-8"))
+        .exists();
     (ext4 && !journal).then(|| format!("/dev/{name}"))
 }
 

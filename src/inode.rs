@@ -75,6 +75,9 @@ pub struct Inode {
     /// away while the kernel may still ask about it.
     pinned: Mutex<Option<Arc<OwnedFd>>>,
     pub open: Mutex<OpenState>,
+    /// When the kernel last got the object's attributes with a reference
+    /// (`sys::coarse_now_ns`).
+    attrs_sent: AtomicU64,
 }
 
 impl Drop for Inode {
@@ -213,6 +216,7 @@ impl Inode {
             fd: Mutex::new(Some(Arc::new(fd))),
             pinned: Mutex::new(None),
             open: Mutex::new(OpenState::default()),
+            attrs_sent: AtomicU64::new(0),
         })
     }
 
@@ -226,6 +230,16 @@ impl Inode {
 
     pub fn same(&self, st: &libc::stat) -> bool {
         st.st_dev == self.dev && st.st_ino == self.ino
+    }
+
+    /// Whether the kernel holds the object and got its attributes from a
+    /// lookup or listing less than `ttl` ago, i.e. may still have them
+    /// cached.
+    pub fn attrs_sent_within(&self, ttl: std::time::Duration) -> bool {
+        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        self.lookups.load(Ordering::Relaxed) > 0
+            && !self.dead.load(Ordering::Relaxed)
+            && sys::coarse_now_ns().saturating_sub(self.attrs_sent.load(Ordering::Relaxed)) < ttl
     }
 
     /// The backing parent and name, if the object has one.
@@ -455,6 +469,8 @@ impl InodeTable {
                 let cur = e.get();
                 if cur.same(st) && cur.fmt == fmt && !cur.dead.load(Ordering::Acquire) {
                     cur.lookups.fetch_add(1, Ordering::Relaxed);
+                    cur.attrs_sent
+                        .store(sys::coarse_now_ns(), Ordering::Relaxed);
                     cur.relocate(parent, name);
                     return cur.clone();
                 }
@@ -509,6 +525,7 @@ impl InodeTable {
             fd: Mutex::new(None),
             pinned: Mutex::new(None),
             open: Mutex::new(OpenState::default()),
+            attrs_sent: AtomicU64::new(sys::coarse_now_ns()),
         }
     }
 

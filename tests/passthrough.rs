@@ -85,6 +85,84 @@ fn inode_numbers_links_and_readdir_are_native() {
     assert_eq!(stat(&m.p("h")).st_ino, f.st_ino);
 }
 
+/// A directory listed again while the kernel still has its entries' attributes
+/// (rm and find open each directory twice) shows the same names, inode
+/// numbers and types, and what changed in between through the mount.
+#[test]
+fn a_second_listing_soon_after_the_first_is_the_same() {
+    let m = Mount::over_itself("relist");
+    let d = m.p("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("f"), b"x").unwrap();
+    fs::create_dir(d.join("s")).unwrap();
+    std::os::unix::fs::symlink("f", d.join("l")).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(cs(&d.join("p")).as_ptr(), 0o600) }, 0);
+    let list = || {
+        let mut v: Vec<(String, u64, fs::FileType)> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.ino(),
+                    e.file_type().unwrap(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let first = list();
+    for (name, ino, _) in &first {
+        assert_eq!(stat(&d.join(name)).st_ino, *ino, "{name}");
+    }
+    fs::write(d.join("f"), b"longer").unwrap();
+    fs::set_permissions(d.join("s"), fs::Permissions::from_mode(0o701)).unwrap();
+    let second = list();
+    assert_eq!(first, second);
+    let kinds: Vec<_> = second
+        .iter()
+        .map(|(n, _, t)| {
+            (
+                n.as_str(),
+                t.is_file(),
+                t.is_dir(),
+                t.is_symlink(),
+                t.is_fifo(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("f", true, false, false, false),
+            ("l", false, false, true, false),
+            ("p", false, false, false, true),
+            ("s", false, true, false, false),
+        ]
+    );
+    for (name, ino, _) in &second {
+        let st = stat(&d.join(name));
+        assert_eq!(st.st_ino, *ino, "{name}");
+        assert_eq!(
+            st.st_ino,
+            fs::symlink_metadata(m.backing(&format!("d/{name}")))
+                .unwrap()
+                .ino()
+        );
+    }
+    assert_eq!(stat(&d.join("f")).st_size, 6);
+    assert_eq!(stat(&d.join("s")).st_mode & 0o7777, 0o701);
+    assert_eq!(fs::read(d.join("l")).unwrap(), b"longer");
+    // A name replaced between the listings is the new object.
+    fs::remove_file(d.join("f")).unwrap();
+    fs::create_dir(d.join("f")).unwrap();
+    let third = list();
+    let f = third.iter().find(|e| e.0 == "f").unwrap();
+    assert!(f.2.is_dir());
+    assert_eq!(f.1, stat(&d.join("f")).st_ino);
+}
+
 #[test]
 fn rename_flags_noreplace_and_exchange() {
     let m = Mount::over_itself("rename");

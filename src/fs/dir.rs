@@ -7,6 +7,7 @@
 
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use fuser::FileType;
@@ -14,7 +15,7 @@ use parking_lot::Mutex;
 
 use super::{CasaFs, is_reserved_root_name, kind_of};
 use crate::handle::{Body, DirStream, Handle};
-use crate::inode::ROOT_ID;
+use crate::inode::{Inode, ROOT_ID};
 use crate::sys::{self, Errno, Res};
 
 const DIRBUF: usize = 32 * 1024;
@@ -110,6 +111,24 @@ impl CasaFs {
             ds.at = at + reclen;
             ds.pos = off;
         }
+    }
+
+    /// The entry's object when the kernel holds it and got its attributes
+    /// from us less than `ttl` ago: a listing can leave them out.
+    pub(super) fn recently_listed(
+        &self,
+        dir: &Inode,
+        e: &RawEnt<'_>,
+        ttl: std::time::Duration,
+    ) -> Option<Arc<Inode>> {
+        let known = self
+            .inodes
+            .get(self.inodes.peek_nodeid(dir.dev, e.ino))
+            .ok()?;
+        // Same device: an entry that is a mount point shows the covered
+        // directory's number, not the mounted root's.
+        (known.dev == dir.dev && known.ino == e.ino && known.attrs_sent_within(ttl))
+            .then_some(known)
     }
 
     /// The `d_ino` the kernel should see: what `stat` reports for the entry.

@@ -500,7 +500,8 @@ impl CasaFs {
         }
         let loc = self.locate(&p, &name)?;
         let dfd = loc.dir.dir_fd()?;
-        let st = sys::stat_at(dfd.as_raw_fd(), &loc.name)?;
+        // Only which directory it is: no fresh stat (a round trip on ntfs-3g).
+        let st = sys::identify_at(dfd.as_raw_fd(), &loc.name)?;
         sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR)?;
         // A removed directory's number may come back for a new one.
         if let Ok(i) = self

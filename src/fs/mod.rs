@@ -208,10 +208,19 @@ impl CasaFs {
         self.settings.entry_timeout
     }
 
+    /// The `st_ino` the kernel sees for a node id.
+    pub fn attr_ino(&self, nodeid: u64, backing_ino: u64) -> u64 {
+        if nodeid == ROOT_ID {
+            backing_ino
+        } else {
+            nodeid
+        }
+    }
+
     /// The attributes the kernel sees. `st_ino` is the backing inode number
     /// (the node id), except on foreign devices where it is the synthetic id.
     pub fn attr(&self, nodeid: u64, st: &libc::stat) -> FileAttr {
-        let ino = if nodeid == ROOT_ID { st.st_ino } else { nodeid };
+        let ino = self.attr_ino(nodeid, st.st_ino);
         FileAttr {
             ino: INodeNo(ino),
             size: st.st_size as u64,

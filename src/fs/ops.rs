@@ -560,13 +560,32 @@ impl CasaFs {
         drop(h);
         let dfd = dir.dir_fd()?;
         use std::os::fd::AsRawFd;
-        let dst = sys::fstat(dfd.as_raw_fd())?;
+        // Only the first batch has "." and "..".
+        let mut dst = None;
+        let fresh = self.ttl_attr();
         self.walk_dir(fh, offset, &mut |e| {
             let name = OsStr::from_bytes(e.name.to_bytes());
             if matches!(e.name.to_bytes(), b"." | b"..") {
+                let st = match dst {
+                    Some(st) => st,
+                    None => *dst.insert(sys::fstat(dfd.as_raw_fd())?),
+                };
                 // The kernel takes no reference on these.
-                let attr = self.attr(dir.nodeid, &dst);
+                let attr = self.attr(dir.nodeid, &st);
                 return Ok(reply.add(e.off as u64, name, ttl, &attr, 0));
+            }
+            // Listed again while the kernel still has the attributes (rm
+            // opens every directory twice): no stat, which on a FUSE or
+            // network backing is a round trip per entry.
+            if let Some(known) = self.recently_listed(&dir, e, fresh)
+                && let Some(full) = reply.add_name_only(
+                    self.attr_ino(known.nodeid, known.ino),
+                    e.off as u64,
+                    super::kind_of(known.fmt),
+                    name,
+                )
+            {
+                return Ok(full);
             }
             let st = match sys::stat_at(dfd.as_raw_fd(), e.name) {
                 Ok(st) => st,

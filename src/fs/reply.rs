@@ -80,6 +80,10 @@ pub trait DirPlusReply: Reply {
         attr: &FileAttr,
         generation: u64,
     ) -> bool;
+    /// An entry without attributes (node id 0: the kernel lists the name
+    /// and leaves its caches as they are, as for a plain readdir). `None`
+    /// where the transport cannot say so: the caller adds a full entry.
+    fn add_name_only(&mut self, ino: u64, off: u64, kind: FileType, name: &OsStr) -> Option<bool>;
     fn ok(self);
 }
 
@@ -235,6 +239,10 @@ impl DirPlusReply for fuser::ReplyDirectoryPlus {
             attr,
             Generation(generation),
         )
+    }
+    /// fuser numbers the entry by its node id, which would show as d_ino 0.
+    fn add_name_only(&mut self, _: u64, _: u64, _: FileType, _: &OsStr) -> Option<bool> {
+        None
     }
     fn ok(self) {
         fuser::ReplyDirectoryPlus::ok(self)

@@ -250,6 +250,17 @@ impl DirPlusReply for RingReply<'_> {
         };
         !self.dirent(&[abi::bytes(&e), abi::bytes(&d)], name)
     }
+    fn add_name_only(&mut self, ino: u64, off: u64, kind: FileType, name: &OsStr) -> Option<bool> {
+        let name = name.as_bytes();
+        let e = abi::EntryOut::default();
+        let d = abi::Dirent {
+            ino,
+            off,
+            namelen: name.len() as u32,
+            typ: abi::type_bits(kind) >> 12,
+        };
+        Some(!self.dirent(&[abi::bytes(&e), abi::bytes(&d)], name))
+    }
     fn ok(self) {
         let n = self.used;
         self.ans.error = 0;
