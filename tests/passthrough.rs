@@ -79,6 +79,18 @@ fn inode_numbers_links_and_readdir_are_native() {
         let e = e.unwrap();
         assert_eq!(e.ino(), stat(&e.path()).st_ino, "{:?}", e.file_name());
     }
+    // And for "." and "..", which std's read_dir leaves out, in a
+    // subdirectory and in the mount's root (whose ".." is outside).
+    fs::create_dir_all(m.p("sub/deeper")).unwrap();
+    for (dir, parent) in [
+        (m.p("sub/deeper"), m.p("sub")),
+        (m.p("sub"), m.mnt.clone()),
+        (m.mnt.clone(), m.mnt.join("..")),
+    ] {
+        let (dot, dotdot) = dot_inos(&dir);
+        assert_eq!(dot, stat(&dir).st_ino, "{dir:?}/.");
+        assert_eq!(dotdot, stat(&parent).st_ino, "{dir:?}/..");
+    }
     fs::remove_file(m.p("g")).unwrap();
     assert_eq!(stat(&m.p("f")).st_nlink, 1, "nlink right after unlink");
     fs::rename(m.p("f"), m.p("h")).unwrap();
@@ -161,6 +173,29 @@ fn a_second_listing_soon_after_the_first_is_the_same() {
     let f = third.iter().find(|e| e.0 == "f").unwrap();
     assert!(f.2.is_dir());
     assert_eq!(f.1, stat(&d.join("f")).st_ino);
+}
+
+/// The `d_ino` of "." and ".." in `dir`, through libc's readdir.
+fn dot_inos(dir: &Path) -> (u64, u64) {
+    let (mut dot, mut dotdot) = (0, 0);
+    unsafe {
+        let d = libc::opendir(cs(dir).as_ptr());
+        assert!(!d.is_null(), "opendir {dir:?}");
+        loop {
+            let e = libc::readdir64(d);
+            if e.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr());
+            match name.to_bytes() {
+                b"." => dot = (*e).d_ino,
+                b".." => dotdot = (*e).d_ino,
+                _ => {}
+            }
+        }
+        libc::closedir(d);
+    }
+    (dot, dotdot)
 }
 
 #[test]

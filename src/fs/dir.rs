@@ -126,8 +126,10 @@ impl CasaFs {
             .get(self.inodes.peek_nodeid(dir.dev, e.ino))
             .ok()?;
         // Same device: an entry that is a mount point shows the covered
-        // directory's number, not the mounted root's.
-        (known.dev == dir.dev && known.ino == e.ino && known.attrs_sent_within(ttl))
+        // directory's number, not the mounted root's. Same type: a number
+        // reused by another kind of object is not the one we know.
+        let same_type = e.dtype == libc::DT_UNKNOWN || u32::from(e.dtype) << 12 == known.fmt;
+        (known.dev == dir.dev && known.ino == e.ino && same_type && known.attrs_sent_within(ttl))
             .then_some(known)
     }
 

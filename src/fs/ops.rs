@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
-use fuser::{FopenFlags, TimeOrNow};
+use fuser::{FileType, FopenFlags, TimeOrNow};
 
 use super::CasaFs;
 use super::control::is_control;
@@ -560,18 +560,21 @@ impl CasaFs {
         drop(h);
         let dfd = dir.dir_fd()?;
         use std::os::fd::AsRawFd;
-        // Only the first batch has "." and "..".
-        let mut dst = None;
         let fresh = self.ttl_attr();
         self.walk_dir(fh, offset, &mut |e| {
             let name = OsStr::from_bytes(e.name.to_bytes());
             if matches!(e.name.to_bytes(), b"." | b"..") {
-                let st = match dst {
-                    Some(st) => st,
-                    None => *dst.insert(sys::fstat(dfd.as_raw_fd())?),
-                };
-                // The kernel takes no reference on these.
-                let attr = self.attr(dir.nodeid, &st);
+                // The kernel takes no reference on these and ignores their
+                // attributes: only the number counts, the same as readdir's.
+                let ino = self.d_ino(dir.dev, e.name, e.ino, dir.nodeid);
+                if let Some(full) =
+                    reply.add_name_only(ino, e.off as u64, FileType::Directory, name)
+                {
+                    return Ok(full);
+                }
+                let mut st = sys::zeroed_stat();
+                st.st_mode = libc::S_IFDIR;
+                let attr = self.attr(ino, &st);
                 return Ok(reply.add(e.off as u64, name, ttl, &attr, 0));
             }
             // Listed again while the kernel still has the attributes (rm
