@@ -271,11 +271,17 @@ impl Handoff {
         (watched, replying)
     }
 
-    /// Parks the watchdog until a thread becomes SCHED_IDLE, or `timeout`.
+    /// Parks the watchdog until a thread becomes SCHED_IDLE, a reply finds
+    /// every CPU busy (the load is to be measured again), or `timeout`.
     fn sleep_until_watched(&self, timeout: Duration) {
         // The flag before the last look, and the thread sets its own flag
         // before reading this one (both SeqCst): one of the two sees the
-        // other, so no thread can turn SCHED_IDLE unwatched.
+        // other, so a thread that turned SCHED_IDLE is watched as soon as it
+        // has stored its flag. (The policy comes first: a thread flagged but
+        // not yet SCHED_IDLE could be restored by the watchdog in between and
+        // then turn SCHED_IDLE unflagged. Until its flag is stored, a thread
+        // starved right away goes unwatched for as long as SCHED_IDLE's small
+        // share of its CPU takes to run it again.)
         self.asleep.store(true, SeqCst);
         if !self.slots.lock().iter().any(|s| s.idle.load(SeqCst)) {
             std::thread::park_timeout(timeout);
@@ -352,21 +358,30 @@ impl Member {
         s.replies
             .store(s.replies.load(Relaxed).wrapping_add(1), Relaxed);
         // Acquire: a ban stored before the flag was cleared is seen here.
-        if s.idle.load(Acquire)
-            || self.handoff.saturated.load(Relaxed)
-            || now_ns() < s.banned_until.load(Relaxed)
-        {
+        if s.idle.load(Acquire) {
+            return;
+        }
+        if self.handoff.saturated.load(Relaxed) {
+            // A watchdog parked since a busy spell ended measures again.
+            self.wake_if_asleep();
+            return;
+        }
+        if now_ns() < s.banned_until.load(Relaxed) {
             return;
         }
         // Reset on fork: a queue thread started by this one to replace it
         // begins with the normal policy, not unwatched as SCHED_IDLE.
         if set_policy(0, libc::SCHED_IDLE | libc::SCHED_RESET_ON_FORK) {
             s.idle.store(true, SeqCst);
-            if self.handoff.asleep.load(SeqCst)
-                && let Some(t) = self.handoff.watchdog.get()
-            {
-                t.unpark();
-            }
+            self.wake_if_asleep();
+        }
+    }
+
+    fn wake_if_asleep(&self) {
+        if self.handoff.asleep.load(SeqCst)
+            && let Some(t) = self.handoff.watchdog.get()
+        {
+            t.unpark();
         }
     }
 }
