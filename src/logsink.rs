@@ -143,12 +143,11 @@ pub fn leave_caller_stderr() {
     // Non-blocking: request threads log, and a stalled syslog daemon must
     // cost them a lost line, never a wait. Not connected yet is fine: each
     // line tries again.
-    let Ok(sock) = UnixDatagram::unbound() else {
-        return;
-    };
-    let _ = sock.set_nonblocking(true);
-    let _ = sock.connect(syslog_path());
-    let _ = SYSLOG.set(sock);
+    if let Ok(sock) = UnixDatagram::unbound() {
+        let _ = sock.set_nonblocking(true);
+        let _ = sock.connect(syslog_path());
+        let _ = SYSLOG.set(sock);
+    }
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         unsafe { libc::dup2(null.as_raw_fd(), 2) };
     }

@@ -92,10 +92,11 @@ mod xattr_at {
 
     /// Whether call `op` exists, found out once per call: asked with a bad
     /// descriptor, a kernel that has it answers EBADF (or EINVAL, EFAULT),
-    /// while a missing call or a filter answers ENOSYS or EPERM. An error
-    /// from a real call is never mistaken for a missing one, so an EPERM a
-    /// filesystem gives (an immutable file, trusted.* for a non-root
-    /// daemon) does not turn the fast path off.
+    /// while a missing call or a seccomp filter answers something else
+    /// (ENOSYS, EPERM, whatever the filter chose). An error from a real
+    /// call is never mistaken for a missing one, so an EPERM a filesystem
+    /// gives (an immutable file, trusted.* for a non-root daemon) does not
+    /// turn the fast path off.
     pub fn present(op: usize) -> bool {
         match STATE[op].load(Relaxed) {
             PRESENT => return true,
@@ -117,7 +118,8 @@ mod xattr_at {
                 _ => libc::syscall(NR[op], bad, x, 0, x),
             }
         };
-        let missing = rc < 0 && matches!(last_errno(), Errno::ENOSYS | Errno::EPERM);
+        let missing =
+            rc >= 0 || !matches!(last_errno(), Errno::EBADF | Errno::EINVAL | Errno::EFAULT);
         STATE[op].store(if missing { MISSING } else { PRESENT }, Relaxed);
         !missing
     }
