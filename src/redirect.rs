@@ -212,9 +212,8 @@ pub fn candidate(name: &CStr, n: u32) -> CString {
 /// The origin recorded on an object in an area: the whole relative path, its
 /// directory part, its name, and the object's change time.
 fn origin_of(area: RawFd, tname: &CStr) -> Option<(String, String, CString, SystemTime)> {
-    let path = sys::proc_child_path(area, tname).ok()?;
     let mut buf = vec![0u8; 4096];
-    let n = sys::getxattr(&path, ORIGIN_XATTR, &mut buf, false).ok()?;
+    let n = sys::getxattr_in(area, tname, ORIGIN_XATTR, &mut buf).ok()?;
     let origin = String::from_utf8(buf[..n].to_vec()).ok()?;
     let (parent, name) = origin.rsplit_once('/').unwrap_or(("", origin.as_str()));
     if name.is_empty() || name == "." || name == ".." || parent.starts_with('/') {
@@ -233,10 +232,8 @@ fn origin_of(area: RawFd, tname: &CStr) -> Option<(String, String, CString, Syst
 /// Records the origin on the object; filesystems without user xattrs (or a
 /// symlink) simply do not carry it.
 pub fn tag_origin(area: &Area, tname: &CStr, origin: &str) {
-    if let Ok(dir) = area.dir().dir_fd()
-        && let Ok(path) = sys::proc_child_path(dir.as_raw_fd(), tname)
-    {
-        let _ = sys::setxattr(&path, ORIGIN_XATTR, origin.as_bytes(), 0, false);
+    if let Ok(dir) = area.dir().dir_fd() {
+        let _ = sys::setxattr_in(dir.as_raw_fd(), tname, ORIGIN_XATTR, origin.as_bytes(), 0);
     }
 }
 
