@@ -580,3 +580,72 @@ impl InodeTable {
         parts.join("/")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set, get, list and remove through an anchor: on a file by name, on a
+    /// symlink by name (its own attributes, never its target's), and on a
+    /// directory by its descriptor.
+    fn xattrs_through_anchors(tag: &str) {
+        let dir = std::env::temp_dir().join(format!("casafs-anchor-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("d")).unwrap();
+        std::fs::write(dir.join("f"), b"").unwrap();
+        std::os::unix::fs::symlink("f", dir.join("l")).unwrap();
+        let path_fd = |p: &std::path::Path| {
+            let c = sys::cpath(p).unwrap();
+            Arc::new(sys::open_at(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_NOFOLLOW, 0).unwrap())
+        };
+        let top = path_fd(&dir);
+        let anchors = [
+            ("file", Anchor::At(top.clone(), c"f".to_owned()), "user.a"),
+            (
+                "link",
+                Anchor::At(top.clone(), c"l".to_owned()),
+                "trusted.a",
+            ),
+            ("dir", Anchor::Fd(path_fd(&dir.join("d"))), "user.a"),
+        ];
+        for (what, a, attr) in &anchors {
+            let attr = CString::new(*attr).unwrap();
+            assert_eq!(a.setxattr(&attr, b"v1", 0), Ok(()), "{what}");
+            assert_eq!(
+                a.setxattr(&attr, b"v2", libc::XATTR_CREATE),
+                Err(Errno::EEXIST),
+                "{what}"
+            );
+            let mut buf = [0u8; 64];
+            assert_eq!(a.getxattr(&attr, &mut []), Ok(2), "{what}");
+            let n = a.getxattr(&attr, &mut buf).unwrap();
+            assert_eq!(&buf[..n], b"v1", "{what}");
+            let n = a.listxattr(&mut buf).unwrap();
+            assert!(
+                buf[..n].split(|&b| b == 0).any(|x| x == attr.as_bytes()),
+                "{what}"
+            );
+            assert_eq!(a.removexattr(&attr), Ok(()), "{what}");
+            assert_eq!(a.removexattr(&attr), Err(Errno::ENODATA), "{what}");
+            assert_eq!(a.getxattr(&attr, &mut buf), Err(Errno::ENODATA), "{what}");
+        }
+        // The link's attribute never reached its target.
+        let f = Anchor::At(top, c"f".to_owned());
+        assert_eq!(f.getxattr(c"trusted.a", &mut [0u8; 8]), Err(Errno::ENODATA));
+        f.setxattr(c"trusted.t", b"target", 0).unwrap();
+        let l = &anchors[1].1;
+        assert_eq!(l.getxattr(c"trusted.t", &mut [0u8; 8]), Err(Errno::ENODATA));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn xattrs_through_the_at_calls() {
+        xattrs_through_anchors("at");
+    }
+
+    #[test]
+    fn xattrs_through_proc_paths_where_the_at_calls_are_missing() {
+        sys::xattr_at::pretend_missing();
+        xattrs_through_anchors("proc");
+    }
+}

@@ -65,7 +65,7 @@ pub fn proc_child_path(dir: RawFd, name: &CStr) -> Res<CString> {
 /// file). Each returns `None` where its call is missing (an old kernel, or a
 /// seccomp filter that does not know it), and the caller takes the /proc
 /// path instead.
-mod xattr_at {
+pub(crate) mod xattr_at {
     use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
     use super::*;
@@ -122,6 +122,14 @@ mod xattr_at {
             rc >= 0 || !matches!(last_errno(), Errno::EBADF | Errno::EINVAL | Errno::EFAULT);
         STATE[op].store(if missing { MISSING } else { PRESENT }, Relaxed);
         !missing
+    }
+
+    /// Makes every call look missing, as on a kernel before 6.13.
+    #[cfg(test)]
+    pub fn pretend_missing() {
+        for s in &STATE {
+            s.store(MISSING, Relaxed);
+        }
     }
 
     pub fn call(rc: libc::c_long) -> Res<usize> {
