@@ -304,6 +304,18 @@ pub fn stat_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
 /// device and inode number cannot go stale; size, times and link count may
 /// lag behind a change made there by someone else.
 pub fn identify_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
+    stat_cached_at(dir, name)
+}
+
+/// The attributes of an object this daemon has just created: the reply to
+/// the create (a FUSE backing's, a server's) already put them in the
+/// kernel's cache a moment ago, so a fresh stat would be one more round
+/// trip for the same answer.
+pub fn created_stat_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
+    stat_cached_at(dir, name)
+}
+
+fn stat_cached_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
     let mut st = zeroed_stat();
     let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;
     check(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, flags) })?;

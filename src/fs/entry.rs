@@ -229,7 +229,7 @@ impl CasaFs {
                 Ok((area_idx, tname, v)) => {
                     let adir = self.areas[area_idx].dir();
                     let afd = adir.dir_fd()?;
-                    let mut st = sys::stat_at(afd.as_raw_fd(), &tname)?;
+                    let mut st = sys::created_stat_at(afd.as_raw_fd(), &tname)?;
                     if let Some(who) = who {
                         let sg = self.setgid_of(pfd.as_raw_fd())?;
                         if let Err(e) = self.give_to_caller(
@@ -270,7 +270,7 @@ impl CasaFs {
             }
         }
         let v = make(pfd.as_raw_fd(), name)?;
-        let mut st = sys::stat_at(pfd.as_raw_fd(), name)?;
+        let mut st = sys::created_stat_at(pfd.as_raw_fd(), name)?;
         if let Some(who) = who {
             let sg = if st.st_gid != 0 {
                 Some(st.st_gid)
