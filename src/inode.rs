@@ -104,6 +104,14 @@ impl Anchor {
         }
     }
 
+    /// `stat` from the backing's cache (`sys::stat_cached_at`).
+    pub fn stat_cached(&self) -> Res<libc::stat> {
+        match self {
+            Anchor::Fd(fd) => sys::fstat_cached(fd.as_raw_fd()),
+            Anchor::At(dir, name) => sys::stat_cached_at(dir.as_raw_fd(), name),
+        }
+    }
+
     /// Opens the object with real access flags. Never follows a symlink.
     pub fn open(&self, flags: i32) -> Res<OwnedFd> {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
@@ -360,12 +368,27 @@ impl Inode {
     /// Current attributes, verified to belong to this inode. A name that now
     /// holds another object means ours is gone: ENOENT, never its stats.
     pub fn stat(&self) -> Res<libc::stat> {
-        let st = self.anchor()?.stat()?;
+        self.stat_from(false)
+    }
+
+    /// `stat` from the backing's cache, right after a change through it
+    /// whose reply refreshed that cache.
+    pub fn stat_cached(&self) -> Res<libc::stat> {
+        self.stat_from(true)
+    }
+
+    fn stat_from(&self, cached: bool) -> Res<libc::stat> {
+        let a = self.anchor()?;
+        let st = if cached { a.stat_cached()? } else { a.stat()? };
         if self.same(&st) {
             return Ok(st);
         }
         if let Some(fd) = self.pinned.lock().as_ref() {
-            return sys::fstat(fd.as_raw_fd());
+            return if cached {
+                sys::fstat_cached(fd.as_raw_fd())
+            } else {
+                sys::fstat(fd.as_raw_fd())
+            };
         }
         Err(Errno::ENOENT)
     }

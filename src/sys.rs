@@ -315,25 +315,32 @@ pub fn created_stat_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
     stat_cached_at(dir, name)
 }
 
-fn stat_cached_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
+/// `stat_at` answered from the kernel's cache of a FUSE or network backing
+/// (`AT_STATX_DONT_SYNC`), for when that cache is known to be fresh or only
+/// the object's identity matters; local filesystems ignore the flag.
+pub fn stat_cached_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
+    stat_flags(
+        dir,
+        name,
+        libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
+    )
+}
+
+/// `fstat` that also works on `O_PATH` descriptors.
+/// `fstat`, answered from the backing's cache as `stat_cached_at`.
+pub fn fstat_cached(fd: RawFd) -> Res<libc::stat> {
+    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;
+    stat_flags(fd, c"", flags)
+}
+
+fn stat_flags(dir: RawFd, name: &CStr, flags: i32) -> Res<libc::stat> {
     let mut st = zeroed_stat();
-    let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;
     check(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, flags) })?;
     Ok(st)
 }
 
-/// `fstat` that also works on `O_PATH` descriptors.
 pub fn fstat(fd: RawFd) -> Res<libc::stat> {
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    check(unsafe {
-        libc::fstatat(
-            fd,
-            c"".as_ptr(),
-            &mut st,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
+    stat_flags(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
 }
 
 pub fn mkdir_at(dir: RawFd, name: &CStr, mode: u32) -> Res<()> {

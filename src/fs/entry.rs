@@ -173,9 +173,21 @@ impl CasaFs {
                 }
             }
         }
-        match hfd {
-            Some(fd) => sys::fstat(fd),
-            None => inode.stat(),
+        // Each change above went through the backing filesystem, whose
+        // reply refreshed its cache: no fresh stat (on ntfs-3g one more
+        // round trip per chmod, chown, utimes, truncate). A request that
+        // changed nothing gets a fresh one.
+        let changed = uid.is_some()
+            || gid.is_some()
+            || mode.is_some()
+            || size.is_some()
+            || atime.is_some()
+            || mtime.is_some();
+        match (hfd, changed) {
+            (Some(fd), true) => sys::fstat_cached(fd),
+            (Some(fd), false) => sys::fstat(fd),
+            (None, true) => inode.stat_cached(),
+            (None, false) => inode.stat(),
         }
     }
 
