@@ -326,7 +326,6 @@ pub fn stat_cached_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
     )
 }
 
-/// `fstat` that also works on `O_PATH` descriptors.
 /// `fstat`, answered from the backing's cache as `stat_cached_at`.
 pub fn fstat_cached(fd: RawFd) -> Res<libc::stat> {
     let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;
@@ -339,6 +338,7 @@ fn stat_flags(dir: RawFd, name: &CStr, flags: i32) -> Res<libc::stat> {
     Ok(st)
 }
 
+/// `fstat` that also works on `O_PATH` descriptors.
 pub fn fstat(fd: RawFd) -> Res<libc::stat> {
     stat_flags(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
 }
