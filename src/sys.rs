@@ -132,41 +132,48 @@ pub(crate) mod xattr_at {
         }
     }
 
-    pub fn call(rc: libc::c_long) -> Res<usize> {
-        if rc < 0 {
+    /// Call `op` on `name` in `dir`, never following a final symlink, with
+    /// its own arguments after that (a call ignores the ones it lacks).
+    pub fn run(op: usize, dir: RawFd, name: &CStr, args: [usize; 3]) -> Option<Res<usize>> {
+        if !present(op) {
+            return None;
+        }
+        let [a, b, c] = args;
+        let rc = unsafe {
+            libc::syscall(
+                NR[op],
+                dir,
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                a,
+                b,
+                c,
+            )
+        };
+        Some(if rc < 0 {
             Err(last_errno())
         } else {
             Ok(rc as usize)
-        }
+        })
     }
 
-    pub fn nr(op: usize) -> libc::c_long {
-        NR[op]
+    /// The `struct xattr_args` for a value buffer, and the size the call
+    /// takes with it.
+    pub fn args(value: *const u8, len: usize, flags: i32) -> (Args, usize) {
+        let a = Args {
+            value: value as u64,
+            size: u32::try_from(len).unwrap_or(u32::MAX),
+            flags: flags as u32,
+        };
+        (a, std::mem::size_of::<Args>())
     }
 }
 
 pub fn getxattr_at(dir: RawFd, name: &CStr, attr: &CStr, buf: &mut [u8]) -> Option<Res<usize>> {
     use xattr_at::*;
-    if !present(GET) {
-        return None;
-    }
-    let mut args = Args {
-        value: buf.as_mut_ptr() as u64,
-        size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
-        flags: 0,
-    };
-    let rc = unsafe {
-        libc::syscall(
-            nr(GET),
-            dir,
-            name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            attr.as_ptr(),
-            &mut args as *mut Args,
-            std::mem::size_of::<Args>(),
-        )
-    };
-    Some(call(rc))
+    let (mut a, size) = args(buf.as_mut_ptr(), buf.len(), 0);
+    let ptr = &mut a as *mut Args as usize;
+    run(GET, dir, name, [attr.as_ptr() as usize, ptr, size])
 }
 
 pub fn setxattr_at(
@@ -177,61 +184,19 @@ pub fn setxattr_at(
     flags: i32,
 ) -> Option<Res<()>> {
     use xattr_at::*;
-    if !present(SET) {
-        return None;
-    }
-    let args = Args {
-        value: val.as_ptr() as u64,
-        size: u32::try_from(val.len()).unwrap_or(u32::MAX),
-        flags: flags as u32,
-    };
-    let rc = unsafe {
-        libc::syscall(
-            nr(SET),
-            dir,
-            name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            attr.as_ptr(),
-            &args as *const Args,
-            std::mem::size_of::<Args>(),
-        )
-    };
-    Some(call(rc).map(drop))
+    let (a, size) = args(val.as_ptr(), val.len(), flags);
+    let ptr = &a as *const Args as usize;
+    run(SET, dir, name, [attr.as_ptr() as usize, ptr, size]).map(|r| r.map(drop))
 }
 
 pub fn listxattr_at(dir: RawFd, name: &CStr, buf: &mut [u8]) -> Option<Res<usize>> {
     use xattr_at::*;
-    if !present(LIST) {
-        return None;
-    }
-    let rc = unsafe {
-        libc::syscall(
-            nr(LIST),
-            dir,
-            name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    };
-    Some(call(rc))
+    run(LIST, dir, name, [buf.as_mut_ptr() as usize, buf.len(), 0])
 }
 
 pub fn removexattr_at(dir: RawFd, name: &CStr, attr: &CStr) -> Option<Res<()>> {
     use xattr_at::*;
-    if !present(REMOVE) {
-        return None;
-    }
-    let rc = unsafe {
-        libc::syscall(
-            nr(REMOVE),
-            dir,
-            name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            attr.as_ptr(),
-        )
-    };
-    Some(call(rc).map(drop))
+    run(REMOVE, dir, name, [attr.as_ptr() as usize, 0, 0]).map(|r| r.map(drop))
 }
 
 /// `lgetxattr` of `name` in `dir`: the *at call, or the /proc path where
@@ -297,27 +262,12 @@ pub fn stat_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
     Ok(st)
 }
 
-/// `stat_at` for telling which object a name holds, answered from the
-/// kernel's cache where the backing filesystem keeps one of its own (FUSE,
-/// network filesystems: `AT_STATX_DONT_SYNC`), so that it costs no round
-/// trip to ntfs-3g or a server; local filesystems ignore the flag. The type,
-/// device and inode number cannot go stale; size, times and link count may
-/// lag behind a change made there by someone else.
-pub fn identify_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
-    stat_cached_at(dir, name)
-}
-
-/// The attributes of an object this daemon has just created: the reply to
-/// the create (a FUSE backing's, a server's) already put them in the
-/// kernel's cache a moment ago, so a fresh stat would be one more round
-/// trip for the same answer.
-pub fn created_stat_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
-    stat_cached_at(dir, name)
-}
-
-/// `stat_at` answered from the kernel's cache of a FUSE or network backing
-/// (`AT_STATX_DONT_SYNC`), for when that cache is known to be fresh or only
-/// the object's identity matters; local filesystems ignore the flag.
+/// `stat_at` answered from the kernel's cache where the backing filesystem
+/// keeps one of its own (FUSE, network filesystems: `AT_STATX_DONT_SYNC`),
+/// so that it costs no round trip to ntfs-3g or a server; local filesystems
+/// ignore the flag. For when only which object a name holds matters (type,
+/// device and inode number cannot go stale), or when the backing's reply to
+/// a change this daemon just made has refreshed that cache.
 pub fn stat_cached_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
     stat_flags(
         dir,
@@ -564,7 +514,6 @@ pub fn fgetxattr(fd: RawFd, name: &CStr) -> Res<Vec<u8>> {
     Ok(buf)
 }
 
-/// A stat with every field zero (the attributes of a negative entry).
 /// A monotonic clock in nanoseconds, to a few milliseconds: cheap enough
 /// for every request.
 pub fn coarse_now_ns() -> u64 {
@@ -576,6 +525,7 @@ pub fn coarse_now_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// A stat with every field zero (the attributes of a negative entry).
 pub fn zeroed_stat() -> libc::stat {
     // SAFETY: libc::stat is plain integers; all-zero is a valid value.
     unsafe { std::mem::zeroed() }

@@ -241,7 +241,7 @@ impl CasaFs {
                 Ok((area_idx, tname, v)) => {
                     let adir = self.areas[area_idx].dir();
                     let afd = adir.dir_fd()?;
-                    let mut st = sys::created_stat_at(afd.as_raw_fd(), &tname)?;
+                    let mut st = sys::stat_cached_at(afd.as_raw_fd(), &tname)?;
                     if let Some(who) = who {
                         let sg = self.setgid_of(pfd.as_raw_fd())?;
                         if let Err(e) = self.give_to_caller(
@@ -282,7 +282,7 @@ impl CasaFs {
             }
         }
         let v = make(pfd.as_raw_fd(), name)?;
-        let mut st = sys::created_stat_at(pfd.as_raw_fd(), name)?;
+        let mut st = sys::stat_cached_at(pfd.as_raw_fd(), name)?;
         if let Some(who) = who {
             let sg = if st.st_gid != 0 {
                 Some(st.st_gid)
@@ -443,7 +443,7 @@ impl CasaFs {
         // stat is one more round trip per unlink. Its link count is as
         // fresh as ntfs-3g's own cache, as with any stat there; links made
         // through casafs update that cache.
-        let st = sys::identify_at(dfd.as_raw_fd(), name)?;
+        let st = sys::stat_cached_at(dfd.as_raw_fd(), name)?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno::EISDIR);
         }
@@ -513,7 +513,7 @@ impl CasaFs {
         let loc = self.locate(&p, &name)?;
         let dfd = loc.dir.dir_fd()?;
         // Only which directory it is: no fresh stat (a round trip on ntfs-3g).
-        let st = sys::identify_at(dfd.as_raw_fd(), &loc.name)?;
+        let st = sys::stat_cached_at(dfd.as_raw_fd(), &loc.name)?;
         sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR)?;
         // A removed directory's number may come back for a new one.
         if let Ok(i) = self
