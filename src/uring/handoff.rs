@@ -37,6 +37,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::stats::Stats;
+use crate::sys::coarse_now_ns;
 
 /// The watchdog's period while requests keep coming.
 const TICK: Duration = Duration::from_millis(2);
@@ -97,15 +98,6 @@ pub(crate) struct Handoff {
     watchdog: OnceLock<std::thread::Thread>,
     /// The watchdog is parked: no thread was SCHED_IDLE when it looked.
     asleep: AtomicBool,
-}
-
-fn now_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> bool {
@@ -327,7 +319,7 @@ fn watch(handoff: Weak<Handoff>) {
             }
             last = now;
         }
-        let (watched, replying) = h.tick(now_ns());
+        let (watched, replying) = h.tick(coarse_now_ns());
         if watched {
             drop(h);
             std::thread::sleep(TICK);
@@ -366,7 +358,7 @@ impl Member {
             self.wake_if_asleep();
             return;
         }
-        if now_ns() < s.banned_until.load(Relaxed) {
+        if coarse_now_ns() < s.banned_until.load(Relaxed) {
             return;
         }
         // Reset on fork: a queue thread started by this one to replace it
