@@ -78,6 +78,8 @@ pub struct Inode {
     /// When the kernel last got the object's attributes with a reference
     /// (`sys::coarse_now_ns`).
     attrs_sent: AtomicU64,
+    /// When a listing of this directory last reached its end (0: never).
+    listed: AtomicU64,
 }
 
 impl Drop for Inode {
@@ -225,6 +227,7 @@ impl Inode {
             pinned: Mutex::new(None),
             open: Mutex::new(OpenState::default()),
             attrs_sent: AtomicU64::new(0),
+            listed: AtomicU64::new(0),
         })
     }
 
@@ -248,6 +251,18 @@ impl Inode {
         self.lookups.load(Ordering::Relaxed) > 0
             && !self.dead.load(Ordering::Relaxed)
             && sys::coarse_now_ns().saturating_sub(self.attrs_sent.load(Ordering::Relaxed)) < ttl
+    }
+
+    pub fn mark_listed(&self) {
+        self.listed.store(sys::coarse_now_ns(), Ordering::Relaxed);
+    }
+
+    /// Whether a listing of this directory reached its end less than `ttl`
+    /// ago.
+    pub fn listed_within(&self, ttl: std::time::Duration) -> bool {
+        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        let at = self.listed.load(Ordering::Relaxed);
+        at != 0 && sys::coarse_now_ns().saturating_sub(at) < ttl
     }
 
     /// The backing parent and name, if the object has one.
@@ -549,6 +564,7 @@ impl InodeTable {
             pinned: Mutex::new(None),
             open: Mutex::new(OpenState::default()),
             attrs_sent: AtomicU64::new(sys::coarse_now_ns()),
+            listed: AtomicU64::new(0),
         }
     }
 

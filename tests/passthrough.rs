@@ -175,6 +175,97 @@ fn a_second_listing_soon_after_the_first_is_the_same() {
     assert_eq!(f.1, stat(&d.join("f")).st_ino);
 }
 
+/// Listings the daemon was asked for (readdir and readdirplus requests).
+fn listings_served(m: &Mount) -> u64 {
+    let st = m.stats();
+    ["readdir", "readdirplus"]
+        .iter()
+        .map(|op| st["operations"][op]["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// The kernel keeps a directory's listing for a while (no request at all
+/// for the next `ls`), and every change made through the mount shows in
+/// the very next listing, which always matches the directory on disk.
+#[test]
+fn a_kept_listing_shows_every_change_made_through_the_mount() {
+    let m = Mount::over_itself("listing-cache");
+    let d = m.p("d");
+    let o = m.p("other");
+    fs::create_dir(&d).unwrap();
+    fs::create_dir(&o).unwrap();
+    fs::write(d.join("a"), b"a").unwrap();
+    fs::write(d.join("b"), b"b").unwrap();
+    fs::write(o.join("x"), b"x").unwrap();
+    assert_eq!(names(&d), ["a", "b"]);
+    let served = listings_served(&m);
+    assert_eq!(names(&d), ["a", "b"]);
+    assert_eq!(listings_served(&m), served, "the second listing is kept");
+
+    let check = |what: &str| {
+        for dir in ["d", "other"] {
+            let want = names(&m.backing(dir));
+            assert_eq!(names(&m.p(dir)), want, "{dir} after {what}");
+            assert_eq!(names(&m.p(dir)), want, "{dir} listed again after {what}");
+        }
+    };
+    fs::write(d.join("c"), b"c").unwrap();
+    check("create");
+    fs::remove_file(d.join("a")).unwrap();
+    check("unlink");
+    fs::rename(d.join("b"), d.join("b2")).unwrap();
+    check("rename within");
+    fs::rename(d.join("b2"), o.join("b3")).unwrap();
+    check("rename out");
+    fs::rename(o.join("x"), d.join("x")).unwrap();
+    check("rename in");
+    fs::hard_link(d.join("x"), d.join("x-link")).unwrap();
+    check("link");
+    std::os::unix::fs::symlink("x", d.join("x-sym")).unwrap();
+    check("symlink");
+    assert_eq!(
+        unsafe { libc::mkfifo(cs(&d.join("fifo")).as_ptr(), 0o600) },
+        0
+    );
+    check("mkfifo");
+    fs::create_dir(d.join("s")).unwrap();
+    check("mkdir");
+    fs::remove_dir(d.join("s")).unwrap();
+    check("rmdir");
+    let f = File::create(d.join("open")).unwrap();
+    fs::remove_file(d.join("open")).unwrap();
+    check("unlink of an open file");
+    drop(f);
+    assert_eq!(names(&d), ["c", "fifo", "x", "x-link", "x-sym"]);
+}
+
+/// A change made beneath the mount, not through it, shows in a listing once
+/// the directory's attributes are older than attr_timeout, as for a stat.
+#[test]
+fn a_kept_listing_shows_changes_beneath_the_mount_after_attr_timeout() {
+    let m = Mount::builder("listing-beneath")
+        .separate()
+        .opt("attr_timeout=200ms,entry_timeout=200ms")
+        .start();
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/a"), b"a").unwrap();
+    assert_eq!(names(&m.p("d")), ["a"]);
+    let served = listings_served(&m);
+    assert_eq!(names(&m.p("d")), ["a"]);
+    assert_eq!(listings_served(&m), served, "kept");
+    // Older than the timeouts: listed afresh, which refreshes the names.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert_eq!(names(&m.p("d")), ["a"]);
+    assert!(listings_served(&m) > served, "listed afresh");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(m.backing("d/beneath"), b"b").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert_eq!(names(&m.p("d")), ["a", "beneath"]);
+    fs::remove_file(m.backing("d/a")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert_eq!(names(&m.p("d")), ["beneath"]);
+}
+
 /// The `d_ino` of "." and ".." in `dir`, through libc's readdir.
 fn dot_inos(dir: &Path) -> (u64, u64) {
     let (mut dot, mut dotdot) = (0, 0);

@@ -71,6 +71,25 @@ fn created_log_lands_in_logs_and_original_path_works() {
     assert_eq!(fs::read(m.p("repo/scripts/kept.txt")).unwrap(), b"line 1\n");
 }
 
+/// casafs puts routed objects into an area itself, which the kernel does
+/// not see happen: a listing of the area the kernel has seen before still
+/// shows a new object at once.
+#[test]
+fn an_area_listed_before_shows_a_routed_object_at_once() {
+    let m = Mount::over_itself("route-listed");
+    fs::create_dir_all(m.p("w")).unwrap();
+    let area = m.p("state/logs/casa");
+    for _ in 0..2 {
+        assert_eq!(names(&area), Vec::<String>::new());
+        assert_eq!(names(&m.p("w")), Vec::<String>::new());
+    }
+    let _f = casa_open(&m.p("w").join(LOG));
+    assert_eq!(names(&area), [LOG]);
+    assert_eq!(names(&m.p("w")), Vec::<String>::new());
+    fs::remove_file(m.p("w").join(LOG)).unwrap();
+    assert_eq!(names(&area), Vec::<String>::new());
+}
+
 /// CASA's sequence: create, then three reopens by path with
 /// O_WRONLY|O_CREAT|O_APPEND while the first descriptor is open, writing
 /// through two descriptors at once.

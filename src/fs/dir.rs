@@ -20,6 +20,28 @@ use crate::sys::{self, Errno, Res};
 
 const DIRBUF: usize = 32 * 1024;
 
+/// What the kernel may do with a directory's listing (`listing_cache`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum ListingCache {
+    /// Ask casafs every time.
+    Off,
+    /// Drop what it kept and keep the listing it gets now.
+    Fresh,
+    /// Use what it kept, if it has it all.
+    Keep,
+}
+
+impl ListingCache {
+    pub(super) fn open_flags(self) -> fuser::FopenFlags {
+        use fuser::FopenFlags as F;
+        match self {
+            ListingCache::Off => F::empty(),
+            ListingCache::Fresh => F::FOPEN_CACHE_DIR,
+            ListingCache::Keep => F::FOPEN_CACHE_DIR | F::FOPEN_KEEP_CACHE,
+        }
+    }
+}
+
 /// One raw entry from the backing directory.
 pub(super) struct RawEnt<'a> {
     pub ino: u64,
@@ -29,11 +51,14 @@ pub(super) struct RawEnt<'a> {
 }
 
 impl CasaFs {
-    pub(super) fn do_opendir(&self, ino: u64) -> Res<u64> {
+    /// Also says what the kernel may do with this directory's listing
+    /// (see `listing_cache`).
+    pub(super) fn do_opendir(&self, ino: u64) -> Res<(u64, ListingCache)> {
         let inode = self.inodes.get(ino)?;
         let fd = inode.anchor()?.open(libc::O_RDONLY | libc::O_DIRECTORY)?;
         self.stats.open_handles.fetch_add(1, Relaxed);
-        Ok(self.handles.insert(Handle {
+        let cache = self.listing_cache(&inode);
+        let fh = self.handles.insert(Handle {
             inode,
             body: Body::Dir(Mutex::new(DirStream {
                 fd,
@@ -44,7 +69,38 @@ impl CasaFs {
             })),
             passthrough: false,
             append: false,
-        }))
+        });
+        Ok((fh, cache))
+    }
+
+    /// The kernel can keep a listing it was given (FOPEN_CACHE_DIR) and
+    /// hand it out again without asking until the directory changes:
+    /// through the mount (the kernel sees every change made there) or
+    /// beneath it (its mtime moves, which the kernel checks once the
+    /// attributes are older than attr_timeout, as for any stat). `git
+    /// status`, find and rm list the same directories again soon after;
+    /// each listing is one to three round trips, and on a FUSE backing a
+    /// stat per entry on top.
+    ///
+    /// A kept listing is only worth it while the names it gave are still
+    /// valid in the kernel: a listing from the cache refreshes no entry, so
+    /// `ls -l` after the entry timeout would cost a lookup per name where a
+    /// fresh readdirplus costs a round trip per few dozen. Hence: keep it
+    /// only if the directory was listed to its end less than both timeouts
+    /// ago, otherwise start a new one.
+    ///
+    /// Never for the areas (casafs puts routed objects there itself, which
+    /// the kernel does not see happen), nor when an operator asked for no
+    /// caching (a zero timeout).
+    fn listing_cache(&self, dir: &Inode) -> ListingCache {
+        let ttl = self.ttl_attr().min(self.ttl_entry());
+        if dir.in_target || ttl.is_zero() {
+            ListingCache::Off
+        } else if dir.listed_within(ttl) {
+            ListingCache::Keep
+        } else {
+            ListingCache::Fresh
+        }
     }
 
     /// Walks the stream from `offset`, calling `emit` for each visible entry
@@ -79,6 +135,7 @@ impl CasaFs {
                 ds.len = n;
                 ds.at = 0;
                 if n == 0 {
+                    h.inode.mark_listed();
                     return Ok(());
                 }
             }

@@ -11,6 +11,7 @@ use fuser::{FileType, FopenFlags, TimeOrNow};
 
 use super::CasaFs;
 use super::control::is_control;
+use super::dir::ListingCache;
 use super::entry::Caller;
 use super::reply::*;
 use super::xattr::XattrAnswer;
@@ -308,11 +309,11 @@ impl CasaFs {
             Op::Opendir,
             reply,
             if ino == CONTROL_DIR_ID {
-                self.control_opendir()
+                self.control_opendir().map(|fh| (fh, ListingCache::Off))
             } else {
                 self.do_opendir(ino)
             },
-            |fh| reply.opened(fh, FopenFlags::empty(), None)
+            |(fh, cache)| reply.opened(fh, ListingCache::open_flags(cache), None)
         )
     }
 
