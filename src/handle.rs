@@ -21,6 +21,13 @@ pub struct DirStream {
     pub buf: Vec<u8>,
     pub len: usize,
     pub at: usize,
+    /// Since when every name this stream handed out is fresh in the
+    /// kernel's cache (`sys::coarse_now_ns`): a name given with attributes
+    /// from the moment it went out, a name given bare (readdirplus without
+    /// attributes) from when the kernel last got it. 0 once a plain
+    /// readdir handed out a name, which refreshes nothing, or the stream
+    /// jumped; `u64::MAX` while nothing went out.
+    pub names_fresh_since: u64,
 }
 
 pub enum Body {

@@ -78,7 +78,8 @@ pub struct Inode {
     /// When the kernel last got the object's attributes with a reference
     /// (`sys::coarse_now_ns`).
     attrs_sent: AtomicU64,
-    /// When a listing of this directory last reached its end (0: never).
+    /// Since when the names of this directory's last complete listing are
+    /// fresh in the kernel (0: no such listing).
     listed: AtomicU64,
 }
 
@@ -253,12 +254,19 @@ impl Inode {
             && sys::coarse_now_ns().saturating_sub(self.attrs_sent.load(Ordering::Relaxed)) < ttl
     }
 
-    pub fn mark_listed(&self) {
-        self.listed.store(sys::coarse_now_ns(), Ordering::Relaxed);
+    /// When the kernel last got the object's attributes with a reference.
+    pub fn attrs_sent_ns(&self) -> u64 {
+        self.attrs_sent.load(Ordering::Relaxed)
     }
 
-    /// Whether a listing of this directory reached its end less than `ttl`
-    /// ago.
+    /// A listing of this directory reached its end; every name it gave is
+    /// fresh in the kernel since `fresh_since` (0: not all of them are).
+    pub fn mark_listed(&self, fresh_since: u64) {
+        self.listed.store(fresh_since, Ordering::Relaxed);
+    }
+
+    /// Whether the names of the last complete listing of this directory
+    /// are all younger in the kernel than `ttl`.
     pub fn listed_within(&self, ttl: std::time::Duration) -> bool {
         let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         let at = self.listed.load(Ordering::Relaxed);

@@ -239,6 +239,53 @@ fn a_kept_listing_shows_every_change_made_through_the_mount() {
     assert_eq!(names(&d), ["c", "fifo", "x", "x-link", "x-sym"]);
 }
 
+/// A listing is kept only while every name it gave is fresh in the kernel:
+/// a kept listing refreshes no name, and `ls -l` after it would cost a
+/// lookup per name where a listing with attributes refreshes them all.
+#[test]
+fn a_listing_is_kept_only_while_its_names_are_fresh_in_the_kernel() {
+    let m = Mount::builder("listing-fresh")
+        .opt("attr_timeout=2s,entry_timeout=2s")
+        .start();
+    let d = m.p("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..20 {
+        fs::write(d.join(format!("f{i}")), b"x").unwrap();
+    }
+    // Listed soon after the creates: the kernel has every name already, so
+    // the listing gives them bare, and they stay as old as the creates.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert_eq!(names(&d).len(), 20);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // The names are now older than the timeouts although the listing is
+    // not: listed afresh, and stat then needs no lookup.
+    let listing = fs::read_dir(&d).unwrap();
+    let (served, looked_up) = (listings_served(&m), lookups(&m));
+    for e in listing {
+        fs::symlink_metadata(e.unwrap().path()).unwrap();
+    }
+    assert!(listings_served(&m) > served, "listed afresh");
+    assert_eq!(lookups(&m), looked_up, "names refreshed by the listing");
+
+    // A big directory listed without stats gets most names through plain
+    // readdir, which refreshes none: not kept either.
+    let big = m.p("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..1500 {
+        File::create(big.join(format!("some-longer-file-name-{i:05}"))).unwrap();
+    }
+    assert_eq!(names(&big).len(), 1500);
+    let served = listings_served(&m);
+    assert_eq!(names(&big).len(), 1500);
+    assert!(listings_served(&m) > served, "listed afresh");
+}
+
+fn lookups(m: &Mount) -> u64 {
+    m.stats()["operations"]["lookup"]["count"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 /// A change made beneath the mount, not through it, shows in a listing once
 /// the directory's attributes are older than attr_timeout, as for a stat.
 #[test]

@@ -5,6 +5,7 @@
 //! `d_ino` is the same number `stat` reports. The root hides the control
 //! directory and the graveyard.
 
+use std::cell::Cell;
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -42,6 +43,66 @@ impl ListingCache {
     }
 }
 
+/// The stream from `offset` through `emit` (see `CasaFs::walk_dir`); true
+/// when it reached the end of the directory.
+fn walk_stream(
+    ds: &mut DirStream,
+    offset: i64,
+    is_root: bool,
+    emit: &mut dyn FnMut(&RawEnt<'_>) -> Res<bool>,
+) -> Res<bool> {
+    if offset != ds.pos {
+        sys::lseek(ds.fd.as_raw_fd(), offset, libc::SEEK_SET)?;
+        ds.pos = offset;
+        ds.len = 0;
+        ds.at = 0;
+        // Not one pass from the start: the kernel cannot have it all.
+        ds.names_fresh_since = 0;
+    }
+    loop {
+        if ds.at >= ds.len {
+            if ds.buf.len() < DIRBUF {
+                ds.buf.resize(DIRBUF, 0);
+            }
+            let fd = ds.fd.as_raw_fd();
+            let n = sys::getdents(fd, &mut ds.buf)?;
+            ds.len = n;
+            ds.at = 0;
+            if n == 0 {
+                return Ok(true);
+            }
+        }
+        let at = ds.at;
+        let b = &ds.buf[at..ds.len];
+        if b.len() < 19 {
+            ds.at = ds.len;
+            continue;
+        }
+        let ino = u64::from_ne_bytes(b[0..8].try_into().map_err(|_| Errno::EIO)?);
+        let off = i64::from_ne_bytes(b[8..16].try_into().map_err(|_| Errno::EIO)?);
+        let reclen = u16::from_ne_bytes([b[16], b[17]]) as usize;
+        let dtype = b[18];
+        if reclen < 19 || reclen > b.len() {
+            return Err(Errno::EIO);
+        }
+        let name = CStr::from_bytes_until_nul(&b[19..reclen]).map_err(|_| Errno::EIO)?;
+        let hidden = is_root && is_reserved_root_name(name);
+        if !hidden {
+            let full = emit(&RawEnt {
+                ino,
+                off,
+                dtype,
+                name,
+            })?;
+            if full {
+                return Ok(false);
+            }
+        }
+        ds.at = at + reclen;
+        ds.pos = off;
+    }
+}
+
 /// One raw entry from the backing directory.
 pub(super) struct RawEnt<'a> {
     pub ino: u64,
@@ -66,6 +127,7 @@ impl CasaFs {
                 buf: Vec::new(),
                 len: 0,
                 at: 0,
+                names_fresh_since: u64::MAX,
             })),
             passthrough: false,
             append: false,
@@ -83,11 +145,12 @@ impl CasaFs {
     /// stat per entry on top.
     ///
     /// A kept listing is only worth it while the names it gave are still
-    /// valid in the kernel: a listing from the cache refreshes no entry, so
+    /// fresh in the kernel: a listing from the cache refreshes no entry, so
     /// `ls -l` after the entry timeout would cost a lookup per name where a
     /// fresh readdirplus costs a round trip per few dozen. Hence: keep it
-    /// only if the directory was listed to its end less than both timeouts
-    /// ago, otherwise start a new one.
+    /// only while every name of the last complete listing is younger in
+    /// the kernel than both timeouts (`DirStream::names_fresh_since`),
+    /// otherwise start a new one.
     ///
     /// Never for the areas (casafs puts routed objects there itself, which
     /// the kernel does not see happen), nor when an operator asked for no
@@ -105,11 +168,15 @@ impl CasaFs {
 
     /// Walks the stream from `offset`, calling `emit` for each visible entry
     /// until it returns true (reply buffer full). The stream position only
-    /// advances past entries that were emitted.
+    /// advances past entries that were emitted. `emit` lowers `fresh_since`
+    /// to since when the names it handed out are fresh in the kernel
+    /// (`DirStream::names_fresh_since`); a listing that reaches the end
+    /// marks the directory with what that is for the whole stream.
     pub(super) fn walk_dir(
         &self,
         fh: u64,
         offset: u64,
+        fresh_since: &Cell<u64>,
         emit: &mut dyn FnMut(&RawEnt<'_>) -> Res<bool>,
     ) -> Res<()> {
         let h = self.handles.get(fh)?;
@@ -118,56 +185,13 @@ impl CasaFs {
         };
         let is_root = h.inode.nodeid == ROOT_ID;
         let mut ds = ds.lock();
-        let offset = offset as i64;
-        if offset != ds.pos {
-            sys::lseek(ds.fd.as_raw_fd(), offset, libc::SEEK_SET)?;
-            ds.pos = offset;
-            ds.len = 0;
-            ds.at = 0;
+        let at_end = walk_stream(&mut ds, offset as i64, is_root, emit);
+        ds.names_fresh_since = ds.names_fresh_since.min(fresh_since.get());
+        if at_end? {
+            h.inode
+                .mark_listed(ds.names_fresh_since.min(sys::coarse_now_ns()));
         }
-        loop {
-            if ds.at >= ds.len {
-                if ds.buf.len() < DIRBUF {
-                    ds.buf.resize(DIRBUF, 0);
-                }
-                let fd = ds.fd.as_raw_fd();
-                let n = sys::getdents(fd, &mut ds.buf)?;
-                ds.len = n;
-                ds.at = 0;
-                if n == 0 {
-                    h.inode.mark_listed();
-                    return Ok(());
-                }
-            }
-            let at = ds.at;
-            let b = &ds.buf[at..ds.len];
-            if b.len() < 19 {
-                ds.at = ds.len;
-                continue;
-            }
-            let ino = u64::from_ne_bytes(b[0..8].try_into().map_err(|_| Errno::EIO)?);
-            let off = i64::from_ne_bytes(b[8..16].try_into().map_err(|_| Errno::EIO)?);
-            let reclen = u16::from_ne_bytes([b[16], b[17]]) as usize;
-            let dtype = b[18];
-            if reclen < 19 || reclen > b.len() {
-                return Err(Errno::EIO);
-            }
-            let name = CStr::from_bytes_until_nul(&b[19..reclen]).map_err(|_| Errno::EIO)?;
-            let hidden = is_root && is_reserved_root_name(name);
-            if !hidden {
-                let full = emit(&RawEnt {
-                    ino,
-                    off,
-                    dtype,
-                    name,
-                })?;
-                if full {
-                    return Ok(());
-                }
-            }
-            ds.at = at + reclen;
-            ds.pos = off;
-        }
+        Ok(())
     }
 
     /// The entry's object when the kernel holds it and got its attributes

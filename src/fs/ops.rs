@@ -2,6 +2,7 @@
 //! answer. Written once for both transports (`dispatch.rs` for `/dev/fuse`,
 //! `crate::uring` for io_uring); nothing here knows how a reply travels.
 
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -528,15 +529,21 @@ impl CasaFs {
         drop(h);
         let dfd = dir.dir_fd()?;
         use std::os::fd::AsRawFd;
-        self.walk_dir(fh, offset, &mut |e| {
+        // A plain listing refreshes none of the kernel's names.
+        let fresh_since = Cell::new(u64::MAX);
+        self.walk_dir(fh, offset, &fresh_since, &mut |e| {
             let kind = self.dtype_kind(dfd.as_raw_fd(), e);
             let ino = self.d_ino(dir.dev, e.name, e.ino, dir.nodeid);
-            Ok(reply.add(
+            let full = reply.add(
                 ino,
                 e.off as u64,
                 kind,
                 OsStr::from_bytes(e.name.to_bytes()),
-            ))
+            );
+            if !full && !matches!(e.name.to_bytes(), b"." | b"..") {
+                fresh_since.set(0);
+            }
+            Ok(full)
         })
     }
 
@@ -562,7 +569,10 @@ impl CasaFs {
         let dfd = dir.dir_fd()?;
         use std::os::fd::AsRawFd;
         let fresh = self.ttl_attr();
-        self.walk_dir(fh, offset, &mut |e| {
+        let now = sys::coarse_now_ns();
+        let fresh_since = Cell::new(u64::MAX);
+        let lower = |t: u64| fresh_since.set(fresh_since.get().min(t));
+        self.walk_dir(fh, offset, &fresh_since, &mut |e| {
             let name = OsStr::from_bytes(e.name.to_bytes());
             if matches!(e.name.to_bytes(), b"." | b"..") {
                 // The kernel takes no reference on these and ignores their
@@ -589,6 +599,9 @@ impl CasaFs {
                     name,
                 )
             {
+                if !full {
+                    lower(known.attrs_sent_ns());
+                }
                 return Ok(full);
             }
             let st = match sys::stat_at(dfd.as_raw_fd(), e.name) {
@@ -603,6 +616,8 @@ impl CasaFs {
             let full = reply.add(e.off as u64, name, ttl, &attr, inode.generation);
             if full {
                 self.inodes.forget(inode.nodeid, 1);
+            } else {
+                lower(now);
             }
             Ok(full)
         })
