@@ -136,7 +136,18 @@ pub(super) fn run(
                 "fault injected by CASAFS_FAULT_QUEUE",
             ));
         }
-        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4)?;
+        // One thread submits and waits on this ring, so the kernel may run
+        // the work that hands it a request in that thread's own wait
+        // (DEFER_TASKRUN) rather than interrupting it: 0.5 µs of a ~14 µs
+        // round trip here. Kernels before 6.1 refuse the flags.
+        let ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(4)
+        {
+            Ok(r) => r,
+            Err(_) => IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4)?,
+        };
         Ok((ring, Entry::new(shared.payload_len)?))
     };
     let (mut ring, entry) = match setup() {
