@@ -254,6 +254,12 @@ impl Inode {
             && sys::coarse_now_ns().saturating_sub(self.attrs_sent.load(Ordering::Relaxed)) < ttl
     }
 
+    /// Attributes stamped as sent did not go out after all. Their previous
+    /// time is gone, so the next listing sends them in full.
+    pub fn attrs_not_sent(&self) {
+        self.attrs_sent.store(0, Ordering::Relaxed);
+    }
+
     /// When the kernel last got the object's attributes with a reference.
     pub fn attrs_sent_ns(&self) -> u64 {
         self.attrs_sent.load(Ordering::Relaxed)

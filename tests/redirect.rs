@@ -371,9 +371,15 @@ fn unusable_target_area_fails_open() {
     assert!(m.log_text().contains("unusable"), "{}", m.log_text());
     // The operator makes the area again: routing resumes without a remount.
     fs::create_dir(m.p("state/logs/casa")).unwrap();
+    // Listed through the mount while nothing is in it yet: the listing of
+    // the area must not be kept once casafs puts an object there.
+    for _ in 0..2 {
+        assert_eq!(names(&m.p("state/logs/casa")), Vec::<String>::new());
+    }
     let mut g = casa_open(&m.p("w").join("casa-20261122-020202.log"));
     g.write_all(b"routed again").unwrap();
     assert_eq!(names(&m.p("w")), [LOG]);
+    assert_eq!(names(&m.p("state/logs/casa")), ["casa-20261122-020202.log"]);
     assert_eq!(
         fs::read(logs(&m).join("casa-20261122-020202.log")).unwrap(),
         b"routed again"

@@ -56,8 +56,9 @@ fn walk_stream(
         ds.pos = offset;
         ds.len = 0;
         ds.at = 0;
-        // Not one pass from the start: the kernel cannot have it all.
-        ds.names_fresh_since = 0;
+        // From the top a new pass sends every name again; a jump elsewhere
+        // leaves names of the earlier pass unaccounted for.
+        ds.names_fresh_since = if offset == 0 { u64::MAX } else { 0 };
     }
     loop {
         if ds.at >= ds.len {
@@ -138,8 +139,10 @@ impl CasaFs {
     /// The kernel can keep a listing it was given (FOPEN_CACHE_DIR) and
     /// hand it out again without asking until the directory changes:
     /// through the mount (the kernel sees every change made there) or
-    /// beneath it (its mtime moves, which the kernel checks once the
-    /// attributes are older than attr_timeout, as for any stat). `git
+    /// beneath it (its mtime moves, which the kernel checks when a listing
+    /// starts from the top once the attributes are older than
+    /// attr_timeout, as for any stat; only because casafs asks for
+    /// FUSE_AUTO_INVAL_DATA, and only as fine as the backing's mtime). `git
     /// status`, find and rm list the same directories again soon after;
     /// each listing is one to three round trips, and on a FUSE backing a
     /// stat per entry on top.
@@ -153,11 +156,12 @@ impl CasaFs {
     /// otherwise start a new one.
     ///
     /// Never for the areas (casafs puts routed objects there itself, which
-    /// the kernel does not see happen), nor when an operator asked for no
-    /// caching (a zero timeout).
+    /// the kernel does not see happen), including one made again through
+    /// the mount after a removal, nor when an operator asked for no caching
+    /// (a zero timeout).
     fn listing_cache(&self, dir: &Inode) -> ListingCache {
         let ttl = self.ttl_attr().min(self.ttl_entry());
-        if dir.in_target || ttl.is_zero() {
+        if dir.in_target || self.is_area_dir(dir) || ttl.is_zero() {
             ListingCache::Off
         } else if dir.listed_within(ttl) {
             ListingCache::Keep

@@ -53,6 +53,8 @@ impl Filesystem for Dispatch {
         // by casafs before the kernel checks whether the file is a running
         // program, which then fails with ETXTBSY after its bytes are gone.
         // Without it the kernel checks first and truncates with a setattr.
+        // FUSE_AUTO_INVAL_DATA also makes the kernel check a kept listing
+        // against the directory's mtime (dir.rs, `listing_cache`).
         for f in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS,

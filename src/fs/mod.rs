@@ -249,17 +249,22 @@ impl CasaFs {
         })
     }
 
+    /// Whether `dir` is an area's directory now. Unlike `in_target`, also
+    /// true for an area directory made again after a removal, which was
+    /// not known as one when it was created.
+    fn is_area_dir(&self, dir: &Inode) -> bool {
+        self.areas.iter().any(|a| {
+            let d = a.dir();
+            d.dev == dir.dev && d.ino == dir.ino
+        })
+    }
+
     /// The rule that routes a new `name` in `dir`, if any.
     fn route(&self, dir: &Inode, name: &CStr, is_dir: bool) -> Option<usize> {
         if dir.in_target || self.settings.rules.is_empty() {
             return None;
         }
-        // An area directory made again after a removal was not known as one
-        // when it was created.
-        if self.areas.iter().any(|a| {
-            let d = a.dir();
-            d.dev == dir.dev && d.ino == dir.ino
-        }) {
+        if self.is_area_dir(dir) {
             return None;
         }
         if dir.nodeid == ROOT_ID && is_reserved_root_name(name) {

@@ -615,6 +615,8 @@ impl CasaFs {
             let attr = self.attr(inode.nodeid, &st);
             let full = reply.add(e.off as u64, name, ttl, &attr, inode.generation);
             if full {
+                // Not sent after all: the kernel's copy is as old as it was.
+                inode.attrs_not_sent();
                 self.inodes.forget(inode.nodeid, 1);
             } else {
                 lower(now);
