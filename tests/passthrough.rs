@@ -175,6 +175,11 @@ fn a_second_listing_soon_after_the_first_is_the_same() {
     assert_eq!(f.1, stat(&d.join("f")).st_ino);
 }
 
+/// A mount whose kernel caches (attributes and names) last `time`.
+fn with_cache_times(tag: &str, time: &str) -> MountBuilder {
+    Mount::builder(tag).opt(&format!("attr_timeout={time},entry_timeout={time}"))
+}
+
 /// Listings the daemon was asked for (readdir and readdirplus requests).
 fn listings_served(m: &Mount) -> u64 {
     let st = m.stats();
@@ -190,9 +195,7 @@ fn listings_served(m: &Mount) -> u64 {
 #[test]
 fn a_kept_listing_shows_every_change_made_through_the_mount() {
     // Long timeouts: the listing stays kept however slow the machine is.
-    let m = Mount::builder("listing-cache")
-        .opt("attr_timeout=30s,entry_timeout=30s")
-        .start();
+    let m = with_cache_times("listing-cache", "30s").start();
     let d = m.p("d");
     let o = m.p("other");
     fs::create_dir(&d).unwrap();
@@ -247,9 +250,7 @@ fn a_kept_listing_shows_every_change_made_through_the_mount() {
 /// lookup per name where a listing with attributes refreshes them all.
 #[test]
 fn a_listing_is_kept_only_while_its_names_are_fresh_in_the_kernel() {
-    let m = Mount::builder("listing-fresh")
-        .opt("attr_timeout=4s,entry_timeout=4s")
-        .start();
+    let m = with_cache_times("listing-fresh", "4s").start();
     let d = m.p("d");
     fs::create_dir(&d).unwrap();
     for i in 0..20 {
@@ -297,9 +298,8 @@ fn lookups(m: &Mount) -> u64 {
 /// mtime with the one it kept the listing under).
 #[test]
 fn a_kept_listing_shows_changes_beneath_the_mount_after_attr_timeout() {
-    let m = Mount::builder("listing-beneath")
+    let m = with_cache_times("listing-beneath", "200ms")
         .separate()
-        .opt("attr_timeout=200ms,entry_timeout=200ms")
         .start();
     let d = m.p("d");
     fs::create_dir(&d).unwrap();
