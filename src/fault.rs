@@ -5,6 +5,9 @@
 //! - `CASAFS_FAULT_PANIC=NAME`: a lookup of NAME panics inside its handler,
 //!   as a bug would; the caller must get EIO and the daemon keep serving.
 //!
+//! - `CASAFS_FAULT_CREATE_STAT=NAME`: the stat that follows the creation of
+//!   NAME fails with EIO, as a backing that dies at that moment would.
+//!
 //! Read once; unset (production), each check is a load and a compare.
 
 use std::sync::OnceLock;
@@ -12,6 +15,7 @@ use std::sync::OnceLock;
 struct Faults {
     queue: Option<u16>,
     panic_name: Option<Vec<u8>>,
+    create_stat_name: Option<Vec<u8>>,
 }
 
 fn faults() -> &'static Faults {
@@ -21,6 +25,8 @@ fn faults() -> &'static Faults {
             .ok()
             .and_then(|v| v.parse().ok()),
         panic_name: std::env::var_os("CASAFS_FAULT_PANIC")
+            .map(std::os::unix::ffi::OsStringExt::into_vec),
+        create_stat_name: std::env::var_os("CASAFS_FAULT_CREATE_STAT")
             .map(std::os::unix::ffi::OsStringExt::into_vec),
     })
 }
@@ -33,4 +39,11 @@ pub fn panic_on_lookup(name: &[u8]) {
     if faults().panic_name.as_deref() == Some(name) {
         panic!("fault injected by CASAFS_FAULT_PANIC");
     }
+}
+
+pub fn stat_after_create(name: &[u8]) -> crate::sys::Res<()> {
+    if faults().create_stat_name.as_deref() == Some(name) {
+        return Err(crate::sys::Errno::EIO);
+    }
+    Ok(())
 }

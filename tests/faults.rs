@@ -284,3 +284,35 @@ done
         Vec::<String>::new()
     );
 }
+
+/// A create that fails after the object exists (here the backing's stat of
+/// it fails) leaves nothing behind, in place or in a target area: the
+/// caller gets the error, and a listing the kernel keeps still matches the
+/// disk.
+#[test]
+fn a_create_that_fails_half_way_leaves_nothing_behind() {
+    let m = Mount::builder("create-undo")
+        .env("CASAFS_FAULT_CREATE_STAT", "victim")
+        .start();
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/kept"), b"k").unwrap();
+    for _ in 0..2 {
+        assert_eq!(names(&m.p("d")), ["kept"]);
+    }
+    assert_eq!(errno_of(File::create(m.p("d/victim"))), libc::EIO);
+    assert_eq!(errno_of(fs::create_dir(m.p("d/victim"))), libc::EIO);
+    assert_eq!(names(&m.p("d")), ["kept"]);
+    assert_eq!(names(&m.backing("d")), ["kept"]);
+
+    const LOG: &str = "casa-20261124-080000.log";
+    let m = Mount::builder("create-undo-routed")
+        .env("CASAFS_FAULT_CREATE_STAT", LOG)
+        .start();
+    fs::create_dir(m.p("w")).unwrap();
+    let area = m.p("state/logs/casa");
+    assert_eq!(names(&area), Vec::<String>::new());
+    assert_eq!(errno_of(File::create(m.p("w").join(LOG))), libc::EIO);
+    assert_eq!(names(&m.p("w")), Vec::<String>::new());
+    assert_eq!(names(&area), Vec::<String>::new());
+    assert_eq!(names(&m.backing("state/logs/casa")), Vec::<String>::new());
+}

@@ -241,23 +241,26 @@ impl CasaFs {
                 Ok((area_idx, tname, v)) => {
                     let adir = self.areas[area_idx].dir();
                     let afd = adir.dir_fd()?;
-                    let mut st = sys::stat_cached_at(afd.as_raw_fd(), &tname)?;
-                    if let Some(who) = who {
-                        let sg = self.setgid_of(pfd.as_raw_fd())?;
-                        if let Err(e) = self.give_to_caller(
-                            afd.as_raw_fd(),
-                            &tname,
-                            &mut st,
-                            sg,
-                            who.uid,
-                            who.gid,
-                            mode,
-                        ) {
-                            let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
-                            let _ = sys::unlink_at(afd.as_raw_fd(), &tname, flag);
-                            return Err(e);
+                    let finish = || -> Res<libc::stat> {
+                        let mut st = created_stat(afd.as_raw_fd(), &tname)?;
+                        if let Some(who) = who {
+                            let sg = self.setgid_of(pfd.as_raw_fd())?;
+                            self.give_to_caller(
+                                afd.as_raw_fd(),
+                                &tname,
+                                &mut st,
+                                sg,
+                                who.uid,
+                                who.gid,
+                                mode,
+                            )?;
                         }
-                    }
+                        Ok(st)
+                    };
+                    let st = match finish() {
+                        Ok(st) => st,
+                        Err(e) => return Err(undo_create(afd.as_raw_fd(), &tname, is_dir, v, e)),
+                    };
                     self.record_redirect(p, name, rule, area_idx, &tname);
                     let inode = self.inodes.remember(&adir, &tname, &st, true);
                     return Ok((inode, st, v));
@@ -282,23 +285,24 @@ impl CasaFs {
             }
         }
         let v = make(pfd.as_raw_fd(), name)?;
-        let mut st = sys::stat_cached_at(pfd.as_raw_fd(), name)?;
-        if let Some(who) = who {
-            let sg = if st.st_gid != 0 {
-                Some(st.st_gid)
-            } else if who.gid != 0 {
-                self.setgid_of(pfd.as_raw_fd())?
-            } else {
-                None
-            };
-            if let Err(e) =
-                self.give_to_caller(pfd.as_raw_fd(), name, &mut st, sg, who.uid, who.gid, mode)
-            {
-                let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
-                let _ = sys::unlink_at(pfd.as_raw_fd(), name, flag);
-                return Err(e);
+        let finish = || -> Res<libc::stat> {
+            let mut st = created_stat(pfd.as_raw_fd(), name)?;
+            if let Some(who) = who {
+                let sg = if st.st_gid != 0 {
+                    Some(st.st_gid)
+                } else if who.gid != 0 {
+                    self.setgid_of(pfd.as_raw_fd())?
+                } else {
+                    None
+                };
+                self.give_to_caller(pfd.as_raw_fd(), name, &mut st, sg, who.uid, who.gid, mode)?;
             }
-        }
+            Ok(st)
+        };
+        let st = match finish() {
+            Ok(st) => st,
+            Err(e) => return Err(undo_create(pfd.as_raw_fd(), name, is_dir, v, e)),
+        };
         let in_target = p.in_target || self.is_area_root(&st);
         Ok((self.inodes.remember(p, name, &st, in_target), st, v))
     }
@@ -749,4 +753,23 @@ fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
             }
         },
     }
+}
+
+/// A new object's attributes, from the backing's cache: its reply to the
+/// create has just filled it (one stat fewer on a FUSE backing).
+fn created_stat(dir: RawFd, name: &CStr) -> Res<libc::stat> {
+    crate::fault::stat_after_create(name.to_bytes())?;
+    sys::stat_cached_at(dir, name)
+}
+
+/// A create that fails after the object exists removes it again: the
+/// caller gets an error, so the kernel records no change in the directory
+/// and a listing it keeps must still match the backing. What `make` gave
+/// (an open descriptor of a new file) goes first: a backing like ntfs-3g
+/// hides a removed file that is still open instead of removing it.
+fn undo_create<T>(dir: RawFd, name: &CStr, is_dir: bool, made: T, e: Errno) -> Errno {
+    drop(made);
+    let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    let _ = sys::unlink_at(dir, name, flag);
+    e
 }
