@@ -91,6 +91,12 @@ impl Drop for Inode {
     }
 }
 
+/// Whether a `sys::coarse_now_ns` stamp is less than `ttl` old.
+fn younger_than(stamp: u64, ttl: std::time::Duration) -> bool {
+    let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+    sys::coarse_now_ns().saturating_sub(stamp) < ttl
+}
+
 /// How to reach an object for one operation.
 pub enum Anchor {
     /// A descriptor (`O_PATH`) of the object itself.
@@ -248,10 +254,9 @@ impl Inode {
     /// lookup or listing less than `ttl` ago, i.e. may still have them
     /// cached.
     pub fn attrs_sent_within(&self, ttl: std::time::Duration) -> bool {
-        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         self.lookups.load(Ordering::Relaxed) > 0
             && !self.dead.load(Ordering::Relaxed)
-            && sys::coarse_now_ns().saturating_sub(self.attrs_sent.load(Ordering::Relaxed)) < ttl
+            && younger_than(self.attrs_sent.load(Ordering::Relaxed), ttl)
     }
 
     /// Attributes stamped as sent did not go out after all. Their previous
@@ -274,9 +279,8 @@ impl Inode {
     /// Whether the names of the last complete listing of this directory
     /// are all younger in the kernel than `ttl`.
     pub fn listed_within(&self, ttl: std::time::Duration) -> bool {
-        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         let at = self.listed.load(Ordering::Relaxed);
-        at != 0 && sys::coarse_now_ns().saturating_sub(at) < ttl
+        at != 0 && younger_than(at, ttl)
     }
 
     /// The backing parent and name, if the object has one.

@@ -8,14 +8,14 @@
 //! `user.casafs.origin` xattr so it survives a remount.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use dashmap::DashMap;
 
-use crate::inode::Inode;
+use crate::inode::{Anchor, Inode};
 use crate::sys;
 
 pub const ORIGIN_XATTR: &CStr = c"user.casafs.origin";
@@ -92,8 +92,7 @@ impl RedirectTable {
                 continue;
             };
             for tname in crate::graveyard::list_dir(&list).unwrap_or_default() {
-                let Some((origin, parent, name, created)) = origin_of(afd.as_raw_fd(), &tname)
-                else {
+                let Some((origin, parent, name, created)) = origin_of(&afd, &tname) else {
                     continue;
                 };
                 let Ok(st) = sys::stat_at(afd.as_raw_fd(), &tname) else {
@@ -211,15 +210,17 @@ pub fn candidate(name: &CStr, n: u32) -> CString {
 
 /// The origin recorded on an object in an area: the whole relative path, its
 /// directory part, its name, and the object's change time.
-fn origin_of(area: RawFd, tname: &CStr) -> Option<(String, String, CString, SystemTime)> {
+fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(String, String, CString, SystemTime)> {
     let mut buf = vec![0u8; 4096];
-    let n = sys::getxattr_in(area, tname, ORIGIN_XATTR, &mut buf).ok()?;
+    let n = Anchor::At(area.clone(), tname.to_owned())
+        .getxattr(ORIGIN_XATTR, &mut buf)
+        .ok()?;
     let origin = String::from_utf8(buf[..n].to_vec()).ok()?;
     let (parent, name) = origin.rsplit_once('/').unwrap_or(("", origin.as_str()));
     if name.is_empty() || name == "." || name == ".." || parent.starts_with('/') {
         return None;
     }
-    let st = sys::stat_at(area, tname).ok()?;
+    let st = sys::stat_at(area.as_raw_fd(), tname).ok()?;
     let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(st.st_ctime.max(0) as u64);
     Some((
         origin.clone(),
@@ -233,7 +234,7 @@ fn origin_of(area: RawFd, tname: &CStr) -> Option<(String, String, CString, Syst
 /// symlink) simply do not carry it.
 pub fn tag_origin(area: &Area, tname: &CStr, origin: &str) {
     if let Ok(dir) = area.dir().dir_fd() {
-        let _ = sys::setxattr_in(dir.as_raw_fd(), tname, ORIGIN_XATTR, origin.as_bytes(), 0);
+        let _ = Anchor::At(dir, tname.to_owned()).setxattr(ORIGIN_XATTR, origin.as_bytes(), 0);
     }
 }
 

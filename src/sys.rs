@@ -199,23 +199,6 @@ pub fn removexattr_at(dir: RawFd, name: &CStr, attr: &CStr) -> Option<Res<()>> {
     run(REMOVE, dir, name, [attr.as_ptr() as usize, 0, 0]).map(|r| r.map(drop))
 }
 
-/// `lgetxattr` of `name` in `dir`: the *at call, or the /proc path where
-/// the kernel lacks it.
-pub fn getxattr_in(dir: RawFd, name: &CStr, attr: &CStr, buf: &mut [u8]) -> Res<usize> {
-    match getxattr_at(dir, name, attr, buf) {
-        Some(r) => r,
-        None => getxattr(&proc_child_path(dir, name)?, attr, buf, false),
-    }
-}
-
-/// `lsetxattr` of `name` in `dir`, as `getxattr_in`.
-pub fn setxattr_in(dir: RawFd, name: &CStr, attr: &CStr, val: &[u8], flags: i32) -> Res<()> {
-    match setxattr_at(dir, name, attr, val, flags) {
-        Some(r) => r,
-        None => setxattr(&proc_child_path(dir, name)?, attr, val, flags, false),
-    }
-}
-
 pub fn open_at(dir: RawFd, name: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {
     let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

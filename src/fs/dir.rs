@@ -5,7 +5,6 @@
 //! `d_ino` is the same number `stat` reports. The root hides the control
 //! directory and the graveyard.
 
-use std::cell::Cell;
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -43,13 +42,18 @@ impl ListingCache {
     }
 }
 
+/// What `emit` says of an entry (see `CasaFs::walk_dir`): `None` when it
+/// did not fit the reply, else since when the name is fresh in the
+/// kernel's cache (`DirStream::names_fresh_since`).
+pub(super) type Emitted = Option<u64>;
+
 /// The stream from `offset` through `emit` (see `CasaFs::walk_dir`); true
 /// when it reached the end of the directory.
 fn walk_stream(
     ds: &mut DirStream,
     offset: i64,
     is_root: bool,
-    emit: &mut dyn FnMut(&RawEnt<'_>) -> Res<bool>,
+    emit: &mut dyn FnMut(&RawEnt<'_>) -> Res<Emitted>,
 ) -> Res<bool> {
     if offset != ds.pos {
         sys::lseek(ds.fd.as_raw_fd(), offset, libc::SEEK_SET)?;
@@ -89,15 +93,16 @@ fn walk_stream(
         let name = CStr::from_bytes_until_nul(&b[19..reclen]).map_err(|_| Errno::EIO)?;
         let hidden = is_root && is_reserved_root_name(name);
         if !hidden {
-            let full = emit(&RawEnt {
+            let Some(fresh_since) = emit(&RawEnt {
                 ino,
                 off,
                 dtype,
                 name,
-            })?;
-            if full {
+            })?
+            else {
                 return Ok(false);
-            }
+            };
+            ds.names_fresh_since = ds.names_fresh_since.min(fresh_since);
         }
         ds.at = at + reclen;
         ds.pos = off;
@@ -172,16 +177,14 @@ impl CasaFs {
 
     /// Walks the stream from `offset`, calling `emit` for each visible entry
     /// until it returns true (reply buffer full). The stream position only
-    /// advances past entries that were emitted. `emit` lowers `fresh_since`
-    /// to since when the names it handed out are fresh in the kernel
-    /// (`DirStream::names_fresh_since`); a listing that reaches the end
-    /// marks the directory with what that is for the whole stream.
+    /// advances past entries that were emitted. A listing that reaches the
+    /// end marks the directory with since when every name the stream
+    /// handed out is fresh in the kernel.
     pub(super) fn walk_dir(
         &self,
         fh: u64,
         offset: u64,
-        fresh_since: &Cell<u64>,
-        emit: &mut dyn FnMut(&RawEnt<'_>) -> Res<bool>,
+        emit: &mut dyn FnMut(&RawEnt<'_>) -> Res<Emitted>,
     ) -> Res<()> {
         let h = self.handles.get(fh)?;
         let Body::Dir(ds) = &h.body else {
@@ -189,9 +192,7 @@ impl CasaFs {
         };
         let is_root = h.inode.nodeid == ROOT_ID;
         let mut ds = ds.lock();
-        let at_end = walk_stream(&mut ds, offset as i64, is_root, emit);
-        ds.names_fresh_since = ds.names_fresh_since.min(fresh_since.get());
-        if at_end? {
+        if walk_stream(&mut ds, offset as i64, is_root, emit)? {
             h.inode
                 .mark_listed(ds.names_fresh_since.min(sys::coarse_now_ns()));
         }

@@ -243,19 +243,20 @@ impl CasaFs {
     /// Whether `st` is the root of a target area (names below it are never
     /// routed again).
     fn is_area_root(&self, st: &libc::stat) -> bool {
-        self.areas.iter().any(|a| {
-            let d = a.dir();
-            d.dev == st.st_dev && d.ino == st.st_ino
-        })
+        self.is_area(st.st_dev, st.st_ino)
     }
 
     /// Whether `dir` is an area's directory now. Unlike `in_target`, also
     /// true for an area directory made again after a removal, which was
     /// not known as one when it was created.
     fn is_area_dir(&self, dir: &Inode) -> bool {
+        self.is_area(dir.dev, dir.ino)
+    }
+
+    fn is_area(&self, dev: u64, ino: u64) -> bool {
         self.areas.iter().any(|a| {
             let d = a.dir();
-            d.dev == dir.dev && d.ino == dir.ino
+            d.dev == dev && d.ino == ino
         })
     }
 

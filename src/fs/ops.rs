@@ -2,7 +2,6 @@
 //! answer. Written once for both transports (`dispatch.rs` for `/dev/fuse`,
 //! `crate::uring` for io_uring); nothing here knows how a reply travels.
 
-use std::cell::Cell;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -12,7 +11,7 @@ use fuser::{FileType, FopenFlags, TimeOrNow};
 
 use super::CasaFs;
 use super::control::is_control;
-use super::dir::ListingCache;
+use super::dir::{ListingCache, RawEnt};
 use super::entry::Caller;
 use super::reply::*;
 use super::xattr::XattrAnswer;
@@ -314,7 +313,7 @@ impl CasaFs {
             } else {
                 self.do_opendir(ino)
             },
-            |(fh, cache)| reply.opened(fh, ListingCache::open_flags(cache), None)
+            |(fh, cache)| reply.opened(fh, cache.open_flags(), None)
         )
     }
 
@@ -529,21 +528,15 @@ impl CasaFs {
         drop(h);
         let dfd = dir.dir_fd()?;
         use std::os::fd::AsRawFd;
-        // A plain listing refreshes none of the kernel's names.
-        let fresh_since = Cell::new(u64::MAX);
-        self.walk_dir(fh, offset, &fresh_since, &mut |e| {
+        self.walk_dir(fh, offset, &mut |e| {
             let kind = self.dtype_kind(dfd.as_raw_fd(), e);
             let ino = self.d_ino(dir.dev, e.name, e.ino, dir.nodeid);
-            let full = reply.add(
-                ino,
-                e.off as u64,
-                kind,
-                OsStr::from_bytes(e.name.to_bytes()),
-            );
-            if !full && !matches!(e.name.to_bytes(), b"." | b"..") {
-                fresh_since.set(0);
+            let name = OsStr::from_bytes(e.name.to_bytes());
+            if reply.add(ino, e.off as u64, kind, name) {
+                return Ok(None);
             }
-            Ok(full)
+            // A plain listing refreshes none of the kernel's names.
+            Ok(Some(if is_dot(e) { u64::MAX } else { 0 }))
         })
     }
 
@@ -570,23 +563,22 @@ impl CasaFs {
         use std::os::fd::AsRawFd;
         let fresh = self.ttl_attr();
         let now = sys::coarse_now_ns();
-        let fresh_since = Cell::new(u64::MAX);
-        let lower = |t: u64| fresh_since.set(fresh_since.get().min(t));
-        self.walk_dir(fh, offset, &fresh_since, &mut |e| {
+        let sent = |full: bool, since: u64| Ok((!full).then_some(since));
+        self.walk_dir(fh, offset, &mut |e| {
             let name = OsStr::from_bytes(e.name.to_bytes());
-            if matches!(e.name.to_bytes(), b"." | b"..") {
+            if is_dot(e) {
                 // The kernel takes no reference on these and ignores their
                 // attributes: only the number counts, the same as readdir's.
                 let ino = self.d_ino(dir.dev, e.name, e.ino, dir.nodeid);
                 if let Some(full) =
                     reply.add_name_only(ino, e.off as u64, FileType::Directory, name)
                 {
-                    return Ok(full);
+                    return sent(full, u64::MAX);
                 }
                 let mut st = sys::zeroed_stat();
                 st.st_mode = libc::S_IFDIR;
                 let attr = self.attr(ino, &st);
-                return Ok(reply.add(e.off as u64, name, ttl, &attr, 0));
+                return sent(reply.add(e.off as u64, name, ttl, &attr, 0), u64::MAX);
             }
             // Listed again while the kernel still has the attributes (rm
             // opens every directory twice): no stat, which on a FUSE or
@@ -599,15 +591,12 @@ impl CasaFs {
                     name,
                 )
             {
-                if !full {
-                    lower(known.attrs_sent_ns());
-                }
-                return Ok(full);
+                return sent(full, known.attrs_sent_ns());
             }
             let st = match sys::stat_at(dfd.as_raw_fd(), e.name) {
                 Ok(st) => st,
                 // Gone since getdents: skip it like a later readdir would.
-                Err(Errno::ENOENT) => return Ok(false),
+                Err(Errno::ENOENT) => return Ok(Some(u64::MAX)),
                 Err(err) => return Err(err),
             };
             let in_target = dir.in_target || self.is_area_root(&st);
@@ -618,10 +607,12 @@ impl CasaFs {
                 // Not sent after all: the kernel's copy is as old as it was.
                 inode.attrs_not_sent();
                 self.inodes.forget(inode.nodeid, 1);
-            } else {
-                lower(now);
             }
-            Ok(full)
+            sent(full, now)
         })
     }
+}
+
+fn is_dot(e: &RawEnt<'_>) -> bool {
+    matches!(e.name.to_bytes(), b"." | b"..")
 }
