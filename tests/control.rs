@@ -9,10 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-fn count(j: &serde_json::Value, op: &str) -> u64 {
-    j["operations"][op]["count"].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn control_directory_lives_only_in_the_mount() {
     let m = Mount::over_itself("ctl-visible");
@@ -65,8 +61,8 @@ fn counters_move_with_traffic_by_the_right_amounts() {
         after["bytes_read"].as_u64().unwrap() - before["bytes_read"].as_u64().unwrap(),
         100_000
     );
-    assert_eq!(count(&after, "create") - count(&before, "create"), 2);
-    assert_eq!(count(&after, "unlink") - count(&before, "unlink"), 1);
+    assert_eq!(op_count(&after, "create") - op_count(&before, "create"), 2);
+    assert_eq!(op_count(&after, "unlink") - op_count(&before, "unlink"), 1);
     let enoent = |j: &serde_json::Value| j["errors"]["ENOENT"].as_u64().unwrap_or(0);
     assert!(enoent(&after) - enoent(&before) >= 5);
     assert_eq!(after["redirects"]["casa-logs"]["redirects"], 1);

@@ -183,10 +183,7 @@ fn with_cache_times(tag: &str, time: &str) -> MountBuilder {
 /// Listings the daemon was asked for (readdir and readdirplus requests).
 fn listings_served(m: &Mount) -> u64 {
     let st = m.stats();
-    ["readdir", "readdirplus"]
-        .iter()
-        .map(|op| st["operations"][op]["count"].as_u64().unwrap_or(0))
-        .sum()
+    op_count(&st, "readdir") + op_count(&st, "readdirplus")
 }
 
 /// The kernel keeps a directory's listing for a while (no request at all
@@ -286,9 +283,7 @@ fn a_listing_is_kept_only_while_its_names_are_fresh_in_the_kernel() {
 }
 
 fn lookups(m: &Mount) -> u64 {
-    m.stats()["operations"]["lookup"]["count"]
-        .as_u64()
-        .unwrap_or(0)
+    op_count(&m.stats(), "lookup")
 }
 
 /// A change made beneath the mount, not through it, shows in a listing once
@@ -314,18 +309,11 @@ fn a_kept_listing_shows_changes_beneath_the_mount_after_attr_timeout() {
     let dir = unsafe { libc::opendir(cs(&d).as_ptr()) };
     assert!(!dir.is_null());
     let read_all = || {
-        let mut v = Vec::new();
-        loop {
-            let e = unsafe { libc::readdir64(dir) };
-            if e.is_null() {
-                break;
-            }
-            let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
-            let name = name.to_string_lossy().into_owned();
-            if name != "." && name != ".." {
-                v.push(name);
-            }
-        }
+        let mut v: Vec<String> = read_stream(dir)
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| name != "." && name != "..")
+            .collect();
         v.sort();
         v
     };
@@ -343,26 +331,32 @@ fn a_kept_listing_shows_changes_beneath_the_mount_after_attr_timeout() {
     assert_eq!(names(&d), ["beneath"]);
 }
 
+/// Names and `d_ino`s from libc's readdir, to the end of the stream.
+fn read_stream(d: *mut libc::DIR) -> Vec<(String, u64)> {
+    let mut v = Vec::new();
+    loop {
+        let e = unsafe { libc::readdir64(d) };
+        if e.is_null() {
+            return v;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+        v.push((name.to_string_lossy().into_owned(), unsafe { (*e).d_ino }));
+    }
+}
+
 /// The `d_ino` of "." and ".." in `dir`, through libc's readdir.
 fn dot_inos(dir: &Path) -> (u64, u64) {
     let (mut dot, mut dotdot) = (0, 0);
-    unsafe {
-        let d = libc::opendir(cs(dir).as_ptr());
-        assert!(!d.is_null(), "opendir {dir:?}");
-        loop {
-            let e = libc::readdir64(d);
-            if e.is_null() {
-                break;
-            }
-            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr());
-            match name.to_bytes() {
-                b"." => dot = (*e).d_ino,
-                b".." => dotdot = (*e).d_ino,
-                _ => {}
-            }
+    let d = unsafe { libc::opendir(cs(dir).as_ptr()) };
+    assert!(!d.is_null(), "opendir {dir:?}");
+    for (name, ino) in read_stream(d) {
+        match name.as_str() {
+            "." => dot = ino,
+            ".." => dotdot = ino,
+            _ => {}
         }
-        libc::closedir(d);
     }
+    unsafe { libc::closedir(d) };
     (dot, dotdot)
 }
 

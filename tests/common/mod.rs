@@ -385,6 +385,11 @@ pub fn user_ids(name: &str) -> (u32, u32) {
     unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
 }
 
+/// How many `op` requests a stats.json snapshot counts.
+pub fn op_count(stats: &serde_json::Value, op: &str) -> u64 {
+    stats["operations"][op]["count"].as_u64().unwrap_or(0)
+}
+
 pub fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
