@@ -501,3 +501,61 @@ fn redirects_survive_a_remount() {
         m2.log_text()
     );
 }
+
+#[test]
+fn rename_onto_routed_name_fails_open_and_replaces_like_a_rename() {
+    let m = Mount::over_itself("rename-failopen");
+    let obs = m.p("obs");
+    fs::create_dir_all(obs.join("a.ms/POINTING")).unwrap();
+    fs::write(obs.join("a.ms/POINTING/table.f0"), b"a rows").unwrap();
+    fs::create_dir_all(obs.join("b.ms/POINTING")).unwrap();
+    fs::write(obs.join("b.ms/POINTING/table.f0"), b"b rows").unwrap();
+    // Tables left in place beneath the mount by a run from before casafs:
+    // one empty, one not.
+    fs::create_dir_all(m.backing("obs/TMPPOINTING1")).unwrap();
+    fs::create_dir_all(m.backing("obs/TMPPOINTING2")).unwrap();
+    fs::write(m.backing("obs/TMPPOINTING2/old.f0"), b"old").unwrap();
+
+    // Onto a non-empty directory: refused as by any rename, nothing moved.
+    let e = fs::rename(obs.join("a.ms/POINTING"), obs.join("TMPPOINTING2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(names(&obs.join("a.ms")), ["POINTING"]);
+    assert_eq!(names(&m.backing("obs/TMPPOINTING2")), ["old.f0"]);
+    assert_eq!(names(&scratch(&m)), Vec::<String>::new());
+
+    // Onto the empty one: replaced, and the table lands in scratch.
+    fs::rename(obs.join("a.ms/POINTING"), obs.join("TMPPOINTING1")).unwrap();
+    assert_eq!(names(&obs), ["TMPPOINTING2", "a.ms", "b.ms"]);
+    assert!(!m.backing("obs/TMPPOINTING1").exists());
+    assert_eq!(
+        fs::read(scratch(&m).join("TMPPOINTING1/table.f0")).unwrap(),
+        b"a rows"
+    );
+    assert_eq!(
+        fs::read(obs.join("TMPPOINTING1/table.f0")).unwrap(),
+        b"a rows"
+    );
+
+    // The scratch area goes away: concat must not fail because of casafs.
+    fs::remove_dir_all(m.p("obs/TMPPOINTING1")).unwrap();
+    fs::remove_dir(m.p("state/scratch/tmppointing")).unwrap();
+    fs::rename(obs.join("b.ms/POINTING"), obs.join("TMPPOINTING3")).unwrap();
+    assert_eq!(
+        fs::read(m.backing("obs/TMPPOINTING3/table.f0")).unwrap(),
+        b"b rows"
+    );
+    // And onto an existing name with the area gone: a plain rename.
+    fs::remove_dir_all(m.p("obs/TMPPOINTING2")).unwrap();
+    fs::create_dir(m.p("obs/TMPPOINTING2")).unwrap();
+    fs::rename(obs.join("TMPPOINTING3"), obs.join("TMPPOINTING2")).unwrap();
+    assert_eq!(names(&obs), ["TMPPOINTING2", "a.ms", "b.ms"]);
+    assert_eq!(names(&m.backing("obs")), ["TMPPOINTING2", "a.ms", "b.ms"]);
+    assert_eq!(
+        fs::read(m.backing("obs/TMPPOINTING2/table.f0")).unwrap(),
+        b"b rows"
+    );
+    let st = m.stats();
+    assert_eq!(st["redirects"]["tmppointing"]["fail_open"], 3);
+    assert_eq!(st["redirects"]["tmppointing"]["redirects"], 1);
+    assert!(m.log_text().contains("unusable"), "{}", m.log_text());
+}

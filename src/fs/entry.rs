@@ -271,17 +271,7 @@ impl CasaFs {
                     return Err(Errno::EXDEV);
                 }
                 Err(Errno::EXDEV) => {}
-                Err(e) => {
-                    self.stats.rules[rule].fail_open.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        "rule {}: target area {} unusable ({}); creating {}/{} in place",
-                        self.rule_names[rule],
-                        self.areas[self.rule_area[rule]].path.display(),
-                        std::io::Error::from_raw_os_error(e.code()),
-                        self.inodes.rel_path(p),
-                        name.to_string_lossy()
-                    );
-                }
+                Err(e) => self.failed_open(rule, p, name, e),
             }
         }
         let v = make(pfd.as_raw_fd(), name)?;
@@ -305,6 +295,20 @@ impl CasaFs {
         };
         let in_target = p.in_target || self.is_area_root(&st);
         Ok((self.inodes.remember(p, name, &st, in_target), st, v))
+    }
+
+    /// Counts and logs a routed name that stays in place because the rule's
+    /// area is unusable (SPEC §3: the pipeline never fails because of it).
+    fn failed_open(&self, rule: usize, p: &Arc<Inode>, name: &CStr, e: Errno) {
+        self.stats.rules[rule].fail_open.fetch_add(1, Relaxed);
+        tracing::warn!(
+            "rule {}: target area {} unusable ({}); {}/{} stays in place",
+            self.rule_names[rule],
+            self.areas[self.rule_area[rule]].path.display(),
+            std::io::Error::from_raw_os_error(e.code()),
+            self.inodes.rel_path(p),
+            name.to_string_lossy()
+        );
     }
 
     /// Creates the object in the rule's area under the first free candidate
@@ -580,54 +584,59 @@ impl CasaFs {
                     }
                 }
             }
-            // Whatever the original directory shows under the new name is
-            // replaced, as a rename would.
             let dfd = dst.dir.dir_fd()?;
             let existing = match sys::stat_at(dfd.as_raw_fd(), &dst.name) {
                 Ok(st) => Some(st),
                 Err(Errno::ENOENT) => None,
                 Err(e) => return Err(e),
             };
-            if let Some(est) = &existing {
-                if noreplace {
-                    return Err(Errno::EEXIST);
+            // Whatever the original directory shows under the new name is
+            // replaced as by any rename, in place first: the backing judges
+            // EEXIST, EISDIR, ENOTEMPTY and the like before anything moves,
+            // an open file replaced is buried, and from then on the rename
+            // has happened, so a failure to route it after that is no
+            // reason to fail it.
+            let (from_fd, from_name) = match &existing {
+                // Another name of the same object: a rename does nothing.
+                Some(est) if (est.st_dev, est.st_ino) == (sst.st_dev, sst.st_ino) => {
+                    return if noreplace {
+                        Err(Errno::EEXIST)
+                    } else {
+                        Ok(())
+                    };
                 }
-                if est.st_dev == sst.st_dev && est.st_ino == sst.st_ino {
+                Some(_) => {
+                    self.rename_plain(&src, &sst, &dst, &np, &newname, flags)?;
+                    if src.redirect.is_some() {
+                        self.redirects.remove(&p, &name);
+                    }
+                    (dfd, &dst.name)
+                }
+                None => (sfd, &src.name),
+            };
+            let mv =
+                |d: RawFd, n: &CStr| sys::rename_noreplace(from_fd.as_raw_fd(), from_name, d, n);
+            match self.place(rule, &newname, &mv) {
+                Ok((_, tname, ())) => {
+                    if existing.is_none() && src.redirect.is_some() {
+                        self.redirects.remove(&p, &name);
+                    }
+                    self.record_redirect(&np, &newname, rule, area_idx, &tname);
+                    self.moved(&sst, &self.areas[area_idx].dir(), &tname);
                     return Ok(());
                 }
-                let e_dir = est.st_mode & libc::S_IFMT == libc::S_IFDIR;
-                if e_dir != is_dir {
-                    return Err(if e_dir { Errno::EISDIR } else { Errno::ENOTDIR });
+                Err(e) if existing.is_some() => {
+                    self.failed_open(rule, &np, &newname, e);
+                    return Ok(());
                 }
-            }
-            let mv = |d: RawFd, n: &CStr| sys::rename_noreplace(sfd.as_raw_fd(), &src.name, d, n);
-            let (_, tname, ()) = self.place(rule, &newname, &mv)?;
-            if existing.is_some() {
-                let r = if is_dir {
-                    sys::unlink_at(dfd.as_raw_fd(), &dst.name, libc::AT_REMOVEDIR)
-                } else {
-                    self.remove_file(&dst.dir, &dst.name)
-                };
-                if let Err(e) = r {
-                    // Put the object back where it was: the rename fails as
-                    // a whole.
-                    let afd = self.areas[area_idx].dir().dir_fd()?;
-                    let _ = sys::rename_at2(
-                        afd.as_raw_fd(),
-                        &tname,
-                        sfd.as_raw_fd(),
-                        &src.name,
-                        libc::RENAME_NOREPLACE,
-                    );
-                    return Err(e);
+                Err(Errno::EXDEV)
+                    if self.settings.cross_device == crate::config::CrossDevice::Exdev =>
+                {
+                    return Err(Errno::EXDEV);
                 }
+                Err(Errno::EXDEV) => {}
+                Err(e) => self.failed_open(rule, &np, &newname, e),
             }
-            if src.redirect.is_some() {
-                self.redirects.remove(&p, &name);
-            }
-            self.record_redirect(&np, &newname, rule, area_idx, &tname);
-            self.moved(&sst, &self.areas[area_idx].dir(), &tname);
-            return Ok(());
         }
         self.rename_plain(&src, &sst, &dst, &np, &newname, flags)?;
         if src.redirect.is_some() && !exchange {
