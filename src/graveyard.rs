@@ -6,8 +6,13 @@
 //! Layout: `SOURCE/.casafs-graveyard/<host>.<pid>.<start>/<n>`, on the same
 //! filesystem as the tree so burying is a rename. Each mount owns one
 //! subdirectory, so several hosts or daemons sharing a tree never touch each
-//! other's entries; a subdirectory whose daemon is gone (same host, dead
-//! pid) is emptied at the next mount.
+//! other's entries. A daemon holds an flock on its subdirectory for as long
+//! as it lives; a subdirectory of this host that nobody holds is a stopped
+//! daemon's and is emptied at the next mount. (A pid alone would not do:
+//! after a reboot the pid of a crashed daemon often belongs to another
+//! process.) The subdirectory is made under a `new-` name and gets its
+//! real one only once locked, so a mount starting next door never takes a
+//! daemon that is starting for a stopped one.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -25,6 +30,20 @@ pub struct Graveyard {
     pub dir: Arc<Inode>,
     pub name: String,
     counter: AtomicU64,
+    /// Holds the flock that tells other daemons this one is alive.
+    _lock: OwnedFd,
+}
+
+/// Names of subdirectories not yet locked by the daemon making them.
+const NEW_PREFIX: &str = "new-";
+
+/// Whether a daemon still holds `fd`'s directory. Where the filesystem has
+/// no locks, falls back to whether `pid` lives on this host.
+fn held_by_a_daemon(fd: &OwnedFd, pid: i32) -> bool {
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return false;
+    }
+    sys::last_errno() == sys::Errno::EAGAIN || pid_alive(pid)
 }
 
 pub fn hostname() -> String {
@@ -112,12 +131,24 @@ impl Graveyard {
         let mut cleaned = 0;
         for entry in list_dir(&base)? {
             let s = String::from_utf8_lossy(entry.to_bytes()).into_owned();
-            let mut parts = s.rsplitn(3, '.');
+            let (starting, id) = match s.strip_prefix(NEW_PREFIX) {
+                Some(id) => (true, id),
+                None => (false, s.as_str()),
+            };
+            let mut parts = id.rsplitn(3, '.');
             let (_start, pid, h) = (parts.next(), parts.next(), parts.next());
             let Some(pid) = pid.and_then(|p| p.parse::<i32>().ok()) else {
                 continue;
             };
-            if h != Some(host.as_str()) || (pid_alive(pid) && pid != std::process::id() as i32) {
+            if h != Some(host.as_str()) {
+                continue;
+            }
+            if starting {
+                // Still empty: a daemon that died while starting left it,
+                // or one is starting right now (and its pid lives).
+                if !pid_alive(pid) {
+                    let _ = sys::unlink_at(base.as_raw_fd(), &entry, libc::AT_REMOVEDIR);
+                }
                 continue;
             }
             if let Ok(fd) = sys::open_at(
@@ -126,6 +157,9 @@ impl Graveyard {
                 libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
                 0,
             ) {
+                if held_by_a_daemon(&fd, pid) {
+                    continue;
+                }
                 let names = list_dir(&fd).unwrap_or_default();
                 for n in &names {
                     let freed = remove_tree_at(fd.as_raw_fd(), n).unwrap_or(0);
@@ -146,7 +180,19 @@ impl Graveyard {
             .unwrap_or(0);
         let name = format!("{host}.{}.{start:x}", std::process::id());
         let cname = CString::new(name.clone()).map_err(|_| sys::Errno::EINVAL)?;
-        sys::mkdir_at(base.as_raw_fd(), &cname, 0o700)?;
+        let new = CString::new(format!("{NEW_PREFIX}{name}")).map_err(|_| sys::Errno::EINVAL)?;
+        sys::mkdir_at(base.as_raw_fd(), &new, 0o700)?;
+        let lock = sys::open_at(
+            base.as_raw_fd(),
+            &new,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        // Where the filesystem has no locks, the pid check stands in.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            tracing::debug!("graveyard: no flock here ({:?})", sys::last_errno());
+        }
+        sys::rename_noreplace(base.as_raw_fd(), &new, base.as_raw_fd(), &cname)?;
         let fd = sys::open_at(
             base.as_raw_fd(),
             &cname,
@@ -160,6 +206,7 @@ impl Graveyard {
                 dir,
                 name,
                 counter: AtomicU64::new(0),
+                _lock: lock,
             },
             cleaned,
         ))

@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -315,4 +315,56 @@ fn a_create_that_fails_half_way_leaves_nothing_behind() {
     assert_eq!(names(&m.p("w")), Vec::<String>::new());
     assert_eq!(names(&area), Vec::<String>::new());
     assert_eq!(names(&m.backing("state/logs/casa")), Vec::<String>::new());
+}
+
+#[test]
+fn a_crashed_daemons_graveyard_goes_even_when_its_pid_lives_on_and_a_live_ones_stays() {
+    let tmp = TempDir::new("grave-owner");
+    let tree = tmp.path().join("tree");
+    let host = ok(&sh(Path::new("/"), "hostname"))
+        .trim()
+        .replace(['.', '/'], "_");
+    // Left by a daemon that crashed before a reboot: its pid now belongs
+    // to a live process (pid 1 always lives).
+    let stale = tree.join(format!(".casafs-graveyard/{host}.1.1"));
+    fs::create_dir_all(&stale).unwrap();
+    fs::write(stale.join("0"), vec![1u8; 100_000]).unwrap();
+    let a = Mount::builder("grave-a")
+        .separate()
+        .opt("defer_unlink=always")
+        .source(&tree, tmp)
+        .start();
+    assert!(
+        !stale.exists(),
+        "{:?}",
+        names(&tree.join(".casafs-graveyard"))
+    );
+    assert!(a.log_text().contains("stopped daemon"), "{}", a.log_text());
+    // A's open file waits in A's graveyard...
+    fs::write(a.p("held"), b"still here").unwrap();
+    let held = File::open(a.p("held")).unwrap();
+    fs::remove_file(a.p("held")).unwrap();
+    let graves = || ok(&sh(&tree, "find .casafs-graveyard -type f | wc -l"));
+    assert_eq!(graves().trim(), "1");
+    // ...and a second daemon mounting the same tree leaves it alone.
+    let b = Mount::builder("grave-b")
+        .separate()
+        .source(&tree, TempDir::new("grave-b"))
+        .start();
+    assert_eq!(graves().trim(), "1");
+    let mut s = String::new();
+    (&held).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here");
+    drop(b);
+    drop(held);
+    // The release that deletes it follows the close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while graves().trim() != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the grave outlived its last close"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(a);
 }
