@@ -368,3 +368,35 @@ fn a_crashed_daemons_graveyard_goes_even_when_its_pid_lives_on_and_a_live_ones_s
     }
     drop(a);
 }
+
+#[test]
+fn an_entry_that_cannot_be_stat_ed_does_not_hide_its_directory() {
+    // A dead FUSE mount inside the data tree (an sshfs whose daemon died,
+    // here a killed casafs): stat of it fails. Natively `ls`
+    // still lists the directory and flags that one entry.
+    let tmp = TempDir::new("dead-entry");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::write(tree.join("a"), b"a").unwrap();
+    fs::write(tree.join("z"), b"z").unwrap();
+    let mut inner = Mount::builder("dead-entry-inner")
+        .opt("attr_timeout=0")
+        .source(&tree.join("sub"), TempDir::new("dead-entry-inner"))
+        .start();
+    inner.kill9();
+    let dead = [libc::ENOTCONN, libc::ECONNABORTED];
+    eventually("the inner mount is dead", || {
+        dead.contains(&errno_of(fs::symlink_metadata(tree.join("sub"))))
+    });
+    let outer = Mount::builder("dead-entry").source(&tree, tmp).start();
+    for _ in 0..2 {
+        assert_eq!(names(&outer.p("")), ["a", "state", "sub", "z"]);
+    }
+    let out = ok(&sh(&outer.p(""), "ls -l . 2>&1; true"));
+    assert!(out.contains(" a\n") && out.contains(" z\n"), "{out}");
+    let e = errno_of(fs::symlink_metadata(outer.p("sub")));
+    assert!(dead.contains(&e), "{e}");
+    assert_eq!(fs::read(outer.p("z")).unwrap(), b"z");
+    drop(outer);
+    drop(inner);
+}

@@ -597,7 +597,24 @@ impl CasaFs {
                 Ok(st) => st,
                 // Gone since getdents: skip it like a later readdir would.
                 Err(Errno::ENOENT) => return Ok(Some(u64::MAX)),
-                Err(err) => return Err(err),
+                // One entry the backing cannot stat (a damaged record on
+                // NTFS, say): listed by name as a plain readdir would, the
+                // error left for whoever looks it up, the rest of the
+                // directory listed. The kernel never had its attributes,
+                // so the listing is not kept.
+                Err(err) => {
+                    tracing::debug!(
+                        "listing {}: cannot stat {}: {err:?}",
+                        self.inodes.rel_path(&dir),
+                        e.name.to_string_lossy()
+                    );
+                    let ino = self.d_ino(dir.dev, e.name, e.ino, dir.nodeid);
+                    let kind = self.dtype_kind(dfd.as_raw_fd(), e);
+                    return match reply.add_name_only(ino, e.off as u64, kind, name) {
+                        Some(full) => sent(full, 0),
+                        None => Ok(Some(0)),
+                    };
+                }
             };
             let in_target = dir.in_target || self.is_area_root(&st);
             let inode = self.inodes.remember(&dir, e.name, &st, in_target);
