@@ -36,9 +36,21 @@ enum Action {
     },
 }
 
-/// Who holds which file open, from `/proc/*/fd`.
-fn holders() -> HashMap<PathBuf, Vec<String>> {
-    let mut map: HashMap<PathBuf, Vec<String>> = HashMap::new();
+/// A file as the kernel knows it: (device, inode).
+type FileId = (u64, u64);
+
+fn file_id(m: &fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// Who holds which file of `tree` open, from `/proc/*/fd`. By device and
+/// inode, not by path: a `.fuse_hidden*` file is the one an unlink renamed
+/// away from under its holders, whose descriptors still show the old name
+/// (`… (deleted)`). Only descriptors whose path is within the tree are
+/// looked at, so a hung filesystem elsewhere cannot hang the sweep.
+fn holders(tree: &Path) -> HashMap<FileId, Vec<String>> {
+    let mut map: HashMap<FileId, Vec<String>> = HashMap::new();
     for (pid, dir) in crate::sys::processes() {
         let comm = fs::read_to_string(dir.join("comm"))
             .map(|s| s.trim().to_string())
@@ -47,9 +59,11 @@ fn holders() -> HashMap<PathBuf, Vec<String>> {
             continue;
         };
         for fd in fds.flatten() {
-            if let Ok(t) = fs::read_link(fd.path()) {
-                let t = PathBuf::from(t.to_string_lossy().trim_end_matches(" (deleted)"));
-                map.entry(t).or_default().push(format!("{pid} ({comm})"));
+            let within = fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(tree));
+            if within && let Ok(m) = fs::metadata(fd.path()) {
+                map.entry(file_id(&m))
+                    .or_default()
+                    .push(format!("{pid} ({comm})"));
             }
         }
     }
@@ -85,7 +99,7 @@ fn walk(
     skip: &[PathBuf],
     rules: &[(Rule, PathBuf)],
     min_age: Duration,
-    held: &HashMap<PathBuf, Vec<String>>,
+    held: &HashMap<FileId, Vec<String>>,
     plan: &mut Plan,
 ) -> io::Result<()> {
     let mut entries: Vec<_> = fs::read_dir(dir)?.flatten().collect();
@@ -101,7 +115,7 @@ fn walk(
         let name = e.file_name().to_string_lossy().into_owned();
         if is_debris(&name) && !meta.is_dir() {
             plan.actions.push(Action::Debris {
-                holders: held.get(&path).cloned().unwrap_or_default(),
+                holders: held.get(&file_id(&meta)).cloned().unwrap_or_default(),
                 path,
                 bytes: meta.len(),
             });
@@ -252,7 +266,7 @@ pub fn run(a: SweepArgs) -> i32 {
         tree.join(crate::graveyard::GRAVEYARD_DIR),
         tree.join(".casafs"),
     ];
-    let held = holders();
+    let held = holders(&tree);
     let mut plan = Plan {
         actions: Vec::new(),
     };
@@ -329,7 +343,7 @@ pub fn run(a: SweepArgs) -> i32 {
             } => {
                 if a.remove_debris && holders.is_empty() {
                     // Check again: a process may have opened it since.
-                    if holders_of(path).is_empty() {
+                    if holders_of(&tree, path).is_empty() {
                         match fs::remove_file(path) {
                             Ok(()) => {
                                 removed += 1;
@@ -359,6 +373,9 @@ pub fn run(a: SweepArgs) -> i32 {
     if failed > 0 { 1 } else { 0 }
 }
 
-fn holders_of(p: &Path) -> Vec<String> {
-    holders().remove(p).unwrap_or_default()
+fn holders_of(tree: &Path, p: &Path) -> Vec<String> {
+    match fs::symlink_metadata(p) {
+        Ok(m) => holders(tree).remove(&file_id(&m)).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
 }

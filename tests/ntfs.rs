@@ -102,6 +102,59 @@ fn bare_ntfs3g_leaves_fuse_hidden_files() {
 }
 
 #[test]
+fn sweep_names_who_holds_real_fuse_hidden_debris() {
+    // Made as in production: a process holds a file that is then unlinked
+    // on bare ntfs-3g. Its descriptor shows the old name, "(deleted)";
+    // only the file itself tells it apart.
+    let v = Ntfs::new("sweep-holders");
+    fs::create_dir(v.dir.join("obs")).unwrap();
+    let p = v.dir.join("obs/big.dat");
+    fs::write(&p, vec![1u8; 1 << 20]).unwrap();
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Holder(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec 3<'{}'; exec sleep 30", p.display()))
+            .spawn()
+            .unwrap(),
+    );
+    let pid = holder.0.id();
+    eventually("the holder has the file open", || {
+        fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+    fs::remove_file(&p).unwrap();
+    let hidden = debris(&v.dir.join("obs"));
+    assert_eq!(hidden.len(), 1);
+    let sweep = |extra: &str| {
+        let out = std::process::Command::new(BIN)
+            .args(["sweep", v.dir.to_str().unwrap(), extra])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = sweep("--dry-run");
+    assert!(out.contains(&hidden[0]), "{out}");
+    assert!(
+        out.contains(&format!("held open by {pid} (sleep)")),
+        "{out}"
+    );
+    // Held, so not removed.
+    sweep("--remove-debris");
+    assert_eq!(debris(&v.dir.join("obs")), hidden);
+    drop(holder);
+    eventually("ntfs-3g removes its debris after the close", || {
+        debris(&v.dir.join("obs")).is_empty()
+    });
+}
+
+#[test]
 fn unlink_of_open_file_leaves_no_debris_and_frees_space_on_close() {
     let v = Ntfs::new("unlink");
     let m = on_ntfs(&v);
