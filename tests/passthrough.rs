@@ -997,3 +997,24 @@ fn a_set_id_file_opened_beside_a_passthrough_handle_loses_its_bits_on_write() {
         "on the backing disk too"
     );
 }
+
+#[test]
+fn a_set_id_file_made_by_open_with_o_trunc_keeps_its_bits_as_natively() {
+    // open(O_CREAT|O_TRUNC) of a new name truncates nothing, so nothing
+    // strips the set-user-ID bit an unprivileged creator asked for.
+    let m = Mount::over_itself("creat-trunc-suid");
+    let native = TempDir::new("creat-trunc-suid-native");
+    let (uid, gid) = user_ids("nobody");
+    let script = "umask 0; python3 -c \"import os; os.close(os.open('x', os.O_CREAT|os.O_TRUNC|os.O_WRONLY, 0o4755))\"";
+    let mut modes = Vec::new();
+    for d in [native.path().to_path_buf(), m.p("w")] {
+        fs::create_dir_all(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        ok(&sh_as(uid, gid, &d, script));
+        let st = stat(&d.join("x"));
+        assert_eq!(st.st_uid, uid);
+        modes.push(st.st_mode & 0o7777);
+    }
+    assert_eq!(modes[0], 0o4755, "native");
+    assert_eq!(modes[1], modes[0], "through casafs as natively");
+}

@@ -17,6 +17,8 @@ pub(super) struct Opened {
     pub inode: Arc<Inode>,
     pub fd: OwnedFd,
     pub st: libc::stat,
+    /// This open made the file (O_CREAT of a new name).
+    pub created: bool,
 }
 
 impl CasaFs {
@@ -27,7 +29,12 @@ impl CasaFs {
         if !inode.same(&st) {
             return Err(Errno::ENOENT);
         }
-        Ok(Opened { inode, fd, st })
+        Ok(Opened {
+            inode,
+            fd,
+            st,
+            created: false,
+        })
     }
 
     /// `open(O_CREAT)` of a name the kernel does not know. Routed names,
@@ -61,7 +68,12 @@ impl CasaFs {
             let st = sys::fstat(fd.as_raw_fd())?;
             let in_target = dir.in_target || self.is_area_root(&st);
             let inode = self.inodes.remember(dir, n, &st, in_target);
-            Ok(Opened { inode, fd, st })
+            Ok(Opened {
+                inode,
+                fd,
+                st,
+                created: false,
+            })
         };
         let loc = self.locate(&p, &name)?;
         if loc.redirect.is_some() {
@@ -76,7 +88,12 @@ impl CasaFs {
             )
         };
         match self.new_entry(Some(who), &p, &name, false, mode, &mk) {
-            Ok((inode, st, fd)) => Ok(Opened { inode, fd, st }),
+            Ok((inode, st, fd)) => Ok(Opened {
+                inode,
+                fd,
+                st,
+                created: true,
+            }),
             Err(Errno::EEXIST) if !excl => existing(&p, &name),
             Err(e) => Err(e),
         }
@@ -187,7 +204,9 @@ impl CasaFs {
     ) -> Res<Opened> {
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let passes_through = || writes && o.inode.open.lock().backing.is_some();
-        if who.uid != 0
+        // A file this open made is not truncated (nor stripped) natively.
+        if !o.created
+            && who.uid != 0
             && self.killpriv.load(Relaxed)
             && o.st.st_mode & libc::S_IFMT == libc::S_IFREG
             && holds_privileges(&o.st)
