@@ -8,6 +8,9 @@
 //! - `CASAFS_FAULT_CREATE_STAT=NAME`: the stat that follows the creation of
 //!   NAME fails with EIO, as a backing that dies at that moment would.
 //!
+//! - `CASAFS_FAULT_RENAME=NAME`: the backing rename onto NAME fails with
+//!   EIO, as a backing that dies at that moment would.
+//!
 //! Read once; unset (production), each check is a load and a compare.
 
 use std::sync::OnceLock;
@@ -16,6 +19,7 @@ struct Faults {
     queue: Option<u16>,
     panic_name: Option<Vec<u8>>,
     create_stat_name: Option<Vec<u8>>,
+    rename_name: Option<Vec<u8>>,
 }
 
 fn faults() -> &'static Faults {
@@ -27,6 +31,8 @@ fn faults() -> &'static Faults {
         panic_name: std::env::var_os("CASAFS_FAULT_PANIC")
             .map(std::os::unix::ffi::OsStringExt::into_vec),
         create_stat_name: std::env::var_os("CASAFS_FAULT_CREATE_STAT")
+            .map(std::os::unix::ffi::OsStringExt::into_vec),
+        rename_name: std::env::var_os("CASAFS_FAULT_RENAME")
             .map(std::os::unix::ffi::OsStringExt::into_vec),
     })
 }
@@ -43,6 +49,13 @@ pub fn panic_on_lookup(name: &[u8]) {
 
 pub fn stat_after_create(name: &[u8]) -> crate::sys::Res<()> {
     if faults().create_stat_name.as_deref() == Some(name) {
+        return Err(crate::sys::Errno::EIO);
+    }
+    Ok(())
+}
+
+pub fn rename_onto(name: &[u8]) -> crate::sys::Res<()> {
+    if faults().rename_name.as_deref() == Some(name) {
         return Err(crate::sys::Errno::EIO);
     }
     Ok(())

@@ -318,6 +318,37 @@ fn a_create_that_fails_half_way_leaves_nothing_behind() {
 }
 
 #[test]
+fn a_rename_over_an_open_file_that_fails_keeps_the_file() {
+    // Burying the open file it replaces is the first step of such a rename
+    // where unlinks are deferred; the rename failing after it must give the
+    // file its name back.
+    let m = Mount::builder("rename-undo")
+        .opt("defer_unlink=always")
+        .env("CASAFS_FAULT_RENAME", "old.txt")
+        .start();
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/old.txt"), b"old").unwrap();
+    fs::write(m.p("d/new.txt"), b"new").unwrap();
+    let mut held = File::open(m.p("d/old.txt")).unwrap();
+    assert_eq!(
+        errno_of(fs::rename(m.p("d/new.txt"), m.p("d/old.txt"))),
+        libc::EIO
+    );
+    assert_eq!(names(&m.p("d")), ["new.txt", "old.txt"]);
+    assert_eq!(names(&m.backing("d")), ["new.txt", "old.txt"]);
+    assert_eq!(fs::read(m.p("d/old.txt")).unwrap(), b"old");
+    let mut s = String::new();
+    held.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "old");
+    assert_eq!(m.stats()["deferred_unlinks"]["pending"], 0);
+    // Once the handle is closed nothing goes away with it.
+    drop(held);
+    assert_eq!(fs::read(m.backing("d/old.txt")).unwrap(), b"old");
+    let graves = ok(&sh(&m.source, "find .casafs-graveyard -type f | wc -l"));
+    assert_eq!(graves.trim(), "0");
+}
+
+#[test]
 fn a_crashed_daemons_graveyard_goes_even_when_its_pid_lives_on_and_a_live_ones_stays() {
     let tmp = TempDir::new("grave-owner");
     let tree = tmp.path().join("tree");

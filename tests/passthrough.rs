@@ -999,6 +999,52 @@ fn a_set_id_file_opened_beside_a_passthrough_handle_loses_its_bits_on_write() {
 }
 
 #[test]
+fn replacing_an_open_file_is_atomic_on_the_backing() {
+    // Save by write-to-temporary-then-rename while readers hold the old
+    // file: where unlinks need no deferring, the backing sees one atomic
+    // rename, so another host or a process beneath the mount never finds
+    // the name missing.
+    let m = Mount::over_itself("atomic-replace");
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/data"), b"v0").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let path = m.backing("d/data");
+        std::thread::spawn(move || {
+            let (mut seen, mut missing) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match fs::symlink_metadata(&path) {
+                    Ok(_) => seen += 1,
+                    Err(_) => missing += 1,
+                }
+            }
+            (seen, missing)
+        })
+    };
+    for i in 1..=1000 {
+        let held = fs::File::open(m.p("d/data")).unwrap();
+        fs::write(m.p("d/tmp"), format!("v{i}")).unwrap();
+        fs::rename(m.p("d/tmp"), m.p("d/data")).unwrap();
+        // The reader keeps the version it opened.
+        let mut s = String::new();
+        (&held).read_to_string(&mut s).unwrap();
+        assert_eq!(s, format!("v{}", i - 1));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, missing) = watcher.join().unwrap();
+    assert!(seen > 0);
+    assert_eq!(
+        missing,
+        0,
+        "the name was missing {missing} times of {}",
+        seen + missing
+    );
+    assert_eq!(fs::read(m.backing("d/data")).unwrap(), b"v1000");
+    assert_eq!(names(&m.backing("d")), ["data"]);
+}
+
+#[test]
 fn a_set_id_file_made_by_open_with_o_trunc_keeps_its_bits_as_natively() {
     // open(O_CREAT|O_TRUNC) of a new name truncates nothing, so nothing
     // strips the set-user-ID bit an unprivileged creator asked for.

@@ -559,3 +559,51 @@ fn rename_onto_routed_name_fails_open_and_replaces_like_a_rename() {
     assert_eq!(st["redirects"]["tmppointing"]["redirects"], 1);
     assert!(m.log_text().contains("unusable"), "{}", m.log_text());
 }
+
+#[test]
+fn open_files_in_areas_on_another_filesystem_unlink_as_there() {
+    // Production puts scratch on NVMe: the graveyard cannot take a file
+    // from there (burying is a rename), so it is unlinked as on that
+    // filesystem, never refused.
+    let tmp = TempDir::new("area-elsewhere");
+    let fast = Tmpfs::new(tmp.path().join("nvme"), "size=64m");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("w")).unwrap();
+    let scratch_dir = fast.0.join("tmppointing");
+    let logs_dir = fast.0.join("logs");
+    let mut m = Mount::builder("area-elsewhere")
+        .opt("defer_unlink=always")
+        .opt(&format!("scratch={}", scratch_dir.display()))
+        .opt(&format!("logs={}", logs_dir.display()))
+        .source(&tree, tmp)
+        .start();
+    let w = m.p("w");
+    fs::write(w.join("TMPPOINTING7"), b"rows").unwrap();
+    let held = fs::File::open(w.join("TMPPOINTING7")).unwrap();
+    fs::remove_file(w.join("TMPPOINTING7")).unwrap();
+    assert_eq!(names(&w), Vec::<String>::new());
+    assert_eq!(names(&scratch_dir), Vec::<String>::new());
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut &held, &mut s).unwrap();
+    assert_eq!(s, "rows");
+    drop(held);
+
+    // A routed log renamed over an open file of the tree: across
+    // filesystems, so EXDEV, and the open file keeps its name and data.
+    let mut log = casa_open(&w.join(LOG));
+    log.write_all(b"log").unwrap();
+    fs::write(w.join("old.log"), b"old").unwrap();
+    let held = fs::File::open(w.join("old.log")).unwrap();
+    assert_eq!(
+        errno_of(fs::rename(w.join(LOG), w.join("old.log"))),
+        libc::EXDEV
+    );
+    assert_eq!(names(&w), ["old.log"]);
+    assert_eq!(fs::read(tree.join("w/old.log")).unwrap(), b"old");
+    assert_eq!(fs::read(logs_dir.join(LOG)).unwrap(), b"log");
+    drop(held);
+    drop(log);
+    assert_eq!(m.stats()["deferred_unlinks"]["pending"], 0);
+    assert!(m.stop().unwrap().success());
+    drop(fast);
+}

@@ -442,6 +442,66 @@ impl CasaFs {
         Ok((i, st))
     }
 
+    /// Whether an open file's last name on device `dev` goes to the
+    /// graveyard rather than to unlink(2). Only the graveyard's own
+    /// filesystem can take it (burying is a rename): an area on another
+    /// filesystem unlinks as that filesystem does.
+    fn defers_unlink(&self, dev: u64) -> bool {
+        self.defer_unlink && dev == self.graveyard.dir.dev
+    }
+
+    /// Moves the open file `v`, known as `name` in `dir`, into the
+    /// graveyard until its last close. Returns its grave name.
+    fn bury(&self, v: &Arc<Inode>, dir: &Arc<Inode>, name: &CStr, st: &libc::stat) -> Res<CString> {
+        let dfd = dir.dir_fd()?;
+        let mut open = v.open.lock();
+        let g = self.graveyard.bury(dfd.as_raw_fd(), name)?;
+        open.buried.push(g.clone());
+        drop(open);
+        // Follow the object into the graveyard only if this was the name we
+        // reach it by; another hard link stays a better way to reach it
+        // after the last close.
+        if v.parent_name()
+            .is_some_and(|(p, n)| p.same_as(dir) && n.as_c_str() == name)
+        {
+            v.set_loc(self.graveyard.dir.clone(), g.clone());
+        }
+        self.stats.deferred_pending.fetch_add(1, Relaxed);
+        self.stats
+            .deferred_pending_bytes
+            .fetch_add(st.st_size as u64, Relaxed);
+        Ok(g)
+    }
+
+    /// Undoes `bury` when what it was done for failed: the file gets its
+    /// name back, or, if the name was taken meanwhile, stays in the
+    /// graveyard to go at its last close as if unlinked.
+    fn unbury(&self, v: &Arc<Inode>, grave: &CStr, dir: &Arc<Inode>, name: &CStr, st: &libc::stat) {
+        let back = self.graveyard.dir.dir_fd().and_then(|gfd| {
+            let dfd = dir.dir_fd()?;
+            sys::rename_noreplace(gfd.as_raw_fd(), grave, dfd.as_raw_fd(), name)
+        });
+        if let Err(e) = back {
+            tracing::warn!(
+                "cannot give {}/{} its name back from the graveyard ({}); it goes at its last close",
+                self.inodes.rel_path(dir),
+                name.to_string_lossy(),
+                std::io::Error::from_raw_os_error(e.code())
+            );
+            return;
+        }
+        v.open.lock().buried.retain(|g| g.as_c_str() != grave);
+        if v.parent_name()
+            .is_some_and(|(p, n)| p.same_as(&self.graveyard.dir) && n.as_c_str() == grave)
+        {
+            v.set_loc(dir.clone(), name.to_owned());
+        }
+        self.stats.deferred_pending.fetch_sub(1, Relaxed);
+        self.stats
+            .deferred_pending_bytes
+            .fetch_sub(st.st_size as u64, Relaxed);
+    }
+
     /// Removes a non-directory name. An object still open through casafs is
     /// moved to the graveyard instead (when the backing filesystem would
     /// leave debris), or pinned so its handles and attributes keep working.
@@ -458,27 +518,13 @@ impl CasaFs {
         let nodeid = self.inodes.nodeid_for(st.st_dev, st.st_ino);
         let victim = self.inodes.get(nodeid).ok().filter(|i| i.same(&st));
         if let Some(v) = victim {
-            let mut open = v.open.lock();
+            let open = v.open.lock();
             if open.handles > 0 {
-                if self.defer_unlink {
-                    let g = self.graveyard.bury(dfd.as_raw_fd(), name)?;
-                    open.buried.push(g.clone());
-                    drop(open);
-                    // Follow the object into the graveyard only if this was
-                    // the name we reach it by; another hard link stays a
-                    // better way to reach it after the last close.
-                    if v.parent_name()
-                        .is_some_and(|(p, n)| p.same_as(dir) && n.as_c_str() == name)
-                    {
-                        v.set_loc(self.graveyard.dir.clone(), g);
-                    }
-                    self.stats.deferred_pending.fetch_add(1, Relaxed);
-                    self.stats
-                        .deferred_pending_bytes
-                        .fetch_add(st.st_size as u64, Relaxed);
+                drop(open);
+                if self.defers_unlink(st.st_dev) {
+                    self.bury(&v, dir, name, &st)?;
                     return Ok(());
                 }
-                drop(open);
                 let _ = v.pin();
                 sys::unlink_at(dfd.as_raw_fd(), name, 0)?;
                 self.stats.direct_unlinks_open.fetch_add(1, Relaxed);
@@ -663,8 +709,14 @@ impl CasaFs {
             Err(Errno::ENOENT) => None,
             Err(e) => return Err(e),
         };
-        // Replacing a file that is still open: bury it first, so the
-        // backing filesystem never sees the open file lose its last name.
+        // The file a rename replaces: kept reachable while open or linked
+        // elsewhere, and, where the backing would leave debris for an open
+        // file losing its last name, buried first (and dug up again should
+        // the rename then fail). Everywhere else the rename replaces it
+        // atomically, as it would natively.
+        let mut buried = None;
+        let mut dead = None;
+        let mut open_replaced = false;
         if let Some(dstat) = &dst_st
             && !exchange
             && !noreplace
@@ -676,22 +728,43 @@ impl CasaFs {
             if let Ok(v) = self.inodes.get(nodeid)
                 && v.same(dstat)
             {
-                if v.open.lock().handles > 0 {
-                    self.remove_file(&dst.dir, &dst.name)?;
-                } else if dstat.st_nlink > 1 {
+                let open = v.open.lock().handles > 0;
+                if open && self.defers_unlink(dstat.st_dev) {
+                    // The backing's own answer for a rename across
+                    // filesystems, before anything moves.
+                    if sst.st_dev != dstat.st_dev {
+                        return Err(Errno::EXDEV);
+                    }
+                    let g = self.bury(&v, &dst.dir, &dst.name, dstat)?;
+                    buried = Some((v, g));
+                } else if open || dstat.st_nlink > 1 {
                     let _ = v.pin();
+                    open_replaced = open;
                 } else {
-                    v.mark_dead();
+                    dead = Some(v);
                 }
             }
         }
-        sys::rename_at2(
-            sfd.as_raw_fd(),
-            &src.name,
-            dfd.as_raw_fd(),
-            &dst.name,
-            flags,
-        )?;
+        if let Err(e) = crate::fault::rename_onto(dst.name.to_bytes()).and_then(|()| {
+            sys::rename_at2(
+                sfd.as_raw_fd(),
+                &src.name,
+                dfd.as_raw_fd(),
+                &dst.name,
+                flags,
+            )
+        }) {
+            if let (Some((v, g)), Some(dstat)) = (&buried, &dst_st) {
+                self.unbury(v, g, &dst.dir, &dst.name, dstat);
+            }
+            return Err(e);
+        }
+        if let Some(v) = dead {
+            v.mark_dead();
+        }
+        if open_replaced {
+            self.stats.direct_unlinks_open.fetch_add(1, Relaxed);
+        }
         self.moved(sst, &dst.dir, &dst.name);
         if exchange && let Some(dstat) = &dst_st {
             self.moved(dstat, &src.dir, &src.name);

@@ -106,6 +106,17 @@ impl CasaFs {
             DeferUnlink::Never => false,
             DeferUnlink::Auto => sys::leaves_unlink_debris(root_ftype),
         };
+        for a in &areas {
+            // The graveyard lives on the source's filesystem: an open file
+            // unlinked in an area elsewhere is unlinked as there.
+            if a.dir().dev != st.st_dev && sys::leaves_unlink_debris(a.fs_type) {
+                tracing::warn!(
+                    "target area {} is on another filesystem ({}), which keeps unlinked open files as debris; casafs can defer unlinks only on the source's filesystem",
+                    a.path.display(),
+                    fs_type_of(&a.path, a.fs_type)
+                );
+            }
+        }
         let rule_names: Vec<String> = p
             .settings
             .rules
