@@ -27,6 +27,10 @@ pub struct Area {
     /// an operator made it again (see `CasaFs::revive_area`).
     pub inode: parking_lot::RwLock<Arc<Inode>>,
     pub fs_type: i64,
+    /// Held while a free name is found and taken: where the backing has no
+    /// RENAME_NOREPLACE (ntfs-3g) that is a stat and then a rename, and two
+    /// routed objects must never take one name.
+    pub place_lock: parking_lot::Mutex<()>,
 }
 
 impl Area {

@@ -350,3 +350,37 @@ fn ntfs3g_killed_underneath_gives_errors_and_the_daemon_keeps_serving() {
     let m2 = on_ntfs(&v);
     assert_eq!(fs::read(m2.p("kept")).unwrap(), b"on disk");
 }
+
+#[test]
+fn concurrent_routed_renames_onto_one_name_never_overwrite() {
+    // ntfs-3g has no RENAME_NOREPLACE (EINVAL): the free name in scratch
+    // is found by a stat, then taken by a rename. Pipeline workers that
+    // finish together all move a POINTING table to the same name.
+    let v = Ntfs::new("route-race");
+    let m = on_ntfs(&v);
+    let workers: Vec<_> = (0..8)
+        .map(|t| {
+            let base = m.p(&format!("w{t}"));
+            std::thread::spawn(move || {
+                for k in 0..30 {
+                    let d = base.join(format!("obs{k}"));
+                    fs::create_dir_all(d.join("POINTING")).unwrap();
+                    fs::write(d.join("POINTING/table.f0"), format!("{t}-{k}")).unwrap();
+                    fs::rename(d.join("POINTING"), d.join("TMPPOINTING1")).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(names(&v.dir.join("state/scratch/tmppointing")).len(), 240);
+    for t in 0..8 {
+        for k in 0..30 {
+            assert_eq!(
+                fs::read_to_string(m.p(&format!("w{t}/obs{k}/TMPPOINTING1/table.f0"))).unwrap(),
+                format!("{t}-{k}")
+            );
+        }
+    }
+}

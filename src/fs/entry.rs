@@ -324,6 +324,7 @@ impl CasaFs {
         'again: loop {
             let area = self.areas.get(area_idx).ok_or(Errno::EIO)?;
             let afd = area.dir().dir_fd()?;
+            let _taking = area.place_lock.lock();
             for n in 1..100_000u32 {
                 let t = redirect::candidate(name, n);
                 match make(afd.as_raw_fd(), &t) {

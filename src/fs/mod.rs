@@ -99,6 +99,7 @@ impl CasaFs {
                 path,
                 inode: parking_lot::RwLock::new(Inode::new_anchor(nodeid, fd, &st, true)),
                 fs_type: ft,
+                place_lock: parking_lot::Mutex::new(()),
             });
         }
         let defer_unlink = match p.settings.defer_unlink {
