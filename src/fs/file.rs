@@ -19,22 +19,48 @@ pub(super) struct Opened {
     pub st: libc::stat,
     /// This open made the file (O_CREAT of a new name).
     pub created: bool,
+    /// The inode's handle count already includes this open.
+    pub counted: bool,
 }
 
 impl CasaFs {
+    /// Opens an existing file. Its handle is counted before the backing
+    /// file is opened: an unlink meanwhile must find it open (and bury it
+    /// where that matters) rather than unlink a file casafs is about to
+    /// hold open, which ntfs-3g would keep as `.fuse_hidden*`. A failure
+    /// before `register` gives the count back through `open_failed`.
     pub(super) fn do_open(&self, ino: u64, flags: i32) -> Res<Opened> {
         let inode = self.inodes.get(ino)?;
-        let fd = inode.anchor()?.open(flags)?;
-        let st = sys::fstat(fd.as_raw_fd())?;
-        if !inode.same(&st) {
-            return Err(Errno::ENOENT);
+        inode.open.lock().handles += 1;
+        let opened = inode.anchor().and_then(|a| {
+            let fd = a.open(flags)?;
+            let st = sys::fstat(fd.as_raw_fd())?;
+            if !inode.same(&st) {
+                return Err(Errno::ENOENT);
+            }
+            Ok((fd, st))
+        });
+        match opened {
+            Ok((fd, st)) => Ok(Opened {
+                inode,
+                fd,
+                st,
+                created: false,
+                counted: true,
+            }),
+            Err(e) => {
+                self.handle_closed(&inode);
+                Err(e)
+            }
         }
-        Ok(Opened {
-            inode,
-            fd,
-            st,
-            created: false,
-        })
+    }
+
+    /// An `Opened` that will not be registered after all.
+    pub(super) fn open_failed(&self, o: Opened) {
+        if o.counted {
+            drop(o.fd);
+            self.handle_closed(&o.inode);
+        }
     }
 
     /// `open(O_CREAT)` of a name the kernel does not know. Routed names,
@@ -73,6 +99,7 @@ impl CasaFs {
                 fd,
                 st,
                 created: false,
+                counted: false,
             })
         };
         let loc = self.locate(&p, &name)?;
@@ -93,6 +120,7 @@ impl CasaFs {
                 fd,
                 st,
                 created: true,
+                counted: false,
             }),
             Err(Errno::EEXIST) if !excl => existing(&p, &name),
             Err(e) => Err(e),
@@ -107,7 +135,9 @@ impl CasaFs {
         let mut backing = None;
         {
             let mut open = o.inode.open.lock();
-            open.handles += 1;
+            if !o.counted {
+                open.handles += 1;
+            }
             if is_reg && self.passthrough.load(Relaxed) {
                 if let Some(b) = &open.backing {
                     backing = Some(b.id());
@@ -205,15 +235,22 @@ impl CasaFs {
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let passes_through = || writes && o.inode.open.lock().backing.is_some();
         // A file this open made is not truncated (nor stripped) natively.
-        if !o.created
+        let strip = !o.created
             && who.uid != 0
             && self.killpriv.load(Relaxed)
             && o.st.st_mode & libc::S_IFMT == libc::S_IFREG
             && holds_privileges(&o.st)
-            && (flags & libc::O_TRUNC != 0 || passes_through())
-        {
-            clear_privileges(o.fd.as_raw_fd(), &who)?;
-            o.st = sys::fstat(o.fd.as_raw_fd())?;
+            && (flags & libc::O_TRUNC != 0 || passes_through());
+        if strip {
+            match clear_privileges(o.fd.as_raw_fd(), &who)
+                .and_then(|()| sys::fstat(o.fd.as_raw_fd()))
+            {
+                Ok(st) => o.st = st,
+                Err(e) => {
+                    self.open_failed(o);
+                    return Err(e);
+                }
+            }
         }
         Ok(o)
     }
@@ -281,13 +318,19 @@ impl CasaFs {
         let inode = h.inode.clone();
         let is_file = matches!(h.body, Body::File(_));
         drop(h);
-        if !is_file {
-            return Ok(());
+        if is_file {
+            self.handle_closed(&inode);
         }
+        Ok(())
+    }
+
+    /// One handle of `inode` less; after its last, what waited for it: the
+    /// kernel passthrough, the pin, the graves.
+    fn handle_closed(&self, inode: &Arc<Inode>) {
         let mut open = inode.open.lock();
         open.handles = open.handles.saturating_sub(1);
         if open.handles > 0 {
-            return Ok(());
+            return;
         }
         open.backing = None;
         let buried = std::mem::take(&mut open.buried);
@@ -320,7 +363,6 @@ impl CasaFs {
                 .deferred_completed_bytes
                 .fetch_add(size * n, Relaxed);
         }
-        Ok(())
     }
 
     pub(super) fn do_fsync(&self, fh: u64, datasync: bool) -> Res<()> {
