@@ -150,6 +150,15 @@ impl RedirectTable {
         self.map.remove(&Self::key(dir, name)).map(|(_, r)| r)
     }
 
+    /// Drops the redirects of a removed directory: they are not live any
+    /// more, and a new directory that gets its number must not inherit
+    /// them.
+    pub fn forget_dir(&self, dev: u64, ino: u64) {
+        if !self.map.is_empty() {
+            self.map.retain(|k, _| (k.0, k.1) != (dev, ino));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -607,3 +607,21 @@ fn open_files_in_areas_on_another_filesystem_unlink_as_there() {
     assert!(m.stop().unwrap().success());
     drop(fast);
 }
+
+#[test]
+fn removing_the_origin_directory_ends_its_redirects() {
+    let m = Mount::over_itself("rmdir-origin");
+    fs::create_dir_all(m.p("work")).unwrap();
+    fs::write(m.p("work").join(LOG), b"log").unwrap();
+    let live = || fs::read_to_string(m.p(".casafs/redirects")).unwrap();
+    assert!(live().contains(&format!("work/{LOG}\t")), "{}", live());
+    // Empty as listed (and on disk): rmdir works, and the log stays.
+    fs::remove_dir(m.p("work")).unwrap();
+    assert!(!live().contains(&format!("work/{LOG}")), "{}", live());
+    assert_eq!(fs::read(logs(&m).join(LOG)).unwrap(), b"log");
+    // A new directory of that name (on ext4 often with the old one's
+    // inode number) has no log in it.
+    fs::create_dir(m.p("work")).unwrap();
+    assert_eq!(errno_of(fs::metadata(m.p("work").join(LOG))), libc::ENOENT);
+    assert_eq!(m.stats()["redirects_live"], 0);
+}

@@ -570,6 +570,7 @@ impl CasaFs {
         // Only which directory it is: no fresh stat (a round trip on ntfs-3g).
         let st = sys::stat_cached_at(dfd.as_raw_fd(), &loc.name)?;
         sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR)?;
+        self.redirects.forget_dir(st.st_dev, st.st_ino);
         // A removed directory's number may come back for a new one.
         if let Ok(i) = self
             .inodes
