@@ -270,6 +270,12 @@ fn rename_of_pointing_table_across_filesystems_and_a_crash() {
         b"pointing rows",
         "the only copy of the table is safe in scratch"
     );
+    // A hard link cannot reach scratch there: made in place, as natively.
+    fs::write(m.p("obs/plain"), b"p").unwrap();
+    fs::hard_link(m.p("obs/plain"), m.p("obs/TMPPOINTING5")).unwrap();
+    assert_eq!(names(&tree.join("obs")), ["TMPPOINTING5", "my.ms", "plain"]);
+    fs::remove_file(m.p("obs/plain")).unwrap();
+    fs::remove_file(m.p("obs/TMPPOINTING5")).unwrap();
     assert!(m.stop().unwrap().success());
     assert_eq!(
         names(&tree.join("obs")),
@@ -624,4 +630,24 @@ fn removing_the_origin_directory_ends_its_redirects() {
     fs::create_dir(m.p("work")).unwrap();
     assert_eq!(errno_of(fs::metadata(m.p("work").join(LOG))), libc::ENOENT);
     assert_eq!(m.stats()["redirects_live"], 0);
+}
+
+#[test]
+fn a_directory_is_inside_an_area_by_where_it_is_now() {
+    let m = Mount::over_itself("route-where-now");
+    fs::create_dir_all(m.p("obs/my.ms/POINTING")).unwrap();
+    // Routed into scratch by a rename: what is made inside it stays there.
+    fs::rename(m.p("obs/my.ms/POINTING"), m.p("obs/TMPPOINTING1")).unwrap();
+    fs::write(m.p("obs/TMPPOINTING1").join(LOG), b"in the table").unwrap();
+    assert_eq!(names(&scratch(&m).join("TMPPOINTING1")), [LOG]);
+    assert_eq!(names(&logs(&m)), Vec::<String>::new());
+    // Made in scratch by mkdir, then moved into the tree: routed again.
+    fs::create_dir(m.p("obs/TMPPOINTING2")).unwrap();
+    fs::rename(m.p("obs/TMPPOINTING2"), m.p("obs/my.ms/POINTING")).unwrap();
+    fs::write(m.p("obs/my.ms/POINTING").join(LOG), b"routed").unwrap();
+    assert_eq!(
+        names(&m.backing("obs/my.ms/POINTING")),
+        Vec::<String>::new()
+    );
+    assert_eq!(fs::read(logs(&m).join(LOG)).unwrap(), b"routed");
 }

@@ -265,11 +265,8 @@ impl CasaFs {
                     let inode = self.inodes.remember(&adir, &tname, &st, true);
                     return Ok((inode, st, v));
                 }
-                Err(Errno::EXDEV)
-                    if self.settings.cross_device == crate::config::CrossDevice::Exdev =>
-                {
-                    return Err(Errno::EXDEV);
-                }
+                // Only a hard link cannot reach an area on another
+                // filesystem; it is made in place, as it would be natively.
                 Err(Errno::EXDEV) => {}
                 Err(e) => self.failed_open(rule, p, name, e),
             }

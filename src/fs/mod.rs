@@ -272,18 +272,29 @@ impl CasaFs {
         })
     }
 
-    /// The rule that routes a new `name` in `dir`, if any.
+    /// The rule that routes a new `name` in `dir`, if any. Never inside an
+    /// area, judged by where `dir` is now (a directory routed there by a
+    /// rename, or moved back out of it, keeps its `in_target` of old).
     fn route(&self, dir: &Inode, name: &CStr, is_dir: bool) -> Option<usize> {
-        if dir.in_target || self.settings.rules.is_empty() {
-            return None;
-        }
-        if self.is_area_dir(dir) {
-            return None;
-        }
         if dir.nodeid == ROOT_ID && is_reserved_root_name(name) {
             return None;
         }
-        self.settings.rules.route(name.to_bytes(), is_dir)
+        let rule = self.settings.rules.route(name.to_bytes(), is_dir)?;
+        if self.is_area_dir(dir) {
+            return None;
+        }
+        let mut up = dir.parent_name();
+        // Bounded all the same: a chain of stale parents must not loop.
+        for _ in 0..4096 {
+            let Some((p, _)) = up else {
+                break;
+            };
+            if self.is_area_dir(&p) {
+                return None;
+            }
+            up = p.parent_name();
+        }
+        Some(rule)
     }
 
     pub fn extra(&self) -> Extra {
