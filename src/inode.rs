@@ -346,6 +346,10 @@ impl Inode {
         Ok(())
     }
 
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.lock().is_some()
+    }
+
     pub fn unpin(&self) {
         self.pinned.lock().take();
     }

@@ -55,6 +55,9 @@ type Key = (u64, u64, CString);
 #[derive(Default)]
 pub struct RedirectTable {
     map: DashMap<Key, Redirect>,
+    /// How many redirects each origin directory (dev, ino) has, so that an
+    /// rmdir of a directory without any costs one lookup.
+    dirs: DashMap<(u64, u64), usize>,
 }
 
 impl RedirectTable {
@@ -70,7 +73,14 @@ impl RedirectTable {
     }
 
     pub fn insert(&self, dir: &Inode, name: &CStr, r: Redirect) {
-        self.map.insert(Self::key(dir, name), r);
+        self.add(Self::key(dir, name), r);
+    }
+
+    fn add(&self, key: Key, r: Redirect) {
+        let dir = (key.0, key.1);
+        if self.map.insert(key, r).is_none() {
+            *self.dirs.entry(dir).or_default() += 1;
+        }
     }
 
     /// Rebuilds the table after a restart from the origins recorded on the
@@ -130,7 +140,7 @@ impl RedirectTable {
                 if self.map.contains_key(&key) {
                     continue;
                 }
-                self.map.insert(
+                self.add(
                     key,
                     Redirect {
                         area: ai,
@@ -147,14 +157,22 @@ impl RedirectTable {
     }
 
     pub fn remove(&self, dir: &Inode, name: &CStr) -> Option<Redirect> {
-        self.map.remove(&Self::key(dir, name)).map(|(_, r)| r)
+        let (_, r) = self.map.remove(&Self::key(dir, name))?;
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.dirs.entry((dir.dev, dir.ino))
+        {
+            *e.get_mut() = e.get().saturating_sub(1);
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        Some(r)
     }
 
     /// Drops the redirects of a removed directory: they are not live any
     /// more, and a new directory that gets its number must not inherit
     /// them.
     pub fn forget_dir(&self, dev: u64, ino: u64) {
-        if !self.map.is_empty() {
+        if self.dirs.remove(&(dev, ino)).is_some() {
             self.map.retain(|k, _| (k.0, k.1) != (dev, ino));
         }
     }

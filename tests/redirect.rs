@@ -630,6 +630,15 @@ fn removing_the_origin_directory_ends_its_redirects() {
     fs::create_dir(m.p("work")).unwrap();
     assert_eq!(errno_of(fs::metadata(m.p("work").join(LOG))), libc::ENOENT);
     assert_eq!(m.stats()["redirects_live"], 0);
+    // The same for a directory replaced by a rename.
+    const LOG2: &str = "casa-20261122-020202.log";
+    fs::write(m.p("work").join(LOG2), b"log 2").unwrap();
+    fs::create_dir(m.p("empty")).unwrap();
+    assert!(live().contains(&format!("work/{LOG2}\t")), "{}", live());
+    fs::rename(m.p("empty"), m.p("work")).unwrap();
+    assert!(!live().contains(&format!("work/{LOG2}")), "{}", live());
+    assert_eq!(errno_of(fs::metadata(m.p("work").join(LOG2))), libc::ENOENT);
+    assert_eq!(fs::read(logs(&m).join(LOG2)).unwrap(), b"log 2");
 }
 
 #[test]

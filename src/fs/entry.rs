@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use fuser::TimeOrNow;
 
 use super::CasaFs;
-use crate::inode::{Anchor, Inode, ROOT_ID};
+use crate::inode::{Anchor, Inode, OpenState, ROOT_ID};
 use crate::redirect::{self, Redirect};
 use crate::sys::{self, Errno, Res, cname};
 
@@ -449,13 +449,21 @@ impl CasaFs {
     }
 
     /// Moves the open file `v`, known as `name` in `dir`, into the
-    /// graveyard until its last close. Returns its grave name.
-    fn bury(&self, v: &Arc<Inode>, dir: &Arc<Inode>, name: &CStr, st: &libc::stat) -> Res<CString> {
+    /// graveyard until its last close, and returns its grave name. Called
+    /// with `v`'s open state locked and its handles counted: a last close
+    /// on another thread must either come before (nothing to bury) or find
+    /// the grave to remove.
+    fn bury(
+        &self,
+        v: &Arc<Inode>,
+        open: &mut OpenState,
+        dir: &Arc<Inode>,
+        name: &CStr,
+        st: &libc::stat,
+    ) -> Res<CString> {
         let dfd = dir.dir_fd()?;
-        let mut open = v.open.lock();
         let g = self.graveyard.bury(dfd.as_raw_fd(), name)?;
         open.buried.push(g.clone());
-        drop(open);
         // Follow the object into the graveyard only if this was the name we
         // reach it by; another hard link stays a better way to reach it
         // after the last close.
@@ -471,10 +479,19 @@ impl CasaFs {
         Ok(g)
     }
 
-    /// Undoes `bury` when what it was done for failed: the file gets its
-    /// name back, or, if the name was taken meanwhile, stays in the
-    /// graveyard to go at its last close as if unlinked.
-    fn unbury(&self, v: &Arc<Inode>, grave: &CStr, dir: &Arc<Inode>, name: &CStr, st: &libc::stat) {
+    /// Undoes `bury` (under the same lock) when what it was done for
+    /// failed: the file gets its name back, or, if the name was taken
+    /// meanwhile, stays in the graveyard to go at its last close as if
+    /// unlinked.
+    fn unbury(
+        &self,
+        v: &Arc<Inode>,
+        open: &mut OpenState,
+        grave: &CStr,
+        dir: &Arc<Inode>,
+        name: &CStr,
+        st: &libc::stat,
+    ) {
         let back = self.graveyard.dir.dir_fd().and_then(|gfd| {
             let dfd = dir.dir_fd()?;
             sys::rename_noreplace(gfd.as_raw_fd(), grave, dfd.as_raw_fd(), name)
@@ -488,7 +505,7 @@ impl CasaFs {
             );
             return;
         }
-        v.open.lock().buried.retain(|g| g.as_c_str() != grave);
+        open.buried.retain(|g| g.as_c_str() != grave);
         if v.parent_name()
             .is_some_and(|(p, n)| p.same_as(&self.graveyard.dir) && n.as_c_str() == grave)
         {
@@ -516,13 +533,13 @@ impl CasaFs {
         let nodeid = self.inodes.nodeid_for(st.st_dev, st.st_ino);
         let victim = self.inodes.get(nodeid).ok().filter(|i| i.same(&st));
         if let Some(v) = victim {
-            let open = v.open.lock();
+            let mut open = v.open.lock();
             if open.handles > 0 {
-                drop(open);
                 if self.defers_unlink(st.st_dev) {
-                    self.bury(&v, dir, name, &st)?;
+                    self.bury(&v, &mut open, dir, name, &st)?;
                     return Ok(());
                 }
+                drop(open);
                 let _ = v.pin();
                 sys::unlink_at(dfd.as_raw_fd(), name, 0)?;
                 self.stats.direct_unlinks_open.fetch_add(1, Relaxed);
@@ -713,35 +730,35 @@ impl CasaFs {
         // file losing its last name, buried first (and dug up again should
         // the rename then fail). Everywhere else the rename replaces it
         // atomically, as it would natively.
-        let mut buried = None;
-        let mut dead = None;
-        let mut open_replaced = false;
-        if let Some(dstat) = &dst_st
-            && !exchange
-            && !noreplace
-            && dstat.st_mode & libc::S_IFMT != libc::S_IFDIR
-            && sst.st_mode & libc::S_IFMT != libc::S_IFDIR
-            && (dstat.st_dev, dstat.st_ino) != (sst.st_dev, sst.st_ino)
-        {
-            let nodeid = self.inodes.nodeid_for(dstat.st_dev, dstat.st_ino);
-            if let Ok(v) = self.inodes.get(nodeid)
-                && v.same(dstat)
+        let victim = match &dst_st {
+            Some(dstat)
+                if !exchange
+                    && !noreplace
+                    && dstat.st_mode & libc::S_IFMT != libc::S_IFDIR
+                    && sst.st_mode & libc::S_IFMT != libc::S_IFDIR
+                    && (dstat.st_dev, dstat.st_ino) != (sst.st_dev, sst.st_ino) =>
             {
-                let open = v.open.lock().handles > 0;
-                if open && self.defers_unlink(dstat.st_dev) {
-                    // The backing's own answer for a rename across
-                    // filesystems, before anything moves.
-                    if sst.st_dev != dstat.st_dev {
-                        return Err(Errno::EXDEV);
-                    }
-                    let g = self.bury(&v, &dst.dir, &dst.name, dstat)?;
-                    buried = Some((v, g));
-                } else if open || dstat.st_nlink > 1 {
-                    let _ = v.pin();
-                    open_replaced = open;
-                } else {
-                    dead = Some(v);
+                let nodeid = self.inodes.nodeid_for(dstat.st_dev, dstat.st_ino);
+                self.inodes.get(nodeid).ok().filter(|v| v.same(dstat))
+            }
+            _ => None,
+        };
+        // Held until the rename is done or undone: a last close meanwhile
+        // must not miss the grave nor find one that is dug up again.
+        let mut open_state = victim.as_ref().map(|v| v.open.lock());
+        let open = open_state.as_ref().is_some_and(|o| o.handles > 0);
+        let mut grave = None;
+        let mut pinned_here = false;
+        if let (Some(v), Some(o), Some(dstat)) = (&victim, open_state.as_deref_mut(), &dst_st) {
+            if open && self.defers_unlink(dstat.st_dev) {
+                // The backing's own answer for a rename across filesystems,
+                // before anything moves.
+                if sst.st_dev != dstat.st_dev {
+                    return Err(Errno::EXDEV);
                 }
+                grave = Some(self.bury(v, o, &dst.dir, &dst.name, dstat)?);
+            } else if (open || dstat.st_nlink > 1) && !v.is_pinned() {
+                pinned_here = v.pin().is_ok();
             }
         }
         if let Err(e) = crate::fault::rename_onto(dst.name.to_bytes()).and_then(|()| {
@@ -753,16 +770,31 @@ impl CasaFs {
                 flags,
             )
         }) {
-            if let (Some((v, g)), Some(dstat)) = (&buried, &dst_st) {
-                self.unbury(v, g, &dst.dir, &dst.name, dstat);
+            if let (Some(v), Some(o), Some(g), Some(dstat)) =
+                (&victim, open_state.as_deref_mut(), &grave, &dst_st)
+            {
+                self.unbury(v, o, g, &dst.dir, &dst.name, dstat);
+            }
+            if let (Some(v), true) = (&victim, pinned_here) {
+                v.unpin();
             }
             return Err(e);
         }
-        if let Some(v) = dead {
-            v.mark_dead();
+        drop(open_state);
+        if let (Some(v), Some(dstat)) = (&victim, &dst_st) {
+            if !open && dstat.st_nlink <= 1 {
+                v.mark_dead();
+            } else if open && grave.is_none() {
+                self.stats.direct_unlinks_open.fetch_add(1, Relaxed);
+            }
         }
-        if open_replaced {
-            self.stats.direct_unlinks_open.fetch_add(1, Relaxed);
+        // A directory replaced: its redirects end with it.
+        if let Some(dstat) = &dst_st
+            && !exchange
+            && dstat.st_mode & libc::S_IFMT == libc::S_IFDIR
+            && (dstat.st_dev, dstat.st_ino) != (sst.st_dev, sst.st_ino)
+        {
+            self.redirects.forget_dir(dstat.st_dev, dstat.st_ino);
         }
         self.moved(sst, &dst.dir, &dst.name);
         if exchange && let Some(dstat) = &dst_st {
