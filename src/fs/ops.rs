@@ -610,10 +610,34 @@ impl CasaFs {
                     );
                     let ino = self.d_ino(dir.dev, e.name, e.ino, dir.nodeid);
                     let kind = self.dtype_kind(dfd.as_raw_fd(), e);
-                    return match reply.add_name_only(ino, e.off as u64, kind, name) {
-                        Some(full) => sent(full, 0),
-                        None => Ok(Some(0)),
+                    if let Some(full) = reply.add_name_only(ino, e.off as u64, kind, name) {
+                        return sent(full, 0);
+                    }
+                    // Where the transport cannot send a bare name: an entry
+                    // with the little getdents knows, expired at once, so
+                    // that any use of it asks again and gets the error.
+                    let mut st = sys::zeroed_stat();
+                    st.st_dev = dir.dev;
+                    st.st_ino = e.ino;
+                    st.st_nlink = 1;
+                    st.st_mode = match u32::from(e.dtype) << 12 {
+                        0 => libc::S_IFREG,
+                        m => m,
                     };
+                    let inode = self.inodes.remember(&dir, e.name, &st, dir.in_target);
+                    let attr = self.attr(inode.nodeid, &st);
+                    let full = reply.add(
+                        e.off as u64,
+                        name,
+                        std::time::Duration::ZERO,
+                        &attr,
+                        inode.generation,
+                    );
+                    if full {
+                        inode.attrs_not_sent();
+                        self.inodes.forget(inode.nodeid, 1);
+                    }
+                    return sent(full, 0);
                 }
             };
             let in_target = dir.in_target || self.is_area_root(&st);
