@@ -10,7 +10,8 @@
 //! as it lives; a subdirectory of this host that nobody holds is a stopped
 //! daemon's and is emptied at the next mount. (A pid alone would not do:
 //! after a reboot the pid of a crashed daemon often belongs to another
-//! process.) The subdirectory is made under a `new-` name and gets its
+//! process.) The subdirectory is made under a `.new.` name (no host name
+//! has a dot here, so none can be taken for one) and gets its
 //! real one only once locked, so a mount starting next door never takes a
 //! daemon that is starting for a stopped one.
 
@@ -35,7 +36,7 @@ pub struct Graveyard {
 }
 
 /// Names of subdirectories not yet locked by the daemon making them.
-const NEW_PREFIX: &str = "new-";
+const NEW_PREFIX: &str = ".new.";
 
 /// Whether a daemon still holds `fd`'s directory. Where the filesystem has
 /// no locks, falls back to whether `pid` lives on this host.
