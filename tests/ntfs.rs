@@ -120,7 +120,7 @@ fn sweep_names_who_holds_real_fuse_hidden_debris() {
     let holder = Holder(
         std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("exec 3<'{}'; exec sleep 30", p.display()))
+            .arg(format!("exec 3<'{}'; exec sleep 600", p.display()))
             .spawn()
             .unwrap(),
     );
