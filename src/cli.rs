@@ -86,8 +86,10 @@ enum Cmd {
         /// Also delete .fuse_hidden*/.nfs* files that no process holds open.
         #[arg(long)]
         remove_debris: bool,
-        /// Only move TMPPOINTING* older than this (e.g. 1h; default 0).
-        #[arg(long, value_name = "DURATION", default_value = "0s")]
+        /// Only move TMPPOINTING* unchanged for this long (a concat may be
+        /// between two opens of a younger one). Anything held open is left
+        /// in any case.
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
         min_age: String,
     },
 }

@@ -34,6 +34,8 @@ enum Action {
         bytes: u64,
         holders: Vec<String>,
     },
+    /// Would be moved but is open (or a working directory) right now.
+    Held { path: PathBuf, holders: Vec<String> },
 }
 
 /// A file as the kernel knows it: (device, inode).
@@ -44,34 +46,81 @@ fn file_id(m: &fs::Metadata) -> FileId {
     (m.dev(), m.ino())
 }
 
-/// Who holds which file of `tree` open, from `/proc/*/fd`. By device and
-/// inode, not by path: a `.fuse_hidden*` file is the one an unlink renamed
-/// away from under its holders, whose descriptors still show the old name
-/// (`… (deleted)`). Only descriptors whose path is within the tree are
-/// looked at, so a hung filesystem elsewhere cannot hang the sweep.
-fn holders(tree: &Path) -> HashMap<FileId, Vec<String>> {
-    let mut map: HashMap<FileId, Vec<String>> = HashMap::new();
-    for (pid, dir) in crate::sys::processes() {
-        let comm = fs::read_to_string(dir.join("comm"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let within = fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(tree));
-            if within && let Ok(m) = fs::metadata(fd.path()) {
-                map.entry(file_id(&m))
-                    .or_default()
-                    .push(format!("{pid} ({comm})"));
+/// Who holds what open within the tree, from `/proc/*/fd` and
+/// `/proc/*/cwd`.
+#[derive(Default)]
+struct Holders {
+    /// By device and inode, not by path: a `.fuse_hidden*` file is the one
+    /// an unlink renamed away from under its holders, whose descriptors
+    /// still show the old name (`… (deleted)`).
+    by_id: HashMap<FileId, Vec<String>>,
+    /// Paths open (or a working directory), for what is inside a directory.
+    paths: Vec<(PathBuf, String)>,
+}
+
+impl Holders {
+    /// Only descriptors whose path is within the tree are looked at, so a
+    /// hung filesystem elsewhere cannot hang the sweep.
+    fn scan(tree: &Path) -> Holders {
+        let mut h = Holders::default();
+        for (pid, dir) in crate::sys::processes() {
+            let comm = fs::read_to_string(dir.join("comm"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            let who = format!("{pid} ({comm})");
+            if let Ok(cwd) = fs::read_link(dir.join("cwd"))
+                && cwd.starts_with(tree)
+            {
+                h.paths.push((cwd, who.clone()));
+            }
+            let Ok(fds) = fs::read_dir(dir.join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let Ok(t) = fs::read_link(fd.path()) else {
+                    continue;
+                };
+                if !t.starts_with(tree) {
+                    continue;
+                }
+                if let Ok(m) = fs::metadata(fd.path()) {
+                    h.by_id.entry(file_id(&m)).or_default().push(who.clone());
+                }
+                let t = PathBuf::from(t.to_string_lossy().trim_end_matches(" (deleted)"));
+                h.paths.push((t, who.clone()));
             }
         }
+        for v in h.by_id.values_mut() {
+            v.sort();
+            v.dedup();
+        }
+        h
     }
-    for v in map.values_mut() {
-        v.sort();
-        v.dedup();
+
+    /// Who holds `p` (`meta` its metadata), or for a directory anything in
+    /// it.
+    fn of(&self, p: &Path, meta: &fs::Metadata) -> Vec<String> {
+        let mut who = self.by_id.get(&file_id(meta)).cloned().unwrap_or_default();
+        if meta.is_dir() {
+            who.extend(
+                self.paths
+                    .iter()
+                    .filter(|(q, _)| q.starts_with(p))
+                    .map(|(_, w)| w.clone()),
+            );
+        }
+        who.sort();
+        who.dedup();
+        who
     }
-    map
+}
+
+/// Who holds `p` now.
+fn holders_now(tree: &Path, p: &Path) -> Vec<String> {
+    match fs::symlink_metadata(p) {
+        Ok(m) => Holders::scan(tree).of(p, &m),
+        Err(_) => Vec::new(),
+    }
 }
 
 fn size_of(p: &Path) -> u64 {
@@ -99,7 +148,8 @@ fn walk(
     skip: &[PathBuf],
     rules: &[(Rule, PathBuf)],
     min_age: Duration,
-    held: &HashMap<FileId, Vec<String>>,
+    skip_ids: &[FileId],
+    held: &Holders,
     plan: &mut Plan,
 ) -> io::Result<()> {
     let mut entries: Vec<_> = fs::read_dir(dir)?.flatten().collect();
@@ -112,10 +162,14 @@ fn walk(
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
+        // The areas however they were named (relative, through a symlink).
+        if meta.is_dir() && skip_ids.contains(&file_id(&meta)) {
+            continue;
+        }
         let name = e.file_name().to_string_lossy().into_owned();
         if is_debris(&name) && !meta.is_dir() {
             plan.actions.push(Action::Debris {
-                holders: held.get(&file_id(&meta)).cloned().unwrap_or_default(),
+                holders: held.of(&path, &meta),
                 path,
                 bytes: meta.len(),
             });
@@ -137,16 +191,24 @@ fn walk(
                     .and_then(|m| SystemTime::now().duration_since(m).ok())
                     .is_some_and(|age| age >= min_age);
             if old_enough {
-                plan.actions.push(Action::Move {
-                    bytes: size_of(&path),
-                    from: path,
-                    to_dir: to.clone(),
+                let holders = held.of(&path, &meta);
+                plan.actions.push(if holders.is_empty() {
+                    Action::Move {
+                        bytes: size_of(&path),
+                        from: path,
+                        to_dir: to.clone(),
+                    }
+                } else {
+                    // In use (CASA still writing its log, a concat still
+                    // working on its table): moving it would pull it from
+                    // under its user.
+                    Action::Held { path, holders }
                 });
                 continue;
             }
         }
         if meta.is_dir() {
-            walk(&path, skip, rules, min_age, held, plan)?;
+            walk(&path, skip, rules, min_age, skip_ids, held, plan)?;
         }
     }
     Ok(())
@@ -231,13 +293,21 @@ pub fn run(a: SweepArgs) -> i32 {
             return 2;
         }
     };
+    // Absolute, so the plan says where things go whatever the working
+    // directory, and the areas are recognised in the walk.
+    let absolute = |p: &Path| match std::env::current_dir() {
+        Ok(cwd) if p.is_relative() => cwd.join(p),
+        _ => p.to_path_buf(),
+    };
     let logs = a
         .logs
-        .clone()
+        .as_deref()
+        .map(absolute)
         .unwrap_or_else(|| tree.join("state/logs/casa"));
     let scratch = a
         .scratch
-        .clone()
+        .as_deref()
+        .map(absolute)
         .unwrap_or_else(|| tree.join("state/scratch/tmppointing"));
     let rules = match (
         Rule::new(
@@ -266,11 +336,16 @@ pub fn run(a: SweepArgs) -> i32 {
         tree.join(crate::graveyard::GRAVEYARD_DIR),
         tree.join(".casafs"),
     ];
-    let held = holders(&tree);
+    let skip_ids: Vec<FileId> = skip
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| file_id(&m))
+        .collect();
+    let held = Holders::scan(&tree);
     let mut plan = Plan {
         actions: Vec::new(),
     };
-    if let Err(e) = walk(&tree, &skip, &rules, a.min_age, &held, &mut plan) {
+    if let Err(e) = walk(&tree, &skip, &rules, a.min_age, &skip_ids, &held, &mut plan) {
         eprintln!("casafs: error: sweep: {}: {e}", tree.display());
         return 1;
     }
@@ -312,6 +387,13 @@ pub fn run(a: SweepArgs) -> i32 {
                 };
                 println!("  {what}  {}  ({}, {who})", path.display(), human(*bytes));
             }
+            Action::Held { path, holders } => {
+                println!(
+                    "  leave   {}  (in use: held open by {})",
+                    path.display(),
+                    holders.join(", ")
+                );
+            }
         }
     }
     if a.dry_run {
@@ -319,23 +401,38 @@ pub fn run(a: SweepArgs) -> i32 {
         return 0;
     }
     let (mut moved, mut moved_bytes, mut removed, mut removed_bytes, mut failed) = (0, 0, 0, 0, 0);
+    let mut in_use = 0;
     for act in &plan.actions {
         match act {
             Action::Move {
                 from,
                 to_dir,
                 bytes,
-            } => match move_into(from, to_dir) {
-                Ok(dest) => {
-                    moved += 1;
-                    moved_bytes += bytes;
-                    tracing::info!("sweep: moved {} -> {}", from.display(), dest.display());
+            } => {
+                // Check again: a process may have opened it since.
+                let now = holders_now(&tree, from);
+                if !now.is_empty() {
+                    in_use += 1;
+                    println!(
+                        "  leave   {}  (in use now: held open by {})",
+                        from.display(),
+                        now.join(", ")
+                    );
+                    continue;
                 }
-                Err(e) => {
-                    failed += 1;
-                    eprintln!("casafs: sweep: cannot move {}: {e}", from.display());
+                match move_into(from, to_dir) {
+                    Ok(dest) => {
+                        moved += 1;
+                        moved_bytes += bytes;
+                        tracing::info!("sweep: moved {} -> {}", from.display(), dest.display());
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("casafs: sweep: cannot move {}: {e}", from.display());
+                    }
                 }
-            },
+            }
+            Action::Held { .. } => in_use += 1,
             Action::Debris {
                 path,
                 bytes,
@@ -343,7 +440,7 @@ pub fn run(a: SweepArgs) -> i32 {
             } => {
                 if a.remove_debris && holders.is_empty() {
                     // Check again: a process may have opened it since.
-                    if holders_of(&tree, path).is_empty() {
+                    if holders_now(&tree, path).is_empty() {
                         match fs::remove_file(path) {
                             Ok(()) => {
                                 removed += 1;
@@ -365,17 +462,10 @@ pub fn run(a: SweepArgs) -> i32 {
         .filter(|a| matches!(a, Action::Debris { .. }))
         .count();
     println!(
-        "sweep done: moved {moved} ({}), removed {removed} debris files ({}), {} debris files left, {failed} failures",
+        "sweep done: moved {moved} ({}), left {in_use} in use, removed {removed} debris files ({}), {} debris files left, {failed} failures",
         human(moved_bytes),
         human(removed_bytes),
         debris - removed
     );
     if failed > 0 { 1 } else { 0 }
-}
-
-fn holders_of(tree: &Path, p: &Path) -> Vec<String> {
-    match fs::symlink_metadata(p) {
-        Ok(m) => holders(tree).remove(&file_id(&m)).unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
 }

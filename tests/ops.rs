@@ -373,7 +373,7 @@ fn sweep_moves_old_debris_and_reports_holders() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let ts = t.to_str().unwrap();
-    let (code, out, err) = run(&["sweep", ts, "--dry-run"]);
+    let (code, out, err) = run(&["sweep", ts, "--dry-run", "--min-age", "0s"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("move") && out.contains("casa-20250101-000000.log"),
@@ -389,7 +389,7 @@ fn sweep_moves_old_debris_and_reports_holders() {
         "dry run changes nothing"
     );
 
-    let (code, out, err) = run(&["sweep", ts, "--remove-debris"]);
+    let (code, out, err) = run(&["sweep", ts, "--remove-debris", "--min-age", "0s"]);
     assert_eq!(code, 0, "{out} {err}");
     assert_eq!(names(&t.join("repo/scripts")), Vec::<String>::new());
     assert_eq!(
@@ -417,6 +417,84 @@ fn sweep_moves_old_debris_and_reports_holders() {
     assert!(out.contains("removed 1 debris"), "{out}");
     let _ = holder.kill();
     let _ = holder.wait();
+}
+
+#[test]
+fn sweep_leaves_what_is_in_use_and_never_walks_into_its_areas() {
+    let tmp = TempDir::new("sweep-in-use");
+    let t = tmp.path().join("tree");
+    fs::create_dir_all(t.join("proj")).unwrap();
+    fs::create_dir_all(t.join("ms/TMPPOINTING1")).unwrap();
+    fs::create_dir_all(t.join("ms/TMPPOINTING2")).unwrap();
+    fs::create_dir_all(t.join("ms/TMPPOINTING3")).unwrap();
+    fs::create_dir_all(t.join("state/logs/casa")).unwrap();
+    fs::write(t.join("proj/casa-20250101-000000.log"), b"being written").unwrap();
+    fs::write(t.join("proj/casa-20250101-000001.log"), b"done").unwrap();
+    fs::write(t.join("ms/TMPPOINTING1/table.f1"), b"open").unwrap();
+    fs::write(t.join("ms/TMPPOINTING3/table.f1"), b"idle").unwrap();
+    fs::write(t.join("state/logs/casa/casa-20250101-000002.log"), b"old").unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // CASA writing its log, a concat with a table file open, a process
+    // working inside another table.
+    let users = Kill(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec 3>>'{}' 4<'{}'; cd '{}' && exec sleep 600",
+                t.join("proj/casa-20250101-000000.log").display(),
+                t.join("ms/TMPPOINTING1/table.f1").display(),
+                t.join("ms/TMPPOINTING2").display()
+            ))
+            .spawn()
+            .unwrap(),
+    );
+    let pid = users.0.id();
+    eventually("the users are in place", || {
+        fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+    // Relative area paths, from inside the tree.
+    let out = Command::new(BIN)
+        .current_dir(&t)
+        .args(["sweep", ".", "--logs", "state/logs/casa", "--min-age", "0s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("held open by {pid} (sleep)")),
+        "{text}"
+    );
+    assert!(text.contains("left 3 in use"), "{text}");
+    assert_eq!(names(&t.join("proj")), ["casa-20250101-000000.log"]);
+    assert_eq!(names(&t.join("ms")), ["TMPPOINTING1", "TMPPOINTING2"]);
+    assert_eq!(
+        names(&t.join("state/logs/casa")),
+        ["casa-20250101-000001.log", "casa-20250101-000002.log"],
+        "the area's own file is not swept again"
+    );
+    assert_eq!(
+        fs::read(t.join("state/scratch/tmppointing/TMPPOINTING3/table.f1")).unwrap(),
+        b"idle"
+    );
+    // Young tables wait for --min-age (default 1h) even when nobody holds them.
+    drop(users);
+    let (code, out, err) = run(&["sweep", t.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("move    ") && out.contains("casa-20250101-000000.log"),
+        "{out}"
+    );
+    assert_eq!(names(&t.join("ms")), ["TMPPOINTING1", "TMPPOINTING2"]);
 }
 
 #[test]
