@@ -227,6 +227,23 @@ impl Graveyard {
         }
     }
 
+    /// Bytes this mount's graveyard holds now.
+    pub fn bytes(&self) -> u64 {
+        let Ok(d) = self.dir.dir_fd() else {
+            return 0;
+        };
+        let Ok(fd) = sys::open_at(d.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        else {
+            return 0;
+        };
+        list_dir(&fd)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| sys::stat_at(fd.as_raw_fd(), n).ok())
+            .map(|st| st.st_size as u64)
+            .sum()
+    }
+
     /// Deletes buried names for good (after their last close).
     pub fn release(&self, names: &[CString]) {
         let Ok(gdir) = self.dir.dir_fd() else {

@@ -38,6 +38,8 @@ const N_ERRNO: usize = 160;
 struct OpStats {
     count: AtomicU64,
     errors: AtomicU64,
+    /// Total time in the daemon, for the summary's `_sum` (averages).
+    sum_ns: AtomicU64,
     buckets: [AtomicU64; N_BUCKETS],
 }
 
@@ -46,6 +48,7 @@ impl OpStats {
         OpStats {
             count: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -89,7 +92,6 @@ pub struct Stats {
     pub bytes_written: AtomicU64,
     pub rules: Vec<RuleCounters>,
     pub deferred_pending: AtomicU64,
-    pub deferred_pending_bytes: AtomicU64,
     pub deferred_completed: AtomicU64,
     pub deferred_completed_bytes: AtomicU64,
     pub direct_unlinks_open: AtomicU64,
@@ -130,7 +132,6 @@ impl Stats {
                 })
                 .collect(),
             deferred_pending: AtomicU64::new(0),
-            deferred_pending_bytes: AtomicU64::new(0),
             deferred_completed: AtomicU64::new(0),
             deferred_completed_bytes: AtomicU64::new(0),
             direct_unlinks_open: AtomicU64::new(0),
@@ -156,6 +157,7 @@ impl Stats {
         let ns = t.start.elapsed().as_nanos() as u64;
         let s = &self.ops[t.op as usize];
         s.count.fetch_add(1, Relaxed);
+        s.sum_ns.fetch_add(ns, Relaxed);
         s.buckets[bucket_of(ns)].fetch_add(1, Relaxed);
         if let Some(e) = err {
             s.errors.fetch_add(1, Relaxed);
@@ -197,6 +199,9 @@ impl Stats {
 /// Values that live outside `Stats` but belong in the report.
 pub struct Extra {
     pub backing: Vec<(String, String)>,
+    /// What the graveyard holds now (a file unlinked while open may still
+    /// be growing).
+    pub deferred_pending_bytes: u64,
     pub redirects_live: usize,
     pub inodes_cached: usize,
     pub dir_fds_cached: usize,
@@ -322,7 +327,7 @@ impl Stats {
             "open_handles": self.open_handles.load(Relaxed),
             "deferred_unlinks": {
                 "pending": self.deferred_pending.load(Relaxed),
-                "pending_bytes": self.deferred_pending_bytes.load(Relaxed),
+                "pending_bytes": x.deferred_pending_bytes,
                 "completed": self.deferred_completed.load(Relaxed),
                 "completed_bytes": self.deferred_completed_bytes.load(Relaxed),
                 "direct_unlinks_of_open_files": self.direct_unlinks_open.load(Relaxed),
@@ -471,6 +476,20 @@ impl Stats {
         }
         family(
             &mut o,
+            "retention_removed_total",
+            "counter",
+            "Objects removed from a target area by the rule's retention, by rule.",
+        );
+        for r in &self.rules {
+            let _ = writeln!(
+                o,
+                "casafs_retention_removed_total{{{l},rule=\"{}\"}} {}",
+                escape_label(&r.name),
+                r.retention_removed.load(Relaxed)
+            );
+        }
+        family(
+            &mut o,
             "redirects_live",
             "gauge",
             "Redirected objects reachable through their original path.",
@@ -507,7 +526,7 @@ impl Stats {
         let _ = writeln!(
             o,
             "casafs_deferred_unlinks_pending_bytes{{{l}}} {}",
-            self.deferred_pending_bytes.load(Relaxed)
+            x.deferred_pending_bytes
         );
         family(
             &mut o,
@@ -530,6 +549,28 @@ impl Stats {
             o,
             "casafs_deferred_unlinks_completed_bytes_total{{{l}}} {}",
             self.deferred_completed_bytes.load(Relaxed)
+        );
+        family(
+            &mut o,
+            "direct_unlinks_of_open_files_total",
+            "counter",
+            "Open files unlinked (or replaced) where the backing needs no deferring.",
+        );
+        let _ = writeln!(
+            o,
+            "casafs_direct_unlinks_of_open_files_total{{{l}}} {}",
+            self.direct_unlinks_open.load(Relaxed)
+        );
+        family(
+            &mut o,
+            "passthrough_opens_total",
+            "counter",
+            "Opens whose reads and writes the kernel passes to the backing file.",
+        );
+        let _ = writeln!(
+            o,
+            "casafs_passthrough_opens_total{{{l}}} {}",
+            self.passthrough_opens.load(Relaxed)
         );
         family(
             &mut o,
@@ -556,6 +597,11 @@ impl Stats {
                     "casafs_operation_latency_microseconds{{{l},op=\"{name}\",quantile=\"{q}\"}} {v:.3}"
                 );
             }
+            let sum_us = self.ops[i].sum_ns.load(Relaxed) as f64 / 1000.0;
+            let _ = writeln!(
+                o,
+                "casafs_operation_latency_microseconds_sum{{{l},op=\"{name}\"}} {sum_us:.3}"
+            );
             let _ = writeln!(
                 o,
                 "casafs_operation_latency_microseconds_count{{{l},op=\"{name}\"}} {c}"
@@ -612,6 +658,7 @@ mod tests {
         s.finish(t, Some(libc::ENOENT));
         assert_eq!(s.op_count(Op::Lookup), 11);
         let x = Extra {
+            deferred_pending_bytes: 0,
             backing: vec![("source".into(), "ext4".into())],
             redirects_live: 0,
             inodes_cached: 1,

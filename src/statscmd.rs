@@ -99,9 +99,10 @@ pub fn summary(j: &Value) -> String {
             .iter()
             .map(|(k, v)| {
                 format!(
-                    "{k} {} (fail-open {})",
+                    "{k} {} (fail-open {}, retention removed {})",
                     num(&v["redirects"]),
-                    num(&v["fail_open"])
+                    num(&v["fail_open"]),
+                    num(&v["retention_removed"])
                 )
             })
             .collect();

@@ -92,7 +92,15 @@ fn metrics_are_valid_prometheus_text() {
     let m = Mount::over_itself("ctl-prom");
     fs::write(m.p("casa-2.log"), b"x").unwrap();
     let text = fs::read_to_string(m.p(".casafs/metrics")).unwrap();
-    assert!(text.contains("casafs_redirects_total"), "{text}");
+    for family in [
+        "casafs_redirects_total",
+        "casafs_retention_removed_total",
+        "casafs_passthrough_opens_total",
+        "casafs_direct_unlinks_of_open_files_total",
+        "casafs_operation_latency_microseconds_sum",
+    ] {
+        assert!(text.contains(&format!("\n{family}{{")), "{family}: {text}");
+    }
     let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
 fams = list(p(sys.stdin.read()))\nprint(len(fams), sum(len(f.samples) for f in fams))";
     let mut child = Command::new("python3")
@@ -155,4 +163,38 @@ fn casafs_stats_prints_for_a_person() {
     let out = Command::new(BIN).args(["stats", "/tmp"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a casafs mounted on /tmp?"));
+}
+
+#[test]
+fn deferred_unlink_bytes_follow_the_file() {
+    // The temporary-file pattern: create, unlink, then write. The pending
+    // bytes are what the graveyard holds now, not the size at unlink.
+    let m = Mount::builder("pending-bytes")
+        .opt("defer_unlink=always")
+        .start();
+    let p = m.p("scratch.tmp");
+    let mut f = std::fs::File::create(&p).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    let d = |s: &serde_json::Value, k: &str| s["deferred_unlinks"][k].as_u64().unwrap();
+    let st = m.stats();
+    assert_eq!((d(&st, "pending"), d(&st, "pending_bytes")), (1, 0));
+    std::io::Write::write_all(&mut f, &vec![7u8; 3 << 20]).unwrap();
+    let st = m.stats();
+    assert_eq!((d(&st, "pending"), d(&st, "pending_bytes")), (1, 3 << 20));
+    let metrics = std::fs::read_to_string(m.p(".casafs/metrics")).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("casafs_deferred_unlinks_pending_bytes{")
+                && l.ends_with(&format!(" {}", 3 << 20))),
+        "{metrics}"
+    );
+    drop(f);
+    eventually("the last close frees it", || {
+        let st = m.stats();
+        d(&st, "pending") == 0 && d(&st, "completed") == 1
+    });
+    let st = m.stats();
+    assert_eq!(d(&st, "pending_bytes"), 0);
+    assert_eq!(d(&st, "completed_bytes"), 3 << 20);
 }

@@ -459,7 +459,6 @@ impl CasaFs {
         open: &mut OpenState,
         dir: &Arc<Inode>,
         name: &CStr,
-        st: &libc::stat,
     ) -> Res<CString> {
         let dfd = dir.dir_fd()?;
         let g = self.graveyard.bury(dfd.as_raw_fd(), name)?;
@@ -473,9 +472,6 @@ impl CasaFs {
             v.set_loc(self.graveyard.dir.clone(), g.clone());
         }
         self.stats.deferred_pending.fetch_add(1, Relaxed);
-        self.stats
-            .deferred_pending_bytes
-            .fetch_add(st.st_size as u64, Relaxed);
         Ok(g)
     }
 
@@ -490,7 +486,6 @@ impl CasaFs {
         grave: &CStr,
         dir: &Arc<Inode>,
         name: &CStr,
-        st: &libc::stat,
     ) {
         let back = self.graveyard.dir.dir_fd().and_then(|gfd| {
             let dfd = dir.dir_fd()?;
@@ -512,9 +507,6 @@ impl CasaFs {
             v.set_loc(dir.clone(), name.to_owned());
         }
         self.stats.deferred_pending.fetch_sub(1, Relaxed);
-        self.stats
-            .deferred_pending_bytes
-            .fetch_sub(st.st_size as u64, Relaxed);
     }
 
     /// Removes a non-directory name. An object still open through casafs is
@@ -536,7 +528,7 @@ impl CasaFs {
             let mut open = v.open.lock();
             if open.handles > 0 {
                 if self.defers_unlink(st.st_dev) {
-                    self.bury(&v, &mut open, dir, name, &st)?;
+                    self.bury(&v, &mut open, dir, name)?;
                     return Ok(());
                 }
                 drop(open);
@@ -756,7 +748,7 @@ impl CasaFs {
                 if sst.st_dev != dstat.st_dev {
                     return Err(Errno::EXDEV);
                 }
-                grave = Some(self.bury(v, o, &dst.dir, &dst.name, dstat)?);
+                grave = Some(self.bury(v, o, &dst.dir, &dst.name)?);
             } else if (open || dstat.st_nlink > 1) && !v.is_pinned() {
                 pinned_here = v.pin().is_ok();
             }
@@ -770,10 +762,8 @@ impl CasaFs {
                 flags,
             )
         }) {
-            if let (Some(v), Some(o), Some(g), Some(dstat)) =
-                (&victim, open_state.as_deref_mut(), &grave, &dst_st)
-            {
-                self.unbury(v, o, g, &dst.dir, &dst.name, dstat);
+            if let (Some(v), Some(o), Some(g)) = (&victim, open_state.as_deref_mut(), &grave) {
+                self.unbury(v, o, g, &dst.dir, &dst.name);
             }
             if let (Some(v), true) = (&victim, pinned_here) {
                 v.unpin();

@@ -344,24 +344,23 @@ impl CasaFs {
             let st = inode.stat().ok();
             let size = st.map(|s| s.st_size as u64).unwrap_or(0);
             let nlink = st.map(|s| s.st_nlink as usize).unwrap_or(0);
-            if nlink > buried.len() {
+            // Freed once, and only when no other name keeps the data.
+            let freed = if nlink > buried.len() {
                 // Other names live on (a hard link): keep the inode
                 // reachable without holding the graveyard name.
                 let _ = inode.pin();
+                0
             } else {
                 inode.unpin();
-            }
+                size
+            };
             self.graveyard.release(&buried);
             let n = buried.len() as u64;
             self.stats.deferred_pending.fetch_sub(n, Relaxed);
-            let _ = self
-                .stats
-                .deferred_pending_bytes
-                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(size * n)));
             self.stats.deferred_completed.fetch_add(n, Relaxed);
             self.stats
                 .deferred_completed_bytes
-                .fetch_add(size * n, Relaxed);
+                .fetch_add(freed, Relaxed);
         }
     }
 

@@ -300,6 +300,11 @@ impl CasaFs {
     pub fn extra(&self) -> Extra {
         Extra {
             backing: self.backing_types.clone(),
+            deferred_pending_bytes: if self.stats.deferred_pending.load(Ordering::Relaxed) > 0 {
+                self.graveyard.bytes()
+            } else {
+                0
+            },
             redirects_live: self.redirects.len(),
             inodes_cached: self.inodes.len(),
             dir_fds_cached: crate::inode::cached_dir_fds(),
