@@ -124,11 +124,15 @@ fn is_ignored_mount_keyword(k: &str) -> bool {
             | "group"
             | "_netdev"
             | "nofail"
+            // The atime family: the backing filesystem keeps its own
+            // access times, which casafs's reads reach directly.
             | "relatime"
             | "norelatime"
             | "strictatime"
             | "lazytime"
             | "nolazytime"
+            | "diratime"
+            | "nodiratime"
             | "default_permissions"
             | "silent"
             | "loud"
@@ -387,6 +391,10 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
     s.fsname = s.source.to_string_lossy().into_owned();
 
     for (k, v) in &kv {
+        // `logs=` would otherwise be the directory mount ran in.
+        if v.is_empty() && matches!(k.as_str(), "logs" | "scratch" | "config" | "fsname") {
+            return bad(format!("option '{k}': empty value (give a path)"));
+        }
         match k.as_str() {
             "logs" => s.logs = absolute(&cwd, v),
             "scratch" => s.scratch = absolute(&cwd, v),

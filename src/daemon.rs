@@ -107,6 +107,14 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
 
     let mut areas: Vec<(PathBuf, OwnedFd)> = Vec::new();
     let mut rule_area = Vec::new();
+    // Directories made for the areas: bad input leaves nothing behind, so a
+    // later area's failure removes them again.
+    let mut made: Vec<PathBuf> = Vec::new();
+    let undo = |made: &[PathBuf]| {
+        for d in made.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    };
     for r in &s.rules.rules {
         if let Some(i) = areas.iter().position(|(p, _)| *p == r.target) {
             rule_area.push(i);
@@ -119,15 +127,25 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
                 r.name
             ))
         };
-        std::fs::create_dir_all(&r.target).map_err(|e| fail(format!("cannot create it: {e}")))?;
-        let fd = open_dir(&r.target).map_err(|e| fail(e.to_string()))?;
-        // Probe: a target nobody can create in would make every routed
-        // creation fall back; refuse it now instead.
-        let probe = r
-            .target
-            .join(format!(".casafs-probe-{}", std::process::id()));
-        std::fs::File::create(&probe).map_err(|e| fail(format!("not writable: {e}")))?;
-        let _ = std::fs::remove_file(&probe);
+        let checked = (|| {
+            make_dirs(&r.target, &mut made).map_err(|e| fail(format!("cannot create it: {e}")))?;
+            let fd = open_dir(&r.target).map_err(|e| fail(e.to_string()))?;
+            // Probe: a target nobody can create in would make every routed
+            // creation fall back; refuse it now instead.
+            let probe = r
+                .target
+                .join(format!(".casafs-probe-{}", std::process::id()));
+            std::fs::File::create(&probe).map_err(|e| fail(format!("not writable: {e}")))?;
+            let _ = std::fs::remove_file(&probe);
+            Ok(fd)
+        })();
+        let fd = match checked {
+            Ok(fd) => fd,
+            Err(e) => {
+                undo(&made);
+                return Err(e);
+            }
+        };
         rule_area.push(areas.len());
         areas.push((r.target.clone(), fd));
     }
@@ -137,6 +155,27 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
         areas,
         rule_area,
     })
+}
+
+/// `create_dir_all` that notes each directory it made, outermost first.
+fn make_dirs(p: &std::path::Path, made: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = Some(p);
+    while let Some(d) = cur {
+        if std::fs::symlink_metadata(d).is_ok() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(&d) {
+            Ok(()) => made.push(d),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn fuse_config(s: &Settings) -> Config {

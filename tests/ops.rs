@@ -339,17 +339,60 @@ fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
             ],
             "threads",
         ),
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "-o".into(),
+                "logs=".into(),
+            ],
+            "'logs'",
+        ),
+        // The logs area is fine (and made), scratch is not: the logs
+        // area's new directories go again, and with the default logs area
+        // (inside the tree) nothing is made in the tree.
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "-o".into(),
+                format!(
+                    "logs={}/newlogs/casa,scratch=/proc/version/x",
+                    tmp.path().display()
+                ),
+            ],
+            "/proc/version/x",
+        ),
+        (
+            vec![
+                "mount".into(),
+                s.into(),
+                s.into(),
+                "-o".into(),
+                "scratch=/proc/version/x".into(),
+            ],
+            "/proc/version/x",
+        ),
     ];
     for (args, culprit) in cases {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, _out, err) = run(&a);
+        // Taken down before any assertion, so a failing case leaves no
+        // mount behind.
+        let mounted = fstype_at(&src);
+        if mounted.is_some() {
+            umount(&src, true);
+        }
         assert_eq!(code, 2, "{a:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
         assert!(err.contains(culprit), "{a:?} names {culprit}: {err}");
-        assert_eq!(fstype_at(&src), None, "nothing mounted for {a:?}");
+        assert_eq!(mounted, None, "nothing mounted for {a:?}");
     }
-    // Bad input never touches the data.
+    // Bad input never touches the data, nor leaves directories behind.
     assert_eq!(names(&src), Vec::<String>::new());
+    assert!(!tmp.path().join("newlogs").exists());
 }
 
 #[test]
