@@ -76,7 +76,12 @@ fn pass(r: &Retention, stats: &Stats) {
     let mut expired = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name();
-        if !r.rule.matches_name(name.as_bytes()) {
+        // The rule's objects: by their name in the area, or, for one that
+        // got a suffix there (`tmp12-2.ms` next to `tmp12.ms`), by the name
+        // it was routed from.
+        if !r.rule.matches_name(name.as_bytes())
+            && !origin_name(&e.path()).is_some_and(|o| r.rule.matches_name(&o))
+        {
             continue;
         }
         let Ok(md) = e.path().symlink_metadata() else {
@@ -131,6 +136,22 @@ fn pass(r: &Retention, stats: &Stats) {
             Err(e) => tracing::warn!("retention: cannot remove {}: {e}", shown.display()),
         }
     }
+}
+
+/// The last component of the origin casafs recorded on a routed object.
+fn origin_name(p: &Path) -> Option<Vec<u8>> {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            crate::redirect::ORIGIN_XATTR.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let origin = buf.get(..usize::try_from(n).ok()?)?;
+    origin.rsplit(|&b| b == b'/').next().map(<[u8]>::to_vec)
 }
 
 /// Size, newest change time and inode numbers of a tree, without following

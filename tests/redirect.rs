@@ -410,7 +410,9 @@ fn retention_removes_old_closed_objects_and_keeps_open_ones() {
     let cfg = tmp.path().join("casafs.toml");
     fs::write(
         &cfg,
-        "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n",
+        "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n\
+         [[rule]]\nname = \"ms-scratch\"\nregex = \"tmp[0-9]+\\\\.ms\"\nkind = \"dir\"\n\
+         target = \"scratch\"\nretention = \"2s\"\n",
     )
     .unwrap();
     let m = Mount::builder("retention")
@@ -428,6 +430,15 @@ fn retention_removes_old_closed_objects_and_keeps_open_ones() {
     // An operator's file in the scratch area that no rule matches.
     fs::write(scratch.join("notes.txt"), b"mine").unwrap();
     assert!(scratch.join("TMPPOINTING1/table.dat").exists());
+    // Two origins of one name: the second one's copy carries a suffix that
+    // the rule's pattern no longer matches, and goes all the same.
+    for d in ["a", "b"] {
+        fs::create_dir_all(m.p(d).join("tmp12.ms")).unwrap();
+    }
+    assert!(scratch.join("tmp12-2.ms").exists());
+    wait_until("both copies of tmp12.ms are removed", || {
+        !scratch.join("tmp12.ms").exists() && !scratch.join("tmp12-2.ms").exists()
+    });
 
     wait_until("the closed table is removed", || {
         !scratch.join("TMPPOINTING1").exists()
