@@ -84,6 +84,7 @@ struct FileConfig {
     attr_timeout: Option<toml::Value>,
     entry_timeout: Option<toml::Value>,
     threads: Option<toml::Value>,
+    fsname: Option<String>,
     allow_other: Option<bool>,
     #[serde(default, rename = "rule")]
     rules: Vec<FileRule>,
@@ -327,6 +328,13 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
     let source = absolute(&cwd, &args.source.to_string_lossy());
     let mountpoint = absolute(&cwd, &args.mountpoint.to_string_lossy());
 
+    // Empty paths are refused before anything is read: `logs=` or
+    // `config=` would otherwise mean the directory mount ran in.
+    if let Some((k, _)) = raw.kv.iter().find(|(k, v)| {
+        v.is_empty() && matches!(k.as_str(), "logs" | "scratch" | "config" | "fsname")
+    }) {
+        return bad(format!("option '{k}': empty value (give a path)"));
+    }
     let config_file = raw
         .kv
         .iter()
@@ -366,6 +374,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         file.entry_timeout.as_ref().map(value_to_string),
     );
     push("threads", file.threads.as_ref().map(value_to_string));
+    push("fsname", file.fsname.clone());
     kv.extend(raw.kv.iter().cloned());
 
     let mut s = Settings {
@@ -391,9 +400,9 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
     s.fsname = s.source.to_string_lossy().into_owned();
 
     for (k, v) in &kv {
-        // `logs=` would otherwise be the directory mount ran in.
-        if v.is_empty() && matches!(k.as_str(), "logs" | "scratch" | "config" | "fsname") {
-            return bad(format!("option '{k}': empty value (give a path)"));
+        // The same for the config file's values.
+        if v.is_empty() && matches!(k.as_str(), "logs" | "scratch" | "fsname") {
+            return bad(format!("'{k}': empty value (give a path)"));
         }
         match k.as_str() {
             "logs" => s.logs = absolute(&cwd, v),
@@ -670,6 +679,15 @@ mod tests {
     }
 
     #[test]
+    fn empty_paths_and_the_atime_family() {
+        for o in ["logs=", "scratch=", "config=", "fsname="] {
+            let e = build(&args(&[o])).unwrap_err();
+            assert!(e.0.contains("empty value"), "{o}: {e}");
+        }
+        assert!(build(&args(&["nodiratime,relatime,lazytime"])).is_ok());
+    }
+
+    #[test]
     fn unknown_option_is_named() {
         let e = build(&args(&["logs=/l,bogus=1"])).unwrap_err();
         assert!(e.0.contains("'bogus=1'"), "{e}");
@@ -690,7 +708,7 @@ mod tests {
         let f = dir.join("c.toml");
         std::fs::write(
             &f,
-            "logs = \"/L\"\n[[rule]]\nname = \"tmppointing\"\nretention = \"24h\"\n\
+            "logs = \"/L\"\nfsname = \"dsa110\"\n[[rule]]\nname = \"tmppointing\"\nretention = \"24h\"\n\
              [[rule]]\nname = \"ms-tmp\"\nregex = \"tmp[0-9]+\\\\.ms\"\nkind = \"dir\"\ntarget = \"scratch\"\n",
         )
         .unwrap();
@@ -698,6 +716,7 @@ mod tests {
         a.config = Some(f.clone());
         let s = build(&a).unwrap();
         assert_eq!(s.logs, PathBuf::from("/L"));
+        assert_eq!(s.fsname, "dsa110");
         assert_eq!(s.rules.rules.len(), 3);
         assert_eq!(s.rules.rules[1].retention, Some(Duration::from_secs(86400)));
         assert_eq!(s.rules.route(b"tmp12.ms", true), Some(2));
