@@ -624,6 +624,7 @@ pub fn render(s: &Settings) -> String {
         s.entry_timeout.as_secs_f64()
     ));
     out.push_str(&format!("threads = {}\n", s.threads));
+    out.push_str(&format!("fsname = {:?}\n", s.fsname));
     out.push_str(&format!("allow_other = {}\n", s.allow_other));
     if let Some(c) = &s.config_file {
         out.push_str(&format!("# read from {}\n", c.display()));

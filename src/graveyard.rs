@@ -236,10 +236,13 @@ impl Graveyard {
         else {
             return 0;
         };
+        // Two names of one file (hard links both unlinked) hold it once.
+        let mut seen = std::collections::HashSet::new();
         list_dir(&fd)
             .unwrap_or_default()
             .iter()
             .filter_map(|n| sys::stat_at(fd.as_raw_fd(), n).ok())
+            .filter(|st| seen.insert(st.st_ino))
             .map(|st| st.st_size as u64)
             .sum()
     }

@@ -239,6 +239,22 @@ pub fn candidate(name: &CStr, n: u32) -> CString {
     CString::new(out).unwrap_or_else(|_| name.to_owned())
 }
 
+/// The name `candidate` made `name` from with n >= 2, if it is one:
+/// `casa-X-2.log` -> `casa-X.log`.
+pub fn uncandidate(name: &[u8]) -> Option<Vec<u8>> {
+    let dot = name.iter().rposition(|&c| c == b'.').filter(|&i| i > 0);
+    let (stem, ext) = name.split_at(dot.unwrap_or(name.len()));
+    let dash = stem.iter().rposition(|&c| c == b'-')?;
+    let digits = &stem[dash + 1..];
+    let n: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    if n < 2 || digits.first() == Some(&b'0') || dash == 0 {
+        return None;
+    }
+    let mut out = stem[..dash].to_vec();
+    out.extend_from_slice(ext);
+    Some(out)
+}
+
 /// The origin recorded on an object in an area: the whole relative path, its
 /// directory part, its name, and the object's change time.
 fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(String, String, CString, SystemTime)> {
@@ -283,5 +299,32 @@ mod tests {
             c"TMPPOINTING17-3"
         );
         assert_eq!(candidate(c".hidden", 2).as_c_str(), c".hidden-2");
+    }
+
+    #[test]
+    fn uncandidate_undoes_candidate_and_nothing_else() {
+        for (name, n) in [
+            (&b"casa-20250101-000000.log"[..], 2),
+            (b"tmp12.ms", 17),
+            (b"TMPPOINTING17", 3),
+            (b".hidden", 2),
+        ] {
+            let c = CString::new(name).unwrap();
+            let made = candidate(&c, n);
+            assert_eq!(uncandidate(made.to_bytes()).as_deref(), Some(name));
+        }
+        for plain in [
+            &b"casa-20250101-000000.log"[..],
+            b"keep-case.ms",
+            b"x-1.log",
+            b"x-02.log",
+        ] {
+            assert_eq!(
+                uncandidate(plain),
+                None,
+                "{}",
+                String::from_utf8_lossy(plain)
+            );
+        }
     }
 }

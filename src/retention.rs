@@ -78,9 +78,12 @@ fn pass(r: &Retention, stats: &Stats) {
         let name = e.file_name();
         // The rule's objects: by their name in the area, or, for one that
         // got a suffix there (`tmp12-2.ms` next to `tmp12.ms`), by the name
-        // it was routed from.
+        // it was routed from, which must be that name without the suffix
+        // (a table an operator renamed to keep it stays kept).
         if !r.rule.matches_name(name.as_bytes())
-            && !origin_name(&e.path()).is_some_and(|o| r.rule.matches_name(&o))
+            && !crate::redirect::uncandidate(name.as_bytes()).is_some_and(|base| {
+                r.rule.matches_name(&base) && origin_name(&e.path()).as_deref() == Some(&base[..])
+            })
         {
             continue;
         }

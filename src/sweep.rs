@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::rules::{Kind, Rule};
 
@@ -67,6 +67,12 @@ impl Holders {
             let comm = fs::read_to_string(dir.join("comm"))
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default();
+            // casafs itself (a daemon serving the tree, this sweep) uses
+            // nothing: its descriptors are its clients', who show up
+            // themselves.
+            if comm == "casafs" {
+                continue;
+            }
             let who = format!("{pid} ({comm})");
             if let Ok(cwd) = fs::read_link(dir.join("cwd"))
                 && cwd.starts_with(tree)
@@ -115,11 +121,26 @@ impl Holders {
     }
 }
 
-/// Who holds `p` now.
-fn holders_now(tree: &Path, p: &Path) -> Vec<String> {
-    match fs::symlink_metadata(p) {
-        Ok(m) => Holders::scan(tree).of(p, &m),
-        Err(_) => Vec::new(),
+/// Holders as of at most a moment ago: scanning all of /proc for each of
+/// thousands of stray logs would take minutes.
+struct Fresh<'a> {
+    tree: &'a Path,
+    snap: Holders,
+    at: Instant,
+}
+
+impl Fresh<'_> {
+    const MAX_AGE: Duration = Duration::from_secs(1);
+
+    fn of(&mut self, p: &Path) -> Vec<String> {
+        if self.at.elapsed() > Self::MAX_AGE {
+            self.snap = Holders::scan(self.tree);
+            self.at = Instant::now();
+        }
+        match fs::symlink_metadata(p) {
+            Ok(m) => self.snap.of(p, &m),
+            Err(_) => Vec::new(),
+        }
     }
 }
 
@@ -402,6 +423,13 @@ pub fn run(a: SweepArgs) -> i32 {
     }
     let (mut moved, mut moved_bytes, mut removed, mut removed_bytes, mut failed) = (0, 0, 0, 0, 0);
     let mut in_use = 0;
+    // Looked at again as the moves go: a process may have opened something
+    // since the plan.
+    let mut now = Fresh {
+        tree: &tree,
+        snap: Holders::scan(&tree),
+        at: Instant::now(),
+    };
     for act in &plan.actions {
         match act {
             Action::Move {
@@ -409,14 +437,13 @@ pub fn run(a: SweepArgs) -> i32 {
                 to_dir,
                 bytes,
             } => {
-                // Check again: a process may have opened it since.
-                let now = holders_now(&tree, from);
-                if !now.is_empty() {
+                let who = now.of(from);
+                if !who.is_empty() {
                     in_use += 1;
                     println!(
                         "  leave   {}  (in use now: held open by {})",
                         from.display(),
-                        now.join(", ")
+                        who.join(", ")
                     );
                     continue;
                 }
@@ -438,18 +465,15 @@ pub fn run(a: SweepArgs) -> i32 {
                 bytes,
                 holders,
             } => {
-                if a.remove_debris && holders.is_empty() {
-                    // Check again: a process may have opened it since.
-                    if holders_now(&tree, path).is_empty() {
-                        match fs::remove_file(path) {
-                            Ok(()) => {
-                                removed += 1;
-                                removed_bytes += bytes;
-                            }
-                            Err(e) => {
-                                failed += 1;
-                                eprintln!("casafs: sweep: cannot remove {}: {e}", path.display());
-                            }
+                if a.remove_debris && holders.is_empty() && now.of(path).is_empty() {
+                    match fs::remove_file(path) {
+                        Ok(()) => {
+                            removed += 1;
+                            removed_bytes += bytes;
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("casafs: sweep: cannot remove {}: {e}", path.display());
                         }
                     }
                 }

@@ -541,6 +541,27 @@ fn sweep_leaves_what_is_in_use_and_never_walks_into_its_areas() {
 }
 
 #[test]
+fn sweep_through_the_mount_is_not_stopped_by_the_daemon() {
+    // casafs keeps descriptors of the directories it serves (O_PATH ones,
+    // and a listing's until its release, which the kernel sends late): they
+    // are no use of a table.
+    let m = Mount::over_itself("sweep-through");
+    fs::create_dir_all(m.backing("ms/TMPPOINTING1")).unwrap();
+    fs::write(m.backing("ms/TMPPOINTING1/table.f1"), b"rows").unwrap();
+    assert_eq!(names(&m.p("ms/TMPPOINTING1")), ["table.f1"]);
+    let (code, out, err) = run(&["sweep", m.mnt.to_str().unwrap(), "--min-age", "0s"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(
+        out.contains("moved 1") && out.contains("left 0 in use"),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read(m.backing("state/scratch/tmppointing/TMPPOINTING1/table.f1")).unwrap(),
+        b"rows"
+    );
+}
+
+#[test]
 fn systemd_unit_verifies() {
     if Command::new("systemd-analyze")
         .arg("--version")

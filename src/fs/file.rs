@@ -334,34 +334,40 @@ impl CasaFs {
         }
         open.backing = None;
         let buried = std::mem::take(&mut open.buried);
-        drop(open);
-        // A file unlinked while open was pinned to stay reachable; with
-        // its last handle gone the pin must not hold its space any longer.
-        if buried.is_empty() && inode.stat().is_ok_and(|s| s.st_nlink == 0) {
-            inode.unpin();
-        }
-        if !buried.is_empty() {
-            let st = inode.stat().ok();
-            let size = st.map(|s| s.st_size as u64).unwrap_or(0);
-            let nlink = st.map(|s| s.st_nlink as usize).unwrap_or(0);
-            // Freed once, and only when no other name keeps the data.
-            let freed = if nlink > buried.len() {
-                // Other names live on (a hard link): keep the inode
-                // reachable without holding the graveyard name.
-                let _ = inode.pin();
-                0
-            } else {
+        if buried.is_empty() {
+            drop(open);
+            // A file unlinked while open was pinned to stay reachable; with
+            // its last handle gone the pin must not hold its space any
+            // longer.
+            if inode.stat().is_ok_and(|s| s.st_nlink == 0) {
                 inode.unpin();
-                size
-            };
-            self.graveyard.release(&buried);
-            let n = buried.len() as u64;
-            self.stats.deferred_pending.fetch_sub(n, Relaxed);
-            self.stats.deferred_completed.fetch_add(n, Relaxed);
-            self.stats
-                .deferred_completed_bytes
-                .fetch_add(freed, Relaxed);
+            }
+            return;
         }
+        // The graves go while the lock is held: an open counting its handle
+        // meanwhile then finds the file gone, rather than reopening one
+        // that is being unlinked.
+        let st = inode.stat().ok();
+        let size = st.map(|s| s.st_size as u64).unwrap_or(0);
+        let nlink = st.map(|s| s.st_nlink as usize).unwrap_or(0);
+        // Freed once, and only when no other name keeps the data.
+        let freed = if nlink > buried.len() {
+            // Other names live on (a hard link): keep the inode reachable
+            // without holding the graveyard name.
+            let _ = inode.pin();
+            0
+        } else {
+            inode.unpin();
+            size
+        };
+        self.graveyard.release(&buried);
+        drop(open);
+        let n = buried.len() as u64;
+        self.stats.deferred_pending.fetch_sub(n, Relaxed);
+        self.stats.deferred_completed.fetch_add(n, Relaxed);
+        self.stats
+            .deferred_completed_bytes
+            .fetch_add(freed, Relaxed);
     }
 
     pub(super) fn do_fsync(&self, fh: u64, datasync: bool) -> Res<()> {

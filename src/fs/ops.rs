@@ -615,7 +615,17 @@ impl CasaFs {
                     }
                     // Where the transport cannot send a bare name: an entry
                     // with the little getdents knows, expired at once, so
-                    // that any use of it asks again and gets the error.
+                    // that any use of it asks again and gets the error. Not
+                    // for a file open through casafs: made-up attributes
+                    // would cut the size the kernel has for it, and with it
+                    // its cached pages; left out instead.
+                    if self
+                        .inodes
+                        .get(self.inodes.peek_nodeid(dir.dev, e.ino))
+                        .is_ok_and(|i| i.open.lock().handles > 0)
+                    {
+                        return Ok(Some(0));
+                    }
                     let mut st = sys::zeroed_stat();
                     st.st_dev = dir.dev;
                     st.st_ino = e.ino;
