@@ -110,24 +110,8 @@ fn sweep_names_who_holds_real_fuse_hidden_debris() {
     fs::create_dir(v.dir.join("obs")).unwrap();
     let p = v.dir.join("obs/big.dat");
     fs::write(&p, vec![1u8; 1 << 20]).unwrap();
-    struct Holder(std::process::Child);
-    impl Drop for Holder {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let holder = Holder(
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("exec 3<'{}'; exec sleep 600", p.display()))
-            .spawn()
-            .unwrap(),
-    );
-    let pid = holder.0.id();
-    eventually("the holder has the file open", || {
-        fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-    });
+    let holder = Holder::sh(&format!("exec 3<'{}'; exec sleep 600", p.display()));
+    let pid = holder.pid();
     fs::remove_file(&p).unwrap();
     let hidden = debris(&v.dir.join("obs"));
     assert_eq!(hidden.len(), 1);

@@ -409,12 +409,7 @@ fn sweep_moves_old_debris_and_reports_holders() {
     fs::write(t.join("obs/.fuse_hidden0000000300000002"), vec![0u8; 2000]).unwrap();
     // A live process holds one of them open.
     let held = t.join("obs/.fuse_hidden0000000300000002");
-    let mut holder = Command::new("sh")
-        .arg("-c")
-        .arg(format!("exec 3<'{}'; exec sleep 30", held.display()))
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let holder = Holder::sh(&format!("exec 3<'{}'; exec sleep 600", held.display()));
     let ts = t.to_str().unwrap();
     let (code, out, err) = run(&["sweep", ts, "--dry-run", "--min-age", "0s"]);
     assert_eq!(code, 0, "{err}");
@@ -423,7 +418,7 @@ fn sweep_moves_old_debris_and_reports_holders() {
         "{out}"
     );
     assert!(
-        out.contains(&format!("held open by {}", holder.id())),
+        out.contains(&format!("held open by {}", holder.pid())),
         "{out}"
     );
     assert!(out.contains("dry run"), "{out}");
@@ -458,8 +453,7 @@ fn sweep_moves_old_debris_and_reports_holders() {
         "only the held one stays"
     );
     assert!(out.contains("removed 1 debris"), "{out}");
-    let _ = holder.kill();
-    let _ = holder.wait();
+    drop(holder);
 }
 
 #[test]
@@ -476,31 +470,15 @@ fn sweep_leaves_what_is_in_use_and_never_walks_into_its_areas() {
     fs::write(t.join("ms/TMPPOINTING1/table.f1"), b"open").unwrap();
     fs::write(t.join("ms/TMPPOINTING3/table.f1"), b"idle").unwrap();
     fs::write(t.join("state/logs/casa/casa-20250101-000002.log"), b"old").unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     // CASA writing its log, a concat with a table file open, a process
     // working inside another table.
-    let users = Kill(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "exec 3>>'{}' 4<'{}'; cd '{}' && exec sleep 600",
-                t.join("proj/casa-20250101-000000.log").display(),
-                t.join("ms/TMPPOINTING1/table.f1").display(),
-                t.join("ms/TMPPOINTING2").display()
-            ))
-            .spawn()
-            .unwrap(),
-    );
-    let pid = users.0.id();
-    eventually("the users are in place", || {
-        fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-    });
+    let users = Holder::sh(&format!(
+        "exec 3>>'{}' 4<'{}'; cd '{}' && exec sleep 600",
+        t.join("proj/casa-20250101-000000.log").display(),
+        t.join("ms/TMPPOINTING1/table.f1").display(),
+        t.join("ms/TMPPOINTING2").display()
+    ));
+    let pid = users.pid();
     // Relative area paths, from inside the tree.
     let out = Command::new(BIN)
         .current_dir(&t)

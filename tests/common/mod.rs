@@ -439,3 +439,30 @@ impl Drop for Tmpfs {
         umount(&self.0, true);
     }
 }
+
+/// A stand-in user of files: a shell script in the background that holds
+/// them open or works in a directory, then sleeps. Killed on drop, also
+/// when a test fails.
+pub struct Holder(Child);
+
+impl Holder {
+    pub fn sh(script: &str) -> Holder {
+        let h = Holder(Command::new("sh").arg("-c").arg(script).spawn().unwrap());
+        let pid = h.pid();
+        eventually("the holder is in place", || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+        h
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
