@@ -446,48 +446,35 @@ impl Stats {
             "casafs_io_uring_handoff_revoked_total{{{l}}} {}",
             self.ring_handoff_revoked.load(Relaxed)
         );
-        family(
+        let per_rule = |o: &mut String, name: &str, help: &str, v: fn(&RuleCounters) -> u64| {
+            family(o, name, "counter", help);
+            for r in &self.rules {
+                let _ = writeln!(
+                    o,
+                    "casafs_{name}{{{l},rule=\"{}\"}} {}",
+                    escape_label(&r.name),
+                    v(r)
+                );
+            }
+        };
+        per_rule(
             &mut o,
             "redirects_total",
-            "counter",
             "Objects routed to a target area, by rule.",
+            |r| r.routed.load(Relaxed),
         );
-        for r in &self.rules {
-            let _ = writeln!(
-                o,
-                "casafs_redirects_total{{{l},rule=\"{}\"}} {}",
-                escape_label(&r.name),
-                r.routed.load(Relaxed)
-            );
-        }
-        family(
+        per_rule(
             &mut o,
             "fail_open_total",
-            "counter",
-            "Creations done in place because the target area was unusable, by rule.",
+            "Routed creations and renames done in place because the target area was unusable, by rule.",
+            |r| r.fail_open.load(Relaxed),
         );
-        for r in &self.rules {
-            let _ = writeln!(
-                o,
-                "casafs_fail_open_total{{{l},rule=\"{}\"}} {}",
-                escape_label(&r.name),
-                r.fail_open.load(Relaxed)
-            );
-        }
-        family(
+        per_rule(
             &mut o,
             "retention_removed_total",
-            "counter",
             "Objects removed from a target area by the rule's retention, by rule.",
+            |r| r.retention_removed.load(Relaxed),
         );
-        for r in &self.rules {
-            let _ = writeln!(
-                o,
-                "casafs_retention_removed_total{{{l},rule=\"{}\"}} {}",
-                escape_label(&r.name),
-                r.retention_removed.load(Relaxed)
-            );
-        }
         family(
             &mut o,
             "redirects_live",
