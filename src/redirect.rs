@@ -157,9 +157,12 @@ impl RedirectTable {
     }
 
     pub fn remove(&self, dir: &Inode, name: &CStr) -> Option<Redirect> {
-        let (_, r) = self.map.remove(&Self::key(dir, name))?;
-        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.dirs.entry((dir.dev, dir.ino))
-        {
+        self.remove_key(&Self::key(dir, name))
+    }
+
+    fn remove_key(&self, key: &Key) -> Option<Redirect> {
+        let (_, r) = self.map.remove(key)?;
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.dirs.entry((key.0, key.1)) {
             *e.get_mut() = e.get().saturating_sub(1);
             if *e.get() == 0 {
                 e.remove();
@@ -174,6 +177,30 @@ impl RedirectTable {
     pub fn forget_dir(&self, dev: u64, ino: u64) {
         if self.dirs.remove(&(dev, ino)).is_some() {
             self.map.retain(|k, _| (k.0, k.1) != (dev, ino));
+        }
+    }
+
+    /// Drops the redirects whose object is no longer in its area (removed
+    /// by retention or by hand), so that what is listed as live is: a
+    /// lookup of the original name would drop each anyway.
+    pub fn drop_gone(&self, areas: &[Area]) {
+        if self.map.is_empty() {
+            return;
+        }
+        let fds: Vec<_> = areas.iter().map(|a| a.dir().dir_fd().ok()).collect();
+        let gone: Vec<Key> = self
+            .map
+            .iter()
+            .filter(|e| {
+                let r = e.value();
+                fds.get(r.area).and_then(Option::as_ref).is_some_and(|fd| {
+                    sys::stat_at(fd.as_raw_fd(), &r.tname) == Err(sys::Errno::ENOENT)
+                })
+            })
+            .map(|e| e.key().clone())
+            .collect();
+        for k in &gone {
+            self.remove_key(k);
         }
     }
 

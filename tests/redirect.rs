@@ -443,6 +443,12 @@ fn retention_removes_old_closed_objects_and_keeps_open_ones() {
     wait_until("the closed table is removed", || {
         !scratch.join("TMPPOINTING1").exists()
     });
+    // No longer listed as live, before anyone looks its name up.
+    let live = fs::read_to_string(m.p(".casafs/redirects")).unwrap();
+    assert!(!live.contains("work/TMPPOINTING1\t"), "{live}");
+    assert!(!live.contains("tmp12"), "{live}");
+    assert!(live.contains("work/TMPPOINTING2\t"), "{live}");
+    assert_eq!(m.stats()["redirects_live"], 1);
     assert_eq!(errno_of(fs::metadata(w.join("TMPPOINTING1"))), libc::ENOENT);
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(

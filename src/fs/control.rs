@@ -74,10 +74,12 @@ impl CasaFs {
                 v
             }
             Some("metrics") => self.stats.to_prometheus(&self.extra()).into_bytes(),
-            Some("redirects") => self
-                .redirects
-                .render(&self.areas, &self.rule_names)
-                .into_bytes(),
+            Some("redirects") => {
+                self.redirects.drop_gone(&self.areas);
+                self.redirects
+                    .render(&self.areas, &self.rule_names)
+                    .into_bytes()
+            }
             Some("config") => crate::config::render(&self.settings).into_bytes(),
             _ => Vec::new(),
         }

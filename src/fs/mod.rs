@@ -298,6 +298,7 @@ impl CasaFs {
     }
 
     pub fn extra(&self) -> Extra {
+        self.redirects.drop_gone(&self.areas);
         Extra {
             backing: self.backing_types.clone(),
             deferred_pending_bytes: if self.stats.deferred_pending.load(Ordering::Relaxed) > 0 {
