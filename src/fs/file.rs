@@ -338,8 +338,9 @@ impl CasaFs {
             drop(open);
             // A file unlinked while open was pinned to stay reachable; with
             // its last handle gone the pin must not hold its space any
-            // longer.
-            if inode.stat().is_ok_and(|s| s.st_nlink == 0) {
+            // longer. (Only a pinned file can be one: every other last
+            // close costs no stat.)
+            if inode.is_pinned() && inode.stat().is_ok_and(|s| s.st_nlink == 0) {
                 inode.unpin();
             }
             return;

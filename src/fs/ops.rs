@@ -593,8 +593,8 @@ impl CasaFs {
             {
                 return sent(full, known.attrs_sent_ns());
             }
-            let st = match sys::stat_at(dfd.as_raw_fd(), e.name) {
-                Ok(st) => st,
+            let (st, ttl, since) = match sys::stat_at(dfd.as_raw_fd(), e.name) {
+                Ok(st) => (st, ttl, now),
                 // Gone since getdents: skip it like a later readdir would.
                 Err(Errno::ENOENT) => return Ok(Some(u64::MAX)),
                 // One entry the backing cannot stat (a damaged record on
@@ -634,20 +634,7 @@ impl CasaFs {
                         0 => libc::S_IFREG,
                         m => m,
                     };
-                    let inode = self.inodes.remember(&dir, e.name, &st, dir.in_target);
-                    let attr = self.attr(inode.nodeid, &st);
-                    let full = reply.add(
-                        e.off as u64,
-                        name,
-                        std::time::Duration::ZERO,
-                        &attr,
-                        inode.generation,
-                    );
-                    if full {
-                        inode.attrs_not_sent();
-                        self.inodes.forget(inode.nodeid, 1);
-                    }
-                    return sent(full, 0);
+                    (st, std::time::Duration::ZERO, 0)
                 }
             };
             let in_target = dir.in_target || self.is_area_root(&st);
@@ -659,7 +646,7 @@ impl CasaFs {
                 inode.attrs_not_sent();
                 self.inodes.forget(inode.nodeid, 1);
             }
-            sent(full, now)
+            sent(full, since)
         })
     }
 }
