@@ -58,6 +58,11 @@ pub struct RedirectTable {
     /// How many redirects each origin directory (dev, ino) has, so that an
     /// rmdir of a directory without any costs one lookup.
     dirs: DashMap<(u64, u64), usize>,
+    /// Which origin each object in an area belongs to, by (area, name).
+    /// Redirects are followed by name: when a name in an area is taken by a
+    /// new object, whatever redirect still pointed at it had lost its
+    /// object (retention, an operator) and must not show the newcomer.
+    targets: DashMap<(usize, CString), Key>,
 }
 
 impl RedirectTable {
@@ -77,10 +82,24 @@ impl RedirectTable {
     }
 
     fn add(&self, key: Key, r: Redirect) {
-        let dir = (key.0, key.1);
-        if self.map.insert(key, r).is_none() {
-            *self.dirs.entry(dir).or_default() += 1;
+        let target = (r.area, r.tname.clone());
+        let stale = self.targets.insert(target.clone(), key.clone());
+        if let Some(old) = stale.filter(|old| *old != key) {
+            self.drop_key(&old);
         }
+        let dir = (key.0, key.1);
+        match self.map.insert(key.clone(), r) {
+            None => *self.dirs.entry(dir).or_default() += 1,
+            Some(prev) if target != (prev.area, prev.tname.clone()) => {
+                self.untarget(&(prev.area, prev.tname), &key)
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Forgets that `target` belongs to `key`, unless it went to another.
+    fn untarget(&self, target: &(usize, CString), key: &Key) {
+        self.targets.remove_if(target, |_, k| k == key);
     }
 
     /// Rebuilds the table after a restart from the origins recorded on the
@@ -161,6 +180,14 @@ impl RedirectTable {
     }
 
     fn remove_key(&self, key: &Key) -> Option<Redirect> {
+        let r = self.drop_key(key)?;
+        self.untarget(&(r.area, r.tname.clone()), key);
+        Some(r)
+    }
+
+    /// Removes the redirect and its origin directory's count, not its entry
+    /// in `targets`.
+    fn drop_key(&self, key: &Key) -> Option<Redirect> {
         let (_, r) = self.map.remove(key)?;
         if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.dirs.entry((key.0, key.1)) {
             *e.get_mut() = e.get().saturating_sub(1);
@@ -176,7 +203,15 @@ impl RedirectTable {
     /// them.
     pub fn forget_dir(&self, dev: u64, ino: u64) {
         if self.dirs.remove(&(dev, ino)).is_some() {
-            self.map.retain(|k, _| (k.0, k.1) != (dev, ino));
+            let keys: Vec<Key> = self
+                .map
+                .iter()
+                .filter(|e| (e.key().0, e.key().1) == (dev, ino))
+                .map(|e| e.key().clone())
+                .collect();
+            for k in &keys {
+                self.remove_key(k);
+            }
         }
     }
 

@@ -677,3 +677,70 @@ fn a_directory_is_inside_an_area_by_where_it_is_now() {
     );
     assert_eq!(fs::read(logs(&m).join(LOG)).unwrap(), b"routed");
 }
+
+#[test]
+fn an_object_renamed_onto_a_routed_name_keeps_it_across_a_remount() {
+    let tmp = TempDir::new("retag");
+    let tree = tmp.path().join("tree");
+    let mut m = Mount::builder("retag").source(&tree, tmp).start();
+    let w = m.p("obs");
+    fs::create_dir_all(&w).unwrap();
+    const LOG2: &str = "casa-20261122-020202.log";
+    casa_open(&w.join(LOG)).write_all(b"routed\n").unwrap();
+    casa_open(&w.join(LOG2)).write_all(b"routed 2\n").unwrap();
+    // A tool rewriting a log: a temporary file renamed over it.
+    fs::write(w.join("log.tmp"), b"rewritten\n").unwrap();
+    fs::rename(w.join("log.tmp"), w.join(LOG)).unwrap();
+    // And a plain file swapped with the other log.
+    fs::write(w.join("plain"), b"plain\n").unwrap();
+    let swapped = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cs(&w.join("plain")).as_ptr(),
+            libc::AT_FDCWD,
+            cs(&w.join(LOG2)).as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(swapped, 0, "{}", std::io::Error::last_os_error());
+    let check = |m: &Mount| {
+        let w = m.p("obs");
+        assert_eq!(names(&w), ["plain"]);
+        assert_eq!(fs::read(w.join(LOG)).unwrap(), b"rewritten\n");
+        assert_eq!(fs::read(w.join(LOG2)).unwrap(), b"plain\n");
+        assert_eq!(fs::read(w.join("plain")).unwrap(), b"routed 2\n");
+        assert_eq!(fs::read(logs(m).join(LOG)).unwrap(), b"rewritten\n");
+        let live = fs::read_to_string(m.p(".casafs/redirects")).unwrap();
+        for name in [LOG, LOG2] {
+            assert!(live.contains(&format!("obs/{name}\t")), "{live}");
+        }
+    };
+    check(&m);
+    assert!(m.stop().is_some_and(|s| s.success()));
+
+    let m2 = Mount::builder("retag2")
+        .source(&tree, TempDir::new("retag2"))
+        .start();
+    check(&m2);
+}
+
+#[test]
+fn a_name_taken_again_in_an_area_is_not_shown_at_its_old_origin() {
+    let m = Mount::builder("retaken")
+        .opt("entry_timeout=0,attr_timeout=0")
+        .start();
+    fs::create_dir_all(m.p("a")).unwrap();
+    fs::create_dir_all(m.p("b")).unwrap();
+    casa_open(&m.p("a").join(LOG)).write_all(b"a\n").unwrap();
+    // An operator clears the logs area by hand, and another run starts in
+    // the same second: its log takes the freed name.
+    fs::remove_file(logs(&m).join(LOG)).unwrap();
+    casa_open(&m.p("b").join(LOG)).write_all(b"b\n").unwrap();
+    assert_eq!(fs::read(logs(&m).join(LOG)).unwrap(), b"b\n");
+    assert_eq!(fs::read(m.p("b").join(LOG)).unwrap(), b"b\n");
+    assert_eq!(errno_of(fs::metadata(m.p("a").join(LOG))), libc::ENOENT);
+    let live = fs::read_to_string(m.p(".casafs/redirects")).unwrap();
+    let origins: Vec<&str> = live.lines().filter_map(|l| l.split('\t').next()).collect();
+    assert_eq!(origins, [format!("b/{LOG}")], "{live}");
+    assert_eq!(m.stats()["redirects_live"], 1);
+}

@@ -696,6 +696,17 @@ impl CasaFs {
         if src.redirect.is_some() && !exchange {
             self.redirects.remove(&p, &name);
         }
+        // An object that took a routed name's place in an area is that
+        // name's object from now on, also after a remount, which finds
+        // origins on the objects.
+        let arrived = [Some(&dst), exchange.then_some(&src)];
+        for r in arrived
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.redirect.as_ref())
+        {
+            redirect::tag_origin(&self.areas[r.area], &r.tname, &r.origin);
+        }
         Ok(())
     }
 
