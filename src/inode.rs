@@ -608,6 +608,12 @@ impl InodeTable {
         if prev > n {
             return;
         }
+        // A pin keeps an unlinked object for the kernel's sake; the kernel
+        // let go of it, and the last close (if there are handles) found it
+        // still held.
+        if ino.open.lock().handles == 0 {
+            ino.unpin();
+        }
         drop(ino);
         let removed = self.map.remove_if(&nodeid, |_, i| {
             i.lookups.load(Ordering::Acquire) == 0 && Arc::strong_count(i) == 1

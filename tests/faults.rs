@@ -442,3 +442,38 @@ fn an_entry_that_cannot_be_stat_ed_does_not_hide_its_directory() {
     drop(inner);
     drop(tmp);
 }
+
+#[test]
+fn an_open_file_the_graveyard_cannot_take_is_unlinked_in_place() {
+    let m = Mount::builder("grave-unreachable")
+        .separate()
+        .opt("defer_unlink=always")
+        .start();
+    // The same filesystem mounted again inside the tree: a rename from
+    // there to the graveyard crosses mounts (EXDEV), which no unlink may
+    // answer.
+    fs::create_dir_all(m.backing("real")).unwrap();
+    let _bind = Bind::new(&m.backing("real"), &m.backing("bm"));
+    let bm = m.p("bm");
+    fs::write(bm.join("f"), b"unlinked while open").unwrap();
+    fs::write(bm.join("g"), b"replaced while open").unwrap();
+    fs::write(bm.join("h"), b"replacement").unwrap();
+    let f = File::open(bm.join("f")).unwrap();
+    let g = File::open(bm.join("g")).unwrap();
+    fs::remove_file(bm.join("f")).unwrap();
+    fs::rename(bm.join("h"), bm.join("g")).unwrap();
+    assert_eq!(names(&bm), ["g"]);
+    assert_eq!(names(&m.backing("real")), ["g"]);
+    assert_eq!(fs::read(bm.join("g")).unwrap(), b"replacement");
+    // Open handles keep working.
+    for (mut file, want) in [(f, "unlinked while open"), (g, "replaced while open")] {
+        let mut s = String::new();
+        file.read_to_string(&mut s).unwrap();
+        assert_eq!(s, want);
+    }
+    assert!(
+        m.log_text().contains("unlinking it in place"),
+        "{}",
+        m.log_text()
+    );
+}

@@ -833,6 +833,58 @@ fn descriptors_outlive_their_names() {
 }
 
 #[test]
+fn a_deleted_file_held_by_a_path_descriptor_is_never_another_file() {
+    for defer in ["never", "always"] {
+        let m = Mount::builder("opath-held")
+            .opt(&format!("defer_unlink={defer}"))
+            .start();
+        let f = m.p("f");
+        let mut w = File::create(&f).unwrap();
+        w.write_all(b"old data!").unwrap();
+        let held = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&f)
+            .unwrap();
+        fs::remove_file(&f).unwrap();
+        drop(w);
+        // The last close is served; ext4 hands the freed inode number to
+        // the next new file.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for i in 0..8 {
+            fs::write(m.p(&format!("g{i}")), b"NEW").unwrap();
+        }
+        let reopen = || fs::read(format!("/proc/self/fd/{}", held.as_raw_fd()));
+        match defer {
+            // As natively: the deleted file lives on for its holder.
+            "never" => {
+                let st = held.metadata().unwrap();
+                assert_eq!((st.len(), st.nlink()), (9, 0), "{defer}");
+                assert_eq!(reopen().unwrap(), b"old data!", "{defer}");
+            }
+            // The graveyard lets it go at its last close, so the holder
+            // may lose it, but never sees another file in its place.
+            _ => {
+                assert!(held.metadata().map_or(true, |st| st.len() == 9), "{defer}");
+                assert!(reopen().map_or(true, |d| d == b"old data!"), "{defer}");
+            }
+        }
+        drop(held);
+        // Gone from the backing once its holder lets go: no grave, and the
+        // daemon holds no descriptor of it.
+        let pid = m.pid();
+        eventually("the deleted file's space is freed", || {
+            let fds = ok(&sh(
+                &m.backing(""),
+                &format!("ls -l /proc/{pid}/fd | grep -c '/f (deleted)' || true"),
+            ));
+            let files = ok(&sh(&m.backing(""), "find . -type f | xargs -r cat"));
+            fds.trim() == "0" && files == "NEW".repeat(8)
+        });
+    }
+}
+
+#[test]
 fn other_users_get_in_and_own_what_they_create() {
     let m = Mount::over_itself("users");
     let (uid, gid) = user_ids("nobody");

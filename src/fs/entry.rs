@@ -525,27 +525,41 @@ impl CasaFs {
         let nodeid = self.inodes.nodeid_for(st.st_dev, st.st_ino);
         let victim = self.inodes.get(nodeid).ok().filter(|i| i.same(&st));
         if let Some(v) = victim {
+            // Held until the name is gone: an open on another thread either
+            // counts its handle before (and the file is buried or pinned)
+            // or finds the name gone, never opens a file being unlinked.
             let mut open = v.open.lock();
             if open.handles > 0 {
                 if self.defers_unlink(st.st_dev) {
-                    self.bury(&v, &mut open, dir, name)?;
-                    return Ok(());
+                    match self.bury(&v, &mut open, dir, name) {
+                        Ok(_) => return Ok(()),
+                        // Unlinked as the backing does it rather than not at
+                        // all: the graveyard cannot take it (another mount
+                        // of the same filesystem inside the tree, or the
+                        // graveyard gone).
+                        Err(e) => tracing::warn!(
+                            "cannot move open file {}/{} to the graveyard ({}); unlinking it in place",
+                            self.inodes.rel_path(dir),
+                            name.to_string_lossy(),
+                            std::io::Error::from_raw_os_error(e.code())
+                        ),
+                    }
                 }
-                drop(open);
                 let _ = v.pin();
                 sys::unlink_at(dfd.as_raw_fd(), name, 0)?;
                 self.stats.direct_unlinks_open.fetch_add(1, Relaxed);
                 return Ok(());
             }
-            drop(open);
-            if st.st_nlink > 1 {
-                // Its other names live on, but the kernel knows it by this
-                // one: keep it reachable whatever name survives.
-                let _ = v.pin();
-            } else {
+            if st.st_nlink <= 1 {
                 sys::unlink_at(dfd.as_raw_fd(), name, 0)?;
                 v.mark_dead();
                 return Ok(());
+            }
+            // Its other names live on, but the kernel knows it by this one:
+            // keep it reachable whatever name survives, while the kernel
+            // holds it.
+            if v.lookups.load(Relaxed) > 0 {
+                let _ = v.pin();
             }
         }
         sys::unlink_at(dfd.as_raw_fd(), name, 0)
@@ -759,8 +773,22 @@ impl CasaFs {
                 if sst.st_dev != dstat.st_dev {
                     return Err(Errno::EXDEV);
                 }
-                grave = Some(self.bury(v, o, &dst.dir, &dst.name)?);
-            } else if (open || dstat.st_nlink > 1) && !v.is_pinned() {
+                match self.bury(v, o, &dst.dir, &dst.name) {
+                    Ok(g) => grave = Some(g),
+                    // Replaced as the backing does it, as in `remove_file`.
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot move open file {}/{} to the graveyard ({}); replacing it in place",
+                            self.inodes.rel_path(&dst.dir),
+                            dst.name.to_string_lossy(),
+                            std::io::Error::from_raw_os_error(e.code())
+                        );
+                        pinned_here = !v.is_pinned() && v.pin().is_ok();
+                    }
+                }
+            } else if (open || (dstat.st_nlink > 1 && v.lookups.load(Relaxed) > 0))
+                && !v.is_pinned()
+            {
                 pinned_here = v.pin().is_ok();
             }
         }

@@ -336,11 +336,18 @@ impl CasaFs {
         let buried = std::mem::take(&mut open.buried);
         if buried.is_empty() {
             drop(open);
-            // A file unlinked while open was pinned to stay reachable; with
-            // its last handle gone the pin must not hold its space any
-            // longer. (Only a pinned file can be one: every other last
-            // close costs no stat.)
-            if inode.is_pinned() && inode.stat().is_ok_and(|s| s.st_nlink == 0) {
+            // A file unlinked while open was pinned to stay reachable. With
+            // its last handle gone the pin holds its space only while the
+            // kernel still holds the inode (an O_PATH descriptor, as a
+            // native deleted file lives on): the kernel's forget drops the
+            // inode and the pin with it. Unpinned before that, its number
+            // could go to a new file while the kernel still shows the old
+            // one under it. (Only a pinned file can be one: every other
+            // last close costs no stat.)
+            if inode.is_pinned()
+                && inode.lookups.load(Relaxed) == 0
+                && inode.stat().is_ok_and(|s| s.st_nlink == 0)
+            {
                 inode.unpin();
             }
             return;
@@ -359,6 +366,9 @@ impl CasaFs {
             0
         } else {
             inode.unpin();
+            // Its number is free for the next file: the kernel must not
+            // take that one for this (see `InodeTable::remember`).
+            inode.mark_dead();
             size
         };
         self.graveyard.release(&buried);

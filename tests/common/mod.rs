@@ -440,6 +440,26 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A bind mount made for a test, unmounted on drop.
+pub struct Bind(pub PathBuf);
+
+impl Bind {
+    pub fn new(from: &Path, to: &Path) -> Bind {
+        std::fs::create_dir_all(to).unwrap();
+        ok(&sh(
+            Path::new("/"),
+            &format!("mount --bind {} {}", from.display(), to.display()),
+        ));
+        Bind(to.to_path_buf())
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        umount(&self.0, true);
+    }
+}
+
 /// A stand-in user of files: a shell script in the background that holds
 /// them open or works in a directory, then sleeps. Killed on drop, also
 /// when a test fails.
