@@ -744,3 +744,39 @@ fn a_name_taken_again_in_an_area_is_not_shown_at_its_old_origin() {
     assert_eq!(origins, [format!("b/{LOG}")], "{live}");
     assert_eq!(m.stats()["redirects_live"], 1);
 }
+
+#[test]
+fn a_copy_of_a_routed_file_keeps_its_own_path_across_a_remount() {
+    let tmp = TempDir::new("copy-origin");
+    let tree = tmp.path().join("tree");
+    let mut m = Mount::builder("copy-origin").source(&tree, tmp).start();
+    let w = m.p("obs");
+    fs::create_dir_all(&w).unwrap();
+    const BAK: &str = "casa-20261122-010101-bak.log";
+    casa_open(&w.join(LOG)).write_all(b"original\n").unwrap();
+    // Copies that keep extended attributes see none of casafs's own.
+    ok(&sh(
+        &w,
+        &format!("cp -a {LOG} {BAK} && echo changed >> {BAK}"),
+    ));
+    let listed = ok(&sh(&w, &format!("getfattr -d -m - {LOG} 2>&1 || true")));
+    assert!(!listed.contains("casafs"), "{listed}");
+    assert_eq!(
+        ok(&sh(
+            &w,
+            &format!("setfattr -n user.casafs.origin -v x {BAK} 2>&1; echo $?")
+        ))
+        .trim()
+        .lines()
+        .last(),
+        Some("1")
+    );
+    assert!(m.stop().is_some_and(|s| s.success()));
+
+    let m2 = Mount::builder("copy-origin2")
+        .source(&tree, TempDir::new("copy-origin2"))
+        .start();
+    let w = m2.p("obs");
+    assert_eq!(fs::read(w.join(LOG)).unwrap(), b"original\n");
+    assert_eq!(fs::read(w.join(BAK)).unwrap(), b"original\nchanged\n");
+}

@@ -1,10 +1,28 @@
 //! Extended attributes, passed through on the object itself (never through
-//! a symlink it may be).
+//! a symlink it may be), except casafs's own record of a routed object's
+//! origin: shown, `cp -a` would copy it onto another file, and after a
+//! remount that file would be restored at the original's path.
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 
 use super::CasaFs;
-use crate::sys::{Res, cname};
+use crate::redirect::ORIGIN_XATTR;
+use crate::sys::{Errno, Res, cname};
+
+fn is_origin(name: &CStr) -> bool {
+    name == ORIGIN_XATTR
+}
+
+/// A `listxattr` list without the origin record.
+fn without_origin(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for n in list.split_inclusive(|&b| b == 0) {
+        if n.strip_suffix(&[0]).unwrap_or(n) != ORIGIN_XATTR.to_bytes() {
+            out.extend_from_slice(n);
+        }
+    }
+    out
+}
 
 /// A reply to a get/list call: the size asked for, or the data.
 pub(super) enum XattrAnswer {
@@ -18,6 +36,9 @@ impl CasaFs {
     pub(super) fn do_getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Res<XattrAnswer> {
         let inode = self.inodes.get(ino)?;
         let name = cname(name)?;
+        if is_origin(&name) {
+            return Err(Errno::ENODATA);
+        }
         let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
         let n = inode.anchor()?.getxattr(&name, &mut buf)?;
         if size == 0 {
@@ -29,24 +50,62 @@ impl CasaFs {
 
     pub(super) fn do_listxattr(&self, ino: u64, size: u32) -> Res<XattrAnswer> {
         let inode = self.inodes.get(ino)?;
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = inode.anchor()?.listxattr(&mut buf)?;
-        if size == 0 {
-            return Ok(XattrAnswer::Size(n as u32));
+        let anchor = inode.anchor()?;
+        // Room for the origin record on top of what the caller can take:
+        // the list it gets may fit where the whole one would not.
+        let room = match size {
+            0 => anchor.listxattr(&mut [])?,
+            _ => size as usize + ORIGIN_XATTR.to_bytes_with_nul().len(),
+        };
+        if room == 0 {
+            return Ok(XattrAnswer::Size(0));
         }
-        buf.truncate(n);
-        Ok(XattrAnswer::Data(buf))
+        let mut buf = vec![0u8; room.min(XATTR_MAX)];
+        let n = anchor.listxattr(&mut buf)?;
+        let list = without_origin(&buf[..n]);
+        if size == 0 {
+            return Ok(XattrAnswer::Size(list.len() as u32));
+        }
+        if list.len() > size as usize {
+            return Err(Errno::ERANGE);
+        }
+        Ok(XattrAnswer::Data(list))
     }
 
     pub(super) fn do_setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
         let inode = self.inodes.get(ino)?;
         let name = cname(name)?;
+        if is_origin(&name) {
+            return Err(Errno::EPERM);
+        }
         inode.anchor()?.setxattr(&name, value, flags)
     }
 
     pub(super) fn do_removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
         let inode = self.inodes.get(ino)?;
         let name = cname(name)?;
+        if is_origin(&name) {
+            return Err(Errno::ENODATA);
+        }
         inode.anchor()?.removexattr(&name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_origin_record_is_left_out_of_a_list() {
+        assert_eq!(
+            without_origin(b"user.a\0user.casafs.origin\0security.selinux\0"),
+            b"user.a\0security.selinux\0"
+        );
+        assert_eq!(without_origin(b"user.casafs.origin\0"), b"");
+        assert_eq!(
+            without_origin(b"user.casafs.origin2\0"),
+            b"user.casafs.origin2\0"
+        );
+        assert_eq!(without_origin(b""), b"");
     }
 }
