@@ -398,7 +398,13 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
     if fs.uring.load(std::sync::atomic::Ordering::Relaxed) {
         *fs.queues.lock() = crate::uring::start(&fs);
     }
-    crate::retention::start(retention, stats);
+    // Weak: the retention thread must not keep the filesystem alive.
+    let known = std::sync::Arc::downgrade(&fs);
+    crate::retention::start(
+        retention,
+        stats,
+        Box::new(move |ino| known.upgrade()?.inodes.backing_ino(ino)),
+    );
     let detached = report.is_some();
     tell(&mut report, "OK\n");
     if detached {

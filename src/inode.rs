@@ -500,6 +500,16 @@ impl InodeTable {
             .or_insert_with(|| self.next_synthetic.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The backing inode number of an object the mount shows under a node
+    /// id of casafs's own making (one on another filesystem than the
+    /// root's), if casafs knows it.
+    pub fn backing_ino(&self, nodeid: u64) -> Option<u64> {
+        if !(SYNTHETIC_BASE..CONTROL_DIR_ID).contains(&nodeid) {
+            return None;
+        }
+        self.map.get(&nodeid).map(|i| i.ino)
+    }
+
     /// The node id the kernel sees, without allocating one for an object it
     /// does not know (readdir's `d_ino` of foreign entries).
     pub fn peek_nodeid(&self, dev: u64, ino: u64) -> u64 {

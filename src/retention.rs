@@ -33,9 +33,14 @@ pub struct Retention {
     pub area_path: PathBuf,
 }
 
+/// The backing inode number behind an inode number the mount shows, where
+/// the two differ (objects on another filesystem than the tree's, such as
+/// an area on its own disk).
+pub type BackingIno = Box<dyn Fn(u64) -> Option<u64> + Send>;
+
 /// Starts the thread if any rule has a retention. The thread lives as long
 /// as the daemon.
-pub fn start(list: Vec<Retention>, stats: Arc<Stats>) {
+pub fn start(list: Vec<Retention>, stats: Arc<Stats>, backing_ino: BackingIno) {
     let Some(shortest) = list.iter().map(|r| r.age).min() else {
         return;
     };
@@ -48,7 +53,7 @@ pub fn start(list: Vec<Retention>, stats: Arc<Stats>) {
             loop {
                 std::thread::sleep(every);
                 for r in &list {
-                    pass(r, &stats);
+                    pass(r, &stats, &backing_ino);
                 }
             }
         });
@@ -67,7 +72,7 @@ struct Expired {
     inos: HashSet<u64>,
 }
 
-fn pass(r: &Retention, stats: &Stats) {
+fn pass(r: &Retention, stats: &Stats, backing_ino: &BackingIno) {
     let base = PathBuf::from(format!("/proc/self/fd/{}", r.area.as_raw_fd()));
     let Ok(entries) = fs::read_dir(&base) else {
         return;
@@ -112,7 +117,7 @@ fn pass(r: &Retention, stats: &Stats) {
     if expired.is_empty() {
         return;
     }
-    let held = held_inodes();
+    let held = held_inodes(backing_ino);
     for x in expired {
         let path = base.join(&x.name);
         let shown = r.area_path.join(&x.name);
@@ -179,13 +184,20 @@ fn survey(p: &Path, md: &fs::Metadata, x: &mut Expired, newest: &mut i64) {
 /// Inode numbers of everything open or used as a working directory by any
 /// process. The daemon's own O_PATH descriptors (its inode cache) are not
 /// opens. Matching on the inode number alone (the mount shows the backing
-/// numbers) can only keep something too long, never remove it too early.
-fn held_inodes() -> HashSet<u64> {
+/// numbers, or ones `backing_ino` translates) can only keep something too
+/// long, never remove it too early.
+fn held_inodes(backing_ino: &BackingIno) -> HashSet<u64> {
     let me = std::process::id().to_string();
     let mut held = HashSet::new();
+    let mut hold = |ino: u64| {
+        held.insert(ino);
+        if let Some(b) = backing_ino(ino) {
+            held.insert(b);
+        }
+    };
     for (pid, dir) in crate::sys::processes() {
         if let Ok(m) = fs::metadata(dir.join("cwd")) {
-            held.insert(m.ino());
+            hold(m.ino());
         }
         let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
@@ -198,7 +210,7 @@ fn held_inodes() -> HashSet<u64> {
                 continue;
             }
             if let Some(i) = ino.or_else(|| fs::metadata(fd.path()).ok().map(|m| m.ino())) {
-                held.insert(i);
+                hold(i);
             }
         }
     }

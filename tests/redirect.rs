@@ -780,3 +780,66 @@ fn a_copy_of_a_routed_file_keeps_its_own_path_across_a_remount() {
     assert_eq!(fs::read(w.join(LOG)).unwrap(), b"original\n");
     assert_eq!(fs::read(w.join(BAK)).unwrap(), b"original\nchanged\n");
 }
+
+#[test]
+fn retention_keeps_a_table_a_process_works_in_on_an_area_elsewhere() {
+    let tmp = TempDir::new("retention-cwd");
+    let fast = Tmpfs::new(tmp.path().join("nvme"), "size=16m");
+    let tree = tmp.path().join("tree");
+    let scratch = fast.0.join("tmppointing");
+    let cfg = tmp.path().join("casafs.toml");
+    fs::write(
+        &cfg,
+        "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n",
+    )
+    .unwrap();
+    let m = Mount::builder("retention-cwd")
+        .opt(&format!("scratch={}", scratch.display()))
+        .arg("--config")
+        .arg(cfg.to_str().unwrap())
+        .source(&tree, tmp)
+        .start();
+    let w = m.p("w");
+    fs::create_dir_all(w.join("TMPPOINTING1/sub")).unwrap();
+    fs::create_dir_all(w.join("TMPPOINTING2")).unwrap();
+    // A process working in the table through its original path.
+    let worker = Holder::sh(&format!(
+        "cd {} && exec sleep 60",
+        w.join("TMPPOINTING1/sub").display()
+    ));
+    wait_until("the table nobody uses is removed", || {
+        !scratch.join("TMPPOINTING2").exists()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        scratch.join("TMPPOINTING1/sub").exists(),
+        "kept while in use"
+    );
+    drop(worker);
+    wait_until("the table is removed once nobody uses it", || {
+        !scratch.join("TMPPOINTING1").exists()
+    });
+    drop(m);
+    drop(fast);
+}
+
+#[test]
+fn a_routed_directory_made_in_a_setgid_directory_is_setgid_as_in_place() {
+    let m = Mount::over_itself("route-setgid");
+    let (uid, gid) = user_ids("nobody");
+    let d = m.p("shared");
+    fs::create_dir_all(&d).unwrap();
+    let group = 100;
+    assert_ne!(group, gid);
+    ok(&sh(&d, &format!("chgrp {group} . && chmod 2777 .")));
+    ok(&sh_as(uid, gid, &d, "mkdir TMPPOINTING1 plain"));
+    for dir in ["TMPPOINTING1", "plain"] {
+        let st = stat(&d.join(dir));
+        assert_eq!(st.st_gid, group, "{dir}");
+        assert_ne!(st.st_mode & libc::S_ISGID, 0, "{dir}");
+        ok(&sh_as(uid, gid, &d.join(dir), "touch f"));
+        assert_eq!(stat(&d.join(dir).join("f")).st_gid, group, "{dir}");
+    }
+    let st = stat(&scratch(&m).join("TMPPOINTING1"));
+    assert_eq!((st.st_uid, st.st_gid), (uid, group));
+}

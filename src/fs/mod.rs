@@ -332,14 +332,26 @@ impl CasaFs {
         mode: u32,
     ) -> Res<()> {
         let want_gid = dir_setgid.unwrap_or(gid);
-        if st.st_uid == uid && st.st_gid == want_gid {
+        // A directory made in a setgid directory is setgid itself, so that
+        // what is made in it gets the group too. In place the backing saw
+        // to that; in an area (not setgid) casafs must.
+        let inherit_sgid = dir_setgid.is_some()
+            && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            && st.st_mode & libc::S_ISGID == 0;
+        if st.st_uid == uid && st.st_gid == want_gid && !inherit_sgid {
             return Ok(());
+        }
+        if inherit_sgid {
+            sys::chmod_at(dir_fd, name, (st.st_mode & 0o7777) | libc::S_ISGID)?;
         }
         match sys::chown_at(dir_fd, name, uid, want_gid, libc::AT_SYMLINK_NOFOLLOW) {
             Ok(()) => {}
             // Filesystems without ownership (ntfs-3g without a user
             // mapping, vfat) refuse chown; the object stays as mapped.
-            Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => return Ok(()),
+            Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => {
+                *st = sys::stat_at(dir_fd, name)?;
+                return Ok(());
+            }
             Err(e) => return Err(e),
         }
         let is_lnk = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
@@ -350,6 +362,9 @@ impl CasaFs {
             // survive an in-place creation either.
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR && want_gid != gid && uid != 0 {
                 m &= !libc::S_ISGID;
+            }
+            if inherit_sgid {
+                m |= libc::S_ISGID;
             }
             sys::chmod_at(dir_fd, name, m)?;
         }
