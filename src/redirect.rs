@@ -239,6 +239,32 @@ impl RedirectTable {
         }
     }
 
+    /// Directories moved, each from one path to another (relative to the
+    /// source root): the origins recorded beneath them follow, in the table
+    /// and on the objects, so that a remount finds them where they are now.
+    pub fn rebase(&self, moves: &[(String, String)], areas: &[Area]) {
+        if self.map.is_empty() {
+            return;
+        }
+        let mut changed = Vec::new();
+        for mut e in self.map.iter_mut() {
+            let r = e.value_mut();
+            let moved = moves.iter().find_map(|(from, to)| {
+                let rest = r.origin.strip_prefix(from.as_str())?;
+                rest.starts_with('/').then(|| format!("{to}{rest}"))
+            });
+            if let Some(origin) = moved {
+                r.origin = origin;
+                changed.push((r.area, r.tname.clone(), r.origin.clone()));
+            }
+        }
+        for (area, tname, origin) in changed {
+            if let Some(a) = areas.get(area) {
+                tag_origin(a, &tname, &origin);
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -5,8 +5,8 @@
 mod common;
 
 use std::ffi::CString;
-use std::fs::{self, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -842,4 +842,102 @@ fn a_routed_directory_made_in_a_setgid_directory_is_setgid_as_in_place() {
     }
     let st = stat(&scratch(&m).join("TMPPOINTING1"));
     assert_eq!((st.st_uid, st.st_gid), (uid, group));
+}
+
+#[test]
+fn routed_objects_follow_their_directory_across_a_rename_and_a_remount() {
+    let tmp = TempDir::new("origin-dir-moved");
+    let tree = tmp.path().join("tree");
+    let mut m = Mount::builder("origin-dir-moved")
+        .source(&tree, tmp)
+        .start();
+    fs::create_dir_all(m.p("obs/run1")).unwrap();
+    fs::create_dir_all(m.p("obs/run2")).unwrap();
+    casa_open(&m.p("obs/run1").join(LOG))
+        .write_all(b"run 1\n")
+        .unwrap();
+    casa_open(&m.p("obs/run2").join(LOG))
+        .write_all(b"run 2\n")
+        .unwrap();
+    fs::rename(m.p("obs"), m.p("archive")).unwrap();
+    let swapped = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cs(&m.p("archive/run1")).as_ptr(),
+            libc::AT_FDCWD,
+            cs(&m.p("archive/run2")).as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(swapped, 0, "{}", std::io::Error::last_os_error());
+    let check = |m: &Mount| {
+        assert_eq!(fs::read(m.p("archive/run1").join(LOG)).unwrap(), b"run 2\n");
+        assert_eq!(fs::read(m.p("archive/run2").join(LOG)).unwrap(), b"run 1\n");
+        let live = fs::read_to_string(m.p(".casafs/redirects")).unwrap();
+        let origins: Vec<&str> = live.lines().filter_map(|l| l.split('\t').next()).collect();
+        assert_eq!(
+            origins,
+            [format!("archive/run1/{LOG}"), format!("archive/run2/{LOG}")],
+            "{live}"
+        );
+    };
+    check(&m);
+    assert!(m.stop().is_some_and(|s| s.success()));
+    let m2 = Mount::builder("origin-dir-moved2")
+        .source(&tree, TempDir::new("origin-dir-moved2"))
+        .start();
+    check(&m2);
+}
+
+#[test]
+fn inplace_renames_onto_a_routed_name_elsewhere_replace_it_in_place() {
+    let tmp = TempDir::new("inplace-replace");
+    let fast = Tmpfs::new(tmp.path().join("nvme"), "size=16m");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("w")).unwrap();
+    let scratch = fast.0.join("tmppointing");
+    let m = Mount::builder("inplace-replace")
+        .opt("cross_device=inplace")
+        .opt(&format!("scratch={}", scratch.display()))
+        .source(&tree, tmp)
+        .start();
+    let w = m.p("w");
+    // A file replaced while open: the new one takes the name in the tree.
+    fs::write(w.join("TMPPOINTINGf"), b"old").unwrap();
+    let held = File::open(w.join("TMPPOINTINGf")).unwrap();
+    fs::write(w.join("x"), b"new").unwrap();
+    fs::rename(w.join("x"), w.join("TMPPOINTINGf")).unwrap();
+    assert_eq!(fs::read(w.join("TMPPOINTINGf")).unwrap(), b"new");
+    assert_eq!(fs::read(tree.join("w/TMPPOINTINGf")).unwrap(), b"new");
+    let mut s = String::new();
+    (&held).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "old");
+    drop(held);
+    // An empty routed directory is replaced; a full one is not, as natively.
+    fs::create_dir(w.join("TMPPOINTINGd")).unwrap();
+    fs::create_dir(w.join("TMPPOINTINGe")).unwrap();
+    fs::write(w.join("TMPPOINTINGe/table.f0"), b"rows").unwrap();
+    fs::create_dir(w.join("y")).unwrap();
+    fs::create_dir(w.join("z")).unwrap();
+    fs::rename(w.join("y"), w.join("TMPPOINTINGd")).unwrap();
+    assert_eq!(
+        errno_of(fs::rename(w.join("z"), w.join("TMPPOINTINGe"))),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno_of(fs::rename(w.join("z"), w.join("TMPPOINTINGf"))),
+        libc::ENOTDIR
+    );
+    // Routed objects are not listed in their original directory.
+    assert_eq!(names(&w), ["TMPPOINTINGd", "TMPPOINTINGf", "z"]);
+    assert_eq!(
+        names(&tree.join("w")),
+        ["TMPPOINTINGd", "TMPPOINTINGf", "z"]
+    );
+    assert_eq!(names(&scratch), ["TMPPOINTINGe"]);
+    assert_eq!(fs::read(w.join("TMPPOINTINGe/table.f0")).unwrap(), b"rows");
+    let live = fs::read_to_string(m.p(".casafs/redirects")).unwrap();
+    assert_eq!(live.lines().count(), 1, "{live}");
+    drop(m);
+    drop(fast);
 }

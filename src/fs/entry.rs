@@ -346,12 +346,7 @@ impl CasaFs {
         area_idx: usize,
         tname: &CStr,
     ) {
-        let rel = self.inodes.rel_path(p);
-        let origin = if rel.is_empty() {
-            name.to_string_lossy().into_owned()
-        } else {
-            format!("{rel}/{}", name.to_string_lossy())
-        };
+        let origin = self.origin_of(p, name);
         let area = &self.areas[area_idx];
         redirect::tag_origin(area, tname, &origin);
         tracing::info!(
@@ -372,6 +367,17 @@ impl CasaFs {
             },
         );
         self.stats.rules[rule].routed.fetch_add(1, Relaxed);
+    }
+
+    /// The path of `name` in `p` relative to the source root, as origins
+    /// are recorded.
+    fn origin_of(&self, p: &Arc<Inode>, name: &CStr) -> String {
+        let rel = self.inodes.rel_path(p);
+        if rel.is_empty() {
+            name.to_string_lossy().into_owned()
+        } else {
+            format!("{rel}/{}", name.to_string_lossy())
+        }
     }
 
     pub(super) fn do_mknod(
@@ -706,6 +712,13 @@ impl CasaFs {
                 Err(e) => self.failed_open(rule, &np, &newname, e),
             }
         }
+        if let Some(moved) = self.replace_routed_in_place(&src, &sst, &dst, &np, &newname, flags) {
+            moved?;
+            if src.redirect.is_some() {
+                self.redirects.remove(&p, &name);
+            }
+            return Ok(());
+        }
         self.rename_plain(&src, &sst, &dst, &np, &newname, flags)?;
         if src.redirect.is_some() && !exchange {
             self.redirects.remove(&p, &name);
@@ -721,7 +734,89 @@ impl CasaFs {
         {
             redirect::tag_origin(&self.areas[r.area], &r.tname, &r.origin);
         }
+        // Routed objects made beneath a moved directory are reached by
+        // their directory wherever it is; their recorded origins follow.
+        if (is_dir || exchange) && !self.redirects.is_empty() {
+            let from = self.origin_of(&p, &name);
+            let to = self.origin_of(&np, &newname);
+            let mut moves = vec![(from.clone(), to.clone())];
+            if exchange {
+                moves.push((to, from));
+            }
+            self.redirects.rebase(&moves, &self.areas);
+        }
         Ok(())
+    }
+
+    /// A rename onto a routed name whose object lives on another
+    /// filesystem than the one renamed, with `cross_device=inplace`: the
+    /// newcomer takes the name in place, and the routed object goes as the
+    /// replaced file of any rename does. None where that does not apply.
+    /// The rename comes first, so a failure leaves everything as it was.
+    fn replace_routed_in_place(
+        &self,
+        src: &Located,
+        sst: &libc::stat,
+        dst: &Located,
+        np: &Arc<Inode>,
+        newname: &CStr,
+        flags: u32,
+    ) -> Option<Res<()>> {
+        let r = dst.redirect.as_ref()?;
+        if flags & libc::RENAME_EXCHANGE != 0
+            || self.settings.cross_device != crate::config::CrossDevice::InPlace
+            || dst.dir.dev == sst.st_dev
+        {
+            return None;
+        }
+        let go = || -> Res<()> {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(Errno::EEXIST);
+            }
+            let dfd = dst.dir.dir_fd()?;
+            let dstat = sys::stat_at(dfd.as_raw_fd(), &dst.name)?;
+            let dst_is_dir = dstat.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            match (sst.st_mode & libc::S_IFMT == libc::S_IFDIR, dst_is_dir) {
+                (false, true) => return Err(Errno::EISDIR),
+                (true, false) => return Err(Errno::ENOTDIR),
+                (true, true) => {
+                    let d = sys::open_at(
+                        dfd.as_raw_fd(),
+                        &dst.name,
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    )?;
+                    if !crate::graveyard::list_dir(&d)?.is_empty() {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                }
+                (false, false) => {}
+            }
+            let here = Located {
+                dir: np.clone(),
+                name: newname.to_owned(),
+                redirect: None,
+            };
+            self.rename_plain(src, sst, &here, np, newname, flags)?;
+            self.redirects.remove(np, newname);
+            let gone = if dst_is_dir {
+                sys::unlink_at(dfd.as_raw_fd(), &dst.name, libc::AT_REMOVEDIR)
+            } else {
+                self.remove_file(&dst.dir, &dst.name)
+            };
+            if let Err(e) = gone {
+                tracing::warn!(
+                    "cannot remove {} from area {} after a rename in place replaced it: {}",
+                    dst.name.to_string_lossy(),
+                    self.areas
+                        .get(r.area)
+                        .map_or(String::new(), |a| a.path.display().to_string()),
+                    std::io::Error::from_raw_os_error(e.code())
+                );
+            }
+            Ok(())
+        };
+        Some(go())
     }
 
     fn rename_plain(
