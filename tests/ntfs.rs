@@ -244,6 +244,31 @@ fn rename_over_open_file_and_hard_links_leave_nothing() {
 }
 
 #[test]
+fn a_hard_link_outlives_the_name_casafs_last_saw_it_by() {
+    let v = Ntfs::new("links");
+    let m = on_ntfs(&v);
+    // ntfs-3g reaches a file by path: once the name casafs last saw the
+    // file by is gone, a descriptor of it cannot reach it there.
+    fs::write(m.p("a"), b"hello").unwrap();
+    fs::hard_link(m.p("a"), m.p("b")).unwrap();
+    fs::metadata(m.p("b")).unwrap();
+    fs::rename(m.p("b"), m.p("c")).unwrap();
+    fs::remove_file(m.p("c")).unwrap();
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"hello");
+    assert_eq!(fs::metadata(m.p("a")).unwrap().nlink(), 1);
+    // The same with the other name open while it goes.
+    fs::hard_link(m.p("a"), m.p("d")).unwrap();
+    let held = File::open(m.p("a")).unwrap();
+    fs::metadata(m.p("d")).unwrap();
+    fs::remove_file(m.p("d")).unwrap();
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"hello");
+    ok(&sh(&m.p(""), "chmod 600 a && touch a && cat a >/dev/null"));
+    assert_eq!(debris_anywhere(&m.backing("")), "");
+}
+
+#[test]
 fn kill9_with_pending_deferred_unlink_is_cleaned_at_next_mount() {
     let v = Ntfs::new("kill9");
     let mut m = on_ntfs(&v);

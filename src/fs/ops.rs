@@ -37,6 +37,16 @@ macro_rules! serve {
     }};
 }
 
+/// The answer for an object the kernel names by node id that casafs can no
+/// longer reach where it last saw it: its name went (through another hard
+/// link, or beneath the mount), and a path-based backing such as ntfs-3g
+/// cannot follow a descriptor past that. ESTALE makes the kernel look the
+/// path up once more, which finds the object under the name the caller
+/// used, or answers ENOENT as before.
+fn lost(e: Errno) -> Errno {
+    if e == Errno::ENOENT { Errno::ESTALE } else { e }
+}
+
 /// The attributes of a setattr request.
 #[derive(Default, Clone, Copy)]
 pub struct SetAttr {
@@ -106,9 +116,13 @@ impl CasaFs {
             return serve!(self, Op::Getattr, reply, Ok::<_, Errno>(()), |_| reply
                 .attr(&a, Duration::ZERO));
         }
-        serve!(self, Op::Getattr, reply, self.do_getattr(ino, fh), |st| {
-            reply.attr(&self.attr(ino, &st), self.ttl_attr())
-        })
+        serve!(
+            self,
+            Op::Getattr,
+            reply,
+            self.do_getattr(ino, fh).map_err(lost),
+            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr())
+        )
     }
 
     pub fn op_setattr(&self, who: Caller, ino: u64, a: SetAttr, reply: impl AttrReply) {
@@ -117,14 +131,20 @@ impl CasaFs {
             Op::Setattr,
             reply,
             self.do_setattr(ino, a.mode, a.uid, a.gid, a.size, a.atime, a.mtime, a.fh)
+                .map_err(lost)
                 .and_then(|st| self.after_truncate(who, ino, a.size, st, a.fh)),
             |st| reply.attr(&self.attr(ino, &st), self.ttl_attr())
         )
     }
 
     pub fn op_readlink(&self, ino: u64, reply: impl DataReply) {
-        serve!(self, Op::Readlink, reply, self.do_readlink(ino), |d| reply
-            .data(&d))
+        serve!(
+            self,
+            Op::Readlink,
+            reply,
+            self.do_readlink(ino).map_err(lost),
+            |d| reply.data(&d)
+        )
     }
 
     fn reply_entry(&self, reply: impl EntryReply, i: &crate::inode::Inode, st: &libc::stat) {
@@ -250,6 +270,7 @@ impl CasaFs {
             Op::Open,
             reply,
             self.do_open(ino, flags)
+                .map_err(lost)
                 .and_then(|o| self.clear_privileges_on_open(who, flags, o)),
             |o| {
                 let (fh, backing) = self.register(o, flags);
@@ -311,7 +332,7 @@ impl CasaFs {
             if ino == CONTROL_DIR_ID {
                 self.control_opendir().map(|fh| (fh, ListingCache::Off))
             } else {
-                self.do_opendir(ino)
+                self.do_opendir(ino).map_err(lost)
             },
             |(fh, cache)| reply.opened(fh, cache.open_flags(), None)
         )
@@ -370,7 +391,7 @@ impl CasaFs {
             self,
             Op::Setxattr,
             reply,
-            self.do_setxattr(ino, name, value, flags),
+            self.do_setxattr(ino, name, value, flags).map_err(lost),
             |_| reply.ok()
         )
     }
@@ -381,7 +402,7 @@ impl CasaFs {
             if is_control(ino) {
                 Err(Errno::ENODATA)
             } else {
-                self.do_getxattr(ino, name, size)
+                self.do_getxattr(ino, name, size).map_err(lost)
             }
         };
         serve!(self, Op::Getxattr, reply, body(), |x| match x {
@@ -393,7 +414,7 @@ impl CasaFs {
     pub fn op_listxattr(&self, ino: u64, size: u32, reply: impl XattrReply) {
         let body = || {
             if !is_control(ino) {
-                self.do_listxattr(ino, size)
+                self.do_listxattr(ino, size).map_err(lost)
             } else if size == 0 {
                 // No attributes: a size of 0, or an empty list.
                 Ok(XattrAnswer::Size(0))
@@ -412,7 +433,7 @@ impl CasaFs {
             self,
             Op::Removexattr,
             reply,
-            self.do_removexattr(ino, name),
+            self.do_removexattr(ino, name).map_err(lost),
             |_| reply.ok()
         )
     }
@@ -425,7 +446,7 @@ impl CasaFs {
             if is_control(ino) {
                 Ok(())
             } else {
-                self.do_access(ino, mask)
+                self.do_access(ino, mask).map_err(lost)
             },
             |_| reply.ok()
         )
