@@ -379,3 +379,36 @@ fn stats_text(m: &Mount) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Times before 1970 with a fraction of a second reach the disk as given,
+/// through either transport.
+#[test]
+fn times_before_1970_are_stored_as_given() {
+    for opts in ["io_uring=auto", "io_uring=never"] {
+        let m = Mount::builder("pre-epoch").opt(opts).start();
+        let p = m.p("old");
+        fs::write(&p, b"x").unwrap();
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // -1.5 s and -0.5 s: whole seconds rounded down, then the fraction.
+        let ts = [
+            libc::timespec {
+                tv_sec: -2,
+                tv_nsec: 500_000_000,
+            },
+            libc::timespec {
+                tv_sec: -1,
+                tv_nsec: 500_000_000,
+            },
+        ];
+        assert_eq!(
+            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
+            0
+        );
+        let st = fs::metadata(m.backing("old")).unwrap();
+        assert_eq!(
+            (st.atime(), st.atime_nsec(), st.mtime(), st.mtime_nsec()),
+            (-2, 500_000_000, -1, 500_000_000),
+            "{opts}"
+        );
+    }
+}

@@ -153,8 +153,8 @@ impl Filesystem for Dispatch {
             uid,
             gid,
             size,
-            atime,
-            mtime,
+            atime: atime.map(pre_epoch_fixed),
+            mtime: mtime.map(pre_epoch_fixed),
             fh: fh.map(|f| f.0),
         };
         guarded(|| self.op_setattr(caller(req), ino.0, a, reply))
@@ -444,5 +444,49 @@ impl Filesystem for Dispatch {
                 reply,
             )
         })
+    }
+}
+
+/// fuser 0.18 reads a time before 1970 as seconds minus the fraction where
+/// the kernel means seconds plus it (-1.5 s arrives as -2 s and 0.5 s, and
+/// becomes -2.5 s). Undone here; FUSE over io_uring decodes times itself.
+fn pre_epoch_fixed(t: TimeOrNow) -> TimeOrNow {
+    use std::time::{Duration, UNIX_EPOCH};
+    match t {
+        TimeOrNow::SpecificTime(st) => match UNIX_EPOCH.duration_since(st) {
+            Ok(d) if d.subsec_nanos() != 0 => TimeOrNow::SpecificTime(
+                UNIX_EPOCH - Duration::from_secs(d.as_secs())
+                    + Duration::from_nanos(u64::from(d.subsec_nanos())),
+            ),
+            _ => t,
+        },
+        now => now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn times_before_1970_keep_their_fraction() {
+        let at = |t: TimeOrNow| match t {
+            TimeOrNow::SpecificTime(st) => st,
+            TimeOrNow::Now => UNIX_EPOCH,
+        };
+        // The kernel's (-2 s, 0.5 s), i.e. -1.5 s, as fuser hands it over.
+        let got = UNIX_EPOCH - Duration::new(2, 500_000_000);
+        assert_eq!(
+            at(pre_epoch_fixed(TimeOrNow::SpecificTime(got))),
+            UNIX_EPOCH - Duration::from_millis(1500)
+        );
+        for t in [
+            UNIX_EPOCH - Duration::from_secs(3),
+            UNIX_EPOCH + Duration::new(5, 250),
+            UNIX_EPOCH,
+        ] {
+            assert_eq!(at(pre_epoch_fixed(TimeOrNow::SpecificTime(t))), t);
+        }
     }
 }
