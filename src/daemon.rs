@@ -398,13 +398,9 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
     if fs.uring.load(std::sync::atomic::Ordering::Relaxed) {
         *fs.queues.lock() = crate::uring::start(&fs);
     }
-    // Weak: the retention thread must not keep the filesystem alive.
-    let known = std::sync::Arc::downgrade(&fs);
-    crate::retention::start(
-        retention,
-        stats,
-        Box::new(move |ino| known.upgrade()?.inodes.backing_ino(ino)),
-    );
+    let mounted: std::sync::Arc<dyn crate::retention::Mounted> = fs.clone();
+    crate::retention::start(retention, stats, std::sync::Arc::downgrade(&mounted));
+    drop(mounted);
     let detached = report.is_some();
     tell(&mut report, "OK\n");
     if detached {
@@ -448,19 +444,17 @@ fn retention_list(p: &Prepared) -> Vec<crate::retention::Retention> {
     let mut list = Vec::new();
     for (i, rule) in p.settings.rules.rules.iter().enumerate() {
         let Some(age) = rule.retention else { continue };
-        let Some((path, fd)) = p.rule_area.get(i).and_then(|&a| p.areas.get(a)) else {
+        let Some((&area, (path, _))) = p.rule_area.get(i).and_then(|a| Some((a, p.areas.get(*a)?)))
+        else {
             continue;
         };
-        match fd.try_clone() {
-            Ok(area) => list.push(crate::retention::Retention {
-                index: i,
-                rule: rule.clone(),
-                age,
-                area,
-                area_path: path.clone(),
-            }),
-            Err(e) => tracing::error!("rule '{}': retention disabled: {e}", rule.name),
-        }
+        list.push(crate::retention::Retention {
+            index: i,
+            rule: rule.clone(),
+            age,
+            area,
+            area_path: path.clone(),
+        });
     }
     list
 }

@@ -5,9 +5,11 @@
 //! working directory, and not when anything inside a directory is open.
 //! Every removal is logged with its path and size and counted.
 //!
-//! The area is reached through a descriptor opened before mounting, via
+//! The area is reached through the filesystem's own descriptor of it, via
 //! `/proc/self/fd/N/...`, which never resolves through the mount: an area
-//! inside a tree mounted over itself is read from below.
+//! inside a tree mounted over itself is read from below. The filesystem
+//! gives the area's directory as it is now, so an area an operator made
+//! anew is emptied, not the old one.
 
 use std::collections::HashSet;
 use std::fs;
@@ -28,19 +30,25 @@ pub struct Retention {
     pub index: usize,
     pub rule: Rule,
     pub age: Duration,
-    pub area: OwnedFd,
+    /// The area's index in the filesystem's list.
+    pub area: usize,
     /// For log lines only.
     pub area_path: PathBuf,
 }
 
-/// The backing inode number behind an inode number the mount shows, where
-/// the two differ (objects on another filesystem than the tree's, such as
-/// an area on its own disk).
-pub type BackingIno = Box<dyn Fn(u64) -> Option<u64> + Send>;
+/// What retention asks of the mounted filesystem.
+pub trait Mounted: Send + Sync {
+    /// The area's directory as it is now.
+    fn area_dir(&self, area: usize) -> Option<Arc<OwnedFd>>;
+    /// The backing inode number behind an inode number the mount shows,
+    /// where the two differ (objects on another filesystem than the
+    /// tree's, such as an area on its own disk).
+    fn backing_ino(&self, ino: u64) -> Option<u64>;
+}
 
 /// Starts the thread if any rule has a retention. The thread lives as long
-/// as the daemon.
-pub fn start(list: Vec<Retention>, stats: Arc<Stats>, backing_ino: BackingIno) {
+/// as the daemon; it does not keep the filesystem alive.
+pub fn start(list: Vec<Retention>, stats: Arc<Stats>, fs: std::sync::Weak<dyn Mounted>) {
     let Some(shortest) = list.iter().map(|r| r.age).min() else {
         return;
     };
@@ -52,8 +60,11 @@ pub fn start(list: Vec<Retention>, stats: Arc<Stats>, backing_ino: BackingIno) {
         .spawn(move || {
             loop {
                 std::thread::sleep(every);
+                let Some(fs) = fs.upgrade() else {
+                    return;
+                };
                 for r in &list {
-                    pass(r, &stats, &backing_ino);
+                    pass(r, &stats, &*fs);
                 }
             }
         });
@@ -72,8 +83,11 @@ struct Expired {
     inos: HashSet<u64>,
 }
 
-fn pass(r: &Retention, stats: &Stats, backing_ino: &BackingIno) {
-    let base = PathBuf::from(format!("/proc/self/fd/{}", r.area.as_raw_fd()));
+fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
+    let Some(area) = fs.area_dir(r.area) else {
+        return;
+    };
+    let base = PathBuf::from(format!("/proc/self/fd/{}", area.as_raw_fd()));
     let Ok(entries) = fs::read_dir(&base) else {
         return;
     };
@@ -117,7 +131,7 @@ fn pass(r: &Retention, stats: &Stats, backing_ino: &BackingIno) {
     if expired.is_empty() {
         return;
     }
-    let held = held_inodes(backing_ino);
+    let held = held_inodes(fs);
     for x in expired {
         let path = base.join(&x.name);
         let shown = r.area_path.join(&x.name);
@@ -184,14 +198,14 @@ fn survey(p: &Path, md: &fs::Metadata, x: &mut Expired, newest: &mut i64) {
 /// Inode numbers of everything open or used as a working directory by any
 /// process. The daemon's own O_PATH descriptors (its inode cache) are not
 /// opens. Matching on the inode number alone (the mount shows the backing
-/// numbers, or ones `backing_ino` translates) can only keep something too
+/// numbers, or ones `Mounted::backing_ino` translates) can only keep something too
 /// long, never remove it too early.
-fn held_inodes(backing_ino: &BackingIno) -> HashSet<u64> {
+fn held_inodes(fs: &dyn Mounted) -> HashSet<u64> {
     let me = std::process::id().to_string();
     let mut held = HashSet::new();
     let mut hold = |ino: u64| {
         held.insert(ino);
-        if let Some(b) = backing_ino(ino) {
+        if let Some(b) = fs.backing_ino(ino) {
             held.insert(b);
         }
     };

@@ -391,7 +391,11 @@ fn unusable_target_area_fails_open() {
         b"routed again"
     );
     assert_eq!(m.stats()["redirects"]["casa-logs"]["redirects"], 1);
-    assert!(m.log_text().contains("is back"), "{}", m.log_text());
+    assert!(
+        m.log_text().contains("is a new directory"),
+        "{}",
+        m.log_text()
+    );
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -940,4 +944,39 @@ fn inplace_renames_onto_a_routed_name_elsewhere_replace_it_in_place() {
     assert_eq!(live.lines().count(), 1, "{live}");
     drop(m);
     drop(fast);
+}
+
+#[test]
+fn an_area_made_anew_or_rotated_is_the_one_routed_to_and_emptied() {
+    let tmp = TempDir::new("area-anew");
+    let tree = tmp.path().join("tree");
+    let cfg = tmp.path().join("casafs.toml");
+    fs::write(
+        &cfg,
+        "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n",
+    )
+    .unwrap();
+    let m = Mount::builder("area-anew")
+        .arg("--config")
+        .arg(cfg.to_str().unwrap())
+        .source(&tree, tmp)
+        .start();
+    fs::create_dir_all(m.p("w")).unwrap();
+    // Logs rotated: the old area moved aside, a new one made.
+    fs::write(m.p("w").join(LOG), b"before").unwrap();
+    fs::rename(m.p("state/logs/casa"), m.p("state/logs/casa.1")).unwrap();
+    fs::create_dir(m.p("state/logs/casa")).unwrap();
+    const LOG2: &str = "casa-20261122-020202.log";
+    fs::write(m.p("w").join(LOG2), b"after").unwrap();
+    assert_eq!(names(&m.p("state/logs/casa")), [LOG2]);
+    assert_eq!(names(&m.p("state/logs/casa.1")), [LOG]);
+    assert_eq!(fs::read(m.p("w").join(LOG2)).unwrap(), b"after");
+    // Scratch removed and made again: retention empties the new one.
+    fs::remove_dir(m.p("state/scratch/tmppointing")).unwrap();
+    fs::create_dir(m.p("state/scratch/tmppointing")).unwrap();
+    fs::create_dir(m.p("w/TMPPOINTING1")).unwrap();
+    assert_eq!(names(&scratch(&m)), ["TMPPOINTING1"]);
+    wait_until("the table in the new area is removed", || {
+        !scratch(&m).join("TMPPOINTING1").exists()
+    });
 }

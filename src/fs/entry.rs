@@ -317,7 +317,9 @@ impl CasaFs {
         make: &dyn Fn(RawFd, &CStr) -> Res<T>,
     ) -> Res<(usize, CString, T)> {
         let area_idx = *self.rule_area.get(rule).ok_or(Errno::EIO)?;
-        let mut revived = false;
+        // The area's path may name another directory by now: made anew
+        // after a removal, or after the old one was moved aside (rotated).
+        let mut revived = self.revive_area(area_idx);
         'again: loop {
             let area = self.areas.get(area_idx).ok_or(Errno::EIO)?;
             let afd = area.dir().dir_fd()?;

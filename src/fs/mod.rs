@@ -176,10 +176,11 @@ impl CasaFs {
         self.root.dir_fd()
     }
 
-    /// A target area whose directory was removed while mounted: if the
-    /// operator made it again, use the new one. Inside the source tree it is
-    /// reopened from below the mount (never through it), without following
-    /// symlinks. True when the area has a live directory again.
+    /// A target area whose path names another directory than the one in
+    /// use (the old one was removed, or moved aside, and the operator made
+    /// it again): use the new one. Inside the source tree it is reopened
+    /// from below the mount (never through it), without following
+    /// symlinks. True when the area changed to a live directory.
     pub(super) fn revive_area(&self, idx: usize) -> bool {
         let Some(area) = self.areas.get(idx) else {
             return false;
@@ -200,16 +201,27 @@ impl CasaFs {
         let Ok(st) = sys::fstat(fd.as_raw_fd()) else {
             return false;
         };
+        let same = |cur: &Inode| cur.dev == st.st_dev && cur.ino == st.st_ino;
+        if st.st_nlink == 0 || same(&area.inode.read()) {
+            return false;
+        }
         let mut cur = area.inode.write();
-        if st.st_nlink == 0 || (cur.dev == st.st_dev && cur.ino == st.st_ino) {
+        if same(&cur) {
             return false;
         }
         *cur = Inode::new_anchor(cur.nodeid, fd, &st, true);
         tracing::info!(
-            "target area {} is back: routing to it again",
+            "target area {} is a new directory: routing to it",
             area.path.display()
         );
         true
+    }
+
+    /// The area's directory, made anew if an operator replaced it (an area
+    /// is looked for again at every routing, too).
+    fn area_now(&self, idx: usize) -> Option<Arc<OwnedFd>> {
+        self.revive_area(idx);
+        self.areas.get(idx)?.dir().dir_fd().ok()
     }
 
     fn ttl_attr(&self) -> Duration {
@@ -433,5 +445,15 @@ pub fn kind_of(mode: u32) -> FileType {
         libc::S_IFCHR => FileType::CharDevice,
         libc::S_IFBLK => FileType::BlockDevice,
         _ => FileType::RegularFile,
+    }
+}
+
+impl crate::retention::Mounted for CasaFs {
+    fn area_dir(&self, area: usize) -> Option<Arc<OwnedFd>> {
+        self.area_now(area)
+    }
+
+    fn backing_ino(&self, ino: u64) -> Option<u64> {
+        self.inodes.backing_ino(ino)
     }
 }
