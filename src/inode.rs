@@ -638,13 +638,19 @@ impl InodeTable {
     /// The path of an inode relative to the source root, for logs and the
     /// redirect listing. Objects outside the tree show their anchor's path.
     pub fn rel_path(&self, ino: &Arc<Inode>) -> String {
-        let mut parts: Vec<String> = Vec::new();
+        String::from_utf8_lossy(&self.rel_path_bytes(ino)).into_owned()
+    }
+
+    /// `rel_path` as the bytes of the names, for what must find the object
+    /// again (names need not be UTF-8).
+    pub fn rel_path_bytes(&self, ino: &Arc<Inode>) -> Vec<u8> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
         let mut cur = ino.clone();
         for _ in 0..4096 {
             let next = match &*cur.loc.lock() {
                 Loc::Anchor => None,
                 Loc::At { parent, name } => {
-                    parts.push(String::from_utf8_lossy(name.to_bytes()).into_owned());
+                    parts.push(name.to_bytes().to_vec());
                     Some(parent.clone())
                 }
             };
@@ -654,7 +660,7 @@ impl InodeTable {
             }
         }
         parts.reverse();
-        parts.join("/")
+        parts.join(&b'/')
     }
 }
 

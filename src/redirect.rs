@@ -45,8 +45,9 @@ pub struct Redirect {
     pub rule: usize,
     /// The object's name inside the area.
     pub tname: CString,
-    /// Origin path relative to the source root, for people.
-    pub origin: String,
+    /// Origin path relative to the source root: the bytes of the names,
+    /// which need not be UTF-8.
+    pub origin: Vec<u8>,
     pub created: SystemTime,
 }
 
@@ -242,7 +243,7 @@ impl RedirectTable {
     /// Directories moved, each from one path to another (relative to the
     /// source root): the origins recorded beneath them follow, in the table
     /// and on the objects, so that a remount finds them where they are now.
-    pub fn rebase(&self, moves: &[(String, String)], areas: &[Area]) {
+    pub fn rebase(&self, moves: &[(Vec<u8>, Vec<u8>)], areas: &[Area]) {
         if self.map.is_empty() {
             return;
         }
@@ -250,8 +251,9 @@ impl RedirectTable {
         for mut e in self.map.iter_mut() {
             let r = e.value_mut();
             let moved = moves.iter().find_map(|(from, to)| {
-                let rest = r.origin.strip_prefix(from.as_str())?;
-                rest.starts_with('/').then(|| format!("{to}{rest}"))
+                let rest = r.origin.strip_prefix(from.as_slice())?;
+                rest.starts_with(b"/")
+                    .then(|| [to.as_slice(), rest].concat())
             });
             if let Some(origin) = moved {
                 r.origin = origin;
@@ -289,7 +291,7 @@ impl RedirectTable {
                     .unwrap_or_default();
                 let rule = rule_names.get(r.rule).cloned().unwrap_or_default();
                 (
-                    r.origin.clone(),
+                    String::from_utf8_lossy(&r.origin).into_owned(),
                     target.to_string_lossy().into_owned(),
                     rule,
                 )
@@ -345,21 +347,25 @@ pub fn uncandidate(name: &[u8]) -> Option<Vec<u8>> {
 
 /// The origin recorded on an object in an area: the whole relative path, its
 /// directory part, its name, and the object's change time.
-fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(String, String, CString, SystemTime)> {
+#[allow(clippy::type_complexity)]
+fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(Vec<u8>, Vec<u8>, CString, SystemTime)> {
     let mut buf = vec![0u8; 4096];
     let n = Anchor::At(area.clone(), tname.to_owned())
         .getxattr(ORIGIN_XATTR, &mut buf)
         .ok()?;
-    let origin = String::from_utf8(buf[..n].to_vec()).ok()?;
-    let (parent, name) = origin.rsplit_once('/').unwrap_or(("", origin.as_str()));
-    if name.is_empty() || name == "." || name == ".." || parent.starts_with('/') {
+    let origin = buf.get(..n)?.to_vec();
+    let (parent, name) = match origin.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&origin[..i], &origin[i + 1..]),
+        None => (&origin[..0], &origin[..]),
+    };
+    if name.is_empty() || name == b"." || name == b".." || parent.starts_with(b"/") {
         return None;
     }
     let st = sys::stat_at(area.as_raw_fd(), tname).ok()?;
     let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(st.st_ctime.max(0) as u64);
     Some((
         origin.clone(),
-        parent.to_string(),
+        parent.to_vec(),
         CString::new(name).ok()?,
         created,
     ))
@@ -367,9 +373,9 @@ fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(String, String, CStri
 
 /// Records the origin on the object; filesystems without user xattrs (or a
 /// symlink) simply do not carry it.
-pub fn tag_origin(area: &Area, tname: &CStr, origin: &str) {
+pub fn tag_origin(area: &Area, tname: &CStr, origin: &[u8]) {
     if let Ok(dir) = area.dir().dir_fd() {
-        let _ = Anchor::At(dir, tname.to_owned()).setxattr(ORIGIN_XATTR, origin.as_bytes(), 0);
+        let _ = Anchor::At(dir, tname.to_owned()).setxattr(ORIGIN_XATTR, origin, 0);
     }
 }
 

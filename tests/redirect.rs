@@ -980,3 +980,30 @@ fn an_area_made_anew_or_rotated_is_the_one_routed_to_and_emptied() {
         !scratch(&m).join("TMPPOINTING1").exists()
     });
 }
+
+#[test]
+fn a_routed_object_under_a_name_that_is_not_utf8_survives_a_remount() {
+    use std::ffi::OsStr;
+    let tmp = TempDir::new("origin-bytes");
+    let tree = tmp.path().join("tree");
+    let mut m = Mount::builder("origin-bytes").source(&tree, tmp).start();
+    let dir = OsStr::from_bytes(b"run\xff1");
+    fs::create_dir_all(m.p("obs").join(dir)).unwrap();
+    casa_open(&m.p("obs").join(dir).join(LOG))
+        .write_all(b"latin-1 dir\n")
+        .unwrap();
+    assert!(m.stop().is_some_and(|s| s.success()));
+    let m2 = Mount::builder("origin-bytes2")
+        .source(&tree, TempDir::new("origin-bytes2"))
+        .start();
+    assert_eq!(
+        fs::read(m2.p("obs").join(dir).join(LOG)).unwrap(),
+        b"latin-1 dir\n"
+    );
+    assert!(
+        m2.log_text()
+            .contains("1 redirects from before the restart"),
+        "{}",
+        m2.log_text()
+    );
+}

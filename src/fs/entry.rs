@@ -354,7 +354,7 @@ impl CasaFs {
         tracing::info!(
             "rule {}: {} -> {}",
             self.rule_names[rule],
-            origin,
+            String::from_utf8_lossy(&origin),
             area.path.join(tname.to_string_lossy().as_ref()).display()
         );
         self.redirects.insert(
@@ -373,13 +373,13 @@ impl CasaFs {
 
     /// The path of `name` in `p` relative to the source root, as origins
     /// are recorded.
-    fn origin_of(&self, p: &Arc<Inode>, name: &CStr) -> String {
-        let rel = self.inodes.rel_path(p);
-        if rel.is_empty() {
-            name.to_string_lossy().into_owned()
-        } else {
-            format!("{rel}/{}", name.to_string_lossy())
+    fn origin_of(&self, p: &Arc<Inode>, name: &CStr) -> Vec<u8> {
+        let mut origin = self.inodes.rel_path_bytes(p);
+        if !origin.is_empty() {
+            origin.push(b'/');
         }
+        origin.extend_from_slice(name.to_bytes());
+        origin
     }
 
     pub(super) fn do_mknod(
