@@ -346,6 +346,10 @@ impl Inode {
         Ok(())
     }
 
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
     pub fn is_pinned(&self) -> bool {
         self.pinned.lock().is_some()
     }

@@ -885,6 +885,25 @@ fn a_deleted_file_held_by_a_path_descriptor_is_never_another_file() {
 }
 
 #[test]
+fn a_removed_working_directory_answers_enoent_as_natively() {
+    let m = Mount::over_itself("cwd-removed");
+    fs::create_dir(m.p("d")).unwrap();
+    // After the attribute time, so the kernel asks casafs about it again.
+    let out = sh(
+        &m.p("d"),
+        "rmdir ../d && sleep 1.2 && { stat x; : > x; } 2>&1; true",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // What dash and stat say natively for ENOENT there.
+    assert!(
+        text.contains("'x': No such file or directory")
+            && text.contains("cannot create x: Directory nonexistent")
+            && !text.contains("Stale"),
+        "{text}"
+    );
+}
+
+#[test]
 fn other_users_get_in_and_own_what_they_create() {
     let m = Mount::over_itself("users");
     let (uid, gid) = user_ids("nobody");

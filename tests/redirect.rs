@@ -1007,3 +1007,29 @@ fn a_routed_object_under_a_name_that_is_not_utf8_survives_a_remount() {
         m2.log_text()
     );
 }
+
+#[test]
+fn an_area_named_through_a_symlink_to_the_tree_is_used_from_below() {
+    let tmp = TempDir::new("area-symlink");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let alias = tmp.path().join("alias");
+    std::os::unix::fs::symlink(&tree, &alias).unwrap();
+    let m = Mount::builder("area-symlink")
+        .opt(&format!("logs={}", alias.join("logs").display()))
+        .source(&tree, tmp)
+        .start();
+    fs::create_dir_all(m.p("w")).unwrap();
+    // Through the symlink the area's path now leads into the mount itself:
+    // casafs must not route into that (it would wait on itself).
+    let (done, wait) = std::sync::mpsc::channel();
+    let w = m.p("w");
+    std::thread::spawn(move || {
+        let r = fs::write(w.join(LOG), b"log");
+        let _ = done.send(r.is_ok());
+    });
+    let written = wait.recv_timeout(std::time::Duration::from_secs(20));
+    assert_eq!(written, Ok(true), "the routed create must finish");
+    assert_eq!(fs::read(m.backing("logs").join(LOG)).unwrap(), b"log");
+    assert_eq!(names(&m.p("w")), Vec::<String>::new());
+}

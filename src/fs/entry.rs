@@ -253,6 +253,7 @@ impl CasaFs {
                                 who.uid,
                                 who.gid,
                                 mode,
+                                true,
                             )?;
                         }
                         Ok(st)
@@ -282,7 +283,16 @@ impl CasaFs {
                 } else {
                     None
                 };
-                self.give_to_caller(pfd.as_raw_fd(), name, &mut st, sg, who.uid, who.gid, mode)?;
+                self.give_to_caller(
+                    pfd.as_raw_fd(),
+                    name,
+                    &mut st,
+                    sg,
+                    who.uid,
+                    who.gid,
+                    mode,
+                    false,
+                )?;
             }
             Ok(st)
         };
@@ -621,6 +631,45 @@ impl CasaFs {
         newname: &OsStr,
         flags: u32,
     ) -> Res<()> {
+        self.rename_names(parent, name, newparent, newname, flags)?;
+        // Routed objects made beneath a moved directory are reached by
+        // their directory wherever it is; their recorded origins follow.
+        if !self.redirects.is_empty() {
+            let is_dir = |d: u64, n: &OsStr| -> Res<bool> {
+                let loc = self.locate(&self.inodes.get(d)?, &cname(n)?)?;
+                let st = sys::stat_at(loc.dir.dir_fd()?.as_raw_fd(), &loc.name)?;
+                Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            };
+            let exchange = flags & libc::RENAME_EXCHANGE != 0;
+            if is_dir(newparent, newname).unwrap_or(false)
+                || (exchange && is_dir(parent, name).unwrap_or(false))
+            {
+                let (Ok(p), Ok(np)) = (self.inodes.get(parent), self.inodes.get(newparent)) else {
+                    return Ok(());
+                };
+                let (Ok(name), Ok(newname)) = (cname(name), cname(newname)) else {
+                    return Ok(());
+                };
+                let from = self.origin_of(&p, &name);
+                let to = self.origin_of(&np, &newname);
+                let mut moves = vec![(from.clone(), to.clone())];
+                if exchange {
+                    moves.push((to, from));
+                }
+                self.redirects.rebase(&moves, &self.areas);
+            }
+        }
+        Ok(())
+    }
+
+    fn rename_names(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Res<()> {
         let p = self.inodes.get(parent)?;
         let np = self.inodes.get(newparent)?;
         let name = cname(name)?;
@@ -735,17 +784,6 @@ impl CasaFs {
             .filter_map(|l| l.redirect.as_ref())
         {
             redirect::tag_origin(&self.areas[r.area], &r.tname, &r.origin);
-        }
-        // Routed objects made beneath a moved directory are reached by
-        // their directory wherever it is; their recorded origins follow.
-        if (is_dir || exchange) && !self.redirects.is_empty() {
-            let from = self.origin_of(&p, &name);
-            let to = self.origin_of(&np, &newname);
-            let mut moves = vec![(from.clone(), to.clone())];
-            if exchange {
-                moves.push((to, from));
-            }
-            self.redirects.rebase(&moves, &self.areas);
         }
         Ok(())
     }

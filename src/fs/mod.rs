@@ -177,8 +177,8 @@ impl CasaFs {
     }
 
     /// A target area whose path names another directory than the one in
-    /// use (the old one was removed, or moved aside, and the operator made
-    /// it again): use the new one. Inside the source tree it is reopened
+    /// use, on the same filesystem (the old one was removed, or moved
+    /// aside, and the operator made it again): use the new one. Inside the source tree it is reopened
     /// from below the mount (never through it), without following
     /// symlinks. True when the area changed to a live directory.
     pub(super) fn revive_area(&self, idx: usize) -> bool {
@@ -201,12 +201,15 @@ impl CasaFs {
         let Ok(st) = sys::fstat(fd.as_raw_fd()) else {
             return false;
         };
-        let same = |cur: &Inode| cur.dev == st.st_dev && cur.ino == st.st_ino;
-        if st.st_nlink == 0 || same(&area.inode.read()) {
+        // Only a directory on the area's own filesystem: a path that leads
+        // elsewhere may lead through this very mount (a symlinked spelling
+        // of the tree), and routing into it would wait on itself.
+        let usable = |cur: &Inode| cur.dev == st.st_dev && cur.ino != st.st_ino;
+        if st.st_nlink == 0 || !usable(&area.inode.read()) {
             return false;
         }
         let mut cur = area.inode.write();
-        if same(&cur) {
+        if !usable(&cur) {
             return false;
         }
         *cur = Inode::new_anchor(cur.nodeid, fd, &st, true);
@@ -342,12 +345,14 @@ impl CasaFs {
         uid: u32,
         gid: u32,
         mode: u32,
+        routed: bool,
     ) -> Res<()> {
         let want_gid = dir_setgid.unwrap_or(gid);
         // A directory made in a setgid directory is setgid itself, so that
         // what is made in it gets the group too. In place the backing saw
         // to that; in an area (not setgid) casafs must.
-        let inherit_sgid = dir_setgid.is_some()
+        let inherit_sgid = routed
+            && dir_setgid.is_some()
             && st.st_mode & libc::S_IFMT == libc::S_IFDIR
             && st.st_mode & libc::S_ISGID == 0;
         if st.st_uid == uid && st.st_gid == want_gid && !inherit_sgid {

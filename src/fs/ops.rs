@@ -37,16 +37,6 @@ macro_rules! serve {
     }};
 }
 
-/// The answer for an object the kernel names by node id that casafs can no
-/// longer reach where it last saw it: its name went (through another hard
-/// link, or beneath the mount), and a path-based backing such as ntfs-3g
-/// cannot follow a descriptor past that. ESTALE makes the kernel look the
-/// path up once more, which finds the object under the name the caller
-/// used, or answers ENOENT as before.
-fn lost(e: Errno) -> Errno {
-    if e == Errno::ENOENT { Errno::ESTALE } else { e }
-}
-
 /// The attributes of a setattr request.
 #[derive(Default, Clone, Copy)]
 pub struct SetAttr {
@@ -60,6 +50,20 @@ pub struct SetAttr {
 }
 
 impl CasaFs {
+    /// The answer for a hard-linked object that casafs can no longer reach
+    /// where it last saw it: that name went through another link, and a
+    /// path-based backing such as ntfs-3g cannot follow the descriptor
+    /// casafs kept past that. ESTALE makes the kernel look the path up
+    /// once more, which finds the object under the name the caller used.
+    /// Anything else missing stays ENOENT (the kernel's retry would not
+    /// look a removed working directory up again).
+    fn lost(&self, ino: u64, e: Errno) -> Errno {
+        match self.inodes.get(ino) {
+            Ok(i) if e == Errno::ENOENT && i.is_pinned() && !i.is_dead() => Errno::ESTALE,
+            _ => e,
+        }
+    }
+
     pub fn op_lookup(&self, parent: u64, name: &OsStr, reply: impl EntryReply) {
         crate::fault::panic_on_lookup(name.as_bytes());
         if let Some(r) = self.control_lookup(parent, name.as_bytes()) {
@@ -120,7 +124,7 @@ impl CasaFs {
             self,
             Op::Getattr,
             reply,
-            self.do_getattr(ino, fh).map_err(lost),
+            self.do_getattr(ino, fh).map_err(|e| self.lost(ino, e)),
             |st| reply.attr(&self.attr(ino, &st), self.ttl_attr())
         )
     }
@@ -131,7 +135,7 @@ impl CasaFs {
             Op::Setattr,
             reply,
             self.do_setattr(ino, a.mode, a.uid, a.gid, a.size, a.atime, a.mtime, a.fh)
-                .map_err(lost)
+                .map_err(|e| self.lost(ino, e))
                 .and_then(|st| self.after_truncate(who, ino, a.size, st, a.fh)),
             |st| reply.attr(&self.attr(ino, &st), self.ttl_attr())
         )
@@ -142,7 +146,7 @@ impl CasaFs {
             self,
             Op::Readlink,
             reply,
-            self.do_readlink(ino).map_err(lost),
+            self.do_readlink(ino).map_err(|e| self.lost(ino, e)),
             |d| reply.data(&d)
         )
     }
@@ -270,7 +274,7 @@ impl CasaFs {
             Op::Open,
             reply,
             self.do_open(ino, flags)
-                .map_err(lost)
+                .map_err(|e| self.lost(ino, e))
                 .and_then(|o| self.clear_privileges_on_open(who, flags, o)),
             |o| {
                 let (fh, backing) = self.register(o, flags);
@@ -332,7 +336,7 @@ impl CasaFs {
             if ino == CONTROL_DIR_ID {
                 self.control_opendir().map(|fh| (fh, ListingCache::Off))
             } else {
-                self.do_opendir(ino).map_err(lost)
+                self.do_opendir(ino).map_err(|e| self.lost(ino, e))
             },
             |(fh, cache)| reply.opened(fh, cache.open_flags(), None)
         )
@@ -391,7 +395,8 @@ impl CasaFs {
             self,
             Op::Setxattr,
             reply,
-            self.do_setxattr(ino, name, value, flags).map_err(lost),
+            self.do_setxattr(ino, name, value, flags)
+                .map_err(|e| self.lost(ino, e)),
             |_| reply.ok()
         )
     }
@@ -402,7 +407,8 @@ impl CasaFs {
             if is_control(ino) {
                 Err(Errno::ENODATA)
             } else {
-                self.do_getxattr(ino, name, size).map_err(lost)
+                self.do_getxattr(ino, name, size)
+                    .map_err(|e| self.lost(ino, e))
             }
         };
         serve!(self, Op::Getxattr, reply, body(), |x| match x {
@@ -414,7 +420,7 @@ impl CasaFs {
     pub fn op_listxattr(&self, ino: u64, size: u32, reply: impl XattrReply) {
         let body = || {
             if !is_control(ino) {
-                self.do_listxattr(ino, size).map_err(lost)
+                self.do_listxattr(ino, size).map_err(|e| self.lost(ino, e))
             } else if size == 0 {
                 // No attributes: a size of 0, or an empty list.
                 Ok(XattrAnswer::Size(0))
@@ -433,7 +439,8 @@ impl CasaFs {
             self,
             Op::Removexattr,
             reply,
-            self.do_removexattr(ino, name).map_err(lost),
+            self.do_removexattr(ino, name)
+                .map_err(|e| self.lost(ino, e)),
             |_| reply.ok()
         )
     }
@@ -446,7 +453,7 @@ impl CasaFs {
             if is_control(ino) {
                 Ok(())
             } else {
-                self.do_access(ino, mask).map_err(lost)
+                self.do_access(ino, mask).map_err(|e| self.lost(ino, e))
             },
             |_| reply.ok()
         )

@@ -53,16 +53,24 @@ impl CasaFs {
         let anchor = inode.anchor()?;
         // Room for the origin record on top of what the caller can take:
         // the list it gets may fit where the whole one would not.
-        let room = match size {
-            0 => anchor.listxattr(&mut [])?,
-            _ => size as usize + ORIGIN_XATTR.to_bytes_with_nul().len(),
+        let mut tries = 0;
+        let list = loop {
+            let room = match size {
+                0 => anchor.listxattr(&mut [])?,
+                _ => size as usize + ORIGIN_XATTR.to_bytes_with_nul().len(),
+            };
+            if room == 0 {
+                return Ok(XattrAnswer::Size(0));
+            }
+            let mut buf = vec![0u8; room.min(XATTR_MAX)];
+            match anchor.listxattr(&mut buf) {
+                Ok(n) => break without_origin(&buf[..n]),
+                // A size query never fails for want of room: an attribute
+                // added between its two calls is measured again.
+                Err(Errno::ERANGE) if size == 0 && tries < 8 => tries += 1,
+                Err(e) => return Err(e),
+            }
         };
-        if room == 0 {
-            return Ok(XattrAnswer::Size(0));
-        }
-        let mut buf = vec![0u8; room.min(XATTR_MAX)];
-        let n = anchor.listxattr(&mut buf)?;
-        let list = without_origin(&buf[..n]);
         if size == 0 {
             return Ok(XattrAnswer::Size(list.len() as u32));
         }
