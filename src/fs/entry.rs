@@ -631,37 +631,29 @@ impl CasaFs {
         newname: &OsStr,
         flags: u32,
     ) -> Res<()> {
-        self.rename_names(parent, name, newparent, newname, flags)?;
+        let mut dir_moved = false;
+        self.rename_names(parent, name, newparent, newname, flags, &mut dir_moved)?;
         // Routed objects made beneath a moved directory are reached by
         // their directory wherever it is; their recorded origins follow.
-        if !self.redirects.is_empty() {
-            let is_dir = |d: u64, n: &OsStr| -> Res<bool> {
-                let loc = self.locate(&self.inodes.get(d)?, &cname(n)?)?;
-                let st = sys::stat_at(loc.dir.dir_fd()?.as_raw_fd(), &loc.name)?;
-                Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        if dir_moved && !self.redirects.is_empty() {
+            let (Ok(p), Ok(np)) = (self.inodes.get(parent), self.inodes.get(newparent)) else {
+                return Ok(());
             };
-            let exchange = flags & libc::RENAME_EXCHANGE != 0;
-            if is_dir(newparent, newname).unwrap_or(false)
-                || (exchange && is_dir(parent, name).unwrap_or(false))
-            {
-                let (Ok(p), Ok(np)) = (self.inodes.get(parent), self.inodes.get(newparent)) else {
-                    return Ok(());
-                };
-                let (Ok(name), Ok(newname)) = (cname(name), cname(newname)) else {
-                    return Ok(());
-                };
-                let from = self.origin_of(&p, &name);
-                let to = self.origin_of(&np, &newname);
-                let mut moves = vec![(from.clone(), to.clone())];
-                if exchange {
-                    moves.push((to, from));
-                }
-                self.redirects.rebase(&moves, &self.areas);
+            let (Ok(name), Ok(newname)) = (cname(name), cname(newname)) else {
+                return Ok(());
+            };
+            let from = self.origin_of(&p, &name);
+            let to = self.origin_of(&np, &newname);
+            let mut moves = vec![(from.clone(), to.clone())];
+            if flags & libc::RENAME_EXCHANGE != 0 {
+                moves.push((to, from));
             }
+            self.redirects.rebase(&moves, &self.areas);
         }
         Ok(())
     }
 
+    /// The rename itself; `dir_moved` tells whether a directory moved.
     fn rename_names(
         &self,
         parent: u64,
@@ -669,6 +661,7 @@ impl CasaFs {
         newparent: u64,
         newname: &OsStr,
         flags: u32,
+        dir_moved: &mut bool,
     ) -> Res<()> {
         let p = self.inodes.get(parent)?;
         let np = self.inodes.get(newparent)?;
@@ -688,6 +681,12 @@ impl CasaFs {
         let is_dir = sst.st_mode & libc::S_IFMT == libc::S_IFDIR;
 
         let dst = self.locate(&np, &newname)?;
+        *dir_moved = is_dir
+            || (exchange
+                && dst.dir.dir_fd().is_ok_and(|d| {
+                    sys::stat_at(d.as_raw_fd(), &dst.name)
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                }));
         let route = if exchange || dst.redirect.is_some() {
             None
         } else {
