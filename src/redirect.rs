@@ -19,6 +19,11 @@ use crate::inode::{Anchor, Inode};
 use crate::sys;
 
 pub const ORIGIN_XATTR: &CStr = c"user.casafs.origin";
+/// Where the origin goes on a symlink, which cannot carry `user.*`
+/// attributes (the daemon, as root, may set `trusted.*` ones).
+pub const ORIGIN_XATTR_LINK: &CStr = c"trusted.casafs.origin";
+/// Both, in the order they are looked for.
+pub const ORIGIN_XATTRS: [&CStr; 2] = [ORIGIN_XATTR, ORIGIN_XATTR_LINK];
 
 /// A target area: a directory that routed objects are placed in.
 pub struct Area {
@@ -350,9 +355,10 @@ pub fn uncandidate(name: &[u8]) -> Option<Vec<u8>> {
 #[allow(clippy::type_complexity)]
 fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(Vec<u8>, Vec<u8>, CString, SystemTime)> {
     let mut buf = vec![0u8; 4096];
-    let n = Anchor::At(area.clone(), tname.to_owned())
-        .getxattr(ORIGIN_XATTR, &mut buf)
-        .ok()?;
+    let anchor = Anchor::At(area.clone(), tname.to_owned());
+    let n = ORIGIN_XATTRS
+        .iter()
+        .find_map(|x| anchor.getxattr(x, &mut buf).ok())?;
     let origin = buf.get(..n)?.to_vec();
     let (parent, name) = match origin.iter().rposition(|&b| b == b'/') {
         Some(i) => (&origin[..i], &origin[i + 1..]),
@@ -371,11 +377,14 @@ fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(Vec<u8>, Vec<u8>, CSt
     ))
 }
 
-/// Records the origin on the object; filesystems without user xattrs (or a
-/// symlink) simply do not carry it.
+/// Records the origin on the object; filesystems without such xattrs
+/// simply do not carry it.
 pub fn tag_origin(area: &Area, tname: &CStr, origin: &[u8]) {
     if let Ok(dir) = area.dir().dir_fd() {
-        let _ = Anchor::At(dir, tname.to_owned()).setxattr(ORIGIN_XATTR, origin, 0);
+        let anchor = Anchor::At(dir, tname.to_owned());
+        if anchor.setxattr(ORIGIN_XATTR, origin, 0) == Err(sys::Errno::EPERM) {
+            let _ = anchor.setxattr(ORIGIN_XATTR_LINK, origin, 0);
+        }
     }
 }
 

@@ -164,15 +164,12 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
 fn origin_name(p: &Path) -> Option<Vec<u8>> {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
     let mut buf = [0u8; 4096];
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            crate::redirect::ORIGIN_XATTR.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    let origin = buf.get(..usize::try_from(n).ok()?)?;
+    let n = crate::redirect::ORIGIN_XATTRS.iter().find_map(|x| {
+        let n =
+            unsafe { libc::lgetxattr(c.as_ptr(), x.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        usize::try_from(n).ok()
+    })?;
+    let origin = buf.get(..n)?;
     origin.rsplit(|&b| b == b'/').next().map(<[u8]>::to_vec)
 }
 

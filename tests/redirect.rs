@@ -1033,3 +1033,26 @@ fn an_area_named_through_a_symlink_to_the_tree_is_used_from_below() {
     assert_eq!(fs::read(m.backing("logs").join(LOG)).unwrap(), b"log");
     assert_eq!(names(&m.p("w")), Vec::<String>::new());
 }
+
+#[test]
+fn a_routed_symlink_survives_a_remount() {
+    let tmp = TempDir::new("origin-symlink");
+    let tree = tmp.path().join("tree");
+    let mut m = Mount::builder("origin-symlink").source(&tree, tmp).start();
+    fs::create_dir_all(m.p("obs")).unwrap();
+    std::os::unix::fs::symlink("../shared/casa.log", m.p("obs").join(LOG)).unwrap();
+    assert_eq!(names(&logs(&m)), [LOG]);
+    let listed = ok(&sh(
+        &m.p("obs"),
+        &format!("getfattr -h -d -m - {LOG} 2>&1 || true"),
+    ));
+    assert!(!listed.contains("casafs"), "{listed}");
+    assert!(m.stop().is_some_and(|s| s.success()));
+    let m2 = Mount::builder("origin-symlink2")
+        .source(&tree, TempDir::new("origin-symlink2"))
+        .start();
+    assert_eq!(
+        fs::read_link(m2.p("obs").join(LOG)).unwrap(),
+        Path::new("../shared/casa.log")
+    );
+}

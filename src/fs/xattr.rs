@@ -6,18 +6,19 @@
 use std::ffi::{CStr, OsStr};
 
 use super::CasaFs;
-use crate::redirect::ORIGIN_XATTR;
+use crate::redirect::ORIGIN_XATTRS;
 use crate::sys::{Errno, Res, cname};
 
 fn is_origin(name: &CStr) -> bool {
-    name == ORIGIN_XATTR
+    ORIGIN_XATTRS.contains(&name)
 }
 
 /// A `listxattr` list without the origin record.
 fn without_origin(list: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(list.len());
     for n in list.split_inclusive(|&b| b == 0) {
-        if n.strip_suffix(&[0]).unwrap_or(n) != ORIGIN_XATTR.to_bytes() {
+        let name = n.strip_suffix(&[0]).unwrap_or(n);
+        if !ORIGIN_XATTRS.iter().any(|x| x.to_bytes() == name) {
             out.extend_from_slice(n);
         }
     }
@@ -57,7 +58,13 @@ impl CasaFs {
         let list = loop {
             let room = match size {
                 0 => anchor.listxattr(&mut [])?,
-                _ => size as usize + ORIGIN_XATTR.to_bytes_with_nul().len(),
+                _ => {
+                    size as usize
+                        + ORIGIN_XATTRS
+                            .iter()
+                            .map(|x| x.to_bytes_with_nul().len())
+                            .sum::<usize>()
+                }
             };
             if room == 0 {
                 return Ok(XattrAnswer::Size(0));
@@ -110,6 +117,10 @@ mod tests {
             b"user.a\0security.selinux\0"
         );
         assert_eq!(without_origin(b"user.casafs.origin\0"), b"");
+        assert_eq!(
+            without_origin(b"trusted.casafs.origin\0user.b\0"),
+            b"user.b\0"
+        );
         assert_eq!(
             without_origin(b"user.casafs.origin2\0"),
             b"user.casafs.origin2\0"
