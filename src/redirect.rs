@@ -32,6 +32,11 @@ pub struct Area {
     /// an operator made it again (see `CasaFs::revive_area`).
     pub inode: parking_lot::RwLock<Arc<Inode>>,
     pub fs_type: i64,
+    /// The directory the area was found in and its name there, to look
+    /// for it again (made anew, rotated) by one name in a directory opened
+    /// before mounting: a path could lead through the mount itself, and a
+    /// request that waits on the mount can wait on itself.
+    pub parent: Option<(OwnedFd, CString)>,
     /// Held while a free name is found and taken: where the backing has no
     /// RENAME_NOREPLACE (ntfs-3g) that is a stat and then a rename, and two
     /// routed objects must never take one name.

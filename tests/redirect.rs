@@ -1032,6 +1032,24 @@ fn an_area_named_through_a_symlink_to_the_tree_is_used_from_below() {
     assert_eq!(written, Ok(true), "the routed create must finish");
     assert_eq!(fs::read(m.backing("logs").join(LOG)).unwrap(), b"log");
     assert_eq!(names(&m.p("w")), Vec::<String>::new());
+    // Many at once, after the kernel's cache time: every request thread
+    // busy routing at the same moment.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (done, wait) = std::sync::mpsc::channel();
+    for i in 0..8 {
+        let d = m.p(&format!("w{i}"));
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let r = fs::create_dir_all(&d)
+                .and_then(|()| fs::write(d.join(format!("casa-{i}.log")), b"x"));
+            let _ = done.send(r.is_ok());
+        });
+    }
+    for _ in 0..8 {
+        let written = wait.recv_timeout(std::time::Duration::from_secs(20));
+        assert_eq!(written, Ok(true), "every routed create must finish");
+    }
+    assert_eq!(names(&m.backing("logs")).len(), 9);
 }
 
 #[test]

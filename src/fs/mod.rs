@@ -95,10 +95,18 @@ impl CasaFs {
             let ft = sys::fstatfs_type(fd.as_raw_fd()).unwrap_or(0);
             let nodeid = u64::MAX - 64 - i as u64;
             backing_types.push((path.to_string_lossy().into_owned(), fs_type_of(&path, ft)));
+            let parent = path
+                .file_name()
+                .and_then(|n| std::ffi::CString::new(n.as_encoded_bytes()).ok())
+                .and_then(|n| {
+                    let flags = libc::O_PATH | libc::O_DIRECTORY;
+                    Some((sys::open_at(fd.as_raw_fd(), c"..", flags, 0).ok()?, n))
+                });
             areas.push(Area {
                 path,
                 inode: parking_lot::RwLock::new(Inode::new_anchor(nodeid, fd, &st, true)),
                 fs_type: ft,
+                parent,
                 place_lock: parking_lot::Mutex::new(()),
             });
         }
@@ -176,34 +184,29 @@ impl CasaFs {
         self.root.dir_fd()
     }
 
-    /// A target area whose path names another directory than the one in
+    /// A target area whose name names another directory than the one in
     /// use, on the same filesystem (the old one was removed, or moved
-    /// aside, and the operator made it again): use the new one. Inside the source tree it is reopened
-    /// from below the mount (never through it), without following
-    /// symlinks. True when the area changed to a live directory.
+    /// aside, and the operator made it again): use the new one. It is
+    /// looked for by its name in the directory it was found in at start
+    /// (`Area::parent`), never by a path, without following symlinks. True
+    /// when the area changed to a live directory.
     pub(super) fn revive_area(&self, idx: usize) -> bool {
         let Some(area) = self.areas.get(idx) else {
             return false;
         };
-        let flags = libc::O_PATH | libc::O_DIRECTORY;
-        let fd = match area.path.strip_prefix(&self.settings.source) {
-            Ok(rel) if !rel.as_os_str().is_empty() => sys::cpath(rel).and_then(|r| {
-                let root = self.root_fd()?;
-                sys::open_beneath(root.as_raw_fd(), &r, flags, 0)
-            }),
-            Ok(_) => return false,
-            Err(_) => sys::cpath(&area.path)
-                .and_then(|p| sys::open_at(libc::AT_FDCWD, &p, flags | libc::O_NOFOLLOW, 0)),
+        let Some((parent, name)) = &area.parent else {
+            return false;
         };
-        let Ok(fd) = fd else {
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let Ok(fd) = sys::open_at(parent.as_raw_fd(), name, flags, 0) else {
             return false;
         };
         let Ok(st) = sys::fstat(fd.as_raw_fd()) else {
             return false;
         };
-        // Only a directory on the area's own filesystem: a path that leads
-        // elsewhere may lead through this very mount (a symlinked spelling
-        // of the tree), and routing into it would wait on itself.
+        // Only a directory on the area's own filesystem: anything else under
+        // that name (something mounted there, this very mount) is not the
+        // area an operator made again.
         let usable = |cur: &Inode| cur.dev == st.st_dev && cur.ino != st.st_ino;
         if st.st_nlink == 0 || !usable(&area.inode.read()) {
             return false;
