@@ -493,6 +493,17 @@ impl CasaFs {
         Ok(g)
     }
 
+    /// Logs an open file that the graveyard could not take: `doing` (an
+    /// unlink or a replace) happens in place, as the backing does it.
+    fn graveyard_refused(&self, dir: &Arc<Inode>, name: &CStr, e: Errno, doing: &str) {
+        tracing::warn!(
+            "cannot move open file {}/{} to the graveyard ({}); {doing} it in place",
+            self.inodes.rel_path(dir),
+            name.to_string_lossy(),
+            std::io::Error::from_raw_os_error(e.code())
+        );
+    }
+
     /// Undoes `bury` (under the same lock) when what it was done for
     /// failed: the file gets its name back, or, if the name was taken
     /// meanwhile, stays in the graveyard to go at its last close as if
@@ -555,12 +566,7 @@ impl CasaFs {
                         // all: the graveyard cannot take it (another mount
                         // of the same filesystem inside the tree, or the
                         // graveyard gone).
-                        Err(e) => tracing::warn!(
-                            "cannot move open file {}/{} to the graveyard ({}); unlinking it in place",
-                            self.inodes.rel_path(dir),
-                            name.to_string_lossy(),
-                            std::io::Error::from_raw_os_error(e.code())
-                        ),
+                        Err(e) => self.graveyard_refused(dir, name, e, "unlinking"),
                     }
                 }
                 let _ = v.pin();
@@ -704,7 +710,7 @@ impl CasaFs {
                 match self.settings.cross_device {
                     crate::config::CrossDevice::Exdev => return Err(Errno::EXDEV),
                     crate::config::CrossDevice::InPlace => {
-                        return self.rename_plain(&src, &sst, &dst, &np, &newname, flags);
+                        return self.rename_plain(&src, &sst, &dst, flags);
                     }
                 }
             }
@@ -730,7 +736,7 @@ impl CasaFs {
                     };
                 }
                 Some(_) => {
-                    self.rename_plain(&src, &sst, &dst, &np, &newname, flags)?;
+                    self.rename_plain(&src, &sst, &dst, flags)?;
                     if src.redirect.is_some() {
                         self.redirects.remove(&p, &name);
                     }
@@ -769,7 +775,7 @@ impl CasaFs {
             }
             return Ok(());
         }
-        self.rename_plain(&src, &sst, &dst, &np, &newname, flags)?;
+        self.rename_plain(&src, &sst, &dst, flags)?;
         if src.redirect.is_some() && !exchange {
             self.redirects.remove(&p, &name);
         }
@@ -836,7 +842,7 @@ impl CasaFs {
                 name: newname.to_owned(),
                 redirect: None,
             };
-            self.rename_plain(src, sst, &here, np, newname, flags)?;
+            self.rename_plain(src, sst, &here, flags)?;
             self.redirects.remove(np, newname);
             let gone = if dst_is_dir {
                 sys::unlink_at(dfd.as_raw_fd(), &dst.name, libc::AT_REMOVEDIR)
@@ -858,15 +864,7 @@ impl CasaFs {
         Some(go())
     }
 
-    fn rename_plain(
-        &self,
-        src: &Located,
-        sst: &libc::stat,
-        dst: &Located,
-        _np: &Arc<Inode>,
-        _newname: &CStr,
-        flags: u32,
-    ) -> Res<()> {
+    fn rename_plain(&self, src: &Located, sst: &libc::stat, dst: &Located, flags: u32) -> Res<()> {
         let sfd = src.dir.dir_fd()?;
         let dfd = dst.dir.dir_fd()?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -911,12 +909,7 @@ impl CasaFs {
                     Ok(g) => grave = Some(g),
                     // Replaced as the backing does it, as in `remove_file`.
                     Err(e) => {
-                        tracing::warn!(
-                            "cannot move open file {}/{} to the graveyard ({}); replacing it in place",
-                            self.inodes.rel_path(&dst.dir),
-                            dst.name.to_string_lossy(),
-                            std::io::Error::from_raw_os_error(e.code())
-                        );
+                        self.graveyard_refused(&dst.dir, &dst.name, e, "replacing");
                         pinned_here = !v.is_pinned() && v.pin().is_ok();
                     }
                 }
