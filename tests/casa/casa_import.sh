@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# casa_import.sh - import CASA 6 (casatasks) fully offline inside WORKDIR.
+# casa_import.sh - import CASA 6 (casatasks) fully offline inside WORKDIR,
+# or run a Python script with CASA there.
 #
-# Usage: casa_import.sh WORKDIR
+# Usage: casa_import.sh WORKDIR [SCRIPT [ARG...]]
 #
 #   1. Ensures a venv with casatools, casatasks, casadata and six exists at
 #      ${CASA_VENV:-/root/casa-venv}; creates it / pip-installs from PyPI if
@@ -16,6 +17,7 @@
 #          python -c 'import casatasks; print(casatasks.casalog.logfile())'
 #      CASA creates its log file casa-YYYYMMDD-HHMMSS.log (UTC time) in the
 #      cwd at import time; the absolute path is printed on stdout.
+#      With SCRIPT: python SCRIPT ARG... instead, in the same environment.
 #   4. Exits with Python's exit status.
 #
 # Environment:
@@ -29,11 +31,12 @@ set -u
 
 skip() { echo "casa_import.sh: SKIP: $*" >&2; exit 77; }
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 WORKDIR" >&2
+if [ $# -lt 1 ]; then
+    echo "usage: $0 WORKDIR [SCRIPT [ARG...]]" >&2
     exit 2
 fi
 WORKDIR=$1
+shift
 if [ ! -d "$WORKDIR" ]; then
     echo "casa_import.sh: WORKDIR '$WORKDIR' is not a directory" >&2
     exit 2
@@ -108,6 +111,11 @@ agg = True
 log2term = False
 EOF
 
+if [ $# -gt 0 ]; then
+    RUN=("$@")
+else
+    RUN=(-c 'import casatasks; print(casatasks.casalog.logfile())')
+fi
 cd "$WORKDIR" || { echo "casa_import.sh: cannot cd to $WORKDIR" >&2; exit 2; }
 
 # Not exec'd, so the EXIT trap still removes $TMP; exit with Python's status.
@@ -119,6 +127,6 @@ env -u PYTHONPATH -u PYTHONHOME -u PYTHONSTARTUP \
     MPLBACKEND=Agg \
     PYTHONNOUSERSITE=1 \
     CASASITECONFIG="$SITECONFIG" \
-    "$PY" -c 'import casatasks; print(casatasks.casalog.logfile())'
+    "$PY" "${RUN[@]}"
 status=$?
 exit $status
