@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # casa_on_casafs.sh - the real thing: CASA 6 from PyPI in working
-# directories inside a casafs mount. Its import leaves its log in the logs
-# area only; its concat(copypointing=False) works on TMPPOINTING tables that
-# live in the scratch area, and leaves nothing in the working directory. The
-# same concat in a plain directory is watched the same way first, to show
-# that the watch sees the tables land in the working directory there.
+# directories inside casafs mounts.
+#
+#   1. Its import leaves its log in the logs area only.
+#   2. Its concat(copypointing=False) (concat_probe.py) works on TMPPOINTING
+#      tables that live in the scratch area, and leaves nothing in the
+#      working directory; the same concat in a plain directory is watched
+#      the same way first, to show that the watch sees the tables land in
+#      the working directory there (check_concat.py judges).
+#   3. The same concat inside casafs mounted over a real NTFS volume
+#      (ntfs-3g), the users' own backing.
 #
 # Usage: casa_on_casafs.sh [CASAFS_BINARY]
 # Exit: 0 shown, 1 failed, 77 skipped (PyPI unreachable: CASA not installable).
@@ -13,20 +18,41 @@ BIN=${1:-target/release/casafs}
 HERE=$(cd "$(dirname "$0")" && pwd)
 T=$(mktemp -d /tmp/casafs-casa.XXXXXX)
 TREE=$T/tree
-mkdir -p "$TREE/pipeline/scripts"
-"$BIN" mount "$TREE" "$TREE" -f 2>"$T/casafs.log" &
-PID=$!
+NTREE=$T/ntfs
+PID=
+NPID=
+NTFS_MOUNTED=
+
+# casafs TREE in the foreground, in the background: its pid in MOUNTED_PID.
+mount_casafs() {
+    "$BIN" mount "$1" "$1" -f 2>"$T/casafs-$(basename "$1").log" &
+    MOUNTED_PID=$!
+    for _ in $(seq 100); do
+        [ -e "$1/.casafs/stats.json" ] && return 0
+        sleep 0.1
+    done
+    echo "casafs did not mount on $1"
+    cat "$T/casafs-$(basename "$1").log"
+    return 1
+}
+# Unmounts casafs at $1 and waits for its daemon $2 to exit (it holds the
+# directory beneath until then).
+unmount_casafs() {
+    [ -n "$2" ] || return 0
+    umount "$1" 2>/dev/null || umount -l "$1" 2>/dev/null
+    wait "$2" 2>/dev/null
+}
 cleanup() {
-    umount "$TREE" 2>/dev/null || umount -l "$TREE" 2>/dev/null
-    wait "$PID" 2>/dev/null
+    unmount_casafs "$TREE" "$PID"
+    unmount_casafs "$NTREE" "$NPID"
+    [ -n "$NTFS_MOUNTED" ] && { umount "$NTREE" 2>/dev/null || umount -l "$NTREE"; }
     rm -rf "$T"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-    [ -e "$TREE/.casafs/stats.json" ] && break
-    sleep 0.1
-done
-[ -e "$TREE/.casafs/stats.json" ] || { echo "casafs did not mount"; cat "$T/casafs.log"; exit 1; }
+
+mkdir -p "$TREE/pipeline/scripts" "$TREE/pipeline/concat"
+mount_casafs "$TREE" || exit 1
+PID=$MOUNTED_PID
 
 LOGPATH=$("$HERE/casa_import.sh" "$TREE/pipeline/scripts")
 rc=$?
@@ -43,52 +69,47 @@ grep -q "casa-logs" "$TREE/.casafs/redirects" || { echo "FAIL: no redirect recor
 grep -c INFO "$TREE/pipeline/scripts/$NAME" >/dev/null || { echo "FAIL: the original path does not read the log"; fail=1; }
 [ $fail -eq 0 ] && echo "CASA run: the log landed in the logs area only"
 
-# concat, watched by concat_probe.py: first in a plain directory.
-mkdir -p "$T/plain/work" "$T/plain/scratch" "$TREE/pipeline/concat"
-PLAIN=$(SCRATCH="$T/plain/scratch" "$HERE/casa_import.sh" "$T/plain/work" \
-    "$HERE/concat_probe.py" 2>"$T/plain.err") \
-    || { echo "FAIL: concat in a plain directory"; tail -5 "$T/plain.err"; exit 1; }
-echo "concat without casafs: $PLAIN"
-ONCASAFS=$(SCRATCH="$TREE/state/scratch/tmppointing" "$HERE/casa_import.sh" \
-    "$TREE/pipeline/concat" "$HERE/concat_probe.py" 2>"$T/casafs.err") \
-    || { echo "FAIL: concat on casafs"; tail -5 "$T/casafs.err"; exit 1; }
-echo "concat on casafs: $ONCASAFS"
-STATS=$(cat "$TREE/.casafs/stats.json")
-umount "$TREE" && wait "$PID"
-echo "backing working directory after unmount: [$(ls -A "$TREE/pipeline/concat" | tr '\n' ' ')]"
-echo "backing scratch area after unmount: [$(ls -A "$TREE/state/scratch/tmppointing")]"
-python3 - "$PLAIN" "$ONCASAFS" "$STATS" "$TREE" <<'PY' || fail=1
-import json, os, sys
-plain, oncasafs, stats = (json.loads(a) for a in sys.argv[1:4])
-tree = sys.argv[4]
-bad = []
-def check(ok, what):
-    if not ok:
-        bad.append(what)
-# Both concats worked the same way (the data CASA wrote is the same).
-for k in ("a_pointing_rows", "c_rows", "c_pointing_rows", "d_rows", "d_pointing_rows"):
-    check(plain[k] == oncasafs[k], f"{k}: {oncasafs[k]} on casafs, {plain[k]} without")
-check(plain["a_pointing_rows"] > 0, "the first MS has no pointing rows: concat's copy path not taken")
-check(oncasafs["c_rows"] > 0 and oncasafs["d_rows"] > oncasafs["c_rows"], "concat did not add rows")
-# Without casafs the watch sees the tables in the working directory...
-check(len(plain["tables"]) == 2, "plain: concat opened no TMPPOINTING tables")
-check(all(t["listed_in_cwd"] and not t["in_scratch"] for t in plain["tables"]),
-      f"plain: {plain['tables']}")
-# ...with casafs in the scratch area, unlisted in the working directory.
-check(len(oncasafs["tables"]) == 2, "casafs: concat opened no TMPPOINTING tables")
-check(all(t["in_scratch"] and not t["listed_in_cwd"] for t in oncasafs["tables"]),
-      f"casafs: {oncasafs['tables']}")
-check(stats["redirects"]["tmppointing"]["redirects"] == 2,
-      f"casafs counted {stats['redirects']['tmppointing']['redirects']} TMPPOINTING redirects")
-check(oncasafs["cwd"] == ["a.ms", "b.ms", "c.ms", "d.ms"], f"casafs cwd listing {oncasafs['cwd']}")
-# On the disk beneath: nothing but the Measurement Sets.
-on_disk = sorted(os.listdir(os.path.join(tree, "pipeline/concat")))
-check(on_disk == ["a.ms", "b.ms", "c.ms", "d.ms"], f"backing working directory {on_disk}")
-left = os.listdir(os.path.join(tree, "state/scratch/tmppointing"))
-check(left == [], f"scratch area keeps {left}")
-for b in bad:
-    print("FAIL:", b)
-sys.exit(1 if bad else 0)
-PY
-[ $fail -eq 0 ] && echo "CASA run: concat's TMPPOINTING tables lived in the scratch area only"
+# concat_probe.py in WORKDIR with SCRATCH as the area to look in; its report
+# to REPORT. Fails the run if CASA fails.
+concat_in() {
+    local workdir=$1 scratch=$2 report=$3
+    if ! SCRATCH="$scratch" "$HERE/casa_import.sh" "$workdir" "$HERE/concat_probe.py" \
+            >"$report" 2>"$report.err"; then
+        echo "FAIL: concat in $workdir"
+        tail -5 "$report.err"
+        return 1
+    fi
+    echo "concat in $workdir: $(cat "$report")"
+}
+
+mkdir -p "$T/plain/work" "$T/plain/scratch"
+concat_in "$T/plain/work" "$T/plain/scratch" "$T/plain.json" || exit 1
+concat_in "$TREE/pipeline/concat" "$TREE/state/scratch/tmppointing" "$T/ext.json" || exit 1
+cp "$TREE/.casafs/stats.json" "$T/ext-stats.json"
+unmount_casafs "$TREE" "$PID"
+PID=
+echo "on disk after unmount: working directory [$(ls -A "$TREE/pipeline/concat" | tr '\n' ' ')]," \
+    "scratch area [$(ls -A "$TREE/state/scratch/tmppointing")]"
+
+# The same on casafs over NTFS through ntfs-3g.
+mkdir -p "$NTREE"
+truncate -s 256M "$T/ntfs.img"
+mkntfs -F -q -f "$T/ntfs.img" >/dev/null 2>&1 || { echo "FAIL: mkntfs (is ntfs-3g installed?)"; exit 1; }
+ntfs-3g "$T/ntfs.img" "$NTREE" || { echo "FAIL: ntfs-3g"; exit 1; }
+NTFS_MOUNTED=1
+mkdir -p "$NTREE/pipeline/concat"
+mount_casafs "$NTREE" || exit 1
+NPID=$MOUNTED_PID
+concat_in "$NTREE/pipeline/concat" "$NTREE/state/scratch/tmppointing" "$T/ntfs.json" || exit 1
+cp "$NTREE/.casafs/stats.json" "$T/ntfs-stats.json"
+unmount_casafs "$NTREE" "$NPID"
+NPID=
+echo "on NTFS after unmount: working directory [$(ls -A "$NTREE/pipeline/concat" | tr '\n' ' ')]," \
+    "scratch area [$(ls -A "$NTREE/state/scratch/tmppointing")]"
+
+python3 "$HERE/check_concat.py" "$T/plain.json" \
+    "$(findmnt -n -o FSTYPE --target "$T")" "$T/ext.json" "$T/ext-stats.json" "$TREE/pipeline/concat" "$TREE/state/scratch/tmppointing" \
+    ntfs-3g "$T/ntfs.json" "$T/ntfs-stats.json" "$NTREE/pipeline/concat" "$NTREE/state/scratch/tmppointing" \
+    || fail=1
+[ $fail -eq 0 ] && echo "CASA run: concat's TMPPOINTING tables lived in the scratch area only, over $(findmnt -n -o FSTYPE --target "$T") and over NTFS"
 exit $fail
