@@ -8,7 +8,10 @@
 #      working directory; the same concat in a plain directory is watched
 #      the same way first, to show that the watch sees the tables land in
 #      the working directory there (check_concat.py judges).
-#   3. The same concat inside casafs mounted over a real NTFS volume
+#   3. The same concat with the areas on another filesystem (a tmpfs here),
+#      as in the production fstab line: renames into the working directory
+#      answer EXDEV and shutil.move copies.
+#   4. The same concat inside casafs mounted over a real NTFS volume
 #      (ntfs-3g), the users' own backing.
 #
 # Usage: casa_on_casafs.sh [CASAFS_BINARY]
@@ -19,13 +22,18 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 T=$(mktemp -d /tmp/casafs-casa.XXXXXX)
 TREE=$T/tree
 NTREE=$T/ntfs
+XTREE=$T/apart
+AREAS=$T/areas
 PID=
 NPID=
+XPID=
 NTFS_MOUNTED=
+AREAS_MOUNTED=
 
-# casafs TREE in the foreground, in the background: its pid in MOUNTED_PID.
+# casafs TREE [OPTIONS] in the foreground, in the background: its pid in
+# MOUNTED_PID.
 mount_casafs() {
-    "$BIN" mount "$1" "$1" -f 2>"$T/casafs-$(basename "$1").log" &
+    "$BIN" mount "$1" "$1" -f ${2:+-o "$2"} 2>"$T/casafs-$(basename "$1").log" &
     MOUNTED_PID=$!
     for _ in $(seq 100); do
         [ -e "$1/.casafs/stats.json" ] && return 0
@@ -45,6 +53,8 @@ unmount_casafs() {
 cleanup() {
     unmount_casafs "$TREE" "$PID"
     unmount_casafs "$NTREE" "$NPID"
+    unmount_casafs "$XTREE" "$XPID"
+    [ -n "$AREAS_MOUNTED" ] && { umount "$AREAS" 2>/dev/null || umount -l "$AREAS"; }
     [ -n "$NTFS_MOUNTED" ] && { umount "$NTREE" 2>/dev/null || umount -l "$NTREE"; }
     rm -rf "$T"
 }
@@ -91,6 +101,19 @@ PID=
 echo "on disk after unmount: working directory [$(ls -A "$TREE/pipeline/concat" | tr '\n' ' ')]," \
     "scratch area [$(ls -A "$TREE/state/scratch/tmppointing")]"
 
+# The areas on another filesystem.
+mkdir -p "$XTREE/pipeline/concat" "$AREAS"
+mount -t tmpfs casafs-casa-areas "$AREAS" || { echo "FAIL: mount a tmpfs"; exit 1; }
+AREAS_MOUNTED=1
+mount_casafs "$XTREE" "logs=$AREAS/logs,scratch=$AREAS/tmppointing" || exit 1
+XPID=$MOUNTED_PID
+concat_in "$XTREE/pipeline/concat" "$AREAS/tmppointing" "$T/apart.json" || exit 1
+cp "$XTREE/.casafs/stats.json" "$T/apart-stats.json"
+unmount_casafs "$XTREE" "$XPID"
+XPID=
+echo "areas apart, after unmount: working directory [$(ls -A "$XTREE/pipeline/concat" | tr '\n' ' ')]," \
+    "scratch area [$(ls -A "$AREAS/tmppointing")]"
+
 # The same on casafs over NTFS through ntfs-3g.
 mkdir -p "$NTREE"
 truncate -s 256M "$T/ntfs.img"
@@ -109,7 +132,8 @@ echo "on NTFS after unmount: working directory [$(ls -A "$NTREE/pipeline/concat"
 
 python3 "$HERE/check_concat.py" "$T/plain.json" \
     "$(findmnt -n -o FSTYPE --target "$T")" "$T/ext.json" "$T/ext-stats.json" "$TREE/pipeline/concat" "$TREE/state/scratch/tmppointing" \
+    "areas on tmpfs" "$T/apart.json" "$T/apart-stats.json" "$XTREE/pipeline/concat" "$AREAS/tmppointing" \
     ntfs-3g "$T/ntfs.json" "$T/ntfs-stats.json" "$NTREE/pipeline/concat" "$NTREE/state/scratch/tmppointing" \
     || fail=1
-[ $fail -eq 0 ] && echo "CASA run: concat's TMPPOINTING tables lived in the scratch area only, over $(findmnt -n -o FSTYPE --target "$T") and over NTFS"
+[ $fail -eq 0 ] && echo "CASA run: concat's TMPPOINTING tables lived in the scratch area only, over $(findmnt -n -o FSTYPE --target "$T"), with the areas apart, and over NTFS"
 exit $fail

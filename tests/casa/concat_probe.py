@@ -6,7 +6,8 @@ opens it as a table, then either copies it back empty and removes it, or
 (when it is already empty, as in the second concat here) moves it back.
 Every time CASA opens such a table, the probe notes where it is at that
 moment: whether the same object is in the area named by the SCRATCH
-environment variable, and whether the working directory lists it.
+environment variable (a path inside the mount, or the area's own path on
+another filesystem), and whether the working directory lists it.
 
 Prints one JSON object on stdout; exits non-zero if CASA fails.
 Run it through casa_import.sh (offline CASA configuration).
@@ -23,15 +24,24 @@ seen = []
 _open = casatools.table.open
 
 
+def same_object(a, b):
+    if a.st_dev == b.st_dev:
+        return a.st_ino == b.st_ino
+    # Through the mount, an object on another filesystem has a number of
+    # casafs's own: compare its type, link count and times instead, which
+    # casafs passes on as they are.
+    key = ("st_mode", "st_nlink", "st_mtime_ns", "st_ctime_ns")
+    return all(getattr(a, k) == getattr(b, k) for k in key)
+
+
 def watching_open(self, tablename="", *args, **kwargs):
     name = os.path.basename(str(tablename).rstrip("/"))
     if name.startswith("TMPPOINTING"):
         here = os.stat(tablename)
         there = os.path.join(SCRATCH, name)
-        in_scratch = os.path.exists(there) and (
-            (os.stat(there).st_dev, os.stat(there).st_ino)
-            == (here.st_dev, here.st_ino)
-        )
+        # The same object seen two ways: through the mount, and in the area
+        # itself, which may be on another filesystem (another st_dev).
+        in_scratch = os.path.exists(there) and same_object(here, os.stat(there))
         seen.append(
             {
                 "table": name,
