@@ -51,6 +51,13 @@ pub struct OpenState {
     pub backing: Option<Arc<crate::backing::Backing>>,
     /// Graveyard names holding this inode's data until the last close.
     pub buried: Vec<CString>,
+    /// The kernel may still hold the backing file open without any handle:
+    /// a memory mapping of a file opened with kernel passthrough maps the
+    /// kernel's own open of the backing file, which outlives the last
+    /// close and is invisible to casafs. Set by every readable passthrough
+    /// open; cleared when the kernel lets go of the inode (a mapping holds
+    /// the inode, so no forget comes while one lives).
+    pub mapped: bool,
 }
 
 pub struct Inode {
@@ -604,9 +611,11 @@ impl InodeTable {
         }
     }
 
-    /// Drops `n` kernel references; the inode leaves the table at zero unless
-    /// something of ours (a child, an open handle) still holds it.
-    pub fn forget(&self, nodeid: u64, n: u64) {
+    /// Drops `n` kernel references. At zero, `let_go` sees the inode first
+    /// (for what waited for the kernel to let go of it), then it leaves the
+    /// table unless something of ours (a child, an open handle) still
+    /// holds it.
+    pub fn forget(&self, nodeid: u64, n: u64, let_go: impl FnOnce(&Arc<Inode>)) {
         if nodeid == ROOT_ID {
             return;
         }
@@ -622,6 +631,7 @@ impl InodeTable {
         if prev > n {
             return;
         }
+        let_go(&ino);
         // A pin keeps an unlinked object for the kernel's sake; the kernel
         // let go of it, and the last close (if there are handles) found it
         // still held.

@@ -243,6 +243,93 @@ fn rename_over_open_file_and_hard_links_leave_nothing() {
     assert_eq!(listing, ["b", "old"]);
 }
 
+/// A read-only shared mapping of a whole file, made through a descriptor
+/// that is closed again before this returns (as the dynamic loader and
+/// git's pack indexes do).
+struct Mapping {
+    at: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn of(p: &Path) -> Mapping {
+        let f = File::open(p).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED, "mmap {}", p.display());
+        Mapping { at, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.at as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.at, self.len) };
+    }
+}
+
+#[test]
+fn a_file_mapped_but_closed_leaves_no_debris_when_unlinked_or_replaced() {
+    // A mapping outlives the descriptor it was made through: the file is
+    // still open for the filesystem beneath (ntfs-3g sees the kernel's
+    // open of it), although no process holds a descriptor.
+    let bare = Ntfs::new("mapped-bare");
+    fs::write(bare.dir.join("lib.so"), vec![5u8; 64 << 10]).unwrap();
+    let map = Mapping::of(&bare.dir.join("lib.so"));
+    fs::remove_file(bare.dir.join("lib.so")).unwrap();
+    assert_eq!(
+        debris(&bare.dir).len(),
+        1,
+        "the control: on bare ntfs-3g a mapped file's unlink leaves debris"
+    );
+    drop(map);
+
+    let v = Ntfs::new("mapped");
+    let m = on_ntfs(&v);
+    let raw = m.backing("");
+    assert_eq!(m.stats()["passthrough"], true, "with kernel passthrough");
+    fs::write(m.p("lib.so"), vec![5u8; 64 << 10]).unwrap();
+    fs::write(m.p("pack.idx"), vec![6u8; 16 << 10]).unwrap();
+    let lib = Mapping::of(&m.p("lib.so"));
+    let idx = Mapping::of(&m.p("pack.idx"));
+    fs::remove_file(m.p("lib.so")).unwrap();
+    fs::write(m.p("pack.idx.tmp"), vec![7u8; 16 << 10]).unwrap();
+    fs::rename(m.p("pack.idx.tmp"), m.p("pack.idx")).unwrap();
+    assert_eq!(debris_anywhere(&raw), "", "no .fuse_hidden while mapped");
+    assert_eq!(names(&m.p("")), ["pack.idx", "state"]);
+    assert!(
+        lib.bytes().iter().all(|&b| b == 5),
+        "the unlinked file's data"
+    );
+    assert!(
+        idx.bytes().iter().all(|&b| b == 6),
+        "the replaced file's data"
+    );
+    assert_eq!(fs::read(m.p("pack.idx")).unwrap(), vec![7u8; 16 << 10]);
+    assert_eq!(m.stats()["deferred_unlinks"]["pending"], 2);
+    drop(lib);
+    drop(idx);
+    eventually("both graves go once the mappings do", || {
+        m.stats()["deferred_unlinks"]["pending"] == 0
+    });
+    assert_eq!(m.stats()["deferred_unlinks"]["completed"], 2);
+    assert_eq!(debris_anywhere(&raw), "", "no .fuse_hidden after unmapping");
+    let graves = ok(&sh(&raw, "find .casafs-graveyard -type f | wc -l"));
+    assert_eq!(graves.trim(), "0", "the graveyard is empty");
+}
+
 #[test]
 fn a_hard_link_outlives_the_name_casafs_last_saw_it_by() {
     let v = Ntfs::new("links");

@@ -558,8 +558,9 @@ impl CasaFs {
             // counts its handle before (and the file is buried or pinned)
             // or finds the name gone, never opens a file being unlinked.
             let mut open = v.open.lock();
-            if open.handles > 0 {
-                if self.defers_unlink(st.st_dev) {
+            let defers = self.defers_unlink(st.st_dev);
+            if open.handles > 0 || (defers && still_mapped(&v, &open)) {
+                if defers {
                     match self.bury(&v, &mut open, dir, name) {
                         Ok(_) => return Ok(()),
                         // Unlinked as the backing does it rather than not at
@@ -899,7 +900,7 @@ impl CasaFs {
         let mut grave = None;
         let mut pinned_here = false;
         if let (Some(v), Some(o), Some(dstat)) = (&victim, open_state.as_deref_mut(), &dst_st) {
-            if open && self.defers_unlink(dstat.st_dev) {
+            if (open || still_mapped(v, o)) && self.defers_unlink(dstat.st_dev) {
                 // The backing's own answer for a rename across filesystems,
                 // before anything moves.
                 if sst.st_dev != dstat.st_dev {
@@ -938,7 +939,7 @@ impl CasaFs {
         }
         drop(open_state);
         if let (Some(v), Some(dstat)) = (&victim, &dst_st) {
-            if !open && dstat.st_nlink <= 1 {
+            if !open && grave.is_none() && dstat.st_nlink <= 1 {
                 v.mark_dead();
             } else if open && grave.is_none() {
                 self.stats.direct_unlinks_open.fetch_add(1, Relaxed);
@@ -985,6 +986,13 @@ impl CasaFs {
         }
         Ok(())
     }
+}
+
+/// Whether a file with no handle left may still be open for the backing
+/// through a memory mapping (see `OpenState::mapped`): only while the
+/// kernel holds its inode.
+pub(super) fn still_mapped(v: &Inode, open: &OpenState) -> bool {
+    open.mapped && v.lookups.load(Relaxed) > 0
 }
 
 fn writable(fd: RawFd) -> bool {

@@ -6,10 +6,12 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use parking_lot::MutexGuard;
+
 use super::CasaFs;
-use super::entry::Caller;
+use super::entry::{Caller, still_mapped};
 use crate::handle::{Body, Handle};
-use crate::inode::Inode;
+use crate::inode::{Inode, OpenState};
 use crate::sys::{self, Errno, Res, cname};
 
 /// A file opened on the backing store, before it is registered.
@@ -157,6 +159,10 @@ impl CasaFs {
                     }
                 }
             }
+            // Only a readable descriptor can be mapped (mmap(2): EACCES
+            // otherwise): files written through write-only opens, as
+            // unpacked or copied ones, are unlinked at once.
+            open.mapped |= backing.is_some() && flags & libc::O_ACCMODE != libc::O_WRONLY;
         }
         self.stats.open_handles.fetch_add(1, Relaxed);
         if backing.is_some() {
@@ -333,8 +339,7 @@ impl CasaFs {
             return;
         }
         open.backing = None;
-        let buried = std::mem::take(&mut open.buried);
-        if buried.is_empty() {
+        if open.buried.is_empty() {
             drop(open);
             // A file unlinked while open was pinned to stay reachable. With
             // its last handle gone the pin holds its space only while the
@@ -352,9 +357,32 @@ impl CasaFs {
             }
             return;
         }
-        // The graves go while the lock is held: an open counting its handle
-        // meanwhile then finds the file gone, rather than reopening one
-        // that is being unlinked.
+        // A mapping may still hold the file open for the backing, which
+        // must not see the name go while it does: the graves wait for the
+        // kernel to let go of the inode. Let go already (its forget came
+        // first): nothing maps it.
+        if still_mapped(inode, &open) {
+            return;
+        }
+        self.free_graves(inode, open);
+    }
+
+    /// The kernel let go of `inode`: nothing maps it any more, and graves
+    /// kept for a mapping go if no handle is left.
+    pub(super) fn kernel_let_go(&self, inode: &Arc<Inode>) {
+        let mut open = inode.open.lock();
+        open.mapped = false;
+        if open.handles == 0 && !open.buried.is_empty() {
+            self.free_graves(inode, open);
+        }
+    }
+
+    /// Deletes the graves of `inode`, which nothing holds open any more.
+    /// They go while its open state is locked: an open counting its handle
+    /// meanwhile then finds the file gone, rather than reopening one that
+    /// is being unlinked.
+    fn free_graves(&self, inode: &Arc<Inode>, mut open: MutexGuard<'_, OpenState>) {
+        let buried = std::mem::take(&mut open.buried);
         let st = inode.stat().ok();
         let size = st.map(|s| s.st_size as u64).unwrap_or(0);
         let nlink = st.map(|s| s.st_nlink as usize).unwrap_or(0);

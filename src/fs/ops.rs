@@ -109,7 +109,8 @@ impl CasaFs {
     pub fn op_forget(&self, ino: u64, nlookup: u64) {
         let t = self.stats.start(Op::Forget);
         if !is_control(ino) {
-            self.inodes.forget(ino, nlookup);
+            self.inodes
+                .forget(ino, nlookup, |inode| self.kernel_let_go(inode));
         }
         self.stats.finish(t, None);
     }
@@ -672,7 +673,8 @@ impl CasaFs {
             if full {
                 // Not sent after all: the kernel's copy is as old as it was.
                 inode.attrs_not_sent();
-                self.inodes.forget(inode.nodeid, 1);
+                self.inodes
+                    .forget(inode.nodeid, 1, |i| self.kernel_let_go(i));
             }
             sent(full, since)
         })
