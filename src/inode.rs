@@ -76,6 +76,10 @@ pub struct Inode {
     pub generation: u64,
     /// The object is gone (removed through us); its number may be reused.
     pub dead: std::sync::atomic::AtomicBool,
+    /// A hard link to it was made through casafs. A backing that keeps a
+    /// cache per name (ntfs-3g) can then report the old link count for a
+    /// while under its other names.
+    pub linked: std::sync::atomic::AtomicBool,
     pub loc: Mutex<Loc>,
     fd: Mutex<Option<Arc<OwnedFd>>>,
     /// A descriptor of the object itself, taken when its last name goes
@@ -236,6 +240,7 @@ impl Inode {
             lookups: AtomicU64::new(0),
             generation: 0,
             dead: std::sync::atomic::AtomicBool::new(false),
+            linked: std::sync::atomic::AtomicBool::new(false),
             loc: Mutex::new(Loc::Anchor),
             fd: Mutex::new(Some(Arc::new(fd))),
             pinned: Mutex::new(None),
@@ -599,6 +604,7 @@ impl InodeTable {
             lookups: AtomicU64::new(lookups),
             generation,
             dead: std::sync::atomic::AtomicBool::new(false),
+            linked: std::sync::atomic::AtomicBool::new(false),
             loc: Mutex::new(Loc::At {
                 parent: parent.clone(),
                 name: name.to_owned(),

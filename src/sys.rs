@@ -259,6 +259,16 @@ pub fn stat_cached_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
     )
 }
 
+/// `stat_at` that asks the backing filesystem itself, past any cache of
+/// its own (`AT_STATX_FORCE_SYNC`).
+pub fn stat_fresh_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {
+    stat_flags(
+        dir,
+        name,
+        libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC,
+    )
+}
+
 /// `fstat`, answered from the backing's cache as `stat_cached_at`.
 pub fn fstat_cached(fd: RawFd) -> Res<libc::stat> {
     let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;

@@ -356,6 +356,44 @@ fn a_hard_link_outlives_the_name_casafs_last_saw_it_by() {
 }
 
 #[test]
+fn a_name_removed_right_after_a_link_leaves_the_other_name_whole() {
+    // How git publishes an object: write a temporary file, link it to its
+    // final name, unlink the temporary one. ntfs-3g's cached link count of
+    // the first name still says 1 for a while after the link.
+    let v = Ntfs::new("link-unlink");
+    let m = on_ntfs(&v);
+    fs::write(m.p("tmp_obj"), b"object").unwrap();
+    fs::hard_link(m.p("tmp_obj"), m.p("obj")).unwrap();
+    fs::remove_file(m.p("tmp_obj")).unwrap();
+    let mut held = File::open(m.p("obj")).unwrap();
+    // Past ntfs-3g's attribute time: the next look at the name asks again.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(fs::metadata(m.p("obj")).unwrap().nlink(), 1);
+    let mut s = String::new();
+    held.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "object", "a descriptor of the surviving name reads on");
+    // Its names made and removed while it is open: nothing left behind.
+    fs::hard_link(m.p("obj"), m.p("obj2")).unwrap();
+    fs::remove_file(m.p("obj")).unwrap();
+    fs::remove_file(m.p("obj2")).unwrap();
+    assert_eq!(
+        debris_anywhere(&m.backing("")),
+        "",
+        "no .fuse_hidden while open"
+    );
+    use std::io::{Seek, SeekFrom};
+    held.seek(SeekFrom::Start(0)).unwrap();
+    s.clear();
+    held.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "object");
+    drop(held);
+    eventually("the last name's grave goes at the close", || {
+        m.stats()["deferred_unlinks"]["pending"] == 0
+    });
+    assert_eq!(debris_anywhere(&m.backing("")), "");
+}
+
+#[test]
 fn kill9_with_pending_deferred_unlink_is_cleaned_at_next_mount() {
     let v = Ntfs::new("kill9");
     let mut m = on_ntfs(&v);

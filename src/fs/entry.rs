@@ -454,6 +454,7 @@ impl CasaFs {
         };
         // A link keeps its inode's owner.
         let _ = who;
+        inode.linked.store(true, Relaxed);
         let (i, st, ()) = self.new_entry(None, &np, &newname, false, 0, &mk)?;
         Ok((i, st))
     }
@@ -545,15 +546,19 @@ impl CasaFs {
         let dfd = dir.dir_fd()?;
         // Which object it is, from the backing's cache: on ntfs-3g a fresh
         // stat is one more round trip per unlink. Its link count is as
-        // fresh as ntfs-3g's own cache, as with any stat there; links made
-        // through casafs update that cache.
-        let st = sys::stat_cached_at(dfd.as_raw_fd(), name)?;
+        // fresh as ntfs-3g's own cache, as with any stat there, except
+        // after a link made through casafs: ntfs-3g caches per name, and
+        // the other names' counts lag behind.
+        let mut st = sys::stat_cached_at(dfd.as_raw_fd(), name)?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno::EISDIR);
         }
         let nodeid = self.inodes.nodeid_for(st.st_dev, st.st_ino);
         let victim = self.inodes.get(nodeid).ok().filter(|i| i.same(&st));
         if let Some(v) = victim {
+            if st.st_nlink <= 1 && v.linked.load(Relaxed) {
+                st = sys::stat_fresh_at(dfd.as_raw_fd(), name)?;
+            }
             // Held until the name is gone: an open on another thread either
             // counts its handle before (and the file is buried or pinned)
             // or finds the name gone, never opens a file being unlinked.
@@ -892,6 +897,13 @@ impl CasaFs {
                 self.inodes.get(nodeid).ok().filter(|v| v.same(dstat))
             }
             _ => None,
+        };
+        // As in `remove_file`: a link count that may lag behind.
+        let dst_st = match (&victim, dst_st) {
+            (Some(v), Some(d)) if d.st_nlink <= 1 && v.linked.load(Relaxed) => {
+                Some(sys::stat_fresh_at(dfd.as_raw_fd(), &dst.name)?)
+            }
+            (_, d) => d,
         };
         // Held until the rename is done or undone: a last close meanwhile
         // must not miss the grave nor find one that is dug up again.
