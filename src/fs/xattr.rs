@@ -1,7 +1,8 @@
 //! Extended attributes, passed through on the object itself (never through
 //! a symlink it may be), except casafs's own record of a routed object's
 //! origin: shown, `cp -a` would copy it onto another file, and after a
-//! remount that file would be restored at the original's path.
+//! remount that file would be restored at the original's path. Through the
+//! mount it is never there, and setting it keeps nothing.
 
 use std::ffi::{CStr, OsStr};
 
@@ -91,7 +92,13 @@ impl CasaFs {
         let inode = self.inodes.get(ino)?;
         let name = cname(name)?;
         if is_origin(&name) {
-            return Err(Errno::EPERM);
+            // Taken and dropped, as it was never there: a copy from an
+            // area outside the mount (`mv`, `cp -a`, `rsync -X` back into
+            // the tree) carries one, and must neither fail nor keep it.
+            return match flags & libc::XATTR_REPLACE {
+                0 => Ok(()),
+                _ => Err(Errno::ENODATA),
+            };
         }
         inode.anchor()?.setxattr(&name, value, flags)
     }
