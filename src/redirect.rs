@@ -139,6 +139,12 @@ impl RedirectTable {
                 let Some((origin, parent, name, created)) = origin_of(&afd, &tname) else {
                     continue;
                 };
+                // Only under a name casafs gives it there: a copy or a
+                // rename aside made in the area directly keeps the record
+                // but is not the routed object.
+                if !named_for(tname.to_bytes(), name.to_bytes()) {
+                    continue;
+                }
                 let Ok(st) = sys::stat_at(afd.as_raw_fd(), &tname) else {
                     continue;
                 };
@@ -355,6 +361,12 @@ pub fn uncandidate(name: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether `tname` is a name routing gives an object called `name` in its
+/// area: the same, or one of its `candidate`s.
+fn named_for(tname: &[u8], name: &[u8]) -> bool {
+    tname == name || uncandidate(tname).as_deref() == Some(name)
+}
+
 /// The origin recorded on an object in an area: the whole relative path, its
 /// directory part, its name, and the object's change time.
 #[allow(clippy::type_complexity)]
@@ -407,6 +419,16 @@ mod tests {
             c"TMPPOINTING17-3"
         );
         assert_eq!(candidate(c".hidden", 2).as_c_str(), c".hidden-2");
+    }
+
+    #[test]
+    fn an_area_name_is_the_origins_or_a_candidate_of_it() {
+        assert!(named_for(b"TMPPOINTING4", b"TMPPOINTING4"));
+        assert!(named_for(b"TMPPOINTING4-2", b"TMPPOINTING4"));
+        assert!(named_for(b"casa-1-3.log", b"casa-1.log"));
+        assert!(!named_for(b"TMPPOINTING4.bak", b"TMPPOINTING4"));
+        assert!(!named_for(b"TMPPOINTING4-keep", b"TMPPOINTING4"));
+        assert!(!named_for(b"casa-1.log.1", b"casa-1.log"));
     }
 
     #[test]

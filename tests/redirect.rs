@@ -839,6 +839,51 @@ fn a_table_moved_back_from_an_area_elsewhere_is_an_ordinary_directory() {
 }
 
 #[test]
+fn copies_and_renamed_tables_in_an_area_do_not_take_the_origin_at_a_remount() {
+    // In an area outside the mount an operator's `cp -a` or a rename
+    // aside keeps casafs's origin record on an object that is not the one
+    // routed there.
+    let tmp = TempDir::new("area-copies");
+    let fast = Tmpfs::new(tmp.path().join("nvme"), "size=16m");
+    let tree = tmp.path().join("tree");
+    let scratch = fast.0.join("tmppointing");
+    let opts = format!("scratch={}", scratch.display());
+    let mut m = Mount::builder("area-copies")
+        .opt(&opts)
+        .source(&tree, tmp)
+        .start();
+    let w = m.p("w");
+    fs::create_dir_all(w.join("TMPPOINTING42")).unwrap();
+    fs::write(w.join("TMPPOINTING42/x"), b"v1").unwrap();
+    fs::create_dir_all(w.join("TMPPOINTING43")).unwrap();
+    fs::write(w.join("TMPPOINTING43/x"), b"old").unwrap();
+    ok(&sh(
+        &scratch,
+        "cp -a TMPPOINTING42 TMPPOINTING42.bak && mv TMPPOINTING43 TMPPOINTING43.keep",
+    ));
+    fs::write(w.join("TMPPOINTING42/x"), b"v2").unwrap();
+    fs::create_dir_all(w.join("TMPPOINTING43")).unwrap();
+    fs::write(w.join("TMPPOINTING43/x"), b"new").unwrap();
+    assert!(m.stop().is_some_and(|s| s.success()));
+
+    let m2 = Mount::builder("area-copies2")
+        .opt(&opts)
+        .source(&tree, TempDir::new("area-copies2"))
+        .start();
+    let w = m2.p("w");
+    assert_eq!(fs::read(w.join("TMPPOINTING42/x")).unwrap(), b"v2");
+    assert_eq!(fs::read(w.join("TMPPOINTING43/x")).unwrap(), b"new");
+    let live = fs::read_to_string(m2.p(".casafs/redirects")).unwrap();
+    assert!(!live.contains(".bak") && !live.contains(".keep"), "{live}");
+    assert!(
+        scratch.join("TMPPOINTING42.bak/x").exists(),
+        "the copy is left alone"
+    );
+    drop(m2);
+    drop(fast);
+}
+
+#[test]
 fn retention_keeps_a_table_a_process_works_in_on_an_area_elsewhere() {
     let tmp = TempDir::new("retention-cwd");
     let fast = Tmpfs::new(tmp.path().join("nvme"), "size=16m");
