@@ -467,11 +467,16 @@ pub struct Holder(Child);
 
 impl Holder {
     pub fn sh(script: &str) -> Holder {
+        Self::sh_ready(script, |pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+    }
+
+    /// `sh -c script`, once `ready` says of its pid that it is in place.
+    pub fn sh_ready(script: &str, ready: impl Fn(u32) -> bool) -> Holder {
         let h = Holder(Command::new("sh").arg("-c").arg(script).spawn().unwrap());
         let pid = h.pid();
-        eventually("the holder is in place", || {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        });
+        eventually("the holder is in place", || ready(pid));
         h
     }
 
