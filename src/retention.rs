@@ -122,7 +122,7 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
         };
         let mut newest = 0i64;
         survey(&e.path(), &md, &mut x, &mut newest);
-        let changed = UNIX_EPOCH + Duration::from_secs(newest.max(0) as u64);
+        let changed = UNIX_EPOCH + Duration::from_nanos(newest.max(0) as u64);
         x.age = now.duration_since(changed).unwrap_or_default();
         if x.age >= r.age {
             expired.push(x);
@@ -173,11 +173,14 @@ fn origin_name(p: &Path) -> Option<Vec<u8>> {
     origin.rsplit(|&b| b == b'/').next().map(<[u8]>::to_vec)
 }
 
-/// Size, newest change time and inode numbers of a tree, without following
-/// symlinks.
+/// Size, newest change time (nanoseconds since 1970) and inode numbers of
+/// a tree, without following symlinks.
 fn survey(p: &Path, md: &fs::Metadata, x: &mut Expired, newest: &mut i64) {
     x.inos.insert(md.ino());
-    *newest = (*newest).max(md.mtime()).max(md.ctime());
+    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    *newest = (*newest)
+        .max(ns(md.mtime(), md.mtime_nsec()))
+        .max(ns(md.ctime(), md.ctime_nsec()));
     if md.is_file() {
         x.bytes += md.len();
     }

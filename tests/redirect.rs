@@ -407,6 +407,46 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 #[test]
+fn retention_waits_the_whole_age_to_the_fraction_of_a_second() {
+    let tmp = TempDir::new("retention-age");
+    let tree = tmp.path().join("tree");
+    let scratch = tmp.path().join("scratch");
+    let cfg = tmp.path().join("casafs.toml");
+    fs::write(
+        &cfg,
+        "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n",
+    )
+    .unwrap();
+    let m = Mount::builder("retention-age")
+        .opt(&format!("scratch={}", scratch.display()))
+        .arg("--config")
+        .arg(cfg.to_str().unwrap())
+        .source(&tree, tmp)
+        .start();
+    // Made late in a second: counted in whole seconds, its age would be
+    // 0.9 s more than it is.
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_millis()
+        < 900
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let made = std::time::Instant::now();
+    fs::create_dir(m.p("TMPPOINTING9")).unwrap();
+    wait_until("the table is removed", || {
+        !scratch.join("TMPPOINTING9").exists()
+    });
+    // The change time comes from a clock that may be a tick behind.
+    assert!(
+        made.elapsed() >= std::time::Duration::from_millis(1900),
+        "removed {:?} after it was made, retention is 2 s",
+        made.elapsed()
+    );
+}
+
+#[test]
 fn retention_removes_old_closed_objects_and_keeps_open_ones() {
     let tmp = TempDir::new("retention");
     let tree = tmp.path().join("tree");
