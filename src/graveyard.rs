@@ -113,6 +113,64 @@ pub fn list_dir(fd: &OwnedFd) -> Res<Vec<CString>> {
     Ok(out)
 }
 
+/// Empties and removes the graveyards left by dead daemons of `host` in
+/// the graveyard base directory; returns the number of entries removed.
+fn clean_stale(base: &OwnedFd, host: &str) -> u64 {
+    let mut cleaned = 0;
+    for entry in list_dir(base).unwrap_or_default() {
+        let s = String::from_utf8_lossy(entry.to_bytes()).into_owned();
+        let (starting, id) = match s.strip_prefix(NEW_PREFIX) {
+            Some(id) => (true, id),
+            None => (false, s.as_str()),
+        };
+        let mut parts = id.rsplitn(3, '.');
+        let (_start, pid, h) = (parts.next(), parts.next(), parts.next());
+        let Some(pid) = pid.and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if h != Some(host) {
+            continue;
+        }
+        if starting {
+            // Still empty: a daemon that died while starting left it,
+            // or one is starting right now (and its pid lives).
+            if !pid_alive(pid) {
+                let _ = sys::unlink_at(base.as_raw_fd(), &entry, libc::AT_REMOVEDIR);
+            }
+            continue;
+        }
+        if let Ok(fd) = sys::open_at(
+            base.as_raw_fd(),
+            &entry,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            if held_by_a_daemon(&fd, pid) {
+                continue;
+            }
+            let names = list_dir(&fd).unwrap_or_default();
+            // ntfs-3g's own: a grave still open when it was removed (the
+            // dead daemon's clients can hold one through the kernel) is
+            // hidden there, and ntfs-3g removes it at its last close.
+            for n in names
+                .iter()
+                .filter(|n| !n.to_bytes().starts_with(b".fuse_hidden"))
+            {
+                let freed = remove_tree_at(fd.as_raw_fd(), n).unwrap_or(0);
+                tracing::info!(
+                    "graveyard: removed {}/{}/{} left by a stopped daemon ({freed} bytes)",
+                    GRAVEYARD_DIR,
+                    s,
+                    n.to_string_lossy()
+                );
+                cleaned += 1;
+            }
+            let _ = sys::unlink_at(base.as_raw_fd(), &entry, libc::AT_REMOVEDIR);
+        }
+    }
+    cleaned
+}
+
 impl Graveyard {
     /// Creates this mount's graveyard below the source root and empties the
     /// ones left by dead daemons of this host. Returns the graveyard and
@@ -129,52 +187,7 @@ impl Graveyard {
             0,
         )?;
         let host = hostname();
-        let mut cleaned = 0;
-        for entry in list_dir(&base)? {
-            let s = String::from_utf8_lossy(entry.to_bytes()).into_owned();
-            let (starting, id) = match s.strip_prefix(NEW_PREFIX) {
-                Some(id) => (true, id),
-                None => (false, s.as_str()),
-            };
-            let mut parts = id.rsplitn(3, '.');
-            let (_start, pid, h) = (parts.next(), parts.next(), parts.next());
-            let Some(pid) = pid.and_then(|p| p.parse::<i32>().ok()) else {
-                continue;
-            };
-            if h != Some(host.as_str()) {
-                continue;
-            }
-            if starting {
-                // Still empty: a daemon that died while starting left it,
-                // or one is starting right now (and its pid lives).
-                if !pid_alive(pid) {
-                    let _ = sys::unlink_at(base.as_raw_fd(), &entry, libc::AT_REMOVEDIR);
-                }
-                continue;
-            }
-            if let Ok(fd) = sys::open_at(
-                base.as_raw_fd(),
-                &entry,
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            ) {
-                if held_by_a_daemon(&fd, pid) {
-                    continue;
-                }
-                let names = list_dir(&fd).unwrap_or_default();
-                for n in &names {
-                    let freed = remove_tree_at(fd.as_raw_fd(), n).unwrap_or(0);
-                    tracing::info!(
-                        "graveyard: removed {}/{}/{} left by a stopped daemon ({freed} bytes)",
-                        GRAVEYARD_DIR,
-                        s,
-                        n.to_string_lossy()
-                    );
-                    cleaned += 1;
-                }
-                let _ = sys::unlink_at(base.as_raw_fd(), &entry, libc::AT_REMOVEDIR);
-            }
-        }
+        let cleaned = clean_stale(&base, &host);
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -269,6 +282,9 @@ impl Graveyard {
         ) && let Ok(c) = CString::new(self.name.clone())
         {
             let _ = remove_tree_at(base.as_raw_fd(), &c);
+            // Once more for those left by dead daemons: one that could not
+            // be emptied at start (a grave still open) may be now.
+            clean_stale(&base, &hostname());
             // The base directory goes too when no other mount uses it.
             drop(base);
             let _ = sys::unlink_at(root_fd, GRAVEYARD_CNAME, libc::AT_REMOVEDIR);

@@ -456,6 +456,28 @@ fn kill9_with_pending_deferred_unlink_is_cleaned_at_next_mount() {
     assert!(m2.log_text().contains("graveyard"), "{}", m2.log_text());
 }
 
+#[test]
+fn a_buried_file_still_open_across_a_crash_leaves_nothing_once_closed() {
+    let v = Ntfs::new("kill9-open");
+    let mut m = on_ntfs(&v);
+    fs::write(m.p("doomed"), vec![3u8; 1 << 20]).unwrap();
+    let mut f = File::open(m.p("doomed")).unwrap();
+    fs::remove_file(m.p("doomed")).unwrap();
+    m.kill9();
+    // The next mount takes over while the file is still open: its grave
+    // cannot go yet (ntfs-3g would hide it).
+    let mut m2 = on_ntfs(&v);
+    let mut head = [0u8; 4];
+    f.read_exact(&mut head).unwrap();
+    assert_eq!(head, [3; 4], "the holder reads on");
+    drop(f);
+    assert!(m2.stop().is_some_and(|s| s.success()));
+    // The volume itself, with nothing on top.
+    assert_eq!(debris_anywhere(&v.dir), "");
+    let left = ok(&sh(&v.dir, "find .casafs-graveyard 2>/dev/null; true"));
+    assert_eq!(left, "", "no graveyard left after a clean unmount");
+}
+
 /// Tests of CPython's suites that fail on ntfs-3g itself, with or without
 /// casafs: ntfs-3g keeps no extended attributes on symlinks.
 const NTFS3G_OWN_FAILURES: &[&str] = &["test_copyxattr_symlinks"];
