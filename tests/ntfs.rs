@@ -397,6 +397,44 @@ fn a_hard_link_outlives_the_name_casafs_last_saw_it_by() {
 }
 
 #[test]
+fn git_gc_while_a_reader_maps_the_old_packs_leaves_no_debris() {
+    // git maps a pack's index and closes its descriptor; gc replaces the
+    // packs while a long-running reader (an editor's or a CI's `git
+    // cat-file --batch`) still maps the old ones.
+    let v = Ntfs::new("git-gc");
+    let mut m = on_ntfs(&v);
+    let listing = ok(&sh(
+        &m.p(""),
+        "set -e
+         git init -q r && cd r
+         git config user.email ci@example.org && git config user.name ci
+         for i in 1 2; do seq 1 ${i}000 > f$i; git add f$i; git commit -qm c$i; git repack -q; done
+         H=$(git rev-parse HEAD)
+         (echo $H; sleep 3) | git cat-file --batch-check >/dev/null &
+         sleep 1
+         git gc -q --prune=now
+         ls -a .git/objects/pack
+         wait",
+    ));
+    assert!(!listing.contains(".fuse_hidden"), "{listing}");
+    assert_eq!(listing.matches(".idx").count(), 1, "{listing}");
+    assert_eq!(
+        ok(&sh(
+            &m.p("r"),
+            "git fsck --no-progress 2>&1 && git log --format=%s"
+        )),
+        "c2\nc1\n"
+    );
+    // Graves of files that have another name (git links a temporary file
+    // to its final name, then unlinks it) wait until the kernel drops the
+    // inode, at the latest the unmount.
+    assert!(m.stop().is_some_and(|s| s.success()));
+    assert_eq!(debris_anywhere(&v.dir), "");
+    let left = ok(&sh(&v.dir, "find .casafs-graveyard 2>/dev/null; true"));
+    assert_eq!(left, "", "no graveyard left after a clean unmount");
+}
+
+#[test]
 fn a_name_removed_right_after_a_link_leaves_the_other_name_whole() {
     // How git publishes an object: write a temporary file, link it to its
     // final name, unlink the temporary one. ntfs-3g's cached link count of
