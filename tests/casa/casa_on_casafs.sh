@@ -92,14 +92,22 @@ concat_in() {
     echo "concat in $workdir: $(cat "$report")"
 }
 
+# concat in the casafs mount at TREE, whose daemon's pid is in the variable
+# named PIDVAR, looking for tables in SCRATCH; then the unmount, and what is
+# on the disk beneath. Reports in $T/TAG.json and $T/TAG-stats.json.
+concat_mounted() {
+    local tree=$1 pidvar=$2 scratch=$3 tag=$4
+    concat_in "$tree/pipeline/concat" "$scratch" "$T/$tag.json" || return 1
+    cp "$tree/.casafs/stats.json" "$T/$tag-stats.json"
+    unmount_casafs "$tree" "${!pidvar}"
+    printf -v "$pidvar" '%s' ''
+    echo "$tag, on disk after unmount: working directory" \
+        "[$(ls -A "$tree/pipeline/concat" | tr '\n' ' ')], scratch area [$(ls -A "$scratch")]"
+}
+
 mkdir -p "$T/plain/work" "$T/plain/scratch"
 concat_in "$T/plain/work" "$T/plain/scratch" "$T/plain.json" || exit 1
-concat_in "$TREE/pipeline/concat" "$TREE/state/scratch/tmppointing" "$T/ext.json" || exit 1
-cp "$TREE/.casafs/stats.json" "$T/ext-stats.json"
-unmount_casafs "$TREE" "$PID"
-PID=
-echo "on disk after unmount: working directory [$(ls -A "$TREE/pipeline/concat" | tr '\n' ' ')]," \
-    "scratch area [$(ls -A "$TREE/state/scratch/tmppointing")]"
+concat_mounted "$TREE" PID "$TREE/state/scratch/tmppointing" ext || exit 1
 
 # The areas on another filesystem.
 mkdir -p "$XTREE/pipeline/concat" "$AREAS"
@@ -107,12 +115,7 @@ mount -t tmpfs casafs-casa-areas "$AREAS" || { echo "FAIL: mount a tmpfs"; exit 
 AREAS_MOUNTED=1
 mount_casafs "$XTREE" "logs=$AREAS/logs,scratch=$AREAS/tmppointing" || exit 1
 XPID=$MOUNTED_PID
-concat_in "$XTREE/pipeline/concat" "$AREAS/tmppointing" "$T/apart.json" || exit 1
-cp "$XTREE/.casafs/stats.json" "$T/apart-stats.json"
-unmount_casafs "$XTREE" "$XPID"
-XPID=
-echo "areas apart, after unmount: working directory [$(ls -A "$XTREE/pipeline/concat" | tr '\n' ' ')]," \
-    "scratch area [$(ls -A "$AREAS/tmppointing")]"
+concat_mounted "$XTREE" XPID "$AREAS/tmppointing" apart || exit 1
 
 # The same on casafs over NTFS through ntfs-3g.
 mkdir -p "$NTREE"
@@ -123,12 +126,7 @@ NTFS_MOUNTED=1
 mkdir -p "$NTREE/pipeline/concat"
 mount_casafs "$NTREE" || exit 1
 NPID=$MOUNTED_PID
-concat_in "$NTREE/pipeline/concat" "$NTREE/state/scratch/tmppointing" "$T/ntfs.json" || exit 1
-cp "$NTREE/.casafs/stats.json" "$T/ntfs-stats.json"
-unmount_casafs "$NTREE" "$NPID"
-NPID=
-echo "on NTFS after unmount: working directory [$(ls -A "$NTREE/pipeline/concat" | tr '\n' ' ')]," \
-    "scratch area [$(ls -A "$NTREE/state/scratch/tmppointing")]"
+concat_mounted "$NTREE" NPID "$NTREE/state/scratch/tmppointing" ntfs || exit 1
 
 python3 "$HERE/check_concat.py" "$T/plain.json" \
     "$(findmnt -n -o FSTYPE --target "$T")" "$T/ext.json" "$T/ext-stats.json" "$TREE/pipeline/concat" "$TREE/state/scratch/tmppointing" \
