@@ -435,6 +435,41 @@ fn git_gc_while_a_reader_maps_the_old_packs_leaves_no_debris() {
 }
 
 #[test]
+fn a_read_file_with_another_name_leaves_no_grave_behind() {
+    // Files read (so possibly mapped) and hard-linked, as git publishes
+    // its objects: the unlinked name goes, the object lives on under its
+    // other name, and nothing waits in the graveyard for the kernel to
+    // drop the inode.
+    let v = Ntfs::new("linked-read");
+    let m = on_ntfs(&v);
+    for i in 0..5 {
+        let (tmp, obj) = (m.p(&format!("tmp{i}")), m.p(&format!("obj{i}")));
+        fs::write(&tmp, format!("object {i}")).unwrap();
+        fs::read(&tmp).unwrap();
+        fs::hard_link(&tmp, &obj).unwrap();
+        fs::remove_file(&tmp).unwrap();
+    }
+    // Held open while a name goes, then closed.
+    fs::write(m.p("t"), b"held").unwrap();
+    let held = File::open(m.p("t")).unwrap();
+    fs::hard_link(m.p("t"), m.p("o")).unwrap();
+    fs::remove_file(m.p("t")).unwrap();
+    drop(held);
+    eventually("no grave is left", || {
+        m.stats()["deferred_unlinks"]["pending"] == 0
+    });
+    for i in 0..5 {
+        assert_eq!(
+            fs::read_to_string(m.p(&format!("obj{i}"))).unwrap(),
+            format!("object {i}")
+        );
+    }
+    assert_eq!(fs::read(m.p("o")).unwrap(), b"held");
+    assert_eq!(fs::metadata(m.p("o")).unwrap().nlink(), 1);
+    assert_eq!(debris_anywhere(&m.backing("")), "");
+}
+
+#[test]
 fn a_name_removed_right_after_a_link_leaves_the_other_name_whole() {
     // How git publishes an object: write a temporary file, link it to its
     // final name, unlink the temporary one. ntfs-3g's cached link count of

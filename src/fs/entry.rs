@@ -567,6 +567,10 @@ impl CasaFs {
             if open.handles > 0 || (defers && still_mapped(&v, &open)) {
                 if defers {
                     match self.bury(&v, &mut open, dir, name) {
+                        Ok(_) if open.handles == 0 => {
+                            self.free_graves_unless_mapped(&v, open);
+                            return Ok(());
+                        }
                         Ok(_) => return Ok(()),
                         // Unlinked as the backing does it rather than not at
                         // all: the graveyard cannot take it (another mount
@@ -948,6 +952,12 @@ impl CasaFs {
                 v.unpin();
             }
             return Err(e);
+        }
+        // Buried only because it may be mapped: as a last close would.
+        if let (Some(v), Some(o), Some(_)) = (&victim, open_state.take(), &grave)
+            && !open
+        {
+            self.free_graves_unless_mapped(v, o);
         }
         drop(open_state);
         if let (Some(v), Some(dstat)) = (&victim, &dst_st) {

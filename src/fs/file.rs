@@ -357,11 +357,27 @@ impl CasaFs {
             }
             return;
         }
-        // A mapping may still hold the file open for the backing, which
-        // must not see the name go while it does: the graves wait for the
-        // kernel to let go of the inode. Let go already (its forget came
-        // first): nothing maps it.
-        if still_mapped(inode, &open) {
+        self.free_graves_unless_mapped(inode, open);
+    }
+
+    /// Deletes the graves of `inode` (which has no handle left) unless a
+    /// mapping may still hold the file open for the backing, which must
+    /// not see the name go while it does: then they wait for the kernel to
+    /// let go of the inode (`kernel_let_go`), which it does as soon as
+    /// nothing maps an object without names. An object with other names
+    /// can stay in the kernel's cache for as long as they are used: its
+    /// graves go now (ntfs-3g would hide a grave still mapped inside the
+    /// graveyard, out of sight, until the mapping goes).
+    pub(super) fn free_graves_unless_mapped(
+        &self,
+        inode: &Arc<Inode>,
+        open: MutexGuard<'_, OpenState>,
+    ) {
+        if still_mapped(inode, &open)
+            && !inode
+                .stat()
+                .is_ok_and(|s| s.st_nlink as usize > open.buried.len())
+        {
             return;
         }
         self.free_graves(inode, open);
@@ -371,6 +387,11 @@ impl CasaFs {
     /// kept for a mapping go if no handle is left.
     pub(super) fn kernel_let_go(&self, inode: &Arc<Inode>) {
         let mut open = inode.open.lock();
+        // Looked up again since (the table's count is not held meanwhile):
+        // the kernel holds it after all.
+        if inode.lookups.load(Relaxed) > 0 {
+            return;
+        }
         open.mapped = false;
         if open.handles == 0 && !open.buried.is_empty() {
             self.free_graves(inode, open);
