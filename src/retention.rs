@@ -195,8 +195,8 @@ fn survey(p: &Path, md: &fs::Metadata, x: &mut Expired, newest: &mut i64) {
     }
 }
 
-/// Inode numbers of everything open or used as a working directory by any
-/// process. The daemon's own O_PATH descriptors (its inode cache) are not
+/// Inode numbers of everything open, mapped or used as a working directory
+/// by any process. The daemon's own O_PATH descriptors (its inode cache) are not
 /// opens. Matching on the inode number alone (the mount shows the backing
 /// numbers, or ones `Mounted::backing_ino` translates) can only keep something too
 /// long, never remove it too early.
@@ -212,6 +212,11 @@ fn held_inodes(fs: &dyn Mounted) -> HashSet<u64> {
     for (pid, dir) in crate::sys::processes() {
         if let Ok(m) = fs::metadata(dir.join("cwd")) {
             hold(m.ino());
+        }
+        // A mapping outlives the descriptor it was made through.
+        let maps = fs::read_to_string(dir.join("maps")).unwrap_or_default();
+        for ((_, ino), _) in crate::sys::mapped_files(&maps) {
+            hold(ino);
         }
         let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;

@@ -41,27 +41,6 @@ enum Action {
 /// A file as the kernel knows it: (device, inode).
 type FileId = (u64, u64);
 
-/// The files a `/proc/PID/maps` text maps: device and inode as the line
-/// gives them, and the path without its " (deleted)".
-fn mapped_files(maps: &str) -> impl Iterator<Item = (FileId, PathBuf)> + '_ {
-    maps.lines().filter_map(|line| {
-        let mut f = line.splitn(6, ' ');
-        let (_addr, _perms, _off) = (f.next()?, f.next()?, f.next()?);
-        let (major, minor) = f.next()?.split_once(':')?;
-        let ino: u64 = f.next()?.parse().ok()?;
-        let path = f.next()?.trim_start();
-        if ino == 0 || !path.starts_with('/') {
-            return None;
-        }
-        let dev = libc::makedev(
-            u32::from_str_radix(major, 16).ok()?,
-            u32::from_str_radix(minor, 16).ok()?,
-        );
-        let path = PathBuf::from(path.trim_end_matches(" (deleted)"));
-        Some(((dev, ino), path))
-    })
-}
-
 fn file_id(m: &fs::Metadata) -> FileId {
     use std::os::unix::fs::MetadataExt;
     (m.dev(), m.ino())
@@ -120,7 +99,7 @@ impl Holders {
             // descriptor it was made through is closed (the dynamic loader,
             // git's pack indexes).
             let maps = fs::read_to_string(dir.join("maps")).unwrap_or_default();
-            for (id, path) in mapped_files(&maps) {
+            for (id, path) in crate::sys::mapped_files(&maps) {
                 if path.starts_with(tree) {
                     h.by_id.entry(id).or_default().push(who.clone());
                     h.paths.push((path, who.clone()));
@@ -523,28 +502,4 @@ pub fn run(a: SweepArgs) -> i32 {
         debris - removed
     );
     if failed > 0 { 1 } else { 0 }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mapped_files_are_read_from_a_maps_text() {
-        let maps = "55d0c0a00000-55d0c0a02000 r--p 00000000 08:01 1311     /usr/bin/cat\n\
-                    7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n\
-                    7f0100000000-7f0100004000 r--s 00000000 00:2e 42        /data/obs/x y.idx (deleted)\n\
-                    7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0          [stack]\n";
-        let got: Vec<_> = mapped_files(maps).collect();
-        assert_eq!(
-            got,
-            [
-                ((libc::makedev(8, 1), 1311), PathBuf::from("/usr/bin/cat")),
-                (
-                    (libc::makedev(0, 0x2e), 42),
-                    PathBuf::from("/data/obs/x y.idx")
-                ),
-            ]
-        );
-    }
 }

@@ -139,26 +139,7 @@ fn sweep_names_who_holds_real_fuse_hidden_debris() {
     // Held by a mapping whose descriptor is closed.
     let p = v.dir.join("obs/lib.so");
     fs::write(&p, vec![2u8; 64 << 10]).unwrap();
-    let mapper = Holder::sh_ready(
-        &format!(
-            // mmap(2) itself: Python's mmap module keeps a descriptor.
-            "exec python3 -c 'import ctypes, os, time; \
-             libc = ctypes.CDLL(None); libc.mmap.restype = ctypes.c_void_p; \
-             libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, \
-             ctypes.c_int, ctypes.c_int, ctypes.c_long]; \
-             fd = os.open(\"{}\", os.O_RDONLY); \
-             assert libc.mmap(None, 65536, 1, 1, fd, 0) not in (None, 2**64 - 1); \
-             os.close(fd); time.sleep(600)'",
-            p.display()
-        ),
-        |pid| {
-            fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("lib.so"))
-                && fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|d| {
-                    d.flatten()
-                        .all(|e| !fs::read_link(e.path()).is_ok_and(|t| t.ends_with("lib.so")))
-                })
-        },
-    );
+    let mapper = Holder::mapping(&p);
     fs::remove_file(&p).unwrap();
     let hidden = debris(&v.dir.join("obs"));
     assert_eq!(hidden.len(), 1);

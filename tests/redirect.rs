@@ -407,6 +407,43 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 #[test]
+fn retention_keeps_a_table_whose_file_is_mapped() {
+    // casacore can map a table's storage; the descriptor it mapped it
+    // through may be closed long before the table is done with.
+    let tmp = TempDir::new("retention-mapped");
+    let tree = tmp.path().join("tree");
+    let scratch = tmp.path().join("scratch");
+    let cfg = tmp.path().join("casafs.toml");
+    fs::write(
+        &cfg,
+        "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n",
+    )
+    .unwrap();
+    let m = Mount::builder("retention-mapped")
+        .opt(&format!("scratch={}", scratch.display()))
+        .arg("--config")
+        .arg(cfg.to_str().unwrap())
+        .source(&tree, tmp)
+        .start();
+    fs::create_dir_all(m.p("w/TMPPOINTING3")).unwrap();
+    fs::write(m.p("w/TMPPOINTING3/table.f0"), vec![4u8; 8192]).unwrap();
+    fs::create_dir_all(m.p("w/TMPPOINTING4")).unwrap();
+    let mapper = Holder::mapping(&m.p("w/TMPPOINTING3/table.f0"));
+    wait_until("the table nobody uses is removed", || {
+        !scratch.join("TMPPOINTING4").exists()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        scratch.join("TMPPOINTING3/table.f0").exists(),
+        "kept while mapped"
+    );
+    drop(mapper);
+    wait_until("the table is removed once nobody maps it", || {
+        !scratch.join("TMPPOINTING3").exists()
+    });
+}
+
+#[test]
 fn retention_waits_the_whole_age_to_the_fraction_of_a_second() {
     let tmp = TempDir::new("retention-age");
     let tree = tmp.path().join("tree");

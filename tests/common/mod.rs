@@ -467,16 +467,43 @@ pub struct Holder(Child);
 
 impl Holder {
     pub fn sh(script: &str) -> Holder {
-        Self::sh_ready(script, |pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        })
-    }
-
-    /// `sh -c script`, once `ready` says of its pid that it is in place.
-    pub fn sh_ready(script: &str, ready: impl Fn(u32) -> bool) -> Holder {
         let h = Holder(Command::new("sh").arg("-c").arg(script).spawn().unwrap());
         let pid = h.pid();
-        eventually("the holder is in place", || ready(pid));
+        eventually("the holder is in place", || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+        h
+    }
+
+    /// A process that maps the whole file `p` with mmap(2) and closes the
+    /// descriptor it mapped it through, as the dynamic loader and git's
+    /// pack indexes do (Python's own mmap module would keep one).
+    pub fn mapping(p: &Path) -> Holder {
+        const MAP: &str = "import ctypes, os, sys, time
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.open(sys.argv[1], os.O_RDONLY)
+assert libc.mmap(None, os.fstat(fd).st_size, 1, 1, fd, 0) not in (None, 2**64 - 1)
+os.close(fd)
+time.sleep(600)
+";
+        let child = Command::new("python3")
+            .arg("-c")
+            .arg(MAP)
+            .arg(p)
+            .spawn()
+            .unwrap();
+        let h = Holder(child);
+        let pid = h.pid();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        eventually("the file is mapped, its descriptor closed", || {
+            std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains(&name))
+                && std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|d| {
+                    d.flatten()
+                        .all(|e| !std::fs::read_link(e.path()).is_ok_and(|t| t.ends_with(&name)))
+                })
+        });
         h
     }
 
