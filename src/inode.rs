@@ -358,6 +358,13 @@ impl Inode {
         Ok(())
     }
 
+    /// Whether the file, with no handle left, may still be open for the
+    /// backing through a memory mapping (see `OpenState::mapped`): only
+    /// while the kernel holds the inode.
+    pub fn may_be_mapped(&self, open: &OpenState) -> bool {
+        open.mapped && self.lookups.load(Ordering::Relaxed) > 0
+    }
+
     pub fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
     }

@@ -367,16 +367,23 @@ fn named_for(tname: &[u8], name: &[u8]) -> bool {
     tname == name || uncandidate(tname).as_deref() == Some(name)
 }
 
-/// The origin recorded on an object in an area: the whole relative path, its
-/// directory part, its name, and the object's change time.
-#[allow(clippy::type_complexity)]
-fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(Vec<u8>, Vec<u8>, CString, SystemTime)> {
+/// The origin path recorded on the object `tname` in the area directory
+/// `area`, as recorded.
+pub fn recorded_origin(area: &Arc<OwnedFd>, tname: &CStr) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
     let anchor = Anchor::At(area.clone(), tname.to_owned());
     let n = ORIGIN_XATTRS
         .iter()
         .find_map(|x| anchor.getxattr(x, &mut buf).ok())?;
-    let origin = buf.get(..n)?.to_vec();
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// The origin recorded on an object in an area: the whole relative path, its
+/// directory part, its name, and the object's change time.
+#[allow(clippy::type_complexity)]
+fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(Vec<u8>, Vec<u8>, CString, SystemTime)> {
+    let origin = recorded_origin(area, tname)?;
     let (parent, name) = match origin.iter().rposition(|&b| b == b'/') {
         Some(i) => (&origin[..i], &origin[i + 1..]),
         None => (&origin[..0], &origin[..]),

@@ -101,7 +101,8 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
         // (a table an operator renamed to keep it stays kept).
         if !r.rule.matches_name(name.as_bytes())
             && !crate::redirect::uncandidate(name.as_bytes()).is_some_and(|base| {
-                r.rule.matches_name(&base) && origin_name(&e.path()).as_deref() == Some(&base[..])
+                r.rule.matches_name(&base)
+                    && origin_name(&area, name.as_bytes()).as_deref() == Some(&base[..])
             })
         {
             continue;
@@ -161,15 +162,9 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
 }
 
 /// The last component of the origin casafs recorded on a routed object.
-fn origin_name(p: &Path) -> Option<Vec<u8>> {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
-    let mut buf = [0u8; 4096];
-    let n = crate::redirect::ORIGIN_XATTRS.iter().find_map(|x| {
-        let n =
-            unsafe { libc::lgetxattr(c.as_ptr(), x.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        usize::try_from(n).ok()
-    })?;
-    let origin = buf.get(..n)?;
+fn origin_name(area: &Arc<OwnedFd>, name: &[u8]) -> Option<Vec<u8>> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let origin = crate::redirect::recorded_origin(area, &name)?;
     origin.rsplit(|&b| b == b'/').next().map(<[u8]>::to_vec)
 }
 

@@ -549,22 +549,20 @@ impl CasaFs {
         // fresh as ntfs-3g's own cache, as with any stat there, except
         // after a link made through casafs: ntfs-3g caches per name, and
         // the other names' counts lag behind.
-        let mut st = sys::stat_cached_at(dfd.as_raw_fd(), name)?;
+        let st = sys::stat_cached_at(dfd.as_raw_fd(), name)?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno::EISDIR);
         }
         let nodeid = self.inodes.nodeid_for(st.st_dev, st.st_ino);
         let victim = self.inodes.get(nodeid).ok().filter(|i| i.same(&st));
         if let Some(v) = victim {
-            if st.st_nlink <= 1 && v.linked.load(Relaxed) {
-                st = sys::stat_fresh_at(dfd.as_raw_fd(), name)?;
-            }
+            let st = fresh_links(&v, dfd.as_raw_fd(), name, st)?;
             // Held until the name is gone: an open on another thread either
             // counts its handle before (and the file is buried or pinned)
             // or finds the name gone, never opens a file being unlinked.
             let mut open = v.open.lock();
             let defers = self.defers_unlink(st.st_dev);
-            if open.handles > 0 || (defers && still_mapped(&v, &open)) {
+            if open.handles > 0 || (defers && v.may_be_mapped(&open)) {
                 if defers {
                     match self.bury(&v, &mut open, dir, name) {
                         Ok(_) if open.handles == 0 => {
@@ -902,11 +900,8 @@ impl CasaFs {
             }
             _ => None,
         };
-        // As in `remove_file`: a link count that may lag behind.
         let dst_st = match (&victim, dst_st) {
-            (Some(v), Some(d)) if d.st_nlink <= 1 && v.linked.load(Relaxed) => {
-                Some(sys::stat_fresh_at(dfd.as_raw_fd(), &dst.name)?)
-            }
+            (Some(v), Some(d)) => Some(fresh_links(v, dfd.as_raw_fd(), &dst.name, d)?),
             (_, d) => d,
         };
         // Held until the rename is done or undone: a last close meanwhile
@@ -916,7 +911,7 @@ impl CasaFs {
         let mut grave = None;
         let mut pinned_here = false;
         if let (Some(v), Some(o), Some(dstat)) = (&victim, open_state.as_deref_mut(), &dst_st) {
-            if (open || still_mapped(v, o)) && self.defers_unlink(dstat.st_dev) {
+            if (open || v.may_be_mapped(o)) && self.defers_unlink(dstat.st_dev) {
                 // The backing's own answer for a rename across filesystems,
                 // before anything moves.
                 if sst.st_dev != dstat.st_dev {
@@ -1010,11 +1005,15 @@ impl CasaFs {
     }
 }
 
-/// Whether a file with no handle left may still be open for the backing
-/// through a memory mapping (see `OpenState::mapped`): only while the
-/// kernel holds its inode.
-pub(super) fn still_mapped(v: &Inode, open: &OpenState) -> bool {
-    open.mapped && v.lookups.load(Relaxed) > 0
+/// `st` of `name` in `dir`, or, where its link count may lag behind (the
+/// cached count after a hard link made through casafs; see
+/// `Inode::linked`), the backing's own.
+fn fresh_links(v: &Inode, dir: RawFd, name: &CStr, st: libc::stat) -> Res<libc::stat> {
+    if st.st_nlink <= 1 && v.linked.load(Relaxed) {
+        sys::stat_fresh_at(dir, name)
+    } else {
+        Ok(st)
+    }
 }
 
 fn writable(fd: RawFd) -> bool {

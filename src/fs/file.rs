@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use parking_lot::MutexGuard;
 
 use super::CasaFs;
-use super::entry::{Caller, still_mapped};
+use super::entry::Caller;
 use crate::handle::{Body, Handle};
 use crate::inode::{Inode, OpenState};
 use crate::sys::{self, Errno, Res, cname};
@@ -373,7 +373,7 @@ impl CasaFs {
         inode: &Arc<Inode>,
         open: MutexGuard<'_, OpenState>,
     ) {
-        if still_mapped(inode, &open)
+        if inode.may_be_mapped(&open)
             && !inode
                 .stat()
                 .is_ok_and(|s| s.st_nlink as usize > open.buried.len())

@@ -58,8 +58,11 @@ impl CasaFs {
     /// Anything else missing stays ENOENT (the kernel's retry would not
     /// look a removed working directory up again).
     fn lost(&self, ino: u64, e: Errno) -> Errno {
+        if e != Errno::ENOENT {
+            return e;
+        }
         match self.inodes.get(ino) {
-            Ok(i) if e == Errno::ENOENT && i.is_pinned() && !i.is_dead() => Errno::ESTALE,
+            Ok(i) if i.is_pinned() && !i.is_dead() => Errno::ESTALE,
             _ => e,
         }
     }
