@@ -406,25 +406,33 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn retention_keeps_a_table_whose_file_is_mapped() {
-    // casacore can map a table's storage; the descriptor it mapped it
-    // through may be closed long before the table is done with.
-    let tmp = TempDir::new("retention-mapped");
+/// casafs on a new tree in `tmp` whose tmppointing rule removes tables
+/// unused for 2 s, from `scratch` (None: its default area).
+fn mount_with_2s_retention(tag: &str, tmp: TempDir, scratch: Option<&Path>) -> Mount {
     let tree = tmp.path().join("tree");
-    let scratch = tmp.path().join("scratch");
     let cfg = tmp.path().join("casafs.toml");
     fs::write(
         &cfg,
         "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n",
     )
     .unwrap();
-    let m = Mount::builder("retention-mapped")
-        .opt(&format!("scratch={}", scratch.display()))
-        .arg("--config")
+    let mut b = Mount::builder(tag);
+    if let Some(s) = scratch {
+        b = b.opt(&format!("scratch={}", s.display()));
+    }
+    b.arg("--config")
         .arg(cfg.to_str().unwrap())
         .source(&tree, tmp)
-        .start();
+        .start()
+}
+
+#[test]
+fn retention_keeps_a_table_whose_file_is_mapped() {
+    // casacore can map a table's storage; the descriptor it mapped it
+    // through may be closed long before the table is done with.
+    let tmp = TempDir::new("retention-mapped");
+    let scratch = tmp.path().join("scratch");
+    let m = mount_with_2s_retention("retention-mapped", tmp, Some(&scratch));
     fs::create_dir_all(m.p("w/TMPPOINTING3")).unwrap();
     fs::write(m.p("w/TMPPOINTING3/table.f0"), vec![4u8; 8192]).unwrap();
     fs::create_dir_all(m.p("w/TMPPOINTING4")).unwrap();
@@ -446,20 +454,8 @@ fn retention_keeps_a_table_whose_file_is_mapped() {
 #[test]
 fn retention_waits_the_whole_age_to_the_fraction_of_a_second() {
     let tmp = TempDir::new("retention-age");
-    let tree = tmp.path().join("tree");
     let scratch = tmp.path().join("scratch");
-    let cfg = tmp.path().join("casafs.toml");
-    fs::write(
-        &cfg,
-        "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n",
-    )
-    .unwrap();
-    let m = Mount::builder("retention-age")
-        .opt(&format!("scratch={}", scratch.display()))
-        .arg("--config")
-        .arg(cfg.to_str().unwrap())
-        .source(&tree, tmp)
-        .start();
+    let m = mount_with_2s_retention("retention-age", tmp, Some(&scratch));
     // Made late in a second: counted in whole seconds, its age would be
     // 0.9 s more than it is.
     while std::time::SystemTime::now()
@@ -964,20 +960,8 @@ fn copies_and_renamed_tables_in_an_area_do_not_take_the_origin_at_a_remount() {
 fn retention_keeps_a_table_a_process_works_in_on_an_area_elsewhere() {
     let tmp = TempDir::new("retention-cwd");
     let fast = Tmpfs::new(tmp.path().join("nvme"), "size=16m");
-    let tree = tmp.path().join("tree");
     let scratch = fast.0.join("tmppointing");
-    let cfg = tmp.path().join("casafs.toml");
-    fs::write(
-        &cfg,
-        "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n",
-    )
-    .unwrap();
-    let m = Mount::builder("retention-cwd")
-        .opt(&format!("scratch={}", scratch.display()))
-        .arg("--config")
-        .arg(cfg.to_str().unwrap())
-        .source(&tree, tmp)
-        .start();
+    let m = mount_with_2s_retention("retention-cwd", tmp, Some(&scratch));
     let w = m.p("w");
     fs::create_dir_all(w.join("TMPPOINTING1/sub")).unwrap();
     fs::create_dir_all(w.join("TMPPOINTING2")).unwrap();
@@ -1124,18 +1108,7 @@ fn inplace_renames_onto_a_routed_name_elsewhere_replace_it_in_place() {
 #[test]
 fn an_area_made_anew_or_rotated_is_the_one_routed_to_and_emptied() {
     let tmp = TempDir::new("area-anew");
-    let tree = tmp.path().join("tree");
-    let cfg = tmp.path().join("casafs.toml");
-    fs::write(
-        &cfg,
-        "[[rule]]\nname = \"tmppointing\"\nretention = \"2s\"\n",
-    )
-    .unwrap();
-    let m = Mount::builder("area-anew")
-        .arg("--config")
-        .arg(cfg.to_str().unwrap())
-        .source(&tree, tmp)
-        .start();
+    let m = mount_with_2s_retention("area-anew", tmp, None);
     fs::create_dir_all(m.p("w")).unwrap();
     // Logs rotated: the old area moved aside, a new one made.
     fs::write(m.p("w").join(LOG), b"before").unwrap();
