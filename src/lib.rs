@@ -3,9 +3,11 @@
 //! own areas and never lets an unlink of an open file leave `.fuse_hidden*`
 //! files behind. See README.md for operation; each module documents its job.
 
+pub mod areas;
 pub mod backing;
 pub mod cli;
 pub mod config;
+pub mod creds;
 pub mod daemon;
 pub mod fault;
 pub mod fs;
@@ -20,4 +22,5 @@ pub mod stats;
 pub mod statscmd;
 pub mod sweep;
 pub mod sys;
+pub mod tree;
 pub mod uring;

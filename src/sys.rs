@@ -199,13 +199,21 @@ pub fn removexattr_at(dir: RawFd, name: &CStr, attr: &CStr) -> Option<Res<()>> {
     run(REMOVE, dir, name, [attr.as_ptr() as usize, 0, 0]).map(|r| r.map(drop))
 }
 
+/// Sets the status flags `fcntl(F_SETFL)` can change (O_APPEND, O_DIRECT,
+/// O_NOATIME, O_NONBLOCK, O_ASYNC) to those in `flags`.
+pub fn set_status_flags(fd: RawFd, flags: i32) -> Res<()> {
+    let keep = libc::O_APPEND | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK | libc::O_ASYNC;
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & keep) }).map(drop)
+}
+
 pub fn open_at(dir: RawFd, name: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {
     let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Opens a path with `openat2(RESOLVE_NO_SYMLINKS)` so no component can be a
-/// planted symlink; falls back to plain `openat` on kernels without openat2.
+/// Opens a path strictly beneath `dir` with `openat2(RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS)`: no component can be a planted symlink nor `..`
+/// out of it. Falls back to plain `openat` on kernels without openat2.
 pub fn open_beneath(dir: RawFd, path: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {
     #[repr(C)]
     struct OpenHow {
@@ -215,10 +223,11 @@ pub fn open_beneath(dir: RawFd, path: &CStr, flags: i32, mode: u32) -> Res<Owned
     }
     const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
     const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    const RESOLVE_BENEATH: u64 = 0x08;
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: mode as u64,
-        resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH,
     };
     let rc = unsafe {
         libc::syscall(
@@ -348,8 +357,47 @@ pub fn chown_at(dir: RawFd, name: &CStr, uid: u32, gid: u32, flags: i32) -> Res<
     check(unsafe { libc::fchownat(dir, name.as_ptr(), uid, gid, flags) }).map(drop)
 }
 
+/// chmod of `name` in `dir`, never of what a symlink there points at:
+/// `fchmodat2` refuses a symlink (EOPNOTSUPP) where plain `fchmodat`
+/// would follow it. Kernels before 6.6 lack it and follow.
 pub fn chmod_at(dir: RawFd, name: &CStr, mode: u32) -> Res<()> {
-    check(unsafe { libc::fchmodat(dir, name.as_ptr(), mode, 0) }).map(drop)
+    const SYS_FCHMODAT2: libc::c_long = 452;
+    let rc = unsafe {
+        libc::syscall(
+            SYS_FCHMODAT2,
+            dir,
+            name.as_ptr(),
+            mode,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    match last_errno() {
+        Errno::ENOSYS => check(unsafe { libc::fchmodat(dir, name.as_ptr(), mode, 0) }).map(drop),
+        e => Err(e),
+    }
+}
+
+/// chmod of the object an `O_PATH` descriptor stands for, through its
+/// /proc magic link (which `fchmod` cannot take).
+pub fn chmod_fd(fd: RawFd, mode: u32) -> Res<()> {
+    let path = proc_path(fd);
+    check(unsafe { libc::fchmodat(libc::AT_FDCWD, path.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// Whether the thread's filesystem credentials may access `name` in `dir`
+/// (`""`: `dir` itself) as `mode` asks (`W_OK`, ...), ACLs included.
+pub fn access_at(dir: RawFd, name: &CStr, mode: i32) -> Res<()> {
+    let flags = libc::AT_EACCESS
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            libc::AT_SYMLINK_NOFOLLOW
+        };
+    let rc = unsafe { libc::syscall(libc::SYS_faccessat2, dir, name.as_ptr(), mode, flags) };
+    check(rc as libc::c_int).map(drop)
 }
 
 pub fn fchmod(fd: RawFd, mode: u32) -> Res<()> {

@@ -1,0 +1,514 @@
+//! Credentials: whose rights a backing operation runs with.
+//!
+//! casafs runs as root for every user of the machine. Each request is served
+//! with the caller's filesystem ids, supplementary groups and umask, and
+//! without any capability, so the filesystem beneath refuses exactly what
+//! it would refuse the caller natively (mode bits, POSIX ACLs, sticky
+//! directories, immutable files, quota, the blocks reserved for root) and
+//! charges what it allows to the caller. casafs's own acts (its areas, the
+//! graveyard, origin records, descriptors it keeps) run as root inside
+//! `as_root`, on names only casafs can change or through descriptors.
+//!
+//! Linux keeps credentials per thread; glibc's `set*id` wrappers change
+//! every thread of the process, so the raw system calls are used. A thread
+//! keeps the identity it last took: a stream of requests from one user
+//! costs no system call after the first.
+//!
+//! Switching needs CAP_SETUID and CAP_SETGID; a daemon without them (a user
+//! mount without `allow_other`) serves only its own user and switches
+//! nothing.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+/// Who is asking: the credentials in the request header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+}
+
+/// The identity a thread acts with.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Ident {
+    uid: u32,
+    gid: u32,
+    groups: Arc<[u32]>,
+}
+
+impl Ident {
+    fn root() -> Ident {
+        Ident {
+            uid: 0,
+            gid: 0,
+            groups: Arc::from([]),
+        }
+    }
+
+    fn privileged(&self) -> bool {
+        self.uid == 0
+    }
+}
+
+/// The daemon's permitted capabilities, read once; `None` when it cannot
+/// switch identities.
+fn permitted() -> Option<[u32; 2]> {
+    static CAPS: OnceLock<Option<[u32; 2]>> = OnceLock::new();
+    *CAPS.get_or_init(|| {
+        let (_, permitted) = capget()?;
+        let setid = (1 << CAP_SETUID) | (1 << CAP_SETGID);
+        (unsafe { libc::geteuid() } == 0 && permitted[0] & setid == setid).then_some(permitted)
+    })
+}
+
+/// Whether casafs acts as its callers (it runs as root).
+pub fn enabled() -> bool {
+    permitted().is_some()
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_V3: u32 = 0x2008_0522;
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// This thread's (effective, permitted) capability sets.
+fn capget() -> Option<([u32; 2], [u32; 2])> {
+    let mut h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut d = [CapData::default(); 2];
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) };
+    (rc == 0).then(|| {
+        (
+            [d[0].effective, d[1].effective],
+            [d[0].permitted, d[1].permitted],
+        )
+    })
+}
+
+/// Sets this thread's effective capabilities (within the permitted set).
+fn set_effective(eff: [u32; 2]) -> bool {
+    let Some(p) = permitted() else {
+        return false;
+    };
+    let mut h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let d = [
+        CapData {
+            effective: eff[0] & p[0],
+            permitted: p[0],
+            inheritable: 0,
+        },
+        CapData {
+            effective: eff[1] & p[1],
+            permitted: p[1],
+            inheritable: 0,
+        },
+    ];
+    unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) == 0 }
+}
+
+thread_local! {
+    /// The identity this thread acts with now; `None`: root, as started.
+    static CURRENT: RefCell<Option<Ident>> = const { RefCell::new(None) };
+    /// This thread's umask, once it has one of its own.
+    static UMASK: Cell<Option<u32>> = const { Cell::new(None) };
+    /// The caller of the request this thread serves, also while it acts
+    /// as root for it.
+    static REQUEST: Cell<Caller> = const { Cell::new(Caller::ROOT) };
+}
+
+/// The caller of the request this thread serves (root outside requests).
+pub fn request_caller() -> Caller {
+    REQUEST.with(Cell::get)
+}
+
+/// Makes this thread act as `to`. On failure the thread is left without
+/// any capability and with an identity nobody has, so that nothing it
+/// does next can use more rights than the caller's.
+fn switch(to: &Ident) -> bool {
+    let same = CURRENT.with(|c| match &*c.borrow() {
+        Some(cur) => cur == to,
+        None => to.privileged() && to.gid == 0 && to.groups.is_empty(),
+    });
+    if same {
+        return true;
+    }
+    let was_unprivileged =
+        CURRENT.with(|c| c.borrow().as_ref().is_some_and(|cur| !cur.privileged()));
+    // Setting ids needs CAP_SETUID and CAP_SETGID, given up while acting
+    // for an unprivileged caller.
+    let ok = (!was_unprivileged || set_effective([u32::MAX, u32::MAX]))
+        && unsafe { libc::syscall(libc::SYS_setgroups, to.groups.len(), to.groups.as_ptr()) == 0 }
+        && set_fsid(libc::SYS_setfsgid, to.gid)
+        && set_fsid(libc::SYS_setfsuid, to.uid)
+        && (to.privileged() || set_effective([0, 0]));
+    if ok {
+        CURRENT.with(|c| *c.borrow_mut() = Some(to.clone()));
+        return true;
+    }
+    tracing::error!(
+        "cannot take the credentials of uid {} gid {}: {}",
+        to.uid,
+        to.gid,
+        std::io::Error::last_os_error()
+    );
+    let nobody = Ident {
+        uid: u32::MAX - 1,
+        gid: u32::MAX - 1,
+        groups: Arc::from([]),
+    };
+    unsafe {
+        libc::syscall(libc::SYS_setfsgid, nobody.gid);
+        libc::syscall(libc::SYS_setfsuid, nobody.uid);
+    }
+    set_effective([0, 0]);
+    CURRENT.with(|c| *c.borrow_mut() = Some(nobody));
+    false
+}
+
+/// setfsuid/setfsgid answer the previous id whatever happens; success is
+/// reading the new one back.
+fn set_fsid(call: libc::c_long, id: u32) -> bool {
+    unsafe {
+        libc::syscall(call, id);
+        libc::syscall(call, u32::MAX) as u32 == id
+    }
+}
+
+/// Supplementary groups of processes, read from /proc and kept for a
+/// second: a request costs no file read, and a process that gave a group
+/// up keeps it here for at most that long.
+struct GroupCache {
+    map: DashMap<u32, Groups>,
+}
+
+/// One process's groups as read: its uid and gid then, when, and the list.
+struct Groups {
+    uid: u32,
+    gid: u32,
+    at: u64,
+    list: Arc<[u32]>,
+}
+
+const GROUPS_TTL_NS: u64 = 1_000_000_000;
+const GROUPS_MAX: usize = 8192;
+
+fn group_cache() -> &'static GroupCache {
+    static CACHE: OnceLock<GroupCache> = OnceLock::new();
+    CACHE.get_or_init(|| GroupCache {
+        map: DashMap::new(),
+    })
+}
+
+static GROUP_READS: AtomicU64 = AtomicU64::new(0);
+
+/// How often groups were read from /proc (for tests and statistics).
+pub fn group_reads() -> u64 {
+    GROUP_READS.load(Ordering::Relaxed)
+}
+
+/// The supplementary groups of process `pid`, which must still be `uid`
+/// and `gid` (a pid reused by another process is read again). A process
+/// that is gone, or a request from the kernel itself (pid 0), has none:
+/// fewer rights, never more.
+fn groups_of(pid: u32, uid: u32, gid: u32) -> Arc<[u32]> {
+    if pid == 0 {
+        return Arc::from([]);
+    }
+    let now = crate::sys::coarse_now_ns();
+    let cache = group_cache();
+    if let Some(e) = cache.map.get(&pid)
+        && e.uid == uid
+        && e.gid == gid
+        && now.saturating_sub(e.at) < GROUPS_TTL_NS
+    {
+        return e.list.clone();
+    }
+    GROUP_READS.fetch_add(1, Ordering::Relaxed);
+    let groups: Arc<[u32]> = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| parse_status(&s, uid))
+        .unwrap_or_else(|| Arc::from([]));
+    if cache.map.len() >= GROUPS_MAX {
+        cache
+            .map
+            .retain(|_, e| now.saturating_sub(e.at) < GROUPS_TTL_NS);
+    }
+    cache.map.insert(
+        pid,
+        Groups {
+            uid,
+            gid,
+            at: now,
+            list: groups.clone(),
+        },
+    );
+    groups
+}
+
+/// The `Groups:` of a /proc/PID/status, if its filesystem uid is `uid`.
+fn parse_status(s: &str, uid: u32) -> Option<Arc<[u32]>> {
+    let fsuid: u32 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    if fsuid != uid {
+        return None;
+    }
+    let groups: Vec<u32> = s
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))?
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    Some(Arc::from(groups))
+}
+
+/// Makes this thread act as the caller of the request it serves. False if
+/// the credentials could not be taken (the thread then has none).
+pub fn act_as(who: &Caller) -> bool {
+    REQUEST.with(|r| r.set(*who));
+    if !enabled() {
+        return true;
+    }
+    let groups = if who.uid == 0 {
+        // Root's rights come from its capabilities, not its groups.
+        Arc::from([])
+    } else {
+        groups_of(who.pid, who.uid, who.gid)
+    };
+    switch(&Ident {
+        uid: who.uid,
+        gid: who.gid,
+        groups,
+    })
+}
+
+/// Acts as `uid`, `gid` with the groups the system gives that user (for
+/// work casafs does on a user's behalf outside any request: retention,
+/// sweep).
+pub fn act_as_user(uid: u32, gid: u32) -> bool {
+    if !enabled() {
+        return true;
+    }
+    switch(&Ident {
+        uid,
+        gid,
+        groups: Arc::from(user_groups(uid, gid)),
+    })
+}
+
+/// The groups of the user `uid` from the system's user database.
+pub fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return Vec::new();
+    }
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let cap = n;
+        let rc = unsafe { libc::getgrouplist(pw.pw_name, gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return groups;
+        }
+        if n <= cap {
+            return Vec::new();
+        }
+    }
+}
+
+/// Puts the thread back to root when dropped.
+struct Restore(Option<Ident>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(prev) = self.0.take() {
+            switch(&prev);
+        }
+    }
+}
+
+/// Runs `f` as root, the daemon's own identity, and returns to the
+/// identity the thread had. For what casafs does itself: it must touch
+/// only names no user can change, or objects through descriptors.
+pub fn as_root<T>(f: impl FnOnce() -> T) -> T {
+    if !enabled() {
+        return f();
+    }
+    let prev = CURRENT.with(|c| c.borrow().clone());
+    let _back = Restore(prev.clone().filter(|p| *p != Ident::root()));
+    if prev.is_some() {
+        switch(&Ident::root());
+    }
+    f()
+}
+
+/// Runs `f` acting as `uid`, `gid` (with the user's groups from the user
+/// database), then returns to root: for work outside requests.
+pub fn as_user<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> Option<T> {
+    if !enabled() {
+        return Some(f());
+    }
+    let _back = Restore(Some(Ident::root()));
+    act_as_user(uid, gid).then(f)
+}
+
+/// The overflow user: the identity kernel passthrough I/O runs with.
+const NOBODY: u32 = 65534;
+
+/// Runs `f` as a user without any right, holding CAP_SYS_ADMIN alone:
+/// for registering a kernel passthrough backing file, whose reads and
+/// writes the kernel then runs with these credentials for every opener
+/// of the file. So they carry no privilege (no reserved blocks, no quota
+/// override, no keeping set-ID bits on a write) whoever opened it first.
+pub fn as_registrar<T>(f: impl FnOnce() -> T) -> T {
+    if !enabled() {
+        return f();
+    }
+    let prev = CURRENT
+        .with(|c| c.borrow().clone())
+        .unwrap_or_else(Ident::root);
+    let _back = Restore(Some(prev));
+    let nobody = Ident {
+        uid: NOBODY,
+        gid: NOBODY,
+        groups: Arc::from([]),
+    };
+    if !switch(&nobody) {
+        return f();
+    }
+    set_effective([1 << CAP_SYS_ADMIN, 0]);
+    let r = f();
+    set_effective([0, 0]);
+    r
+}
+
+/// Whether this thread acts for an unprivileged caller now.
+pub fn unprivileged() -> bool {
+    enabled() && CURRENT.with(|c| c.borrow().as_ref().is_some_and(|cur| !cur.privileged()))
+}
+
+/// Whether the identity this thread acts with is in group `gid` (its
+/// filesystem gid or a supplementary group), or is root.
+pub fn in_group(gid: u32) -> bool {
+    CURRENT.with(|c| match &*c.borrow() {
+        None => true,
+        Some(cur) => cur.privileged() || cur.gid == gid || cur.groups.contains(&gid),
+    })
+}
+
+/// The uid this thread acts as.
+pub fn current_uid() -> u32 {
+    CURRENT.with(|c| c.borrow().as_ref().map_or(0, |cur| cur.uid))
+}
+
+/// Gives this thread the umask `mask` for what it creates next. Threads
+/// get a filesystem context of their own first (umask is per process
+/// otherwise). False where that is not possible: the caller must then
+/// apply the mask itself.
+pub fn set_umask(mask: u32) -> bool {
+    let mask = mask & 0o777;
+    UMASK.with(|u| match u.get() {
+        Some(m) if m == mask => true,
+        Some(_) => {
+            unsafe { libc::umask(mask) };
+            u.set(Some(mask));
+            true
+        }
+        None => {
+            if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                return false;
+            }
+            unsafe { libc::umask(mask) };
+            u.set(Some(mask));
+            true
+        }
+    })
+}
+
+/// Whether this thread has a umask of its own (see `set_umask`).
+pub fn has_own_umask() -> bool {
+    UMASK.with(|u| u.get().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_come_from_the_status_of_the_same_user() {
+        let s = "Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t4 24 27 100 \n";
+        assert_eq!(&*parse_status(s, 1000).unwrap(), &[4, 24, 27, 100]);
+        assert!(parse_status(s, 1001).is_none());
+        let none = "Uid:\t5\t5\t5\t5\nGroups:\t\n";
+        assert!(parse_status(none, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_thread_acts_as_its_caller_and_back() {
+        if !enabled() {
+            return;
+        }
+        std::thread::spawn(|| {
+            let dir = std::env::temp_dir().join(format!("casafs-creds-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).unwrap();
+            let who = Caller {
+                uid: 4242,
+                gid: 4343,
+                pid: 0,
+            };
+            assert!(act_as(&who));
+            assert!(unprivileged());
+            // A root-owned 0755 directory refuses the caller...
+            let made = std::fs::write(dir.join("x"), b"");
+            assert_eq!(made.unwrap_err().raw_os_error(), Some(libc::EACCES));
+            // ...and root's own acts still work, as root.
+            as_root(|| std::fs::write(dir.join("y"), b"")).unwrap();
+            assert!(unprivileged());
+            assert!(act_as(&Caller::ROOT));
+            std::fs::remove_dir_all(&dir).unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+}

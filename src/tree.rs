@@ -1,0 +1,171 @@
+//! Walking and removing directory trees through descriptors: each level
+//! is opened from its parent's descriptor without following symlinks, so
+//! a tree renamed or swapped under a walk is never left for another place,
+//! and the walk keeps its state on the heap rather than the stack (a tree
+//! thousands of levels deep costs memory, never a crashed thread).
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::sys::{self, Res};
+
+/// How deep a walk goes; what lies below is left alone (and reported by
+/// the callers as not removed). Each level holds one descriptor.
+pub const MAX_DEPTH: usize = 1024;
+
+/// Names in an open directory, without `.` and `..`.
+pub fn list_dir(fd: &OwnedFd) -> Res<Vec<CString>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = sys::getdents(fd.as_raw_fd(), &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let mut off = 0;
+        while off + 19 < n {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name_bytes = &buf[off + 19..off + reclen];
+            let end = name_bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_bytes.len());
+            let name = &name_bytes[..end];
+            if name != b"." && name != b".." {
+                out.push(CString::new(name).unwrap_or_default());
+            }
+            off += reclen;
+        }
+    }
+    Ok(out)
+}
+
+fn open_dir_at(dir: RawFd, name: &CStr) -> Res<OwnedFd> {
+    sys::open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+}
+
+/// One directory being walked: its descriptor, its name in its parent,
+/// and the names in it not yet visited.
+struct Level {
+    fd: OwnedFd,
+    name: CString,
+    left: Vec<CString>,
+}
+
+/// Visits every object below the directory open as `top` (not `top`
+/// itself), parents before children, with the directory it is in and its
+/// attributes. `leave(dir, name)` is called on each directory once all of
+/// it was visited.
+pub fn walk(
+    top: OwnedFd,
+    visit: &mut dyn FnMut(RawFd, &CStr, &libc::stat),
+    leave: &mut dyn FnMut(RawFd, &CStr),
+) {
+    let left = list_dir(&top).unwrap_or_default();
+    let mut stack = vec![Level {
+        fd: top,
+        name: CString::default(),
+        left,
+    }];
+    while let Some(level) = stack.last_mut() {
+        let Some(child) = level.left.pop() else {
+            let done = stack.pop();
+            if let (Some(done), Some(parent)) = (done, stack.last()) {
+                drop(done.fd);
+                leave(parent.fd.as_raw_fd(), &done.name);
+            }
+            continue;
+        };
+        let dir = level.fd.as_raw_fd();
+        let Ok(st) = sys::stat_at(dir, &child) else {
+            continue;
+        };
+        visit(dir, &child, &st);
+        // The directory opened must be the one just visited.
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            && stack.len() < MAX_DEPTH
+            && let Ok(fd) = open_dir_at(dir, &child)
+            && sys::fstat(fd.as_raw_fd())
+                .is_ok_and(|now| (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino))
+        {
+            let left = list_dir(&fd).unwrap_or_default();
+            stack.push(Level {
+                fd,
+                name: child,
+                left,
+            });
+        }
+    }
+}
+
+/// Removes everything below the directory open as `top`, with the
+/// thread's credentials; returns the bytes of the files removed. What may
+/// not be removed stays.
+pub fn empty(top: OwnedFd) -> u64 {
+    let mut freed = 0;
+    walk(
+        top,
+        &mut |dir, name, st| {
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR && sys::unlink_at(dir, name, 0).is_ok() {
+                freed += st.st_size as u64;
+            }
+        },
+        &mut |dir, name| {
+            let _ = sys::unlink_at(dir, name, libc::AT_REMOVEDIR);
+        },
+    );
+    freed
+}
+
+/// Removes `name` in `parent` and everything below it, without following
+/// symlinks. Returns bytes freed.
+pub fn remove_tree_at(parent: RawFd, name: &CStr) -> Res<u64> {
+    let st = sys::stat_at(parent, name)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        sys::unlink_at(parent, name, 0)?;
+        return Ok(st.st_size as u64);
+    }
+    let freed = empty(open_dir_at(parent, name)?);
+    sys::unlink_at(parent, name, libc::AT_REMOVEDIR)?;
+    Ok(freed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_very_deep_tree_is_removed_without_recursion() {
+        let top = std::env::temp_dir().join(format!("casafs-tree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        std::fs::create_dir(&top).unwrap();
+        let c = sys::cpath(&top).unwrap();
+        let base = sys::open_at(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        // Deeper than any path can name: made one level at a time.
+        let mut fd = sys::open_at(base.as_raw_fd(), c".", libc::O_PATH, 0).unwrap();
+        sys::mkdir_at(fd.as_raw_fd(), c"t", 0o755).unwrap();
+        fd = sys::open_at(fd.as_raw_fd(), c"t", libc::O_PATH, 0).unwrap();
+        for _ in 0..(MAX_DEPTH - 10) {
+            sys::mkdir_at(fd.as_raw_fd(), c"d", 0o755).unwrap();
+            let f = sys::open_at(fd.as_raw_fd(), c"f", libc::O_CREAT | libc::O_WRONLY, 0o644);
+            drop(f.unwrap());
+            fd = sys::open_at(fd.as_raw_fd(), c"d", libc::O_PATH, 0).unwrap();
+        }
+        drop(fd);
+        let handle = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || remove_tree_at(base.as_raw_fd(), c"t"))
+            .unwrap();
+        assert_eq!(handle.join().unwrap(), Ok(0));
+        assert!(std::fs::read_dir(&top).unwrap().next().is_none());
+        std::fs::remove_dir(&top).unwrap();
+    }
+}
