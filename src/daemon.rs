@@ -105,6 +105,20 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
     let root_fd =
         open_dir(&source).map_err(|e| BadInput(format!("source {}: {e}", s.source.display())))?;
 
+    // A graveyard a user made before casafs first ran is not casafs's.
+    if let Ok(g) = crate::sys::open_at(
+        root_fd.as_raw_fd(),
+        crate::graveyard::GRAVEYARD_CNAME,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    ) && let Err(e) = crate::areas::secure(g.as_raw_fd())
+    {
+        return Err(BadInput(format!(
+            "graveyard {}: {}",
+            source.join(crate::graveyard::GRAVEYARD_DIR).display(),
+            e.0
+        )));
+    }
     let mut areas: Vec<(PathBuf, OwnedFd)> = Vec::new();
     let mut rule_area = Vec::new();
     // Directories made for the areas: bad input leaves nothing behind, so a
@@ -130,6 +144,13 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
         let checked = (|| {
             make_dirs(&r.target, &mut made).map_err(|e| fail(format!("cannot create it: {e}")))?;
             let fd = open_dir(&r.target).map_err(|e| fail(e.to_string()))?;
+            match crate::areas::secure(fd.as_raw_fd()) {
+                Ok(None) => {}
+                // One casafs just made is closed as a matter of course.
+                Ok(Some(_)) if made.contains(&r.target) => {}
+                Ok(Some(note)) => tracing::warn!("target area {}: {note}", r.target.display()),
+                Err(e) => return Err(fail(e.0)),
+            }
             // Probe: a target nobody can create in would make every routed
             // creation fall back; refuse it now instead.
             let probe = r

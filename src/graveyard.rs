@@ -61,57 +61,7 @@ fn pid_alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
 }
 
-/// Removes everything below `dir` (an open directory) without following
-/// symlinks. Returns bytes freed.
-pub fn remove_tree_at(parent: RawFd, name: &CStr) -> Res<u64> {
-    let st = sys::stat_at(parent, name)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-        sys::unlink_at(parent, name, 0)?;
-        return Ok(st.st_size as u64);
-    }
-    let fd = sys::open_at(
-        parent,
-        name,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )?;
-    let mut freed = 0;
-    for child in list_dir(&fd)? {
-        freed += remove_tree_at(fd.as_raw_fd(), &child).unwrap_or(0);
-    }
-    sys::unlink_at(parent, name, libc::AT_REMOVEDIR)?;
-    Ok(freed)
-}
-
-/// Names in an open directory, without `.` and `..`.
-pub fn list_dir(fd: &OwnedFd) -> Res<Vec<CString>> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let n = sys::getdents(fd.as_raw_fd(), &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        let mut off = 0;
-        while off + 19 < n {
-            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            if reclen == 0 {
-                break;
-            }
-            let name_bytes = &buf[off + 19..off + reclen];
-            let end = name_bytes
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(name_bytes.len());
-            let name = &name_bytes[..end];
-            if name != b"." && name != b".." {
-                out.push(CString::new(name).unwrap_or_default());
-            }
-            off += reclen;
-        }
-    }
-    Ok(out)
-}
+pub use crate::tree::{list_dir, remove_tree_at};
 
 /// Empties and removes the graveyards left by dead daemons of `host` in
 /// the graveyard base directory; returns the number of entries removed.
@@ -186,6 +136,16 @@ impl Graveyard {
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         )?;
+        // Only casafs may reach into it: a directory a user made under
+        // that name before casafs ever ran is not casafs's graveyard.
+        match crate::areas::secure(base.as_raw_fd()) {
+            Ok(None) => {}
+            Ok(Some(note)) => tracing::warn!("graveyard {GRAVEYARD_DIR}: {note}"),
+            Err(e) => {
+                tracing::error!("graveyard {GRAVEYARD_DIR}: {}", e.0);
+                return Err(sys::Errno::EPERM);
+            }
+        }
         let host = hostname();
         let cleaned = clean_stale(&base, &host);
         let start = std::time::SystemTime::now()
@@ -202,6 +162,13 @@ impl Graveyard {
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         )?;
+        // Writable by everyone, so that an unlink buries as the caller
+        // (`bury`); reachable by nobody but casafs, through its descriptor,
+        // since the base directory lets only root in.
+        match sys::fchmod(lock.as_raw_fd(), 0o733) {
+            Ok(()) | Err(sys::Errno::EPERM) => {}
+            Err(e) => return Err(e),
+        }
         // Where the filesystem has no locks, the pid check stands in.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             tracing::debug!("graveyard: no flock here ({:?})", sys::last_errno());
@@ -227,6 +194,9 @@ impl Graveyard {
     }
 
     /// Moves `name` in `parent` into the graveyard; returns its grave name.
+    /// Done as the caller who unlinks: its own directory is writable by
+    /// everyone (`open`), so the backing checks what it checks of an unlink
+    /// there (sticky directories, ACLs) and nothing else.
     pub fn bury(&self, parent: RawFd, name: &CStr) -> Res<CString> {
         let gdir = self.dir.dir_fd()?;
         loop {
@@ -242,6 +212,10 @@ impl Graveyard {
 
     /// Bytes this mount's graveyard holds now.
     pub fn bytes(&self) -> u64 {
+        crate::creds::as_root(|| self.bytes_now())
+    }
+
+    fn bytes_now(&self) -> u64 {
         let Ok(d) = self.dir.dir_fd() else {
             return 0;
         };
@@ -260,20 +234,27 @@ impl Graveyard {
             .sum()
     }
 
-    /// Deletes buried names for good (after their last close).
+    /// Deletes buried names for good (after their last close), as root:
+    /// names in the graveyard are casafs's alone.
     pub fn release(&self, names: &[CString]) {
         let Ok(gdir) = self.dir.dir_fd() else {
             return;
         };
-        for n in names {
-            if let Err(e) = sys::unlink_at(gdir.as_raw_fd(), n, 0) {
-                tracing::warn!("graveyard: cannot remove {}: {e:?}", n.to_string_lossy());
+        crate::creds::as_root(|| {
+            for n in names {
+                if let Err(e) = sys::unlink_at(gdir.as_raw_fd(), n, 0) {
+                    tracing::warn!("graveyard: cannot remove {}: {e:?}", n.to_string_lossy());
+                }
             }
-        }
+        })
     }
 
     /// Empties and removes this mount's graveyard (clean shutdown).
     pub fn close(&self, root_fd: RawFd) {
+        crate::creds::as_root(|| self.close_now(root_fd))
+    }
+
+    fn close_now(&self, root_fd: RawFd) {
         if let Ok(base) = sys::open_at(
             root_fd,
             GRAVEYARD_CNAME,

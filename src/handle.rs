@@ -34,8 +34,11 @@ pub enum Body {
     File(OwnedFd),
     Dir(Mutex<DirStream>),
     /// A control file: its content frozen at open, so a reader sees one
-    /// consistent snapshot.
-    Control(Vec<u8>),
+    /// consistent snapshot; `reader` is the uid that opened it.
+    Control {
+        data: Arc<[u8]>,
+        reader: u32,
+    },
     ControlDir,
 }
 
@@ -52,7 +55,7 @@ impl Handle {
         match &self.body {
             Body::File(fd) => Ok(fd.as_raw_fd()),
             Body::Dir(d) => Ok(d.lock().fd.as_raw_fd()),
-            Body::Control(_) | Body::ControlDir => Err(Errno::EBADF),
+            Body::Control { .. } | Body::ControlDir => Err(Errno::EBADF),
         }
     }
 }

@@ -29,6 +29,9 @@ pub const CONTROL_DIR_ID: u64 = u64::MAX - 16;
 
 static CACHED_DIR_FDS: AtomicUsize = AtomicUsize::new(0);
 pub const MAX_CACHED_DIR_FDS: usize = 16_384;
+/// How many directories without a descriptor `Inode::path_fd` opens on its
+/// way down to one object.
+const MAX_UNHELD_ANCESTORS: usize = 512;
 
 pub fn cached_dir_fds() -> usize {
     CACHED_DIR_FDS.load(Ordering::Relaxed)
@@ -69,6 +72,10 @@ pub struct Inode {
     pub fmt: u32,
     /// Inside a target area: names here are never routed again.
     pub in_target: bool,
+    /// A directory of casafs's own (an area, the graveyard), open to root
+    /// alone: what is in it is reached through descriptors of its own,
+    /// opened by casafs, never by name as a caller (see `anchor`).
+    pub private: bool,
     pub lookups: AtomicU64,
     /// Bumped when a backing inode number is reused by a new object while
     /// the kernel may still hold the old one: the kernel then retires its
@@ -96,8 +103,31 @@ pub struct Inode {
 
 impl Drop for Inode {
     fn drop(&mut self) {
-        if self.fd.get_mut().is_some() && !matches!(self.loc.get_mut(), Loc::Anchor) {
-            CACHED_DIR_FDS.fetch_sub(1, Ordering::Relaxed);
+        let mut next = self.let_go_of_parent();
+        // A chain of parents that only this inode held goes one at a time:
+        // dropped by recursion, a deep one would exhaust the stack.
+        while let Some(p) = next {
+            next = match Arc::try_unwrap(p) {
+                Ok(mut parent) => parent.let_go_of_parent(),
+                Err(_) => None,
+            };
+        }
+    }
+}
+
+impl Inode {
+    /// Gives back the descriptor slot this inode counts and hands over its
+    /// parent, leaving it an anchor with nothing to drop after it.
+    fn let_go_of_parent(&mut self) -> Option<Arc<Inode>> {
+        let cached = self.fd.get_mut().take().is_some();
+        match std::mem::replace(self.loc.get_mut(), Loc::Anchor) {
+            Loc::At { parent, .. } => {
+                if cached {
+                    CACHED_DIR_FDS.fetch_sub(1, Ordering::Relaxed);
+                }
+                Some(parent)
+            }
+            Loc::Anchor => None,
         }
     }
 }
@@ -132,9 +162,14 @@ impl Anchor {
         }
     }
 
-    /// Opens the object with real access flags. Never follows a symlink.
+    /// Opens the object with real access flags. Never follows a symlink,
+    /// and never waits: what is found there may have been swapped for a
+    /// FIFO or a device since the kernel looked it up (outside the mount,
+    /// in an area), whose open would hold a serving thread until someone
+    /// else acts. The caller checks that it opened the object it meant.
     pub fn open(&self, flags: i32) -> Res<OwnedFd> {
-        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+        let want = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+        let flags = want | libc::O_NONBLOCK | libc::O_NOCTTY;
         let via_proc = |fd: &OwnedFd| {
             sys::open_at(
                 libc::AT_FDCWD,
@@ -143,10 +178,11 @@ impl Anchor {
                 0,
             )
         };
-        match self {
+        let fd = match self {
             // "." from a directory's own O_PATH descriptor: no walk through
-            // /proc. It needs search permission, which a daemon that is not
-            // root may lack where /proc would still open it.
+            // /proc. It needs search permission, which a caller may lack
+            // where /proc would still open it (a directory it may read but
+            // not search).
             Anchor::Fd(fd) if flags & libc::O_DIRECTORY != 0 => {
                 match sys::open_at(fd.as_raw_fd(), c".", flags, 0) {
                     Err(Errno::EACCES) => via_proc(fd),
@@ -157,7 +193,11 @@ impl Anchor {
             Anchor::At(dir, name) => {
                 sys::open_at(dir.as_raw_fd(), name, flags | libc::O_NOFOLLOW, 0)
             }
+        }?;
+        if want & libc::O_NONBLOCK == 0 {
+            sys::set_status_flags(fd.as_raw_fd(), want)?;
         }
+        Ok(fd)
     }
 
     /// An extended attribute of the object (never of a symlink's target)
@@ -237,6 +277,7 @@ impl Inode {
             ino: st.st_ino,
             fmt: st.st_mode & libc::S_IFMT,
             in_target,
+            private: in_target,
             lookups: AtomicU64::new(0),
             generation: 0,
             dead: std::sync::atomic::AtomicBool::new(false),
@@ -377,24 +418,68 @@ impl Inode {
         self.pinned.lock().take();
     }
 
-    /// An `O_PATH` descriptor of the object itself, verified to be the same
-    /// (dev, ino) that the kernel knows.
-    pub fn path_fd(&self) -> Res<Arc<OwnedFd>> {
+    /// The descriptor this inode holds, if any.
+    fn held_fd(&self) -> Option<Arc<OwnedFd>> {
         if let Some(fd) = self.fd.lock().as_ref() {
-            return Ok(fd.clone());
+            return Some(fd.clone());
         }
-        if let Some(fd) = self.pinned.lock().as_ref() {
-            return Ok(fd.clone());
+        self.pinned.lock().clone()
+    }
+
+    /// An `O_PATH` descriptor of the object itself, verified to be the same
+    /// (dev, ino) that the kernel knows. Ancestors without a descriptor are
+    /// opened from the nearest one that has one, top down, without
+    /// recursion: a chain of directories deeper than the descriptor cache
+    /// must not exhaust a serving thread's stack.
+    pub fn path_fd(&self) -> Res<Arc<OwnedFd>> {
+        if let Some(fd) = self.held_fd() {
+            return Ok(fd);
         }
-        let (parent, name) = self.parent_name().ok_or(Errno::ESTALE)?;
-        let pfd = parent.path_fd()?;
-        let fd = sys::open_at(pfd.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let (mut parent, name) = self.parent_name().ok_or(Errno::ESTALE)?;
+        let mut missing: Vec<(Arc<Inode>, CString)> = Vec::new();
+        let mut fd = loop {
+            if let Some(fd) = parent.held_fd() {
+                break fd;
+            }
+            // Each request walks down from there, so the walk is bounded:
+            // only a tree thousands of levels deep, with the descriptor
+            // cache full, has objects this far from a held directory.
+            if missing.len() >= MAX_UNHELD_ANCESTORS {
+                return Err(Errno::ENAMETOOLONG);
+            }
+            let (up, pname) = parent.parent_name().ok_or(Errno::ESTALE)?;
+            missing.push((std::mem::replace(&mut parent, up), pname));
+        };
+        let mut above = parent;
+        while let Some((dir, dname)) = missing.pop() {
+            fd = dir.open_in(&above, &fd, &dname)?;
+            above = dir;
+        }
+        self.open_in(&above, &fd, &name)
+    }
+
+    /// Opens this object as `name` in `parent` (open as `pfd`).
+    fn open_in(&self, parent: &Inode, pfd: &Arc<OwnedFd>, name: &CStr) -> Res<Arc<OwnedFd>> {
+        // casafs's own descriptor of an object the kernel already holds,
+        // checked to be that object: opened as root where the caller may
+        // not search the directory (an area; a directory whose mode changed
+        // since the caller got the object).
+        let open = || sys::open_at(pfd.as_raw_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0);
+        let fd = if parent.private {
+            crate::creds::as_root(open)?
+        } else {
+            match open() {
+                Err(Errno::EACCES) => crate::creds::as_root(open)?,
+                r => r?,
+            }
+        };
         let st = sys::fstat(fd.as_raw_fd())?;
         if !self.same(&st) {
             return Err(Errno::ENOENT);
         }
         let fd = Arc::new(fd);
-        if self.is_dir() && CACHED_DIR_FDS.load(Ordering::Relaxed) < MAX_CACHED_DIR_FDS {
+        let keep = self.is_dir() || parent.private;
+        if keep && CACHED_DIR_FDS.load(Ordering::Relaxed) < MAX_CACHED_DIR_FDS {
             let mut slot = self.fd.lock();
             if slot.is_none() {
                 CACHED_DIR_FDS.fetch_add(1, Ordering::Relaxed);
@@ -412,8 +497,9 @@ impl Inode {
         self.path_fd()
     }
 
-    /// How to reach the object: directories and pinned objects by their own
-    /// descriptor, everything else by name in the parent.
+    /// How to reach the object: directories, pinned objects and what is in
+    /// casafs's own directories by their own descriptor, everything else by
+    /// name in the parent.
     pub fn anchor(&self) -> Res<Anchor> {
         if let Some(fd) = self.pinned.lock().as_ref() {
             return Ok(Anchor::Fd(fd.clone()));
@@ -422,6 +508,9 @@ impl Inode {
             return Ok(Anchor::Fd(self.path_fd()?));
         }
         let (parent, name) = self.parent_name().ok_or(Errno::ESTALE)?;
+        if parent.private {
+            return Ok(Anchor::Fd(self.path_fd()?));
+        }
         Ok(Anchor::At(parent.path_fd()?, name))
     }
 
@@ -439,7 +528,14 @@ impl Inode {
 
     fn stat_from(&self, cached: bool) -> Res<libc::stat> {
         let a = self.anchor()?;
-        let st = if cached { a.stat_cached()? } else { a.stat()? };
+        let get = || if cached { a.stat_cached() } else { a.stat() };
+        // Attributes of an object the kernel holds are casafs's to know,
+        // also where the caller may no longer search its directory (an
+        // fstat of a descriptor opened before a chmod of the directory).
+        let st = match get() {
+            Err(Errno::EACCES) => crate::creds::as_root(get)?,
+            r => r?,
+        };
         if self.same(&st) {
             return Ok(st);
         }
@@ -608,6 +704,7 @@ impl InodeTable {
             ino: st.st_ino,
             fmt: st.st_mode & libc::S_IFMT,
             in_target: t,
+            private: false,
             lookups: AtomicU64::new(lookups),
             generation,
             dead: std::sync::atomic::AtomicBool::new(false),

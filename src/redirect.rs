@@ -4,8 +4,10 @@
 //!
 //! Lookups of the original name consult this table first, which is what
 //! keeps the original path working while the original directory's listing
-//! stays clean. The origin is also written on the object itself as the
-//! `user.casafs.origin` xattr so it survives a remount.
+//! stays clean. The origin is also written on the object itself so that it
+//! survives a remount, with who routed it, as `trusted.*` xattrs: only root
+//! can set those, so a user cannot forge one on an object of theirs (a
+//! `user.*` one is never trusted).
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -18,12 +20,25 @@ use dashmap::DashMap;
 use crate::inode::{Anchor, Inode};
 use crate::sys;
 
-pub const ORIGIN_XATTR: &CStr = c"user.casafs.origin";
-/// Where the origin goes on a symlink, which cannot carry `user.*`
-/// attributes (the daemon, as root, may set `trusted.*` ones).
-pub const ORIGIN_XATTR_LINK: &CStr = c"trusted.casafs.origin";
-/// Both, in the order they are looked for.
-pub const ORIGIN_XATTRS: [&CStr; 2] = [ORIGIN_XATTR, ORIGIN_XATTR_LINK];
+/// The origin path, relative to the source root.
+pub const ORIGIN_XATTR: &CStr = c"trusted.casafs.origin";
+/// Who routed the object: "uid gid" (for retention, which removes with
+/// that user's rights).
+pub const BY_XATTR: &CStr = c"trusted.casafs.by";
+/// Where a daemon that is not root (which serves its own user alone and
+/// cannot set `trusted.*`) records the origin; never read by one that is.
+pub const ORIGIN_XATTR_USER: &CStr = c"user.casafs.origin";
+/// casafs's records, hidden through the mount.
+pub const ORIGIN_XATTRS: [&CStr; 3] = [ORIGIN_XATTR, BY_XATTR, ORIGIN_XATTR_USER];
+
+/// The xattr this daemon records origins in.
+fn origin_xattr() -> &'static CStr {
+    if crate::creds::enabled() {
+        ORIGIN_XATTR
+    } else {
+        ORIGIN_XATTR_USER
+    }
+}
 
 /// A target area: a directory that routed objects are placed in.
 pub struct Area {
@@ -155,15 +170,32 @@ impl RedirectTable {
                 if rule_area.get(rule) != Some(&ai) {
                     continue;
                 }
-                let pfd = if parent.is_empty() {
-                    None
-                } else {
-                    match CString::new(parent).ok().and_then(|p| {
-                        sys::open_beneath(root, &p, libc::O_PATH | libc::O_DIRECTORY, 0).ok()
-                    }) {
-                        Some(fd) => Some(fd),
-                        None => continue,
-                    }
+                // The origin must be a place the one who routed the object
+                // could create in: reached strictly beneath the tree, with
+                // that user's rights. A record naming anywhere else is not
+                // one casafs made.
+                let (uid, gid) = routed_by(&afd, &tname).unwrap_or((st.st_uid, st.st_gid));
+                let reach = || -> Option<Option<OwnedFd>> {
+                    let pfd = if parent.is_empty() {
+                        None
+                    } else {
+                        let p = CString::new(parent.clone()).ok()?;
+                        Some(
+                            sys::open_beneath(root, &p, libc::O_PATH | libc::O_DIRECTORY, 0)
+                                .ok()?,
+                        )
+                    };
+                    let praw = pfd.as_ref().map_or(root, |f| f.as_raw_fd());
+                    sys::access_at(praw, c"", libc::W_OK | libc::X_OK).ok()?;
+                    Some(pfd)
+                };
+                let Some(pfd) = crate::creds::as_user(uid, gid, reach).flatten() else {
+                    tracing::warn!(
+                        "{}: its origin {} is not a place uid {uid} could create in; not restored",
+                        area.path.join(tname.to_string_lossy().as_ref()).display(),
+                        String::from_utf8_lossy(&origin)
+                    );
+                    continue;
                 };
                 let praw = pfd.as_ref().map_or(root, |f| f.as_raw_fd());
                 if sys::stat_at(praw, &name).is_ok() {
@@ -278,7 +310,7 @@ impl RedirectTable {
         }
         for (area, tname, origin) in changed {
             if let Some(a) = areas.get(area) {
-                tag_origin(a, &tname, &origin);
+                tag_origin(a, &tname, &origin, None);
             }
         }
     }
@@ -291,11 +323,18 @@ impl RedirectTable {
         self.map.is_empty()
     }
 
-    /// `origin -> target` lines for `.casafs/redirects`, sorted by origin.
-    pub fn render(&self, areas: &[Area], rule_names: &[String]) -> String {
+    /// `origin -> target` lines for `.casafs/redirects`, sorted by origin,
+    /// of the origins `visible` accepts.
+    pub fn render(
+        &self,
+        areas: &[Area],
+        rule_names: &[String],
+        visible: &dyn Fn(&[u8]) -> bool,
+    ) -> String {
         let mut rows: Vec<(String, String, String)> = self
             .map
             .iter()
+            .filter(|e| visible(&e.value().origin))
             .map(|e| {
                 let r = e.value();
                 let target = areas
@@ -372,11 +411,19 @@ fn named_for(tname: &[u8], name: &[u8]) -> bool {
 pub fn recorded_origin(area: &Arc<OwnedFd>, tname: &CStr) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
     let anchor = Anchor::At(area.clone(), tname.to_owned());
-    let n = ORIGIN_XATTRS
-        .iter()
-        .find_map(|x| anchor.getxattr(x, &mut buf).ok())?;
+    let n = anchor.getxattr(origin_xattr(), &mut buf).ok()?;
     buf.truncate(n);
     Some(buf)
+}
+
+/// Who routed the object `tname` in the area, as recorded.
+pub fn routed_by(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(u32, u32)> {
+    let mut buf = [0u8; 64];
+    let anchor = Anchor::At(area.clone(), tname.to_owned());
+    let n = anchor.getxattr(BY_XATTR, &mut buf).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    let mut it = text.split(' ').map(|v| v.parse::<u32>().ok());
+    Some((it.next()??, it.next()??))
 }
 
 /// The origin recorded on an object in an area: the whole relative path, its
@@ -401,14 +448,19 @@ fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(Vec<u8>, Vec<u8>, CSt
     ))
 }
 
-/// Records the origin on the object; filesystems without such xattrs
-/// simply do not carry it.
-pub fn tag_origin(area: &Area, tname: &CStr, origin: &[u8]) {
+/// Records the origin on the object (and, with `by`, who routed it), as
+/// root; filesystems without such xattrs simply do not carry it.
+pub fn tag_origin(area: &Area, tname: &CStr, origin: &[u8], by: Option<(u32, u32)>) {
     if let Ok(dir) = area.dir().dir_fd() {
         let anchor = Anchor::At(dir, tname.to_owned());
-        if anchor.setxattr(ORIGIN_XATTR, origin, 0) == Err(sys::Errno::EPERM) {
-            let _ = anchor.setxattr(ORIGIN_XATTR_LINK, origin, 0);
-        }
+        crate::creds::as_root(|| {
+            let _ = anchor.setxattr(origin_xattr(), origin, 0);
+            if let Some((uid, gid)) = by
+                && crate::creds::enabled()
+            {
+                let _ = anchor.setxattr(BY_XATTR, format!("{uid} {gid}").as_bytes(), 0);
+            }
+        });
     }
 }
 

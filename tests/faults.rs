@@ -81,7 +81,7 @@ fn full_scratch_fails_open_for_new_tables_and_gives_enospc_to_writers() {
     let tmp = TempDir::new("full");
     let scratch = tmp.path().join("scratch");
     // Room for three inodes and 256 KiB.
-    let _t = Tmpfs::new(scratch.clone(), "size=256k,nr_inodes=4");
+    let _t = Tmpfs::new(scratch.clone(), "mode=0700,size=256k,nr_inodes=4");
     let tree = tmp.path().join("tree");
     let m = Mount::builder("full")
         .opt(&format!("scratch={}", scratch.display()))

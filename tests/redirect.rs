@@ -61,7 +61,7 @@ fn created_log_lands_in_logs_and_original_path_works() {
     );
     let out = sh(
         &logs(&m),
-        &format!("getfattr --only-values -n user.casafs.origin {LOG}"),
+        &format!("getfattr --only-values -n trusted.casafs.origin {LOG}"),
     );
     assert_eq!(ok(&out), format!("repo/scripts/{LOG}"));
     assert_eq!(m.stats()["redirects"]["casa-logs"]["redirects"], 1);

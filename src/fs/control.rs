@@ -1,7 +1,15 @@
 //! The control directory `MOUNTPOINT/.casafs/`: read-only files generated
 //! at open, living only in the mount. It resolves by name from the root but
 //! is never listed there, so tree walkers and `git status` do not see it.
+//!
+//! Every user may read them, and each reader sees only what it could see
+//! natively: `redirects` lists the objects whose original directory the
+//! reader may search. A snapshot is shared by the readers it is the same
+//! for, and each user holds a bounded number open, so that opening many
+//! costs the daemon bounded memory.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +23,57 @@ use crate::sys::{Errno, Res};
 pub const CONTROL_NAME: &str = ".casafs";
 
 pub const FILES: &[&str] = &["stats.json", "metrics", "redirects", "config"];
+
+/// Control files one user may hold open at once.
+const PER_READER: u32 = 64;
+
+/// A control file (its node id) as one user (uid) reads it.
+type Reading = (u64, u32);
+
+/// Open snapshots: how many each user holds, and the last one made of
+/// each file for each user (shared while it stays the same).
+#[derive(Default)]
+pub struct Snapshots {
+    open: parking_lot::Mutex<HashMap<u32, u32>>,
+    last: parking_lot::Mutex<HashMap<Reading, Arc<[u8]>>>,
+}
+
+impl Snapshots {
+    /// Counts a snapshot opened by `reader`, or refuses it (ENFILE) when
+    /// that user holds too many.
+    fn opened(&self, reader: u32) -> Res<()> {
+        let mut open = self.open.lock();
+        let n = open.entry(reader).or_default();
+        if *n >= PER_READER {
+            return Err(Errno::ENFILE);
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    pub fn closed(&self, reader: u32) {
+        let mut open = self.open.lock();
+        if let Some(n) = open.get_mut(&reader) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&reader);
+            }
+        }
+    }
+
+    /// `data`, or the equal snapshot already held for (`ino`, `reader`).
+    fn share(&self, ino: u64, reader: u32, data: Vec<u8>) -> Arc<[u8]> {
+        let mut last = self.last.lock();
+        match last.get(&(ino, reader)) {
+            Some(prev) if **prev == *data => prev.clone(),
+            _ => {
+                let a: Arc<[u8]> = Arc::from(data);
+                last.insert((ino, reader), a.clone());
+                a
+            }
+        }
+    }
+}
 
 pub fn is_control(ino: u64) -> bool {
     (CONTROL_DIR_ID..=CONTROL_DIR_ID + FILES.len() as u64).contains(&ino)
@@ -64,20 +123,32 @@ impl CasaFs {
         }
     }
 
+    /// A control file's content for the thread's caller. What casafs
+    /// reads of its own (areas, graveyard) it reads as root; what the
+    /// caller may see is judged as the caller.
     pub fn control_content(&self, ino: u64) -> Vec<u8> {
         let idx = ino.wrapping_sub(CONTROL_DIR_ID + 1) as usize;
         match FILES.get(idx).copied() {
             Some("stats.json") => {
-                let mut v = serde_json::to_vec_pretty(&self.stats.to_json(&self.extra()))
-                    .unwrap_or_default();
+                let extra = crate::creds::as_root(|| self.extra());
+                let mut v =
+                    serde_json::to_vec_pretty(&self.stats.to_json(&extra)).unwrap_or_default();
                 v.push(b'\n');
                 v
             }
-            Some("metrics") => self.stats.to_prometheus(&self.extra()).into_bytes(),
+            Some("metrics") => {
+                let extra = crate::creds::as_root(|| self.extra());
+                self.stats.to_prometheus(&extra).into_bytes()
+            }
             Some("redirects") => {
-                self.redirects.drop_gone(&self.areas);
+                crate::creds::as_root(|| self.redirects.drop_gone(&self.areas));
+                let Ok(root) = self.root_fd() else {
+                    return Vec::new();
+                };
+                use std::os::fd::AsRawFd;
+                let visible = |origin: &[u8]| origin_searchable(root.as_raw_fd(), origin);
                 self.redirects
-                    .render(&self.areas, &self.rule_names)
+                    .render(&self.areas, &self.rule_names, &visible)
                     .into_bytes()
             }
             Some("config") => crate::config::render(&self.settings).into_bytes(),
@@ -92,12 +163,14 @@ impl CasaFs {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Err(Errno::EACCES);
         }
-        let data = self.control_content(ino);
         let root = self.inodes.root()?;
+        let reader = crate::creds::request_caller().uid;
+        self.control.opened(reader)?;
+        let data = self.control.share(ino, reader, self.control_content(ino));
         self.stats.open_handles.fetch_add(1, Relaxed);
         Ok(self.handles.insert(Handle {
             inode: root,
-            body: Body::Control(data),
+            body: Body::Control { data, reader },
             passthrough: false,
             append: false,
         }))
@@ -129,4 +202,24 @@ impl CasaFs {
         }
         v
     }
+}
+
+/// Whether the thread's caller may search its way to the directory of
+/// `origin` (a path relative to the source root), as a lookup through the
+/// mount would need to: every directory on the way opened beneath the root
+/// with the caller's rights.
+fn origin_searchable(root: std::os::fd::RawFd, origin: &[u8]) -> bool {
+    if !crate::creds::unprivileged() {
+        return true;
+    }
+    let Some(i) = origin.iter().rposition(|&b| b == b'/') else {
+        return crate::sys::access_at(root, c"", libc::X_OK).is_ok();
+    };
+    let Ok(dir) = std::ffi::CString::new(&origin[..i]) else {
+        return false;
+    };
+    crate::sys::open_beneath(root, &dir, libc::O_PATH | libc::O_DIRECTORY, 0).is_ok_and(|fd| {
+        use std::os::fd::AsRawFd;
+        crate::sys::access_at(fd.as_raw_fd(), c"", libc::X_OK).is_ok()
+    })
 }

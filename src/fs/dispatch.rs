@@ -16,13 +16,15 @@ use fuser::{
 };
 
 use super::CasaFs;
-use super::entry::Caller;
 use super::ops::SetAttr;
+use crate::creds::Caller;
 
-/// Runs a handler so that a bug that panics costs only its own request:
-/// the reply object is dropped on the way out, which answers EIO, and the
-/// thread goes on reading requests.
-fn guarded(f: impl FnOnce()) {
+/// Runs a handler with the caller's credentials (`crate::creds`), so that
+/// a bug that panics costs only its own request: the reply object is
+/// dropped on the way out, which answers EIO, and the thread goes on
+/// reading requests.
+fn guarded(req: &Request, f: impl FnOnce()) {
+    crate::creds::act_as(&caller(req));
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
         tracing::error!("a request handler panicked; the request was answered EIO");
     }
@@ -64,11 +66,17 @@ impl Filesystem for Dispatch {
         ] {
             let _ = config.add_capabilities(f);
         }
-        if config
-            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
-            .is_ok()
-        {
-            self.killpriv.store(true, Relaxed);
+        // KILLPRIV_V2 spares a GETXATTR of security.capability before
+        // writes: casafs writes as the writer, so the backing clears set-ID
+        // bits and capabilities where it would natively. POSIX_ACL makes
+        // the kernel check ACLs, not only mode bits; DONT_MASK leaves the
+        // umask to casafs, so that a default ACL replaces it as natively.
+        for f in [
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            InitFlags::FUSE_POSIX_ACL,
+            InitFlags::FUSE_DONT_MASK,
+        ] {
+            let _ = config.add_capabilities(f);
         }
         if self.settings.passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -118,16 +126,16 @@ impl Filesystem for Dispatch {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        guarded(|| self.op_lookup(parent.0, name, reply))
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        guarded(req, || self.op_lookup(parent.0, name, reply))
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        guarded(|| self.op_forget(ino.0, nlookup))
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        guarded(req, || self.op_forget(ino.0, nlookup))
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        guarded(|| self.op_getattr(ino.0, fh.map(|f| f.0), reply))
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        guarded(req, || self.op_getattr(ino.0, fh.map(|f| f.0), reply))
     }
 
     fn setattr(
@@ -157,11 +165,11 @@ impl Filesystem for Dispatch {
             mtime: mtime.map(pre_epoch_fixed),
             fh: fh.map(|f| f.0),
         };
-        guarded(|| self.op_setattr(caller(req), ino.0, a, reply))
+        guarded(req, || self.op_setattr(ino.0, a, reply))
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        guarded(|| self.op_readlink(ino.0, reply))
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        guarded(req, || self.op_readlink(ino.0, reply))
     }
 
     fn mknod(
@@ -170,11 +178,13 @@ impl Filesystem for Dispatch {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        guarded(|| self.op_mknod(caller(req), parent.0, name, mode, rdev, reply))
+        guarded(req, || {
+            self.op_mknod(caller(req), parent.0, name, mode, umask, rdev, reply)
+        })
     }
 
     fn mkdir(
@@ -183,18 +193,20 @@ impl Filesystem for Dispatch {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        guarded(|| self.op_mkdir(caller(req), parent.0, name, mode, reply))
+        guarded(req, || {
+            self.op_mkdir(caller(req), parent.0, name, mode, umask, reply)
+        })
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guarded(|| self.op_unlink(parent.0, name, reply))
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded(req, || self.op_unlink(parent.0, name, reply))
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guarded(|| self.op_rmdir(parent.0, name, reply))
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded(req, || self.op_rmdir(parent.0, name, reply))
     }
 
     fn symlink(
@@ -205,12 +217,14 @@ impl Filesystem for Dispatch {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        guarded(|| self.op_symlink(caller(req), parent.0, link_name, target, reply))
+        guarded(req, || {
+            self.op_symlink(caller(req), parent.0, link_name, target, reply)
+        })
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -218,7 +232,9 @@ impl Filesystem for Dispatch {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        guarded(|| self.op_rename(parent.0, name, newparent.0, newname, flags.bits(), reply))
+        guarded(req, || {
+            self.op_rename(parent.0, name, newparent.0, newname, flags.bits(), reply)
+        })
     }
 
     fn link(
@@ -229,16 +245,16 @@ impl Filesystem for Dispatch {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        guarded(|| self.op_link(caller(req), ino.0, newparent.0, newname, reply))
+        guarded(req, || self.op_link(ino.0, newparent.0, newname, reply))
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        guarded(|| self.op_open(caller(req), ino.0, flags.0, reply))
+        guarded(req, || self.op_open(ino.0, flags.0, reply))
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -247,7 +263,7 @@ impl Filesystem for Dispatch {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        guarded(|| self.op_read(fh.0, offset, size, reply))
+        guarded(req, || self.op_read(fh.0, offset, size, reply))
     }
 
     fn write(
@@ -257,29 +273,28 @@ impl Filesystem for Dispatch {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
+        _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        guarded(|| self.op_write(caller(req), fh.0, offset, data, kill, reply))
+        guarded(req, || self.op_write(fh.0, offset, data, reply))
     }
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        guarded(|| self.op_flush(fh.0, reply))
+        guarded(req, || self.op_flush(fh.0, reply))
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -287,75 +302,75 @@ impl Filesystem for Dispatch {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        guarded(|| self.op_release(fh.0, reply))
+        guarded(req, || self.op_release(fh.0, reply))
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guarded(|| self.op_fsync(fh.0, datasync, reply))
+        guarded(req, || self.op_fsync(fh.0, datasync, reply))
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        guarded(|| self.op_opendir(ino.0, reply))
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        guarded(req, || self.op_opendir(ino.0, reply))
     }
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        guarded(|| self.op_readdir(fh.0, offset, reply))
+        guarded(req, || self.op_readdir(fh.0, offset, reply))
     }
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        guarded(|| self.op_readdirplus(fh.0, offset, reply))
+        guarded(req, || self.op_readdirplus(fh.0, offset, reply))
     }
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        guarded(|| self.op_releasedir(fh.0, reply))
+        guarded(req, || self.op_releasedir(fh.0, reply))
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guarded(|| self.op_fsyncdir(fh.0, datasync, reply))
+        guarded(req, || self.op_fsyncdir(fh.0, datasync, reply))
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        guarded(|| self.op_statfs(reply))
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        guarded(req, || self.op_statfs(reply))
     }
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -363,23 +378,23 @@ impl Filesystem for Dispatch {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        guarded(|| self.op_setxattr(ino.0, name, value, flags, reply))
+        guarded(req, || self.op_setxattr(ino.0, name, value, flags, reply))
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        guarded(|| self.op_getxattr(ino.0, name, size, reply))
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        guarded(req, || self.op_getxattr(ino.0, name, size, reply))
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        guarded(|| self.op_listxattr(ino.0, size, reply))
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        guarded(req, || self.op_listxattr(ino.0, size, reply))
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guarded(|| self.op_removexattr(ino.0, name, reply))
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded(req, || self.op_removexattr(ino.0, name, reply))
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        guarded(|| self.op_access(ino.0, mask.bits(), reply))
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        guarded(req, || self.op_access(ino.0, mask.bits(), reply))
     }
 
     fn create(
@@ -388,16 +403,18 @@ impl Filesystem for Dispatch {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        guarded(|| self.op_create(caller(req), parent.0, name, mode, flags, reply))
+        guarded(req, || {
+            self.op_create(caller(req), parent.0, name, mode, umask, flags, reply)
+        })
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -405,24 +422,24 @@ impl Filesystem for Dispatch {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        guarded(|| self.op_fallocate(fh.0, offset, length, mode, reply))
+        guarded(req, || self.op_fallocate(fh.0, offset, length, mode, reply))
     }
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        guarded(|| self.op_lseek(fh.0, offset, whence, reply))
+        guarded(req, || self.op_lseek(fh.0, offset, whence, reply))
     }
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -433,7 +450,7 @@ impl Filesystem for Dispatch {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        guarded(|| {
+        guarded(req, || {
             self.op_copy_file_range(
                 fh_in.0,
                 offset_in,

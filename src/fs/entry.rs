@@ -12,6 +12,8 @@ use std::time::SystemTime;
 use fuser::TimeOrNow;
 
 use super::CasaFs;
+use super::made::Made;
+use crate::creds::{self, Caller};
 use crate::inode::{Anchor, Inode, OpenState, ROOT_ID};
 use crate::redirect::{self, Redirect};
 use crate::sys::{self, Errno, Res, cname};
@@ -23,14 +25,6 @@ pub(super) struct Located {
     pub redirect: Option<Redirect>,
 }
 
-/// Who is asking: the caller's credentials from the request header.
-#[derive(Clone, Copy)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
-}
-
 impl CasaFs {
     /// Resolves `name` in `dir` through the redirect table. A redirect whose
     /// object is gone (removed in the target area directly) is dropped.
@@ -39,7 +33,7 @@ impl CasaFs {
             let area = self.areas.get(r.area).ok_or(Errno::EIO)?;
             let adir = area.dir();
             let afd = adir.dir_fd()?;
-            match sys::stat_at(afd.as_raw_fd(), &r.tname) {
+            match creds::as_root(|| sys::stat_at(afd.as_raw_fd(), &r.tname)) {
                 Ok(_) => {
                     return Ok(Located {
                         dir: adir.clone(),
@@ -120,9 +114,7 @@ impl CasaFs {
             }
             match (hfd, &anchor) {
                 (Some(fd), _) => sys::fchmod(fd, m & 0o7777)?,
-                (None, Anchor::Fd(fd)) => {
-                    sys::chmod_at(libc::AT_FDCWD, &sys::proc_path(fd.as_raw_fd()), m & 0o7777)?
-                }
+                (None, Anchor::Fd(fd)) => sys::chmod_fd(fd.as_raw_fd(), m & 0o7777)?,
                 (None, Anchor::At(d, n)) => {
                     self.verify(&inode, &anchor)?;
                     sys::chmod_at(d.as_raw_fd(), n, m & 0o7777)?
@@ -211,17 +203,22 @@ impl CasaFs {
 
     /// Creates a new name: routed into a target area when a rule matches
     /// (falling back to in place when the area is unusable), otherwise in
-    /// `p`. `make` does the actual creation given a directory and a name and
-    /// must fail with EEXIST if the name exists.
-    #[allow(clippy::too_many_arguments)]
+    /// `p`. `make` does the actual creation given a directory, a name and
+    /// the mode to create with, and must fail with EEXIST if the name
+    /// exists. `made` says for whom and with what mode; a hard link (None)
+    /// keeps its inode's.
+    ///
+    /// In place the object is made as the caller, so the backing gives it
+    /// its owner, group, umask or default ACL and checks what it checks.
+    /// In an area casafs makes it as root and hands it over as an in-place
+    /// creation would have left it.
     pub(super) fn new_entry<T>(
         &self,
-        who: Option<Caller>,
+        made: Option<Made>,
         p: &Arc<Inode>,
         name: &CStr,
         is_dir: bool,
-        mode: u32,
-        make: &dyn Fn(RawFd, &CStr) -> Res<T>,
+        make: &dyn Fn(RawFd, &CStr, u32) -> Res<T>,
     ) -> Res<(Arc<Inode>, libc::stat, T)> {
         if p.nodeid == ROOT_ID && super::is_reserved_root_name(name) {
             return Err(Errno::EPERM);
@@ -231,77 +228,68 @@ impl CasaFs {
         }
         let pfd = p.dir_fd()?;
         if let Some(rule) = self.route(p, name, is_dir) {
-            // EEXIST is judged against the original directory's view.
+            // EEXIST is judged against the original directory's view, and
+            // so is whether the caller may create there at all.
             match sys::stat_at(pfd.as_raw_fd(), name) {
                 Ok(_) => return Err(Errno::EEXIST),
                 Err(Errno::ENOENT) => {}
                 Err(e) => return Err(e),
             }
-            match self.place(rule, name, make) {
-                Ok((area_idx, tname, v)) => {
-                    let adir = self.areas[area_idx].dir();
-                    let afd = adir.dir_fd()?;
-                    let finish = || -> Res<libc::stat> {
-                        let mut st = created_stat(afd.as_raw_fd(), &tname)?;
-                        if let Some(who) = who {
-                            let sg = self.setgid_of(pfd.as_raw_fd())?;
-                            self.give_to_caller(
-                                afd.as_raw_fd(),
-                                &tname,
-                                &mut st,
-                                sg,
-                                who.uid,
-                                who.gid,
-                                mode,
-                                true,
-                            )?;
-                        }
-                        Ok(st)
-                    };
-                    let st = match finish() {
-                        Ok(st) => st,
-                        Err(e) => return Err(undo_create(afd.as_raw_fd(), &tname, is_dir, v, e)),
-                    };
-                    self.record_redirect(p, name, rule, area_idx, &tname);
-                    let inode = self.inodes.remember(&adir, &tname, &st, true);
-                    return Ok((inode, st, v));
-                }
+            sys::access_at(pfd.as_raw_fd(), c"", libc::W_OK | libc::X_OK)?;
+            match self.make_routed(rule, p, pfd.as_raw_fd(), name, is_dir, made, make) {
+                Ok(r) => return Ok(r),
                 // Only a hard link cannot reach an area on another
                 // filesystem; it is made in place, as it would be natively.
                 Err(Errno::EXDEV) => {}
                 Err(e) => self.failed_open(rule, p, name, e),
             }
         }
-        let v = make(pfd.as_raw_fd(), name)?;
-        let finish = || -> Res<libc::stat> {
-            let mut st = created_stat(pfd.as_raw_fd(), name)?;
-            if let Some(who) = who {
-                let sg = if st.st_gid != 0 {
-                    Some(st.st_gid)
-                } else if who.gid != 0 {
-                    self.setgid_of(pfd.as_raw_fd())?
-                } else {
-                    None
-                };
-                self.give_to_caller(
-                    pfd.as_raw_fd(),
-                    name,
-                    &mut st,
-                    sg,
-                    who.uid,
-                    who.gid,
-                    mode,
-                    false,
-                )?;
-            }
-            Ok(st)
-        };
-        let st = match finish() {
+        let mode = made.map_or(0, |m| m.in_place_mode());
+        let v = make(pfd.as_raw_fd(), name, mode)?;
+        let st = match created_stat(pfd.as_raw_fd(), name) {
             Ok(st) => st,
             Err(e) => return Err(undo_create(pfd.as_raw_fd(), name, is_dir, v, e)),
         };
         let in_target = p.in_target || self.is_area_root(&st);
         Ok((self.inodes.remember(p, name, &st, in_target), st, v))
+    }
+
+    /// The routed half of `new_entry`: made in the rule's area as root,
+    /// then given to the caller with the owner, group, mode and ACLs an
+    /// in-place creation in `p` (open as `pfd`) would have given it.
+    #[allow(clippy::too_many_arguments)]
+    fn make_routed<T>(
+        &self,
+        rule: usize,
+        p: &Arc<Inode>,
+        pfd: RawFd,
+        name: &CStr,
+        is_dir: bool,
+        made: Option<Made>,
+        make: &dyn Fn(RawFd, &CStr, u32) -> Res<T>,
+    ) -> Res<(Arc<Inode>, libc::stat, T)> {
+        let setgid = self.setgid_of(pfd)?;
+        let owner = made.map(|m| m.owner_in(pfd, setgid, is_dir));
+        creds::as_root(|| {
+            let create_mode = owner.as_ref().map_or(0, |o| o.mode & 0o777);
+            let (area_idx, tname, v) = self.place(rule, name, &|d, n| make(d, n, create_mode))?;
+            let adir = self.areas[area_idx].dir();
+            let afd = adir.dir_fd()?;
+            let finish = || -> Res<libc::stat> {
+                let st = created_stat(afd.as_raw_fd(), &tname)?;
+                match &owner {
+                    Some(o) => o.hand_over(afd.as_raw_fd(), &tname, st),
+                    None => Ok(st),
+                }
+            };
+            let st = match finish() {
+                Ok(st) => st,
+                Err(e) => return Err(undo_create(afd.as_raw_fd(), &tname, is_dir, v, e)),
+            };
+            self.record_redirect(p, name, rule, area_idx, &tname);
+            let inode = self.inodes.remember(&adir, &tname, &st, true);
+            Ok((inode, st, v))
+        })
     }
 
     /// Counts and logs a routed name that stays in place because the rule's
@@ -360,7 +348,8 @@ impl CasaFs {
     ) {
         let origin = self.origin_of(p, name);
         let area = &self.areas[area_idx];
-        redirect::tag_origin(area, tname, &origin);
+        let by = creds::request_caller();
+        redirect::tag_origin(area, tname, &origin, Some((by.uid, by.gid)));
         tracing::info!(
             "rule {}: {} -> {}",
             self.rule_names[rule],
@@ -394,30 +383,33 @@ impl CasaFs {
 
     pub(super) fn do_mknod(
         &self,
-        who: Caller,
+        made: Made,
         parent: u64,
         name: &OsStr,
-        mode: u32,
         rdev: u32,
     ) -> Res<(Arc<Inode>, libc::stat)> {
         let p = self.inodes.get(parent)?;
         let name = cname(name)?;
-        let mk = |d: RawFd, n: &CStr| sys::mknod_at(d, n, mode, rdev as u64);
-        let (i, st, ()) = self.new_entry(Some(who), &p, &name, false, mode, &mk)?;
+        let fmt = made.mode & libc::S_IFMT;
+        let mk = |d: RawFd, n: &CStr, mode: u32| sys::mknod_at(d, n, fmt | mode, rdev as u64);
+        let (i, st, ()) = self.new_entry(Some(made), &p, &name, false, &mk)?;
         Ok((i, st))
     }
 
     pub(super) fn do_mkdir(
         &self,
-        who: Caller,
+        made: Made,
         parent: u64,
         name: &OsStr,
-        mode: u32,
     ) -> Res<(Arc<Inode>, libc::stat)> {
         let p = self.inodes.get(parent)?;
         let name = cname(name)?;
-        let mk = |d: RawFd, n: &CStr| sys::mkdir_at(d, n, mode & 0o7777);
-        let (i, st, ()) = self.new_entry(Some(who), &p, &name, true, mode, &mk)?;
+        let made = Made {
+            mode: libc::S_IFDIR | (made.mode & 0o7777),
+            ..made
+        };
+        let mk = |d: RawFd, n: &CStr, mode: u32| sys::mkdir_at(d, n, mode & 0o7777);
+        let (i, st, ()) = self.new_entry(Some(made), &p, &name, true, &mk)?;
         Ok((i, st))
     }
 
@@ -431,14 +423,18 @@ impl CasaFs {
         let p = self.inodes.get(parent)?;
         let name = cname(name)?;
         let target = sys::cpath(target)?;
-        let mk = |d: RawFd, n: &CStr| sys::symlink_at(&target, d, n);
-        let (i, st, ()) = self.new_entry(Some(who), &p, &name, false, 0o777, &mk)?;
+        let mk = |d: RawFd, n: &CStr, _: u32| sys::symlink_at(&target, d, n);
+        let made = Made {
+            who,
+            mode: libc::S_IFLNK | 0o777,
+            umask: 0,
+        };
+        let (i, st, ()) = self.new_entry(Some(made), &p, &name, false, &mk)?;
         Ok((i, st))
     }
 
     pub(super) fn do_link(
         &self,
-        who: Caller,
         ino: u64,
         newparent: u64,
         newname: &OsStr,
@@ -447,15 +443,23 @@ impl CasaFs {
         let np = self.inodes.get(newparent)?;
         let newname = cname(newname)?;
         let anchor = inode.anchor()?;
-        self.verify(&inode, &anchor)?;
-        let mk = |d: RawFd, n: &CStr| match &anchor {
+        let st = anchor.stat()?;
+        if !inode.same(&st) {
+            return Err(Errno::ENOENT);
+        }
+        let mk = |d: RawFd, n: &CStr, _: u32| match &anchor {
             Anchor::At(sd, sn) => sys::link_at(sd.as_raw_fd(), sn, d, n, 0),
-            Anchor::Fd(fd) => sys::link_at(fd.as_raw_fd(), c"", d, n, libc::AT_EMPTY_PATH),
+            // The /proc form: AT_EMPTY_PATH would need a capability.
+            Anchor::Fd(fd) => sys::link_at(
+                libc::AT_FDCWD,
+                &sys::proc_path(fd.as_raw_fd()),
+                d,
+                n,
+                libc::AT_SYMLINK_FOLLOW,
+            ),
         };
-        // A link keeps its inode's owner.
-        let _ = who;
         inode.linked.store(true, Relaxed);
-        let (i, st, ()) = self.new_entry(None, &np, &newname, false, 0, &mk)?;
+        let (i, st, ()) = self.new_entry(None, &np, &newname, false, &mk)?;
         Ok((i, st))
     }
 
@@ -517,9 +521,12 @@ impl CasaFs {
         dir: &Arc<Inode>,
         name: &CStr,
     ) {
+        // As root: a grave may be another user's file (a shared directory),
+        // which the caller could not take out of the graveyard; the name
+        // is only taken back if it is still free.
         let back = self.graveyard.dir.dir_fd().and_then(|gfd| {
             let dfd = dir.dir_fd()?;
-            sys::rename_noreplace(gfd.as_raw_fd(), grave, dfd.as_raw_fd(), name)
+            creds::as_root(|| sys::rename_noreplace(gfd.as_raw_fd(), grave, dfd.as_raw_fd(), name))
         });
         if let Err(e) = back {
             tracing::warn!(
@@ -604,9 +611,13 @@ impl CasaFs {
             return Err(Errno::EPERM);
         }
         let loc = self.locate(&p, &name)?;
-        self.remove_file(&loc.dir, &loc.name)?;
         if loc.redirect.is_some() {
+            // A name in an area is casafs's: the kernel has checked what
+            // the caller may do to the original name.
+            creds::as_root(|| self.remove_file(&loc.dir, &loc.name))?;
             self.redirects.remove(&p, &name);
+        } else {
+            self.remove_file(&loc.dir, &loc.name)?;
         }
         Ok(())
     }
@@ -619,9 +630,16 @@ impl CasaFs {
         }
         let loc = self.locate(&p, &name)?;
         let dfd = loc.dir.dir_fd()?;
-        // Only which directory it is: no fresh stat (a round trip on ntfs-3g).
-        let st = sys::stat_cached_at(dfd.as_raw_fd(), &loc.name)?;
-        sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR)?;
+        let remove = || {
+            // Only which directory it is: no fresh stat (a round trip on
+            // ntfs-3g).
+            let st = sys::stat_cached_at(dfd.as_raw_fd(), &loc.name)?;
+            sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR).map(|()| st)
+        };
+        let st = match loc.redirect {
+            Some(_) => creds::as_root(remove)?,
+            None => remove()?,
+        };
         self.redirects.forget_dir(st.st_dev, st.st_ino);
         // A removed directory's number may come back for a new one.
         if let Ok(i) = self
@@ -668,6 +686,14 @@ impl CasaFs {
     }
 
     /// The rename itself; `dir_moved` tells whether a directory moved.
+    ///
+    /// Where an area is involved (a routed name on either side, or a new
+    /// name a rule routes) casafs renames as root, since only root writes
+    /// in the areas. The kernel has checked the caller's rights on both
+    /// directories and on what the rename replaces, as they appear in the
+    /// mount; what it cannot know is that a directory renamed onto a routed
+    /// name moves to another directory, which needs write permission on it:
+    /// checked here as the caller.
     fn rename_names(
         &self,
         parent: u64,
@@ -686,6 +712,35 @@ impl CasaFs {
                 return Err(Errno::EPERM);
             }
         }
+        let routed =
+            self.redirects.get(&p, &name).is_some() || self.redirects.get(&np, &newname).is_some();
+        let routes = flags & libc::RENAME_EXCHANGE == 0
+            && (self.route(&np, &newname, true).is_some()
+                || self.route(&np, &newname, false).is_some());
+        if !routed && !routes {
+            return self.rename_located(&p, &name, &np, &newname, flags, dir_moved);
+        }
+        if routes && !routed {
+            let pfd = p.dir_fd()?;
+            let st = sys::stat_at(pfd.as_raw_fd(), &name)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                sys::access_at(pfd.as_raw_fd(), &name, libc::W_OK)?;
+            }
+        }
+        creds::as_root(|| self.rename_located(&p, &name, &np, &newname, flags, dir_moved))
+    }
+
+    fn rename_located(
+        &self,
+        p: &Arc<Inode>,
+        name: &CStr,
+        np: &Arc<Inode>,
+        newname: &CStr,
+        flags: u32,
+        dir_moved: &mut bool,
+    ) -> Res<()> {
+        let (p, np) = (p.clone(), np.clone());
+        let (name, newname) = (name.to_owned(), newname.to_owned());
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
 
@@ -796,7 +851,13 @@ impl CasaFs {
             .flatten()
             .filter_map(|l| l.redirect.as_ref())
         {
-            redirect::tag_origin(&self.areas[r.area], &r.tname, &r.origin);
+            let by = creds::request_caller();
+            redirect::tag_origin(
+                &self.areas[r.area],
+                &r.tname,
+                &r.origin,
+                Some((by.uid, by.gid)),
+            );
         }
         Ok(())
     }

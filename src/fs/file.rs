@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use parking_lot::MutexGuard;
 
 use super::CasaFs;
-use super::entry::Caller;
+use super::made::Made;
+use crate::creds;
 use crate::handle::{Body, Handle};
-use crate::inode::{Inode, OpenState};
+use crate::inode::{Anchor, Inode, OpenState};
 use crate::sys::{self, Errno, Res, cname};
 
 /// A file opened on the backing store, before it is registered.
@@ -19,8 +20,6 @@ pub(super) struct Opened {
     pub inode: Arc<Inode>,
     pub fd: OwnedFd,
     pub st: libc::stat,
-    /// This open made the file (O_CREAT of a new name).
-    pub created: bool,
     /// The inode's handle count already includes this open.
     pub counted: bool,
 }
@@ -29,8 +28,7 @@ impl CasaFs {
     /// Opens an existing file. Its handle is counted before the backing
     /// file is opened: an unlink meanwhile must find it open (and bury it
     /// where that matters) rather than unlink a file casafs is about to
-    /// hold open, which ntfs-3g would keep as `.fuse_hidden*`. A failure
-    /// before `register` gives the count back through `open_failed`.
+    /// hold open, which ntfs-3g would keep as `.fuse_hidden*`.
     pub(super) fn do_open(&self, ino: u64, flags: i32) -> Res<Opened> {
         let inode = self.inodes.get(ino)?;
         inode.open.lock().handles += 1;
@@ -47,7 +45,6 @@ impl CasaFs {
                 inode,
                 fd,
                 st,
-                created: false,
                 counted: true,
             }),
             Err(e) => {
@@ -57,23 +54,14 @@ impl CasaFs {
         }
     }
 
-    /// An `Opened` that will not be registered after all.
-    pub(super) fn open_failed(&self, o: Opened) {
-        if o.counted {
-            drop(o.fd);
-            self.handle_closed(&o.inode);
-        }
-    }
-
     /// `open(O_CREAT)` of a name the kernel does not know. Routed names,
     /// existing redirects (CASA reopening its log by path) and names that
     /// exist after all (a race) are all handled here.
     pub(super) fn do_create(
         &self,
-        who: Caller,
+        made: Made,
         parent: u64,
         name: &OsStr,
-        mode: u32,
         flags: i32,
     ) -> Res<Opened> {
         let p = self.inodes.get(parent)?;
@@ -85,22 +73,30 @@ impl CasaFs {
                 return Err(Errno::EEXIST);
             }
             let dfd = dir.dir_fd()?;
-            let st = sys::stat_at(dfd.as_raw_fd(), n)?;
-            check_access(who, &st, flags)?;
-            let fd = sys::open_at(
-                dfd.as_raw_fd(),
-                n,
-                (flags & !(libc::O_CREAT | libc::O_EXCL)) | libc::O_NOFOLLOW,
-                0,
-            )?;
+            // A name in an area is casafs's: its object is reached through a
+            // descriptor casafs opens, and opened as the caller through it.
+            let anchor = if dir.private {
+                let obj = creds::as_root(|| {
+                    sys::open_at(dfd.as_raw_fd(), n, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                })?;
+                Anchor::Fd(Arc::new(obj))
+            } else {
+                Anchor::At(dfd.clone(), n.to_owned())
+            };
+            let fd = anchor.open(flags & !(libc::O_CREAT | libc::O_EXCL))?;
             let st = sys::fstat(fd.as_raw_fd())?;
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => {}
+                libc::S_IFDIR => return Err(Errno::EISDIR),
+                // Swapped in behind the kernel's back (it saw no name).
+                _ => return Err(Errno::ENXIO),
+            }
             let in_target = dir.in_target || self.is_area_root(&st);
             let inode = self.inodes.remember(dir, n, &st, in_target);
             Ok(Opened {
                 inode,
                 fd,
                 st,
-                created: false,
                 counted: false,
             })
         };
@@ -108,7 +104,7 @@ impl CasaFs {
         if loc.redirect.is_some() {
             return existing(&loc.dir, &loc.name);
         }
-        let mk = |d: RawFd, n: &CStr| {
+        let mk = |d: RawFd, n: &CStr, mode: u32| {
             sys::open_at(
                 d,
                 n,
@@ -116,12 +112,15 @@ impl CasaFs {
                 mode & 0o7777,
             )
         };
-        match self.new_entry(Some(who), &p, &name, false, mode, &mk) {
+        let made = Made {
+            mode: libc::S_IFREG | (made.mode & 0o7777),
+            ..made
+        };
+        match self.new_entry(Some(made), &p, &name, false, &mk) {
             Ok((inode, st, fd)) => Ok(Opened {
                 inode,
                 fd,
                 st,
-                created: true,
                 counted: false,
             }),
             Err(Errno::EEXIST) if !excl => existing(&p, &name),
@@ -143,12 +142,16 @@ impl CasaFs {
             if is_reg && self.passthrough.load(Relaxed) {
                 if let Some(b) = &open.backing {
                     backing = Some(b.id());
-                } else if self.killpriv.load(Relaxed) && holds_privileges(&o.st) {
-                    // Writes to it must reach casafs, which clears the
-                    // privileges as the kernel would natively.
+                } else if holds_privileges(&o.st) {
+                    // Passthrough writes run with the registrar's rights,
+                    // which are nobody's (`creds::as_registrar`): writes to
+                    // a set-ID file go through casafs as their writer, so
+                    // that an unprivileged one clears the bits and root's
+                    // keeps them, as natively.
                     tracing::debug!("no passthrough for a set-ID file");
                 } else if let Some(dev) = self.dev.get() {
-                    match crate::backing::Backing::open(dev, o.fd.as_raw_fd()) {
+                    let fd = o.fd.as_raw_fd();
+                    match creds::as_registrar(|| crate::backing::Backing::open(dev, fd)) {
                         Ok(b) => {
                             backing = Some(b.id());
                             open.backing = Some(Arc::new(b));
@@ -179,7 +182,7 @@ impl CasaFs {
 
     pub(super) fn do_read(&self, fh: u64, off: u64, size: u32) -> Res<Vec<u8>> {
         let h = self.handles.get(fh)?;
-        if let Body::Control(data) = &h.body {
+        if let Body::Control { data, .. } = &h.body {
             let start = (off as usize).min(data.len());
             let end = start.saturating_add(size as usize).min(data.len());
             return Ok(data[start..end].to_vec());
@@ -199,13 +202,9 @@ impl CasaFs {
         Ok(buf)
     }
 
-    pub(super) fn do_write(
-        &self,
-        fh: u64,
-        off: u64,
-        data: &[u8],
-        kill: Option<Caller>,
-    ) -> Res<u32> {
+    /// A write through casafs runs as the writer: the backing clears set-ID
+    /// bits for an unprivileged one, as it does natively.
+    pub(super) fn do_write(&self, fh: u64, off: u64, data: &[u8]) -> Res<u32> {
         let h = self.handles.get(fh)?;
         let fd = h.fd()?;
         let n = if h.append {
@@ -215,82 +214,8 @@ impl CasaFs {
         } else {
             sys::pwrite(fd, data, off)?
         };
-        if let Some(who) = kill
-            && let Err(e) = clear_privileges(fd, &who)
-        {
-            tracing::warn!("cannot clear set-ID bits after a write: {e:?}");
-        }
         self.stats.bytes_written.fetch_add(n as u64, Relaxed);
         Ok(n as u32)
-    }
-
-    /// An open with O_TRUNC by an unprivileged caller clears set-ID bits, as
-    /// the kernel does natively (casafs truncates as root, which keeps them).
-    ///
-    /// So does an unprivileged open for writing of such a file while
-    /// another handle of it passes through (held open, or closed with its
-    /// release still on its way): the kernel requires every open of the
-    /// inode to pass through then, so this handle's writes would never
-    /// reach casafs, which otherwise clears the bits at the first write.
-    pub(super) fn clear_privileges_on_open(
-        &self,
-        who: Caller,
-        flags: i32,
-        mut o: Opened,
-    ) -> Res<Opened> {
-        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let passes_through = || writes && o.inode.open.lock().backing.is_some();
-        // A file this open made is not truncated (nor stripped) natively.
-        let strip = !o.created
-            && who.uid != 0
-            && self.killpriv.load(Relaxed)
-            && o.st.st_mode & libc::S_IFMT == libc::S_IFREG
-            && holds_privileges(&o.st)
-            && (flags & libc::O_TRUNC != 0 || passes_through());
-        if strip {
-            match clear_privileges(o.fd.as_raw_fd(), &who)
-                .and_then(|()| sys::fstat(o.fd.as_raw_fd()))
-            {
-                Ok(st) => o.st = st,
-                Err(e) => {
-                    self.open_failed(o);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(o)
-    }
-
-    /// The same for a truncate (setattr with a size).
-    pub(super) fn after_truncate(
-        &self,
-        who: Caller,
-        ino: u64,
-        size: Option<u64>,
-        st: libc::stat,
-        fh: Option<u64>,
-    ) -> Res<libc::stat> {
-        if size.is_none()
-            || who.uid == 0
-            || !self.killpriv.load(Relaxed)
-            || st.st_mode & libc::S_IFMT != libc::S_IFREG
-        {
-            return Ok(st);
-        }
-        let kill = privilege_bits(&st, &who);
-        if st.st_mode & kill == 0 {
-            return Ok(st);
-        }
-        self.do_setattr(
-            ino,
-            Some(st.st_mode & 0o7777 & !kill),
-            None,
-            None,
-            None,
-            None,
-            None,
-            fh,
-        )
     }
 
     pub(super) fn do_flush(&self, fh: u64) -> Res<()> {
@@ -318,8 +243,13 @@ impl CasaFs {
             return Err(Errno::EBADF);
         };
         self.stats.open_handles.fetch_sub(1, Relaxed);
-        if matches!(h.body, Body::Control(_) | Body::ControlDir) {
-            return Ok(());
+        match &h.body {
+            Body::Control { reader, .. } => {
+                self.control.closed(*reader);
+                return Ok(());
+            }
+            Body::ControlDir => return Ok(()),
+            _ => {}
         }
         let inode = h.inode.clone();
         let is_file = matches!(h.body, Body::File(_));
@@ -462,90 +392,8 @@ impl CasaFs {
     }
 }
 
-/// Permission check for opening an object that exists, which the kernel
-/// did not check because it believed the name was new (a race, or a routed
-/// name it had not looked up).
-fn check_access(who: Caller, st: &libc::stat, flags: i32) -> Res<()> {
-    if who.uid == 0 {
-        return Ok(());
-    }
-    let mut want = 0;
-    match flags & libc::O_ACCMODE {
-        libc::O_RDONLY => want |= 4,
-        libc::O_WRONLY => want |= 2,
-        _ => want |= 6,
-    }
-    if flags & libc::O_TRUNC != 0 {
-        want |= 2;
-    }
-    let perm = if st.st_uid == who.uid {
-        (st.st_mode >> 6) & 7
-    } else if st.st_gid == who.gid || in_groups(who.pid, st.st_gid) {
-        (st.st_mode >> 3) & 7
-    } else {
-        st.st_mode & 7
-    };
-    if perm & want == want {
-        Ok(())
-    } else {
-        Err(Errno::EACCES)
-    }
-}
-
-fn in_groups(pid: u32, gid: u32) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    s.lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
-}
-
-/// The set-ID bits a write or truncate by an unprivileged caller clears
-/// (as the kernel's `should_remove_suid`): set-user-ID always; set-group-ID
-/// with group execute, or when the caller is not in the file's group.
-fn privilege_bits(st: &libc::stat, who: &Caller) -> u32 {
-    let mut kill = libc::S_ISUID;
-    if st.st_mode & libc::S_IXGRP != 0 || !in_group(who, st.st_gid) {
-        kill |= libc::S_ISGID;
-    }
-    kill
-}
-
-/// Whether the caller is in group `gid` (primary or supplementary, from
-/// /proc; an unreadable status counts as not in the group, the safe side).
-fn in_group(who: &Caller, gid: u32) -> bool {
-    if who.gid == gid {
-        return true;
-    }
-    std::fs::read_to_string(format!("/proc/{}/status", who.pid))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
-        })
-        .unwrap_or(false)
-}
-
-/// Whether a write to this file could have to clear privileges that the
-/// backing filesystem keeps when casafs (root) writes: set-ID bits. File
-/// capabilities need nothing from casafs: a write or truncate drops them
-/// whoever makes it.
+/// Whether the file has set-ID bits, which a write keeps or clears by
+/// who writes.
 fn holds_privileges(st: &libc::stat) -> bool {
     st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0
-}
-
-/// Clears the set-ID bits of an open regular file after an unprivileged
-/// write or truncate (the backing filesystem dropped its capabilities).
-fn clear_privileges(fd: RawFd, who: &Caller) -> Res<()> {
-    let st = sys::fstat(fd)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG || !holds_privileges(&st) {
-        return Ok(());
-    }
-    let kill = privilege_bits(&st, who);
-    if st.st_mode & kill != 0 {
-        sys::fchmod(fd, st.st_mode & 0o7777 & !kill)?;
-    }
-    Ok(())
 }

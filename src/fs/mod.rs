@@ -2,11 +2,13 @@
 //! per-operation modules build on. `dispatch.rs` holds the thin `fuser`
 //! trait impl; each other module implements one family of operations.
 
+mod acl;
 mod control;
 mod dir;
 mod dispatch;
 mod entry;
 mod file;
+mod made;
 pub mod ops;
 pub mod reply;
 mod xattr;
@@ -26,11 +28,11 @@ use crate::handle::HandleTable;
 use crate::inode::{Inode, InodeTable, ROOT_ID};
 use crate::redirect::{Area, RedirectTable};
 use crate::stats::{Extra, Stats};
-use crate::sys::{self, Errno, Res};
+use crate::sys::{self, Res};
 
+pub use crate::creds::Caller;
 pub use control::CONTROL_NAME;
 pub use dispatch::Dispatch;
-pub use entry::Caller;
 
 pub struct CasaFs {
     pub settings: Settings,
@@ -49,12 +51,6 @@ pub struct CasaFs {
     /// only where close reports errors; elsewhere the first flush answers
     /// ENOSYS and the kernel stops sending them.
     pub flush_on_close: bool,
-    /// FUSE_HANDLE_KILLPRIV_V2 is on: the kernel no longer asks for
-    /// security.capability before every write, and casafs clears set-ID bits
-    /// itself where an unprivileged write or truncate would natively (see
-    /// `file.rs`); capabilities go with any write or truncate of the
-    /// backing file.
-    pub killpriv: AtomicBool,
     pub passthrough: AtomicBool,
     /// INIT agreed on FUSE over io_uring: the queues serve requests.
     pub uring: AtomicBool,
@@ -63,6 +59,7 @@ pub struct CasaFs {
     /// The FUSE connection's device, once mounted: backing ids for kernel
     /// passthrough are registered on it.
     pub dev: std::sync::OnceLock<Arc<OwnedFd>>,
+    control: control::Snapshots,
     root: Arc<Inode>,
 }
 
@@ -147,9 +144,9 @@ impl CasaFs {
             passthrough: AtomicBool::new(false),
             uring: AtomicBool::new(false),
             queues: parking_lot::Mutex::new(None),
-            killpriv: AtomicBool::new(false),
             backing_types,
             dev: std::sync::OnceLock::new(),
+            control: control::Snapshots::default(),
             root,
             settings: p.settings,
         };
@@ -191,6 +188,10 @@ impl CasaFs {
     /// (`Area::parent`), never by a path, without following symlinks. True
     /// when the area changed to a live directory.
     pub(super) fn revive_area(&self, idx: usize) -> bool {
+        crate::creds::as_root(|| self.revive_area_now(idx))
+    }
+
+    fn revive_area_now(&self, idx: usize) -> bool {
         let Some(area) = self.areas.get(idx) else {
             return false;
         };
@@ -211,9 +212,23 @@ impl CasaFs {
         if st.st_nlink == 0 || !usable(&area.inode.read()) {
             return false;
         }
+        // Made anew by an operator, not by a user who found the name free:
+        // root's, and open to nobody else.
+        if !crate::areas::adoptable(&st) {
+            tracing::warn!(
+                "target area {} is a new directory that is not root's alone (uid {}, mode {:04o}): not routing to it",
+                area.path.display(),
+                st.st_uid,
+                st.st_mode & 0o7777
+            );
+            return false;
+        }
         let mut cur = area.inode.write();
         if !usable(&cur) {
             return false;
+        }
+        if let Ok(Some(note)) = crate::areas::secure(fd.as_raw_fd()) {
+            tracing::warn!("target area {}: {note}", area.path.display());
         }
         *cur = Inode::new_anchor(cur.nodeid, fd, &st, true);
         tracing::info!(
@@ -331,65 +346,6 @@ impl CasaFs {
             mountpoint: self.settings.mountpoint.to_string_lossy().into_owned(),
             source: self.settings.source.to_string_lossy().into_owned(),
         }
-    }
-
-    /// Gives a newly created object to the caller: owner uid, and gid from
-    /// the caller unless the directory is setgid (the backing filesystem has
-    /// then already given it the directory's group). Restores mode bits that
-    /// a chown clears (set-id bits), so the result is what an in-place
-    /// creation by the caller would have made.
-    #[allow(clippy::too_many_arguments)]
-    fn give_to_caller(
-        &self,
-        dir_fd: i32,
-        name: &CStr,
-        st: &mut libc::stat,
-        dir_setgid: Option<u32>,
-        uid: u32,
-        gid: u32,
-        mode: u32,
-        routed: bool,
-    ) -> Res<()> {
-        let want_gid = dir_setgid.unwrap_or(gid);
-        // A directory made in a setgid directory is setgid itself, so that
-        // what is made in it gets the group too. In place the backing saw
-        // to that; in an area (not setgid) casafs must.
-        let inherit_sgid = routed
-            && dir_setgid.is_some()
-            && st.st_mode & libc::S_IFMT == libc::S_IFDIR
-            && st.st_mode & libc::S_ISGID == 0;
-        if st.st_uid == uid && st.st_gid == want_gid && !inherit_sgid {
-            return Ok(());
-        }
-        if inherit_sgid {
-            sys::chmod_at(dir_fd, name, (st.st_mode & 0o7777) | libc::S_ISGID)?;
-        }
-        match sys::chown_at(dir_fd, name, uid, want_gid, libc::AT_SYMLINK_NOFOLLOW) {
-            Ok(()) => {}
-            // Filesystems without ownership (ntfs-3g without a user
-            // mapping, vfat) refuse chown; the object stays as mapped.
-            Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => {
-                *st = sys::stat_at(dir_fd, name)?;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        }
-        let is_lnk = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
-        let want_mode = mode & 0o7777;
-        if !is_lnk && want_mode & 0o6000 != 0 {
-            let mut m = want_mode;
-            // A set-gid bit for a group the creator is not in would not
-            // survive an in-place creation either.
-            if st.st_mode & libc::S_IFMT != libc::S_IFDIR && want_gid != gid && uid != 0 {
-                m &= !libc::S_ISGID;
-            }
-            if inherit_sgid {
-                m |= libc::S_ISGID;
-            }
-            sys::chmod_at(dir_fd, name, m)?;
-        }
-        *st = sys::stat_at(dir_fd, name)?;
-        Ok(())
     }
 
     /// The group a new object in `dir` gets from a setgid directory.

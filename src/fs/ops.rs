@@ -12,9 +12,10 @@ use fuser::{FileType, FopenFlags, TimeOrNow};
 use super::CasaFs;
 use super::control::is_control;
 use super::dir::{ListingCache, RawEnt};
-use super::entry::Caller;
+use super::made::Made;
 use super::reply::*;
 use super::xattr::XattrAnswer;
+use crate::creds::Caller;
 use crate::handle::Body;
 use crate::inode::{CONTROL_DIR_ID, ROOT_ID};
 use crate::stats::Op;
@@ -133,14 +134,13 @@ impl CasaFs {
         )
     }
 
-    pub fn op_setattr(&self, who: Caller, ino: u64, a: SetAttr, reply: impl AttrReply) {
+    pub fn op_setattr(&self, ino: u64, a: SetAttr, reply: impl AttrReply) {
         serve!(
             self,
             Op::Setattr,
             reply,
             self.do_setattr(ino, a.mode, a.uid, a.gid, a.size, a.atime, a.mtime, a.fh)
-                .map_err(|e| self.lost(ino, e))
-                .and_then(|st| self.after_truncate(who, ino, a.size, st, a.fh)),
+                .map_err(|e| self.lost(ino, e)),
             |st| reply.attr(&self.attr(ino, &st), self.ttl_attr())
         )
     }
@@ -164,20 +164,23 @@ impl CasaFs {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn op_mknod(
         &self,
         who: Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         rdev: u32,
         reply: impl EntryReply,
     ) {
+        let made = Made { who, mode, umask };
         serve!(
             self,
             Op::Mknod,
             reply,
-            self.do_mknod(who, parent, name, mode, rdev),
+            self.do_mknod(made, parent, name, rdev),
             |(i, st)| self.reply_entry(reply, &i, &st)
         )
     }
@@ -188,13 +191,15 @@ impl CasaFs {
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         reply: impl EntryReply,
     ) {
+        let made = Made { who, mode, umask };
         serve!(
             self,
             Op::Mkdir,
             reply,
-            self.do_mkdir(who, parent, name, mode),
+            self.do_mkdir(made, parent, name),
             |(i, st)| self.reply_entry(reply, &i, &st)
         )
     }
@@ -250,24 +255,17 @@ impl CasaFs {
         )
     }
 
-    pub fn op_link(
-        &self,
-        who: Caller,
-        ino: u64,
-        newparent: u64,
-        newname: &OsStr,
-        reply: impl EntryReply,
-    ) {
+    pub fn op_link(&self, ino: u64, newparent: u64, newname: &OsStr, reply: impl EntryReply) {
         serve!(
             self,
             Op::Link,
             reply,
-            self.do_link(who, ino, newparent, newname),
+            self.do_link(ino, newparent, newname),
             |(i, st)| self.reply_entry(reply, &i, &st)
         )
     }
 
-    pub fn op_open(&self, who: Caller, ino: u64, flags: i32, reply: impl OpenReply) {
+    pub fn op_open(&self, ino: u64, flags: i32, reply: impl OpenReply) {
         if is_control(ino) {
             return serve!(self, Op::Open, reply, self.control_open(ino, flags), |fh| {
                 reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO, None)
@@ -277,9 +275,7 @@ impl CasaFs {
             self,
             Op::Open,
             reply,
-            self.do_open(ino, flags)
-                .map_err(|e| self.lost(ino, e))
-                .and_then(|o| self.clear_privileges_on_open(who, flags, o)),
+            self.do_open(ino, flags).map_err(|e| self.lost(ino, e)),
             |o| {
                 let (fh, backing) = self.register(o, flags);
                 reply.opened(fh, FopenFlags::empty(), backing)
@@ -293,22 +289,14 @@ impl CasaFs {
         })
     }
 
-    /// `kill_suidgid`: the kernel asks casafs to clear set-ID bits and
-    /// capabilities as an unprivileged write would natively.
-    pub fn op_write(
-        &self,
-        who: Caller,
-        fh: u64,
-        offset: u64,
-        data: &[u8],
-        kill_suidgid: bool,
-        reply: impl WriteReply,
-    ) {
+    /// The kernel's `kill_suidgid` flag needs nothing: the write runs as
+    /// the writer, and the backing clears what it clears natively.
+    pub fn op_write(&self, fh: u64, offset: u64, data: &[u8], reply: impl WriteReply) {
         serve!(
             self,
             Op::Write,
             reply,
-            self.do_write(fh, offset, data, kill_suidgid.then_some(who)),
+            self.do_write(fh, offset, data),
             |n| reply.written(n)
         )
     }
@@ -463,21 +451,23 @@ impl CasaFs {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn op_create(
         &self,
         who: Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         flags: i32,
         reply: impl CreateReply,
     ) {
+        let made = Made { who, mode, umask };
         serve!(
             self,
             Op::Create,
             reply,
-            self.do_create(who, parent, name, mode, flags)
-                .and_then(|o| self.clear_privileges_on_open(who, flags, o)),
+            self.do_create(made, parent, name, flags),
             |o| {
                 let attr = self.attr(o.inode.nodeid, &o.st);
                 let generation = o.inode.generation;

@@ -6,9 +6,23 @@
 
 use std::ffi::{CStr, OsStr};
 
+use std::os::fd::AsRawFd;
+
 use super::CasaFs;
+use crate::creds;
+use crate::inode::Anchor;
 use crate::redirect::ORIGIN_XATTRS;
-use crate::sys::{Errno, Res, cname};
+use crate::sys::{self, Errno, Res, cname};
+
+const CAPABILITY: &CStr = c"security.capability";
+
+/// Whether the caller may write the object.
+fn may_write(anchor: &Anchor) -> bool {
+    match anchor {
+        Anchor::At(d, n) => sys::access_at(d.as_raw_fd(), n, libc::W_OK).is_ok(),
+        Anchor::Fd(fd) => sys::access_at(fd.as_raw_fd(), c"", libc::W_OK).is_ok(),
+    }
+}
 
 fn is_origin(name: &CStr) -> bool {
     ORIGIN_XATTRS.contains(&name)
@@ -109,7 +123,18 @@ impl CasaFs {
         if is_origin(&name) {
             return Err(Errno::ENODATA);
         }
-        inode.anchor()?.removexattr(&name)
+        let anchor = inode.anchor()?;
+        match anchor.removexattr(&name) {
+            // The kernel drops a file's capabilities before a write by
+            // anyone who may write it, and asks casafs to here; the caller
+            // lacks CAP_SETFCAP, which the kernel does not need for that.
+            Err(Errno::EPERM)
+                if name.as_c_str() == CAPABILITY && creds::unprivileged() && may_write(&anchor) =>
+            {
+                creds::as_root(|| anchor.removexattr(&name))
+            }
+            r => r,
+        }
     }
 }
 

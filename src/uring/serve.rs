@@ -72,6 +72,7 @@ pub fn serve(
         gid: h.gid,
         pid: h.pid,
     };
+    crate::creds::act_as(&who);
     let ino = h.nodeid;
     macro_rules! name_or_einval {
         ($b:expr) => {
@@ -113,7 +114,7 @@ pub fn serve(
                 ),
                 fh: (v & FATTR_FH != 0).then_some(a.fh),
             };
-            fs.op_setattr(who, ino, set, r)
+            fs.op_setattr(ino, set, r)
         }
         READLINK => fs.op_readlink(ino, r),
         SYMLINK => {
@@ -124,12 +125,12 @@ pub fn serve(
         MKNOD => {
             let a: MknodIn = read(op_in);
             let (name, _) = name_or_einval!(payload);
-            fs.op_mknod(who, ino, name, a.mode, a.rdev, r)
+            fs.op_mknod(who, ino, name, a.mode, a.umask, a.rdev, r)
         }
         MKDIR => {
             let a: MkdirIn = read(op_in);
             let (name, _) = name_or_einval!(payload);
-            fs.op_mkdir(who, ino, name, a.mode, r)
+            fs.op_mkdir(who, ino, name, a.mode, a.umask, r)
         }
         UNLINK => {
             let (name, _) = name_or_einval!(payload);
@@ -153,9 +154,9 @@ pub fn serve(
         LINK => {
             let a: LinkIn = read(op_in);
             let (name, _) = name_or_einval!(payload);
-            fs.op_link(who, a.oldnodeid, ino, name, r)
+            fs.op_link(a.oldnodeid, ino, name, r)
         }
-        OPEN => fs.op_open(who, ino, read::<OpenIn>(op_in).flags as i32, r),
+        OPEN => fs.op_open(ino, read::<OpenIn>(op_in).flags as i32, r),
         READ => {
             let a: IoIn = read(op_in);
             fs.op_read(a.fh, a.offset, a.size, r)
@@ -165,8 +166,7 @@ pub fn serve(
             let Some(data) = payload.get(..a.size as usize) else {
                 return r.error(Errno::EINVAL);
             };
-            let kill = a.io_flags & WRITE_KILL_SUIDGID != 0;
-            fs.op_write(who, a.fh, a.offset, data, kill, r)
+            fs.op_write(a.fh, a.offset, data, r)
         }
         STATFS => fs.op_statfs(r),
         RELEASE => fs.op_release(read::<ReleaseIn>(op_in).fh, r),
@@ -211,7 +211,7 @@ pub fn serve(
         CREATE => {
             let a: CreateIn = read(op_in);
             let (name, _) = name_or_einval!(payload);
-            fs.op_create(who, ino, name, a.mode, a.flags as i32, r)
+            fs.op_create(who, ino, name, a.mode, a.umask, a.flags as i32, r)
         }
         FALLOCATE => {
             let a: FallocateIn = read(op_in);
