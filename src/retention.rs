@@ -5,16 +5,18 @@
 //! working directory, and not when anything inside a directory is open.
 //! Every removal is logged with its path and size and counted.
 //!
-//! The area is reached through the filesystem's own descriptor of it, via
-//! `/proc/self/fd/N/...`, which never resolves through the mount: an area
-//! inside a tree mounted over itself is read from below. The filesystem
-//! gives the area's directory as it is now, so an area an operator made
-//! anew is emptied, not the old one.
+//! The area is reached through the filesystem's own descriptor of it, and
+//! everything in it through descriptors opened from there, which never
+//! resolve through the mount (an area inside a tree mounted over itself is
+//! read from below) nor follow a symlink. The filesystem gives the area's
+//! directory as it is now, so an area an operator made anew is emptied,
+//! not the old one. What is inside a directory goes with the rights of
+//! the user who routed it there, never root's.
 
 use std::collections::HashSet;
+use std::ffi::{CStr, CString};
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::rules::{Kind, Rule};
 use crate::stats::Stats;
+use crate::{sys, tree};
 
 /// One rule with a retention, and the area it empties.
 pub struct Retention {
@@ -76,53 +79,60 @@ pub fn start(list: Vec<Retention>, stats: Arc<Stats>, fs: std::sync::Weak<dyn Mo
 /// A candidate for removal: its name in the area, its size and the inode
 /// numbers of everything in it.
 struct Expired {
-    name: std::ffi::OsString,
+    name: CString,
     is_dir: bool,
     bytes: u64,
     age: Duration,
     inos: HashSet<u64>,
+    /// Who put it there: the user who routed it, else its owner.
+    by: (u32, u32),
 }
 
 fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
     let Some(area) = fs.area_dir(r.area) else {
         return;
     };
-    let base = PathBuf::from(format!("/proc/self/fd/{}", area.as_raw_fd()));
-    let Ok(entries) = fs::read_dir(&base) else {
+    let Ok(list) = sys::open_at(
+        area.as_raw_fd(),
+        c".",
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    ) else {
         return;
     };
     let now = SystemTime::now();
     let mut expired = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name();
+    for name in tree::list_dir(&list).unwrap_or_default() {
         // The rule's objects: by their name in the area, or, for one that
         // got a suffix there (`tmp12-2.ms` next to `tmp12.ms`), by the name
         // it was routed from, which must be that name without the suffix
         // (a table an operator renamed to keep it stays kept).
-        if !r.rule.matches_name(name.as_bytes())
-            && !crate::redirect::uncandidate(name.as_bytes()).is_some_and(|base| {
+        let bytes = name.to_bytes();
+        if !r.rule.matches_name(bytes)
+            && !crate::redirect::uncandidate(bytes).is_some_and(|base| {
                 r.rule.matches_name(&base)
-                    && origin_name(&area, name.as_bytes()).as_deref() == Some(&base[..])
+                    && origin_name(&area, &name).as_deref() == Some(&base[..])
             })
         {
             continue;
         }
-        let Ok(md) = e.path().symlink_metadata() else {
+        let Ok(st) = sys::stat_at(area.as_raw_fd(), &name) else {
             continue;
         };
-        let is_dir = md.is_dir();
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         if (r.rule.kind == Kind::File && is_dir) || (r.rule.kind == Kind::Dir && !is_dir) {
             continue;
         }
+        let by = crate::redirect::routed_by(&area, &name).unwrap_or((st.st_uid, st.st_gid));
         let mut x = Expired {
             name,
             is_dir,
             bytes: 0,
             age: Duration::MAX,
             inos: HashSet::new(),
+            by,
         };
-        let mut newest = 0i64;
-        survey(&e.path(), &md, &mut x, &mut newest);
+        let newest = survey(area.as_raw_fd(), &st, &mut x);
         let changed = UNIX_EPOCH + Duration::from_nanos(newest.max(0) as u64);
         x.age = now.duration_since(changed).unwrap_or_default();
         if x.age >= r.age {
@@ -134,18 +144,12 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
     }
     let held = held_inodes(fs);
     for x in expired {
-        let path = base.join(&x.name);
-        let shown = r.area_path.join(&x.name);
+        let shown = r.area_path.join(x.name.to_string_lossy().as_ref());
         if x.inos.iter().any(|i| held.contains(i)) {
             tracing::debug!("retention: {} is open, kept", shown.display());
             continue;
         }
-        let res = if x.is_dir {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        match res {
+        match remove(area.as_raw_fd(), &x) {
             Ok(()) => {
                 stats.rules[r.index].retention_removed.fetch_add(1, Relaxed);
                 tracing::info!(
@@ -156,38 +160,68 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
                     x.age.as_secs()
                 );
             }
-            Err(e) => tracing::warn!("retention: cannot remove {}: {e}", shown.display()),
+            Err(e) => tracing::warn!(
+                "retention: cannot remove {} (with the rights of uid {}): {}",
+                shown.display(),
+                x.by.0,
+                std::io::Error::from_raw_os_error(e.code())
+            ),
         }
+    }
+}
+
+/// Removes an expired object from the area. What is inside a directory
+/// goes with the rights of the user who put it there, never more: what
+/// that user could not remove stays, and so does the directory. The name
+/// in the area is casafs's, and goes as root.
+fn remove(area: RawFd, x: &Expired) -> sys::Res<()> {
+    if x.is_dir {
+        let dir = sys::open_at(
+            area,
+            &x.name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        crate::creds::as_user(x.by.0, x.by.1, || tree::empty(dir)).ok_or(sys::Errno::EPERM)?;
+        sys::unlink_at(area, &x.name, libc::AT_REMOVEDIR)
+    } else {
+        sys::unlink_at(area, &x.name, 0)
     }
 }
 
 /// The last component of the origin casafs recorded on a routed object.
-fn origin_name(area: &Arc<OwnedFd>, name: &[u8]) -> Option<Vec<u8>> {
-    let name = std::ffi::CString::new(name).ok()?;
-    let origin = crate::redirect::recorded_origin(area, &name)?;
+fn origin_name(area: &Arc<OwnedFd>, name: &CStr) -> Option<Vec<u8>> {
+    let origin = crate::redirect::recorded_origin(area, name)?;
     origin.rsplit(|&b| b == b'/').next().map(<[u8]>::to_vec)
 }
 
 /// Size, newest change time (nanoseconds since 1970) and inode numbers of
-/// a tree, without following symlinks.
-fn survey(p: &Path, md: &fs::Metadata, x: &mut Expired, newest: &mut i64) {
-    x.inos.insert(md.ino());
-    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
-    *newest = (*newest)
-        .max(ns(md.mtime(), md.mtime_nsec()))
-        .max(ns(md.ctime(), md.ctime_nsec()));
-    if md.is_file() {
-        x.bytes += md.len();
-    }
-    if md.is_dir()
-        && let Ok(rd) = fs::read_dir(p)
-    {
-        for e in rd.flatten() {
-            if let Ok(m) = e.path().symlink_metadata() {
-                survey(&e.path(), &m, x, newest);
-            }
+/// `x` (in the directory `area`, with attributes `st`) and what is in it,
+/// without following symlinks.
+fn survey(area: RawFd, st: &libc::stat, x: &mut Expired) -> i64 {
+    let mut newest = 0i64;
+    let mut note = |st: &libc::stat| {
+        x.inos.insert(st.st_ino);
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        newest = newest
+            .max(ns(st.st_mtime, st.st_mtime_nsec))
+            .max(ns(st.st_ctime, st.st_ctime_nsec));
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            x.bytes += st.st_size as u64;
         }
+    };
+    note(st);
+    if x.is_dir
+        && let Ok(dir) = sys::open_at(
+            area,
+            &x.name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+    {
+        tree::walk(dir, &mut |_, _, st| note(st), &mut |_, _| {});
     }
+    newest
 }
 
 /// Inode numbers of everything open, mapped or used as a working directory
