@@ -258,27 +258,127 @@ fn free_name(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}-{}", std::process::id()))
 }
 
-fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
-    let m = fs::symlink_metadata(from)?;
-    if m.is_dir() {
-        fs::create_dir(to)?;
-        for e in fs::read_dir(from)? {
-            let e = e?;
-            copy_tree(&e.path(), &to.join(e.file_name()))?;
+/// Who a move is done for: the owner of the object moved, with the groups
+/// the system gives that user.
+#[derive(Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+impl Owner {
+    /// Runs `f` with the owner's rights (as root where casafs cannot switch).
+    fn acting<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        crate::creds::as_user(self.uid, self.gid, f).unwrap_or_else(|| {
+            Err(io::Error::other(format!(
+                "cannot take the credentials of uid {}",
+                self.uid
+            )))
+        })
+    }
+}
+
+/// Copies `from` (read with the owner's rights) to `to` (made by the
+/// caller of sweep, root), as `cp -a` by the owner would leave it: every
+/// object the owner's, the group kept where the owner is in it, and
+/// set-ID bits only on what the owner owned. Directories are walked
+/// without recursion.
+fn copy_as(owner: Owner, from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let groups = crate::creds::user_groups(owner.uid, owner.gid);
+    let give = |to: &Path, m: &fs::Metadata| -> io::Result<()> {
+        let gid = if m.gid() == owner.gid || groups.contains(&m.gid()) {
+            m.gid()
+        } else {
+            owner.gid
+        };
+        std::os::unix::fs::lchown(to, Some(owner.uid), Some(gid))?;
+        if !m.file_type().is_symlink() {
+            let mut mode = m.mode() & 0o7777;
+            if m.uid() != owner.uid {
+                mode &= !(libc::S_ISUID | libc::S_ISGID);
+            }
+            if gid != m.gid() {
+                mode &= !libc::S_ISGID;
+            }
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
         }
-        fs::set_permissions(to, m.permissions())?;
-    } else if m.file_type().is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
-    } else {
-        fs::copy(from, to)?;
-        fs::File::open(to)?.sync_all()?;
+        Ok(())
+    };
+    let mut todo = vec![(from.to_path_buf(), to.to_path_buf())];
+    let mut dirs = Vec::new();
+    while let Some((from, to)) = todo.pop() {
+        let m = owner.acting(|| fs::symlink_metadata(&from))?;
+        if m.is_dir() {
+            let entries: Vec<_> = owner.acting(|| fs::read_dir(&from)?.collect())?;
+            fs::create_dir(&to)?;
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o700))?;
+            for e in entries {
+                todo.push((e.path(), to.join(e.file_name())));
+            }
+            // Modes last: a directory the owner may not write stays
+            // writable while it is filled.
+            dirs.push((to, m));
+        } else if m.file_type().is_symlink() {
+            let target = owner.acting(|| fs::read_link(&from))?;
+            std::os::unix::fs::symlink(target, &to)?;
+            give(&to, &m)?;
+        } else if m.is_file() {
+            let mut src = owner.acting(|| {
+                use std::os::unix::fs::OpenOptionsExt;
+                fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&from)
+            })?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut dst = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&to)?;
+            io::copy(&mut src, &mut dst)?;
+            dst.sync_all()?;
+            give(&to, &m)?;
+        }
+        // Devices, FIFOs and sockets are not copied: `mv` by their owner
+        // could not make the first, and the others hold no data.
+    }
+    for (to, m) in dirs.iter().rev() {
+        give(to, m)?;
     }
     Ok(())
 }
 
-/// Moves `from` into `to_dir` under a free name; across filesystems it
-/// copies, syncs, and only then removes the original.
+/// Moves `from` into `to_dir` under a free name, as `mv` by its owner
+/// would: only if the owner may take it out of its directory; across
+/// filesystems it copies (`copy_as`), syncs, and only then removes the
+/// original, with the owner's rights.
 fn move_into(from: &Path, to_dir: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(from)?;
+    let owner = Owner {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    let parent = from.parent().unwrap_or(Path::new("/"));
+    let may = owner.acting(|| {
+        let p = crate::sys::cpath(parent).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+        crate::sys::access_at(libc::AT_FDCWD, &p, libc::W_OK | libc::X_OK)
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))
+    });
+    if let Err(e) = may {
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "its owner (uid {}) may not move it out of {}: {e}",
+                owner.uid,
+                parent.display()
+            ),
+        ));
+    }
     fs::create_dir_all(to_dir)?;
     let name = from
         .file_name()
@@ -286,14 +386,25 @@ fn move_into(from: &Path, to_dir: &Path) -> io::Result<PathBuf> {
         .unwrap_or_default();
     let dest = free_name(to_dir, &name);
     match fs::rename(from, &dest) {
-        Ok(()) => Ok(dest),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            copy_tree(from, &dest)?;
-            if fs::symlink_metadata(from)?.is_dir() {
-                fs::remove_dir_all(from)?;
-            } else {
-                fs::remove_file(from)?;
+        Ok(()) => {
+            // The object moved must be the one judged: put anything else
+            // back where it was.
+            let moved = fs::symlink_metadata(&dest)?;
+            if file_id(&moved) != file_id(&meta) {
+                fs::rename(&dest, from)?;
+                return Err(io::Error::other("it changed while it was moved"));
             }
+            Ok(dest)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            copy_as(owner, from, &dest)?;
+            owner.acting(|| {
+                if fs::symlink_metadata(from)?.is_dir() {
+                    fs::remove_dir_all(from)
+                } else {
+                    fs::remove_file(from)
+                }
+            })?;
             Ok(dest)
         }
         Err(e) => Err(e),
@@ -313,6 +424,11 @@ fn human(b: u64) -> String {
 }
 
 pub fn run(a: SweepArgs) -> i32 {
+    if !crate::creds::enabled() {
+        println!(
+            "sweep: not run as root: other users' processes are not seen, so a file one of them holds may show as held by nobody"
+        );
+    }
     let tree = match fs::canonicalize(&a.tree) {
         Ok(t) if t.is_dir() => t,
         Ok(t) => {
