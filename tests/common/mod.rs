@@ -13,6 +13,13 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_casafs");
 
+/// The binary the mounts run: this build's, or `CASAFS_BIN` to run the
+/// same tests against another build (an older one, to show a test fails
+/// there).
+pub fn bin() -> String {
+    std::env::var("CASAFS_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A unique scratch directory, removed on drop.
@@ -148,7 +155,7 @@ impl MountBuilder {
             m
         };
         let log = tmp.path().join("casafs.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("mount").arg(&source).arg(&mnt).arg("-f");
         for o in &self.opts {
             cmd.arg("-o").arg(o);

@@ -1,0 +1,634 @@
+//! A local user must never get through casafs what Linux refuses them
+//! natively. Each test is an attack as a hostile user would run it (uid
+//! `tests`, which `.ci/run` makes), on the production shape: casafs as
+//! root, mounted over itself with `allow_other`, its areas on another
+//! filesystem (a tmpfs) outside the mount. Every attack first tries the
+//! way that worked before casafs acted as its callers; where that way is
+//! closed now, the next defence is tried too.
+//!
+//! `CASAFS_BIN=/path/to/an/older/casafs cargo nextest run --test security`
+//! runs them against another build.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The unprivileged attacker.
+fn attacker() -> (u32, u32) {
+    user_ids("tests")
+}
+
+/// casafs mounted over `tmp/tree` with both areas on a tmpfs of their own
+/// (`tmp/fast`), as the production fstab line has scratch on NVMe.
+struct Shape {
+    m: Mount,
+    fast: Tmpfs,
+}
+
+impl Shape {
+    fn logs(&self) -> PathBuf {
+        self.fast.0.join("logs")
+    }
+    fn scratch(&self) -> PathBuf {
+        self.fast.0.join("scratch")
+    }
+}
+
+fn production(tag: &str, extra: &[&str]) -> Shape {
+    let tmp = TempDir::new(tag);
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let tree = tmp.path().join("tree");
+    let mut b = Mount::builder(tag)
+        .opt(&format!("logs={}", fast.0.join("logs").display()))
+        .opt(&format!("scratch={}", fast.0.join("scratch").display()));
+    for o in extra {
+        b = b.arg(o);
+    }
+    let m = b.source(&tree, tmp).start();
+    Shape { m, fast }
+}
+
+/// Runs a Python program as `uid:gid` in `dir` (a race needs a loop no
+/// shell is quick enough for).
+fn python_as(uid: u32, gid: u32, dir: &Path, program: &str) -> std::process::Output {
+    sh_as(
+        uid,
+        gid,
+        dir,
+        &format!("exec python3 -c '{}'", program.replace('\'', "'\"'\"'")),
+    )
+}
+
+#[test]
+fn chmod_through_a_swapped_symlink_never_reaches_roots_files() {
+    let s = production("sec-chmod", &[]);
+    let (uid, gid) = attacker();
+    // Root's file, which the attacker may not change.
+    let victim = s.fast.0.join("victim");
+    fs::write(&victim, b"root's").unwrap();
+    chmod(&victim, 0o644);
+    fs::create_dir(s.m.p("work")).unwrap();
+    std::os::unix::fs::chown(s.m.p("work"), Some(uid), Some(gid)).unwrap();
+    ok(&sh_as(
+        uid,
+        gid,
+        &s.m.p("work"),
+        &format!(
+            "mkdir TMPPOINTINGx && : > TMPPOINTINGx/f && ln -s {} TMPPOINTINGx/l",
+            victim.display()
+        ),
+    ));
+    // The attacker swaps f and the symlink in the area directly where it
+    // can, else through the mount, while asking casafs to chmod f.
+    let direct = s.scratch().join("TMPPOINTINGx");
+    let program = format!(
+        r#"
+import ctypes, os, sys, time, threading
+libc = ctypes.CDLL(None, use_errno=True)
+direct = {direct:?}
+mounted = {mounted:?}
+swap_in = direct if os.access(direct, os.W_OK) else mounted
+print("swapping in", swap_in, flush=True)
+a = (swap_in + "/f").encode(); b = (swap_in + "/l").encode()
+stop = time.time() + 6
+def swap():
+    while time.time() < stop:
+        libc.renameat2(-100, a, -100, b, 2)
+threading.Thread(target=swap, daemon=True).start()
+target = mounted + "/f"
+while time.time() < stop:
+    try:
+        os.chmod(target, 0o4755)
+    except OSError:
+        pass
+    if os.stat({victim:?}).st_mode & 0o4000:
+        print("root's file is set-user-ID", flush=True)
+        sys.exit(0)
+"#,
+        direct = direct.to_string_lossy(),
+        mounted = s.m.p("work/TMPPOINTINGx").to_string_lossy(),
+        victim = victim.to_string_lossy(),
+    );
+    let out = python_as(uid, gid, &s.m.p("work"), &program);
+    let st = fs::metadata(&victim).unwrap();
+    assert_eq!(
+        (st.mode() & 0o7777, st.uid()),
+        (0o644, 0),
+        "root's file changed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Runs `script` as the attacker in a native directory and in the mount
+/// (each as `$D`), after `setup` as root in both; returns both outputs.
+fn native_and_mounted(tag: &str, setup: &str, script: &str) -> (String, String) {
+    let s = production(tag, &[]);
+    let native = TempDir::new(&format!("{tag}-native"));
+    let (uid, gid) = attacker();
+    let mut outs = Vec::new();
+    for d in [native.path().to_path_buf(), s.m.p("d")] {
+        fs::create_dir_all(&d).unwrap();
+        chmod(&d, 0o755);
+        ok(&sh(&d, setup));
+        let o = sh_as(
+            uid,
+            gid,
+            Path::new("/"),
+            &format!("D={}; cd $D; {script}", d.display()),
+        );
+        outs.push(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr).replace(&d.display().to_string(), "$D")
+        ));
+    }
+    drop(s);
+    let mounted = outs.pop().unwrap_or_default();
+    (outs.pop().unwrap_or_default(), mounted)
+}
+
+#[test]
+fn acl_entries_refuse_what_they_refuse_natively() {
+    let setup = "echo secret > f; chmod 0644 f; setfacl -m u:tests:--- f; \
+                 mkdir sub; chmod 0755 sub; echo in > sub/g; setfacl -m u:tests:--- sub; \
+                 echo open > h; chmod 0600 h; setfacl -m u:tests:r-- h";
+    let script = "cat f 2>&1 | sed 's/.*: //'; test -r f && echo readable-f; \
+                  cat sub/g 2>&1 | sed 's/.*: //'; ls sub 2>&1 | sed 's/.*: //'; \
+                  cat h; test -r h && echo readable-h";
+    let (native, mounted) = native_and_mounted("sec-acl", setup, script);
+    assert!(native.contains("Permission denied"), "{native}");
+    assert_eq!(mounted, native);
+}
+
+#[test]
+fn default_acls_and_the_mask_come_out_as_natively_in_place_and_routed() {
+    // A shared directory whose default ACL gives the attacker's group
+    // rw: what the creator makes there, in place or routed, carries it,
+    // and the creator's umask (077 here) gives way to it as natively.
+    let setup = "mkdir -p shared; chmod 0770 shared; \
+                 setfacl -m d:u:tests:rw-,d:g::r-x,d:o::---,u:tests:rwx shared; \
+                 cd shared; umask 077; echo x > plain.txt; echo y > casa-20250101-000000.log; \
+                 mkdir TMPPOINTING1; echo z > TMPPOINTING1/t";
+    let script = "cd shared; for f in plain.txt casa-20250101-000000.log TMPPOINTING1 TMPPOINTING1/t; do \
+                  getfacl -cp $f 2>&1; stat -c '%a %U' $f; done; cat casa-20250101-000000.log TMPPOINTING1/t";
+    let (native, mounted) = native_and_mounted("sec-defacl", setup, script);
+    assert!(native.contains("user:tests:rw-"), "{native}");
+    assert_eq!(mounted, native);
+}
+
+#[test]
+fn an_open_of_a_fifo_swapped_in_never_stalls_other_users() {
+    // The attacker's own file, seen by the kernel as a regular file, is
+    // replaced behind its back by a FIFO: in the backing tree, which is
+    // reachable beside the mount when the mount is not over itself.
+    let tmp = TempDir::new("sec-fifo");
+    let tree = tmp.path().join("tree");
+    let m = Mount::builder("sec-fifo")
+        .separate()
+        .source(&tree, tmp)
+        .start();
+    let (uid, gid) = attacker();
+    fs::create_dir(m.p("u")).unwrap();
+    std::os::unix::fs::chown(m.p("u"), Some(uid), Some(gid)).unwrap();
+    ok(&sh_as(uid, gid, &m.p("u"), "echo x > f; cat f >/dev/null"));
+    fs::write(m.p("other"), b"someone else's").unwrap();
+    ok(&sh_as(uid, gid, &m.source.join("u"), "rm f && mkfifo f"));
+    // The attacker opens it through the mount, several times at once: each
+    // would hold a serving thread.
+    let openers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "timeout",
+                "3",
+                "cat",
+            ])
+            .arg(m.p("u/f"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            c.spawn().unwrap()
+        })
+        .collect();
+    // Meanwhile another user is served at once.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = m.p("other");
+    std::thread::spawn(move || {
+        let _ = tx.send(fs::read(&other).is_ok());
+    });
+    let served = rx.recv_timeout(Duration::from_secs(5));
+    // Whatever happened, let the openers go: a writer releases a reader
+    // waiting in the backing; `timeout` ends any waiting in the mount.
+    let fifo = m.source.join("u/f");
+    let _writer = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+    };
+    for mut o in openers {
+        let _ = o.wait();
+    }
+    assert_eq!(
+        served,
+        Ok(true),
+        "another user's read waited {:?} behind opens of a FIFO",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_log_from_a_private_directory_is_private_in_the_logs_area_and_the_control_files() {
+    let s = production("sec-private", &[]);
+    let (uid, gid) = attacker();
+    fs::create_dir(s.m.p("private")).unwrap();
+    chmod(&s.m.p("private"), 0o700);
+    let log = s.m.p("private/casa-20250101-000000.log");
+    fs::write(&log, b"root's secret log line\n").unwrap();
+    chmod(&log, 0o644);
+    let direct = s.logs().join("casa-20250101-000000.log");
+    assert!(direct.exists(), "routed into the logs area");
+    let read = sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!("cat {}", direct.display()),
+    );
+    assert!(
+        !read.status.success(),
+        "the attacker read a private log in the logs area: {}",
+        String::from_utf8_lossy(&read.stdout)
+    );
+    let listing = sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!("cat {}", s.m.p(".casafs/redirects").display()),
+    );
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        !text.contains("private/"),
+        "the attacker sees a private origin: {text}"
+    );
+    // Root still sees it, and the attacker its own.
+    let all = fs::read_to_string(s.m.p(".casafs/redirects")).unwrap();
+    assert!(all.contains("private/casa-20250101-000000.log"), "{all}");
+    fs::create_dir(s.m.p("mine")).unwrap();
+    std::os::unix::fs::chown(s.m.p("mine"), Some(uid), Some(gid)).unwrap();
+    ok(&sh_as(
+        uid,
+        gid,
+        &s.m.p("mine"),
+        "echo hi > casa-20250101-000001.log",
+    ));
+    let own = ok(&sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!("cat {}", s.m.p(".casafs/redirects").display()),
+    ));
+    assert!(own.contains("mine/casa-20250101-000001.log"), "{own}");
+}
+
+#[test]
+fn a_forged_origin_never_puts_an_object_in_someone_elses_directory() {
+    let tmp = TempDir::new("sec-origin");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let tree = tmp.path().join("tree");
+    let scratch = fast.0.join("scratch");
+    let start = |tmp: TempDir| {
+        Mount::builder("sec-origin")
+            .opt(&format!("scratch={}", scratch.display()))
+            .source(&tree, tmp)
+            .start()
+    };
+    let mut m = start(tmp);
+    let (uid, gid) = attacker();
+    fs::create_dir(m.p("secret")).unwrap();
+    chmod(&m.p("secret"), 0o700);
+    fs::create_dir(m.p("pub")).unwrap();
+    chmod(&m.p("pub"), 0o777);
+    ok(&sh_as(
+        uid,
+        gid,
+        &m.p("pub"),
+        "mkdir TMPPOINTING7 && echo mine > TMPPOINTING7/t",
+    ));
+    // The attacker points its object's origin into root's directory,
+    // where it could never create anything itself.
+    let obj = scratch.join("TMPPOINTING7");
+    let _ = sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!(
+            "setfattr -n user.casafs.origin -v secret/TMPPOINTING7 {}",
+            obj.display()
+        ),
+    );
+    // Even a record only root can write counts only where the one who
+    // routed the object could have created it.
+    ok(&sh(
+        Path::new("/"),
+        &format!(
+            "setfattr -n trusted.casafs.origin -v secret/TMPPOINTING7 {0} && \
+             setfattr -n trusted.casafs.by -v '{uid} {gid}' {0}",
+            obj.display()
+        ),
+    ));
+    assert!(m.stop().is_some_and(|st| st.success()));
+    let m2 = start(TempDir::new("sec-origin2"));
+    let planted = m2.p("secret/TMPPOINTING7");
+    assert!(
+        fs::symlink_metadata(&planted).is_err(),
+        "the attacker's object appeared in root's private directory"
+    );
+    drop(m2);
+    drop(m);
+    drop(fast);
+}
+
+#[test]
+fn sweep_never_makes_a_set_user_id_copy_owned_by_root() {
+    let tmp = TempDir::new("sec-sweep");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("u")).unwrap();
+    let (uid, gid) = attacker();
+    std::os::unix::fs::chown(tree.join("u"), Some(uid), Some(gid)).unwrap();
+    // An old file of the attacker's that sweep will move to scratch, on
+    // another filesystem: a copy.
+    ok(&sh_as(
+        uid,
+        gid,
+        &tree.join("u"),
+        "cp /bin/true TMPPOINTINGevil && chmod 4755 TMPPOINTINGevil && touch -d '2 days ago' TMPPOINTINGevil",
+    ));
+    let scratch = fast.0.join("scratch");
+    let out = Command::new(bin())
+        .args(["sweep"])
+        .arg(&tree)
+        .arg("--scratch")
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    let moved: Vec<_> = fs::read_dir(&scratch)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(moved.len(), 1, "{}", String::from_utf8_lossy(&out.stdout));
+    let st = fs::symlink_metadata(&moved[0]).unwrap();
+    assert!(
+        !(st.uid() == 0 && st.mode() & 0o6000 != 0),
+        "a set-ID copy owned by root: mode {:o}",
+        st.mode()
+    );
+    assert_eq!(st.uid(), uid, "as mv by its owner leaves it");
+    drop(fast);
+}
+
+#[test]
+fn an_area_a_user_made_is_never_taken_for_casafs_own() {
+    let tmp = TempDir::new("sec-area");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=1777,size=64m");
+    let (uid, gid) = attacker();
+    // At mount: the attacker got there first.
+    let theirs = fast.0.join("scratch");
+    ok(&sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!("mkdir -m 0777 {}", theirs.display()),
+    ));
+    let out = Command::new(bin())
+        .args(["mount"])
+        .arg(tmp.path().join("tree"))
+        .arg(tmp.path().join("tree"))
+        .arg("-o")
+        .arg(format!("scratch={}", theirs.display()))
+        .output()
+        .unwrap();
+    let tree_mounted = fstype_at(&tmp.path().join("tree")).is_some();
+    if tree_mounted {
+        umount(&tmp.path().join("tree"), false);
+    }
+    assert!(!tree_mounted, "mounted with an area the attacker owns");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // At run time: the operator rotates the area away, the attacker makes
+    // a directory of its own under the name before the operator does.
+    fs::remove_dir(&theirs).unwrap();
+    let ours = fast.0.join("tp");
+    let tree = tmp.path().join("tree");
+    let m = Mount::builder("sec-area")
+        .opt(&format!("scratch={}", ours.display()))
+        .source(&tree, tmp)
+        .start();
+    fs::rename(&ours, fast.0.join("tp.old")).unwrap();
+    ok(&sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!("mkdir -m 0777 {}", ours.display()),
+    ));
+    fs::create_dir(m.p("TMPPOINTING5")).unwrap();
+    assert!(
+        !ours.join("TMPPOINTING5").exists(),
+        "a table went into the attacker's directory"
+    );
+    drop(m);
+    drop(fast);
+}
+
+fn retention_config(tmp: &TempDir) -> String {
+    let cfg = tmp.path().join("casafs.toml");
+    fs::write(
+        &cfg,
+        "[[rule]]\nname = \"tmppointing\"\nretention = \"1s\"\n",
+    )
+    .unwrap();
+    cfg.display().to_string()
+}
+
+#[test]
+fn retention_removes_nothing_its_router_could_not() {
+    let tmp = TempDir::new("sec-retention");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let cfg = retention_config(&tmp);
+    let tree = tmp.path().join("tree");
+    let scratch = fast.0.join("scratch");
+    let m = Mount::builder("sec-retention")
+        .opt(&format!("scratch={}", scratch.display()))
+        .arg("--config")
+        .arg(&cfg)
+        .source(&tree, tmp)
+        .start();
+    let (uid, gid) = attacker();
+    fs::create_dir(m.p("pub")).unwrap();
+    chmod(&m.p("pub"), 0o777);
+    ok(&sh_as(
+        uid,
+        gid,
+        &m.p("pub"),
+        "mkdir TMPPOINTING3 && chmod 0777 TMPPOINTING3",
+    ));
+    // Root's files inside, in a directory of root's the attacker may not
+    // write: natively it could never remove them.
+    fs::create_dir(m.p("pub/TMPPOINTING3/roots")).unwrap();
+    chmod(&m.p("pub/TMPPOINTING3/roots"), 0o755);
+    fs::write(m.p("pub/TMPPOINTING3/roots/keep"), b"root's").unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        scratch.join("TMPPOINTING3/roots/keep").exists(),
+        "retention removed root's file for the attacker"
+    );
+    drop(m);
+    drop(fast);
+}
+
+#[test]
+fn a_very_deep_table_never_brings_the_daemon_down() {
+    let tmp = TempDir::new("sec-deep");
+    let fast = Tmpfs::new(
+        tmp.path().join("fast"),
+        "mode=0755,size=256m,nr_inodes=200k",
+    );
+    let cfg = retention_config(&tmp);
+    let tree = tmp.path().join("tree");
+    let scratch = fast.0.join("scratch");
+    let m = Mount::builder("sec-deep")
+        .opt(&format!("scratch={}", scratch.display()))
+        .arg("--config")
+        .arg(&cfg)
+        .source(&tree, tmp)
+        .start();
+    let (uid, gid) = attacker();
+    fs::create_dir(m.p("pub")).unwrap();
+    chmod(&m.p("pub"), 0o777);
+    // 20,000 levels, made one at a time through the mount, more than the
+    // descriptor cache holds (they may fail past some depth: the daemon
+    // must not).
+    let program = r#"
+import os
+os.mkdir("TMPPOINTINGdeep")
+fd = os.open("TMPPOINTINGdeep", os.O_RDONLY)
+try:
+    for i in range(20000):
+        os.mkdir("d", dir_fd=fd)
+        nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+except OSError as e:
+    if e.errno in (103, 107):
+        raise
+    print("stopped at", i, e)
+"#;
+    ok(&python_as(uid, gid, &m.p("pub"), program));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        fs::read(m.p(".casafs/stats.json")).is_ok(),
+        "the daemon stopped serving: {}",
+        m.log_text()
+    );
+    drop(m);
+    drop(fast);
+}
+
+#[test]
+fn one_user_holding_control_files_open_costs_bounded_memory_and_no_one_else() {
+    let s = production("sec-control", &[]);
+    let (uid, gid) = attacker();
+    let program = format!(
+        r#"
+import os
+fds = []
+try:
+    for i in range(5000):
+        fds.append(os.open({p:?}, os.O_RDONLY))
+except OSError as e:
+    print("refused after", len(fds), e.errno)
+"#,
+        p = s.m.p(".casafs/stats.json").to_string_lossy()
+    );
+    let out = ok(&python_as(uid, gid, Path::new("/"), &program));
+    assert!(out.starts_with("refused after"), "{out}");
+    // Others still read them.
+    assert!(fs::read(s.m.p(".casafs/stats.json")).is_ok());
+}
+
+#[test]
+fn what_a_user_creates_is_theirs_in_place_and_routed() {
+    // The owner, group and quota charge of an object come from the
+    // backing creating it as the caller: compare with a native directory.
+    let setup = "chmod 1777 .";
+    let script = "umask 022; echo a > f; mkdir d; echo b > casa-20250101-000002.log; mkdir TMPPOINTING8; \
+                  ln -s f l; mkfifo p; stat -c '%n %a %U %G %F' f d casa-20250101-000002.log TMPPOINTING8 l p";
+    let (native, mounted) = native_and_mounted("sec-owner", setup, script);
+    assert!(native.contains("tests"), "{native}");
+    assert_eq!(mounted, native);
+}
+
+#[test]
+fn the_blocks_reserved_for_root_stay_roots() {
+    // An ext4 volume with 5% of its blocks reserved for root, as the tree.
+    let tmp = TempDir::new("sec-reserve");
+    let img = tmp.path().join("ext4.img");
+    let vol = tmp.path().join("vol");
+    fs::create_dir_all(&vol).unwrap();
+    ok(&sh(
+        tmp.path(),
+        &format!(
+            "truncate -s 64M {0} && mkfs.ext4 -q -F -m 5 {0} && mount -o loop {0} {1} && chmod 0755 {1}",
+            img.display(),
+            vol.display()
+        ),
+    ));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            umount(&self.0, true);
+        }
+    }
+    let _vol = Unmount(vol.clone());
+    let m = Mount::builder("sec-reserve")
+        .source(&vol, TempDir::new("sec-reserve-m"))
+        .start();
+    let c = std::ffi::CString::new(vol.as_os_str().as_encoded_bytes()).unwrap();
+    let statvfs = || {
+        let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut sv) }, 0);
+        sv
+    };
+    let before = statvfs();
+    let reserved = before.f_bfree - before.f_bavail;
+    assert!(reserved > 0, "the volume reserves blocks");
+    let (uid, gid) = attacker();
+    fs::create_dir(m.p("u")).unwrap();
+    std::os::unix::fs::chown(m.p("u"), Some(uid), Some(gid)).unwrap();
+    // The attacker fills the volume through the mount, as far as it goes.
+    let _ = sh_as(
+        uid,
+        gid,
+        &m.p("u"),
+        "dd if=/dev/zero of=fill bs=1M count=100 2>/dev/null; sync",
+    );
+    let after = statvfs();
+    assert!(
+        after.f_bfree >= reserved,
+        "the attacker wrote into the blocks reserved for root: {} free of {} reserved",
+        after.f_bfree,
+        reserved
+    );
+    drop(m);
+}
