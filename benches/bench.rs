@@ -11,7 +11,12 @@
 //! cargo bench --bench bench -- --also io_uring=never  # a casafs column with other options
 //! cargo bench --bench bench -- --walk 1000000      # daemon RSS and fds after a walk
 //! cargo bench --bench bench -- --stats-overhead    # cost of counting per request
+//! cargo bench --bench bench -- --as-user tests     # workloads run by that user
 //! ```
+//!
+//! `--as-user` runs every workload with that user's rights (the thread's
+//! filesystem ids, and `setpriv` for the commands it runs), so casafs serves
+//! an unprivileged caller, as on a shared machine, and not root.
 //!
 //! `CASAFS_BENCH_DIR` picks the directory the native runs and the backing
 //! trees live in (default `/var/tmp`); it should be the disk under test.
@@ -35,6 +40,8 @@ struct Opts {
     only: Option<String>,
     /// Extra casafs columns, each mounted with these `-o` options.
     also: Vec<String>,
+    /// Workloads run as this (uid, gid).
+    as_user: Option<(u32, u32)>,
 }
 
 fn parse_opts() -> Opts {
@@ -45,6 +52,7 @@ fn parse_opts() -> Opts {
         stats_overhead: false,
         only: None,
         also: Vec::new(),
+        as_user: None,
     };
     let mut args = std::env::args().skip(1);
     // cargo passes `--bench`; anything unknown is ignored for that reason.
@@ -57,6 +65,7 @@ fn parse_opts() -> Opts {
             "--stats-overhead" => o.stats_overhead = true,
             "--only" => o.only = args.next(),
             "--also" => o.also.extend(args.next()),
+            "--as-user" => o.as_user = args.next().map(|u| user_ids(&u)),
             _ => {}
         }
     }
@@ -221,7 +230,56 @@ fn secs(d: Duration) -> f64 {
 fn drop_caches() {
     unsafe { libc::sync() };
     // Needs root; without it the "cold" read is as warm as the other one.
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    as_root(|| {
+        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    });
+}
+
+fn user_ids(name: &str) -> (u32, u32) {
+    let c = CString::new(name).expect("user name");
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    assert!(!pw.is_null(), "no user {name}");
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+thread_local! {
+    /// The user this thread's workloads run as (`--as-user`).
+    static USER: std::cell::Cell<Option<(u32, u32)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Gives this thread the filesystem ids of `user` (or root's back), with
+/// the raw system calls: glibc's would change every thread. The threads a
+/// workload starts inherit them.
+fn take_ids(user: Option<(u32, u32)>) {
+    let (uid, gid) = user.unwrap_or((0, 0));
+    unsafe {
+        libc::syscall(libc::SYS_setgroups, 1, &gid as *const u32);
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+    }
+    USER.with(|u| u.set(user));
+}
+
+fn as_root(f: impl FnOnce()) {
+    let user = USER.with(|u| u.get());
+    take_ids(None);
+    f();
+    take_ids(user);
+}
+
+/// A command run by the workloads' user.
+fn command(program: &str) -> Command {
+    match USER.with(|u| u.get()) {
+        None => Command::new(program),
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg("--clear-groups")
+                .arg(program);
+            c
+        }
+    }
 }
 
 fn seq_write(d: &Path, gib: u64) -> f64 {
@@ -365,7 +423,7 @@ fn source_tree(d: &Path, tar: &Path) -> [f64; 4] {
     let dest = d.join("tree");
     fs::create_dir_all(&dest).expect("mkdir");
     let t = Instant::now();
-    let st = Command::new("tar")
+    let st = command("tar")
         .arg("-xf")
         .arg(tar)
         .arg("-C")
@@ -509,13 +567,45 @@ fn machine() -> String {
     )
 }
 
+/// Gives the workloads' user what the preparation made.
+fn give_to(dir: &Path, uid: u32, gid: u32) {
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(dir)
+        .status()
+        .expect("chown");
+    assert!(st.success(), "chown -R {}", dir.display());
+}
+
+fn chmod_for_all(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cur = Some(p);
+    while let Some(d) = cur {
+        if let Ok(m) = fs::metadata(d) {
+            let _ = fs::set_permissions(
+                d,
+                fs::Permissions::from_mode(m.permissions().mode() | 0o005),
+            );
+        }
+        cur = d.parent();
+    }
+}
+
 fn run_table(base: &Path, o: &Opts) {
     let tar = make_archive(base);
     let ts = targets(base, &o.also);
     for t in &ts {
         prepare_big(&t.dir, o.gib);
         prepare_table(&t.dir);
+        if let Some((uid, gid)) = o.as_user {
+            give_to(&t.dir, uid, gid);
+        }
     }
+    if o.as_user.is_some() {
+        chmod_for_all(&tar);
+    }
+    take_ids(o.as_user);
     let gib_label = |s: &str| s.replace("1 GiB", &format!("{} GiB", o.gib));
     // times[workload][target][rep]
     let mut times = vec![vec![Vec::new(); ts.len()]; WORKLOADS.len()];
@@ -575,6 +665,10 @@ fn run_table(base: &Path, o: &Opts) {
         }
     }
 
+    take_ids(None);
+    if let Some((uid, _)) = o.as_user {
+        println!("\nworkloads run as uid {uid}");
+    }
     println!("\n{}\n", machine());
     println!(
         "Median wall-time ratio to the native directory [min-max] over {} interleaved repetitions:\n",
