@@ -632,3 +632,32 @@ fn the_blocks_reserved_for_root_stay_roots() {
     );
     drop(m);
 }
+
+#[test]
+fn a_user_keeps_using_routed_objects_by_their_original_paths() {
+    // Areas are root's alone now; the original paths must still serve the
+    // user everything, also after the kernel's entries expired (a lookup
+    // through the area).
+    let s = production("sec-use", &[]);
+    let (uid, gid) = attacker();
+    fs::create_dir(s.m.p("u")).unwrap();
+    std::os::unix::fs::chown(s.m.p("u"), Some(uid), Some(gid)).unwrap();
+    let out = ok(&sh_as(
+        uid,
+        gid,
+        &s.m.p("u"),
+        "echo hi > casa-1.log && mkdir TMPPOINTING1 && echo t > TMPPOINTING1/x && sleep 1.5 && \
+         cat casa-1.log TMPPOINTING1/x && echo more >> casa-1.log && chmod 600 casa-1.log && \
+         stat -c '%a %U' casa-1.log && setfattr -n user.k -v v casa-1.log && \
+         getfattr --only-values -n user.k casa-1.log && echo && ls -a && \
+         mv casa-1.log kept && mv TMPPOINTING1 TMPPOINTING2 && ls && cat TMPPOINTING2/x && \
+         rm -r TMPPOINTING2 kept && ls -a",
+    ));
+    assert_eq!(
+        out,
+        "hi\nt\n600 tests\nv\n.\n..\nkept\nt\n.\n..\n",
+        "through the original paths"
+    );
+    assert!(fs::read_dir(s.logs()).unwrap().next().is_none());
+    assert!(fs::read_dir(s.scratch()).unwrap().next().is_none());
+}

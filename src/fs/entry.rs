@@ -23,6 +23,8 @@ pub(super) struct Located {
     pub dir: Arc<Inode>,
     pub name: CString,
     pub redirect: Option<Redirect>,
+    /// A routed object's attributes, as casafs found it in its area.
+    pub st: Option<libc::stat>,
 }
 
 impl CasaFs {
@@ -34,11 +36,12 @@ impl CasaFs {
             let adir = area.dir();
             let afd = adir.dir_fd()?;
             match creds::as_root(|| sys::stat_at(afd.as_raw_fd(), &r.tname)) {
-                Ok(_) => {
+                Ok(st) => {
                     return Ok(Located {
                         dir: adir.clone(),
                         name: r.tname.clone(),
                         redirect: Some(r),
+                        st: Some(st),
                     });
                 }
                 Err(Errno::ENOENT) => {
@@ -51,6 +54,7 @@ impl CasaFs {
             dir: dir.clone(),
             name: name.to_owned(),
             redirect: None,
+            st: None,
         })
     }
 
@@ -61,8 +65,10 @@ impl CasaFs {
             return Err(Errno::ENOENT);
         }
         let loc = self.locate(&p, &name)?;
-        let dfd = loc.dir.dir_fd()?;
-        let st = sys::stat_at(dfd.as_raw_fd(), &loc.name)?;
+        let st = match loc.st {
+            Some(st) => st,
+            None => sys::stat_at(loc.dir.dir_fd()?.as_raw_fd(), &loc.name)?,
+        };
         let in_target = loc.dir.in_target || self.is_area_root(&st);
         Ok((
             self.inodes.remember(&loc.dir, &loc.name, &st, in_target),
@@ -910,6 +916,7 @@ impl CasaFs {
                 dir: np.clone(),
                 name: newname.to_owned(),
                 redirect: None,
+                st: None,
             };
             self.rename_plain(src, sst, &here, flags)?;
             self.redirects.remove(np, newname);
