@@ -6,12 +6,17 @@
 //! them. The plan is printed before anything is done.
 
 use std::collections::HashMap;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::rules::{Kind, Rule};
+use crate::sys::{self, Errno};
+use crate::tree;
 
 pub struct SweepArgs {
     pub tree: PathBuf,
@@ -113,11 +118,11 @@ impl Holders {
         h
     }
 
-    /// Who holds `p` (`meta` its metadata), or for a directory anything in
+    /// Who holds `p` (`st` its attributes), or for a directory anything in
     /// it.
-    fn of(&self, p: &Path, meta: &fs::Metadata) -> Vec<String> {
-        let mut who = self.by_id.get(&file_id(meta)).cloned().unwrap_or_default();
-        if meta.is_dir() {
+    fn of(&self, p: &Path, st: &libc::stat) -> Vec<String> {
+        let mut who = self.by_id.get(&stat_id(st)).cloned().unwrap_or_default();
+        if is_dir(st) {
             who.extend(
                 self.paths
                     .iter()
@@ -134,7 +139,7 @@ impl Holders {
 /// Holders as of at most a moment ago: scanning all of /proc for each of
 /// thousands of stray logs would take minutes.
 struct Fresh<'a> {
-    tree: &'a Path,
+    tree: &'a Tree,
     snap: Holders,
     at: Instant,
 }
@@ -144,26 +149,103 @@ impl Fresh<'_> {
 
     fn of(&mut self, p: &Path) -> Vec<String> {
         if self.at.elapsed() > Self::MAX_AGE {
-            self.snap = Holders::scan(self.tree);
+            self.snap = Holders::scan(&self.tree.path);
             self.at = Instant::now();
         }
-        match fs::symlink_metadata(p) {
-            Ok(m) => self.snap.of(p, &m),
+        match self.tree.stat(p) {
+            Ok(st) => self.snap.of(p, &st),
             Err(_) => Vec::new(),
         }
     }
 }
 
-fn size_of(p: &Path) -> u64 {
-    let Ok(m) = fs::symlink_metadata(p) else {
+fn stat_id(st: &libc::stat) -> FileId {
+    (st.st_dev, st.st_ino)
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.code())
+}
+
+/// The tree swept, reached through a descriptor: every path in it is
+/// opened strictly beneath it and through no symlink, so a directory a user
+/// swaps for a symlink while sweep works never leads it elsewhere.
+struct Tree {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Tree {
+    fn open(path: &Path) -> io::Result<Tree> {
+        let c = sys::cpath(path).map_err(errno)?;
+        let fd =
+            sys::open_at(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(errno)?;
+        Ok(Tree {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// `p` (a path inside the tree) opened with `flags`.
+    fn open_at(&self, p: &Path, flags: i32) -> io::Result<OwnedFd> {
+        let rel = p
+            .strip_prefix(&self.path)
+            .map_err(|_| io::Error::other(format!("{} is outside the tree", p.display())))?;
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let c = sys::cpath(rel).map_err(errno)?;
+        sys::open_beneath(self.fd.as_raw_fd(), &c, flags, 0).map_err(errno)
+    }
+
+    /// The directory `p` is in, and `p`'s name there.
+    fn parent_of(&self, p: &Path) -> io::Result<(OwnedFd, CString)> {
+        let parent = p.parent().unwrap_or(&self.path);
+        let name = p
+            .file_name()
+            .ok_or_else(|| io::Error::other(format!("{}: no name", p.display())))?;
+        let dir = self.open_at(parent, libc::O_PATH | libc::O_DIRECTORY)?;
+        let name = CString::new(name.as_bytes()).map_err(|_| errno(Errno::EINVAL))?;
+        Ok((dir, name))
+    }
+
+    /// `p`'s own attributes (never a symlink's target's).
+    fn stat(&self, p: &Path) -> io::Result<libc::stat> {
+        let (dir, name) = self.parent_of(p)?;
+        sys::stat_at(dir.as_raw_fd(), &name).map_err(errno)
+    }
+}
+
+/// Bytes in the files of `name` in `dir` and below.
+fn size_of(dir: RawFd, name: &CStr, st: &libc::stat) -> u64 {
+    if !is_dir(st) {
+        return st.st_size as u64;
+    }
+    let Ok(fd) = sys::open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    ) else {
         return 0;
     };
-    if !m.is_dir() {
-        return m.len();
-    }
-    fs::read_dir(p)
-        .map(|it| it.flatten().map(|e| size_of(&e.path())).sum())
-        .unwrap_or(0)
+    let mut bytes = 0;
+    tree::walk(
+        fd,
+        &mut |_, _, st| {
+            if !is_dir(st) {
+                bytes += st.st_size as u64;
+            }
+        },
+        &mut |_, _| {},
+    );
+    bytes
 }
 
 fn is_debris(name: &str) -> bool {
@@ -174,88 +256,107 @@ struct Plan {
     actions: Vec<Action>,
 }
 
-fn walk(
-    dir: &Path,
-    skip: &[PathBuf],
-    rules: &[(Rule, PathBuf)],
+/// What sweep looks for, and where it does not look.
+struct Walk<'a> {
+    skip: &'a [PathBuf],
+    rules: &'a [(Rule, PathBuf)],
     min_age: Duration,
-    skip_ids: &[FileId],
-    held: &Holders,
-    plan: &mut Plan,
-) -> io::Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir)?.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        if skip.contains(&path) {
-            continue;
-        }
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            continue;
+    skip_ids: &'a [FileId],
+    held: &'a Holders,
+}
+
+/// Plans the sweep of the tree: directories are visited one at a time from
+/// a list (no recursion), each opened beneath the tree.
+fn walk(tree: &Tree, w: &Walk<'_>, plan: &mut Plan) -> io::Result<()> {
+    let mut dirs = vec![tree.path.clone()];
+    let mut first = true;
+    while let Some(dir) = dirs.pop() {
+        let fd = match tree.open_at(&dir, libc::O_RDONLY | libc::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(e) if first => return Err(e),
+            Err(e) => {
+                eprintln!("casafs: sweep: {}: {e}", dir.display());
+                continue;
+            }
         };
-        // The areas however they were named (relative, through a symlink).
-        if meta.is_dir() && skip_ids.contains(&file_id(&meta)) {
-            continue;
-        }
-        let name = e.file_name().to_string_lossy().into_owned();
-        if is_debris(&name) && !meta.is_dir() {
-            plan.actions.push(Action::Debris {
-                holders: held.of(&path, &meta),
-                path,
-                bytes: meta.len(),
-            });
-            continue;
-        }
-        let routed = rules.iter().find(|(r, _)| {
-            let kind_ok = match r.kind {
-                Kind::Any => true,
-                Kind::File => !meta.is_dir(),
-                Kind::Dir => meta.is_dir(),
+        first = false;
+        let mut names = tree::list_dir(&fd).map_err(errno)?;
+        names.sort();
+        let mut subdirs = Vec::new();
+        for cname in names {
+            let name = String::from_utf8_lossy(cname.to_bytes()).into_owned();
+            let path = dir.join(std::ffi::OsStr::from_bytes(cname.to_bytes()));
+            if w.skip.contains(&path) {
+                continue;
+            }
+            let Ok(st) = sys::stat_at(fd.as_raw_fd(), &cname) else {
+                continue;
             };
-            kind_ok && r.matches_name(name.as_bytes())
-        });
-        if let Some((r, to)) = routed {
-            let old_enough = r.name != "tmppointing"
-                || meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| SystemTime::now().duration_since(m).ok())
-                    .is_some_and(|age| age >= min_age);
-            if old_enough {
-                let holders = held.of(&path, &meta);
-                plan.actions.push(if holders.is_empty() {
-                    Action::Move {
-                        bytes: size_of(&path),
-                        from: path,
-                        to_dir: to.clone(),
-                    }
-                } else {
-                    // In use (CASA still writing its log, a concat still
-                    // working on its table): moving it would pull it from
-                    // under its user.
-                    Action::Held { path, holders }
+            // The areas however they were named (relative, through a symlink).
+            if is_dir(&st) && w.skip_ids.contains(&stat_id(&st)) {
+                continue;
+            }
+            if is_debris(&name) && !is_dir(&st) {
+                plan.actions.push(Action::Debris {
+                    holders: w.held.of(&path, &st),
+                    path,
+                    bytes: st.st_size as u64,
                 });
                 continue;
             }
+            let routed = w.rules.iter().find(|(r, _)| {
+                let kind_ok = match r.kind {
+                    Kind::Any => true,
+                    Kind::File => !is_dir(&st),
+                    Kind::Dir => is_dir(&st),
+                };
+                kind_ok && r.matches_name(name.as_bytes())
+            });
+            if let Some((r, to)) = routed {
+                let modified = std::time::UNIX_EPOCH
+                    + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
+                let old_enough = r.name != "tmppointing"
+                    || SystemTime::now()
+                        .duration_since(modified)
+                        .is_ok_and(|age| age >= w.min_age);
+                if old_enough {
+                    let holders = w.held.of(&path, &st);
+                    plan.actions.push(if holders.is_empty() {
+                        Action::Move {
+                            bytes: size_of(fd.as_raw_fd(), &cname, &st),
+                            from: path,
+                            to_dir: to.clone(),
+                        }
+                    } else {
+                        // In use (CASA still writing its log, a concat still
+                        // working on its table): moving it would pull it from
+                        // under its user.
+                        Action::Held { path, holders }
+                    });
+                    continue;
+                }
+            }
+            if is_dir(&st) {
+                subdirs.push(path);
+            }
         }
-        if meta.is_dir() {
-            walk(&path, skip, rules, min_age, skip_ids, held, plan)?;
-        }
+        // Depth first, in name order.
+        dirs.extend(subdirs.into_iter().rev());
     }
     Ok(())
 }
 
-/// A free name for `name` in `dir`: never overwrite.
-fn free_name(dir: &Path, name: &str) -> PathBuf {
-    let c = std::ffi::CString::new(name).unwrap_or_default();
+/// A free name for `name` in the directory `dir`: never overwrite.
+fn free_name(dir: RawFd, name: &CStr) -> CString {
     for n in 1..100_000 {
-        let cand = crate::redirect::candidate(&c, n);
-        let p = dir.join(cand.to_string_lossy().as_ref());
-        if fs::symlink_metadata(&p).is_err() {
-            return p;
+        let cand = crate::redirect::candidate(name, n);
+        if sys::stat_at(dir, &cand) == Err(Errno::ENOENT) {
+            return cand;
         }
     }
-    dir.join(format!("{name}-{}", std::process::id()))
+    let mut last = name.to_bytes().to_vec();
+    last.extend_from_slice(format!("-{}", std::process::id()).as_bytes());
+    CString::new(last).unwrap_or_default()
 }
 
 /// Who a move is done for: the owner of the object moved, with the groups
@@ -278,137 +379,197 @@ impl Owner {
     }
 }
 
-/// Copies `from` (read with the owner's rights) to `to` (made by the
-/// caller of sweep, root), as `cp -a` by the owner would leave it: every
-/// object the owner's, the group kept where the owner is in it, and
-/// set-ID bits only on what the owner owned. Directories are walked
-/// without recursion.
-fn copy_as(owner: Owner, from: &Path, to: &Path) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
+/// One directory being copied: the source open with the owner's rights,
+/// the copy, the names still to copy, and the copy's mode once full.
+struct Copying {
+    from: OwnedFd,
+    to: OwnedFd,
+    left: Vec<CString>,
+    mode: u32,
+}
+
+/// Copies `name` in the directory `from` (read with the owner's rights) to
+/// `dest` in `to` (made by the caller of sweep, root), as `cp -a` by the
+/// owner would leave it: every object the owner's, the group kept where
+/// the owner is in it, and set-ID bits only on what the owner owned.
+/// Everything through descriptors, never following a symlink, without
+/// recursion.
+fn copy_as(owner: Owner, from: RawFd, name: &CStr, to: RawFd, dest: &CStr) -> io::Result<()> {
     let groups = crate::creds::user_groups(owner.uid, owner.gid);
-    let give = |to: &Path, m: &fs::Metadata| -> io::Result<()> {
-        let gid = if m.gid() == owner.gid || groups.contains(&m.gid()) {
-            m.gid()
+    // Gives the copy `name` in `dir` to the owner; returns its mode.
+    let give = |dir: RawFd, name: &CStr, st: &libc::stat| -> io::Result<u32> {
+        let gid = if st.st_gid == owner.gid || groups.contains(&st.st_gid) {
+            st.st_gid
         } else {
             owner.gid
         };
-        std::os::unix::fs::lchown(to, Some(owner.uid), Some(gid))?;
-        if !m.file_type().is_symlink() {
-            let mut mode = m.mode() & 0o7777;
-            if m.uid() != owner.uid {
-                mode &= !(libc::S_ISUID | libc::S_ISGID);
-            }
-            if gid != m.gid() {
-                mode &= !libc::S_ISGID;
-            }
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+        sys::chown_at(dir, name, owner.uid, gid, libc::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
+        let mut mode = st.st_mode & 0o7777;
+        if st.st_uid != owner.uid {
+            mode &= !(libc::S_ISUID | libc::S_ISGID);
         }
-        Ok(())
+        if gid != st.st_gid {
+            mode &= !libc::S_ISGID;
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            sys::chmod_at(dir, name, mode).map_err(errno)?;
+        }
+        Ok(mode)
     };
-    let mut todo = vec![(from.to_path_buf(), to.to_path_buf())];
-    let mut dirs = Vec::new();
-    while let Some((from, to)) = todo.pop() {
-        let m = owner.acting(|| fs::symlink_metadata(&from))?;
-        if m.is_dir() {
-            let entries: Vec<_> = owner.acting(|| fs::read_dir(&from)?.collect())?;
-            fs::create_dir(&to)?;
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&to, fs::Permissions::from_mode(0o700))?;
-            for e in entries {
-                todo.push((e.path(), to.join(e.file_name())));
+    let read_dir = |dir: RawFd, name: &CStr| {
+        owner.acting(|| {
+            sys::open_at(
+                dir,
+                name,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+            .map_err(errno)
+        })
+    };
+    // Copies one object; a directory comes back to be filled.
+    let one = |from: RawFd, name: &CStr, to: RawFd, dest: &CStr| -> io::Result<Option<Copying>> {
+        let st = owner.acting(|| sys::stat_at(from, name).map_err(errno))?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                let src = read_dir(from, name)?;
+                let left = owner.acting(|| tree::list_dir(&src).map_err(errno))?;
+                sys::mkdir_at(to, dest, 0o700).map_err(errno)?;
+                let copy = sys::open_at(
+                    to,
+                    dest,
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+                .map_err(errno)?;
+                // Its mode last: a directory the owner may not write stays
+                // writable while it is filled.
+                let mode = give(to, dest, &st)?;
+                sys::fchmod(copy.as_raw_fd(), 0o700).map_err(errno)?;
+                Ok(Some(Copying {
+                    from: src,
+                    to: copy,
+                    left,
+                    mode,
+                }))
             }
-            // Modes last: a directory the owner may not write stays
-            // writable while it is filled.
-            dirs.push((to, m));
-        } else if m.file_type().is_symlink() {
-            let target = owner.acting(|| fs::read_link(&from))?;
-            std::os::unix::fs::symlink(target, &to)?;
-            give(&to, &m)?;
-        } else if m.is_file() {
-            let mut src = owner.acting(|| {
-                use std::os::unix::fs::OpenOptionsExt;
-                fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(&from)
-            })?;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut dst = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&to)?;
-            io::copy(&mut src, &mut dst)?;
-            dst.sync_all()?;
-            give(&to, &m)?;
+            libc::S_IFLNK => {
+                let target = owner.acting(|| sys::readlink_at(from, name).map_err(errno))?;
+                let target = CString::new(target).map_err(|_| errno(Errno::EINVAL))?;
+                sys::symlink_at(&target, to, dest).map_err(errno)?;
+                give(to, dest, &st)?;
+                Ok(None)
+            }
+            libc::S_IFREG => {
+                let src = owner.acting(|| {
+                    sys::open_at(
+                        from,
+                        name,
+                        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+                        0,
+                    )
+                    .map_err(errno)
+                })?;
+                let dst = sys::open_at(
+                    to,
+                    dest,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    0o600,
+                )
+                .map_err(errno)?;
+                let (mut src, mut dst) = (fs::File::from(src), fs::File::from(dst));
+                io::copy(&mut src, &mut dst)?;
+                dst.sync_all()?;
+                give(to, dest, &st)?;
+                Ok(None)
+            }
+            // Devices, FIFOs and sockets are not copied: `mv` by their owner
+            // could not make the first, and the others hold no data.
+            _ => Ok(None),
         }
-        // Devices, FIFOs and sockets are not copied: `mv` by their owner
-        // could not make the first, and the others hold no data.
-    }
-    for (to, m) in dirs.iter().rev() {
-        give(to, m)?;
+    };
+    let mut stack: Vec<Copying> = one(from, name, to, dest)?.into_iter().collect();
+    while let Some(level) = stack.last_mut() {
+        let Some(child) = level.left.pop() else {
+            if let Some(done) = stack.pop() {
+                sys::fchmod(done.to.as_raw_fd(), done.mode).map_err(errno)?;
+            }
+            continue;
+        };
+        let (f, t) = (level.from.as_raw_fd(), level.to.as_raw_fd());
+        if let Some(c) = one(f, &child, t, &child)? {
+            if stack.len() >= tree::MAX_DEPTH {
+                return Err(errno(Errno::ENAMETOOLONG));
+            }
+            stack.push(c);
+        }
     }
     Ok(())
 }
 
-/// Moves `from` into `to_dir` under a free name, as `mv` by its owner
-/// would: only if the owner may take it out of its directory; across
-/// filesystems it copies (`copy_as`), syncs, and only then removes the
-/// original, with the owner's rights.
-fn move_into(from: &Path, to_dir: &Path) -> io::Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::symlink_metadata(from)?;
+/// Moves `from` (in the tree) into `to_dir` under a free name, as `mv` by
+/// its owner would: only if the owner may take it out of its directory;
+/// across filesystems it copies (`copy_as`), syncs, and only then removes
+/// the original, with the owner's rights.
+fn move_into(tree: &Tree, from: &Path, to_dir: &Path) -> io::Result<PathBuf> {
+    let (dir, name) = tree.parent_of(from)?;
+    let st = sys::stat_at(dir.as_raw_fd(), &name).map_err(errno)?;
     let owner = Owner {
-        uid: meta.uid(),
-        gid: meta.gid(),
+        uid: st.st_uid,
+        gid: st.st_gid,
     };
-    let parent = from.parent().unwrap_or(Path::new("/"));
-    let may = owner.acting(|| {
-        let p = crate::sys::cpath(parent).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
-        crate::sys::access_at(libc::AT_FDCWD, &p, libc::W_OK | libc::X_OK)
-            .map_err(|e| io::Error::from_raw_os_error(e.code()))
-    });
+    let may = owner
+        .acting(|| sys::access_at(dir.as_raw_fd(), c"", libc::W_OK | libc::X_OK).map_err(errno));
     if let Err(e) = may {
         return Err(io::Error::new(
             e.kind(),
             format!(
-                "its owner (uid {}) may not move it out of {}: {e}",
-                owner.uid,
-                parent.display()
+                "its owner (uid {}) may not move it out of its directory: {e}",
+                owner.uid
             ),
         ));
     }
+    let made = !to_dir.exists();
     fs::create_dir_all(to_dir)?;
-    let name = from
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dest = free_name(to_dir, &name);
-    match fs::rename(from, &dest) {
+    let c = sys::cpath(to_dir).map_err(errno)?;
+    let to =
+        sys::open_at(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(errno)?;
+    if made {
+        // An area is root's alone (see `areas`).
+        sys::chmod_fd(to.as_raw_fd(), crate::areas::PRIVATE_MODE).map_err(errno)?;
+    }
+    let dest = free_name(to.as_raw_fd(), &name);
+    let shown = to_dir.join(std::ffi::OsStr::from_bytes(dest.to_bytes()));
+    match sys::rename_noreplace(dir.as_raw_fd(), &name, to.as_raw_fd(), &dest) {
         Ok(()) => {
             // The object moved must be the one judged: put anything else
             // back where it was.
-            let moved = fs::symlink_metadata(&dest)?;
-            if file_id(&moved) != file_id(&meta) {
-                fs::rename(&dest, from)?;
+            let moved = sys::stat_at(to.as_raw_fd(), &dest).map_err(errno)?;
+            if stat_id(&moved) != stat_id(&st) {
+                sys::rename_noreplace(to.as_raw_fd(), &dest, dir.as_raw_fd(), &name)
+                    .map_err(errno)?;
                 return Err(io::Error::other("it changed while it was moved"));
             }
-            Ok(dest)
+            Ok(shown)
         }
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            copy_as(owner, from, &dest)?;
-            owner.acting(|| {
-                if fs::symlink_metadata(from)?.is_dir() {
-                    fs::remove_dir_all(from)
-                } else {
-                    fs::remove_file(from)
-                }
-            })?;
-            Ok(dest)
+        Err(Errno::EXDEV) => {
+            copy_as(owner, dir.as_raw_fd(), &name, to.as_raw_fd(), &dest)?;
+            owner.acting(|| tree::remove_tree_at(dir.as_raw_fd(), &name).map_err(errno))?;
+            Ok(shown)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(errno(e)),
     }
+}
+
+/// Removes a debris file with the rights of its owner, who unlinked it.
+fn remove_debris(tree: &Tree, p: &Path) -> io::Result<()> {
+    let (dir, name) = tree.parent_of(p)?;
+    let st = sys::stat_at(dir.as_raw_fd(), &name).map_err(errno)?;
+    let owner = Owner {
+        uid: st.st_uid,
+        gid: st.st_gid,
+    };
+    owner.acting(|| sys::unlink_at(dir.as_raw_fd(), &name, 0).map_err(errno))
 }
 
 fn human(b: u64) -> String {
@@ -492,7 +653,21 @@ pub fn run(a: SweepArgs) -> i32 {
     let mut plan = Plan {
         actions: Vec::new(),
     };
-    if let Err(e) = walk(&tree, &skip, &rules, a.min_age, &skip_ids, &held, &mut plan) {
+    let swept = match Tree::open(&tree) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("casafs: error: sweep: {}: {e}", tree.display());
+            return 2;
+        }
+    };
+    let w = Walk {
+        skip: &skip,
+        rules: &rules,
+        min_age: a.min_age,
+        skip_ids: &skip_ids,
+        held: &held,
+    };
+    if let Err(e) = walk(&swept, &w, &mut plan) {
         eprintln!("casafs: error: sweep: {}: {e}", tree.display());
         return 1;
     }
@@ -552,7 +727,7 @@ pub fn run(a: SweepArgs) -> i32 {
     // Looked at again as the moves go: a process may have opened something
     // since the plan.
     let mut now = Fresh {
-        tree: &tree,
+        tree: &swept,
         snap: Holders::scan(&tree),
         at: Instant::now(),
     };
@@ -573,7 +748,7 @@ pub fn run(a: SweepArgs) -> i32 {
                     );
                     continue;
                 }
-                match move_into(from, to_dir) {
+                match move_into(&swept, from, to_dir) {
                     Ok(dest) => {
                         moved += 1;
                         moved_bytes += bytes;
@@ -592,7 +767,7 @@ pub fn run(a: SweepArgs) -> i32 {
                 holders,
             } => {
                 if a.remove_debris && holders.is_empty() && now.of(path).is_empty() {
-                    match fs::remove_file(path) {
+                    match remove_debris(&swept, path) {
                         Ok(()) => {
                             removed += 1;
                             removed_bytes += bytes;

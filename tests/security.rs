@@ -375,6 +375,20 @@ fn sweep_never_makes_a_set_user_id_copy_owned_by_root() {
         &tree.join("u"),
         "cp /bin/true TMPPOINTINGevil && chmod 4755 TMPPOINTINGevil && touch -d '2 days ago' TMPPOINTINGevil",
     ));
+    // And a table of its, holding a set-user-ID program of root's.
+    ok(&sh_as(
+        uid,
+        gid,
+        &tree.join("u"),
+        "mkdir -p TMPPOINTINGdir/sub && echo a > TMPPOINTINGdir/a && echo b > TMPPOINTINGdir/sub/b && \
+         ln -s a TMPPOINTINGdir/l && chmod 0750 TMPPOINTINGdir/sub",
+    ));
+    fs::copy("/bin/true", tree.join("u/TMPPOINTINGdir/rootsuid")).unwrap();
+    chmod(&tree.join("u/TMPPOINTINGdir/rootsuid"), 0o4755);
+    ok(&sh(
+        &tree.join("u"),
+        "touch -h -d '2 days ago' TMPPOINTINGdir TMPPOINTINGdir/*",
+    ));
     let scratch = fast.0.join("scratch");
     let out = Command::new(bin())
         .args(["sweep"])
@@ -383,17 +397,21 @@ fn sweep_never_makes_a_set_user_id_copy_owned_by_root() {
         .arg(&scratch)
         .output()
         .unwrap();
-    let moved: Vec<_> = fs::read_dir(&scratch)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert_eq!(moved.len(), 1, "{}", String::from_utf8_lossy(&out.stdout));
-    let st = fs::symlink_metadata(&moved[0]).unwrap();
-    assert!(
-        !(st.uid() == 0 && st.mode() & 0o6000 != 0),
-        "a set-ID copy owned by root: mode {:o}",
-        st.mode()
+    let listing = ok(&sh(&scratch, "find . -printf '%p %u %m %y\n' | sort"));
+    assert_eq!(
+        listing,
+        ". root 700 d\n\
+         ./TMPPOINTINGdir tests 755 d\n\
+         ./TMPPOINTINGdir/a tests 644 f\n\
+         ./TMPPOINTINGdir/l tests 777 l\n\
+         ./TMPPOINTINGdir/rootsuid tests 755 f\n\
+         ./TMPPOINTINGdir/sub tests 750 d\n\
+         ./TMPPOINTINGdir/sub/b tests 644 f\n\
+         ./TMPPOINTINGevil tests 4755 f\n",
+        "as mv by their owner leaves them (no set-ID copy owned by root): {}",
+        String::from_utf8_lossy(&out.stdout)
     );
-    assert_eq!(st.uid(), uid, "as mv by its owner leaves it");
+    assert!(!tree.join("u/TMPPOINTINGdir").exists(), "moved, not copied");
     drop(fast);
 }
 
@@ -654,8 +672,7 @@ fn a_user_keeps_using_routed_objects_by_their_original_paths() {
          rm -r TMPPOINTING2 kept && ls -a",
     ));
     assert_eq!(
-        out,
-        "hi\nt\n600 tests\nv\n.\n..\nkept\nt\n.\n..\n",
+        out, "hi\nt\n600 tests\nv\n.\n..\nkept\nt\n.\n..\n",
         "through the original paths"
     );
     assert!(fs::read_dir(s.logs()).unwrap().next().is_none());
