@@ -678,3 +678,29 @@ fn a_user_keeps_using_routed_objects_by_their_original_paths() {
     assert!(fs::read_dir(s.logs()).unwrap().next().is_none());
     assert!(fs::read_dir(s.scratch()).unwrap().next().is_none());
 }
+
+#[test]
+fn one_copy_file_range_request_is_bounded() {
+    // A copy of any size would hold a serving thread for as long as it
+    // takes; a short answer is complete (callers loop), and cp still
+    // copies everything.
+    let s = production("sec-copy", &[]);
+    let (uid, gid) = attacker();
+    fs::create_dir(s.m.p("u")).unwrap();
+    std::os::unix::fs::chown(s.m.p("u"), Some(uid), Some(gid)).unwrap();
+    let program = r#"
+import os
+with open("a", "wb") as f:
+    f.write(os.urandom(1 << 20) * 64)
+a = os.open("a", os.O_RDONLY)
+b = os.open("b", os.O_WRONLY | os.O_CREAT, 0o644)
+print(os.copy_file_range(a, b, 64 << 20))
+"#;
+    let out = ok(&python_as(uid, gid, &s.m.p("u"), program));
+    let copied: u64 = out.trim().parse().unwrap();
+    assert!(
+        copied > 0 && copied <= 16 << 20,
+        "one request copied {copied} bytes"
+    );
+    ok(&sh_as(uid, gid, &s.m.p("u"), "cp a c && cmp a c"));
+}

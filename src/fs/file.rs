@@ -386,11 +386,17 @@ impl CasaFs {
     ) -> Res<u32> {
         let hi = self.handles.get(fh_in)?;
         let ho = self.handles.get(fh_out)?;
-        let len = len.min(u32::MAX as u64 & !0xfff);
+        // A short copy is a complete answer (callers loop, as for any
+        // copy_file_range): one request never holds a serving thread for
+        // gigabytes.
+        let len = len.min(COPY_CHUNK);
         let n = sys::copy_file_range(hi.fd()?, off_in, ho.fd()?, off_out, len, flags)?;
         Ok(n as u32)
     }
 }
+
+/// The most one copy_file_range request copies.
+const COPY_CHUNK: u64 = 16 << 20;
 
 /// Whether the file has set-ID bits, which a write keeps or clears by
 /// who writes.
