@@ -58,7 +58,11 @@ impl Drop for Backing {
     fn drop(&mut self) {
         let id = self.id;
         // Fails only once the connection is gone, which dropped the id too.
-        unsafe { libc::ioctl(self.dev.as_raw_fd(), IOC_BACKING_CLOSE, &id) };
+        // The kernel asks for CAP_SYS_ADMIN, which the thread gave up if it
+        // acts for an unprivileged caller.
+        crate::creds::with_sys_admin(|| unsafe {
+            libc::ioctl(self.dev.as_raw_fd(), IOC_BACKING_CLOSE, &id)
+        });
     }
 }
 

@@ -47,21 +47,46 @@ struct Ident {
     uid: u32,
     gid: u32,
     groups: Arc<[u32]>,
+    /// The effective capabilities it acts with.
+    caps: [u32; 2],
 }
 
 impl Ident {
+    /// The daemon's own identity: root with every capability it has.
     fn root() -> Ident {
         Ident {
             uid: 0,
             gid: 0,
             groups: Arc::from([]),
+            caps: permitted().unwrap_or([u32::MAX; 2]),
         }
+    }
+
+    /// Whether this is the daemon's own identity.
+    fn is_root(&self) -> bool {
+        *self == Ident::root()
     }
 
     fn privileged(&self) -> bool {
         self.uid == 0
     }
 }
+
+/// The capabilities that bear on filesystem operations, the ones a caller
+/// brings along: CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH,
+/// CAP_FOWNER, CAP_FSETID, CAP_LINUX_IMMUTABLE, CAP_SYS_ADMIN (trusted.*
+/// attributes), CAP_SYS_RESOURCE (quota, reserved blocks), CAP_MKNOD and
+/// CAP_SETFCAP. Others (CAP_SETUID...) it never lends casafs.
+const FS_CAPS: u32 = (1 << 0)
+    | (1 << 1)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 9)
+    | (1 << 21)
+    | (1 << 24)
+    | (1 << 27)
+    | (1 << 31);
 
 /// The daemon's permitted capabilities, read once; `None` when it cannot
 /// switch identities.
@@ -97,6 +122,7 @@ const CAP_V3: u32 = 0x2008_0522;
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
 
 /// This thread's (effective, permitted) capability sets.
 fn capget() -> Option<([u32; 2], [u32; 2])> {
@@ -153,26 +179,29 @@ pub fn request_caller() -> Caller {
     REQUEST.with(Cell::get)
 }
 
-/// Makes this thread act as `to`. On failure the thread is left without
-/// any capability and with an identity nobody has, so that nothing it
-/// does next can use more rights than the caller's.
+/// Makes this thread act as `to`. False if it could not: the thread then
+/// acts as nobody, without any capability, if it can still change that,
+/// and the request must not be served.
 fn switch(to: &Ident) -> bool {
     let same = CURRENT.with(|c| match &*c.borrow() {
         Some(cur) => cur == to,
-        None => to.privileged() && to.gid == 0 && to.groups.is_empty(),
+        None => to.is_root(),
     });
     if same {
         return true;
     }
-    let was_unprivileged =
-        CURRENT.with(|c| c.borrow().as_ref().is_some_and(|cur| !cur.privileged()));
-    // Setting ids needs CAP_SETUID and CAP_SETGID, given up while acting
-    // for an unprivileged caller.
-    let ok = (!was_unprivileged || set_effective([u32::MAX, u32::MAX]))
+    // Setting ids needs CAP_SETUID and CAP_SETGID, which the identity the
+    // thread leaves may have given up.
+    let lowered = CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|cur| cur.caps != Ident::root().caps)
+    });
+    let ok = (!lowered || set_effective([u32::MAX, u32::MAX]))
         && unsafe { libc::syscall(libc::SYS_setgroups, to.groups.len(), to.groups.as_ptr()) == 0 }
         && set_fsid(libc::SYS_setfsgid, to.gid)
         && set_fsid(libc::SYS_setfsuid, to.uid)
-        && (to.privileged() || set_effective([0, 0]));
+        && (to.caps == Ident::root().caps || set_effective(to.caps));
     if ok {
         CURRENT.with(|c| *c.borrow_mut() = Some(to.clone()));
         return true;
@@ -187,8 +216,10 @@ fn switch(to: &Ident) -> bool {
         uid: u32::MAX - 1,
         gid: u32::MAX - 1,
         groups: Arc::from([]),
+        caps: [0, 0],
     };
     unsafe {
+        libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>());
         libc::syscall(libc::SYS_setfsgid, nobody.gid);
         libc::syscall(libc::SYS_setfsuid, nobody.uid);
     }
@@ -206,122 +237,127 @@ fn set_fsid(call: libc::c_long, id: u32) -> bool {
     }
 }
 
-/// Supplementary groups of processes, read from /proc and kept for a
-/// second: a request costs no file read, and a process that gave a group
-/// up keeps it here for at most that long.
-struct GroupCache {
-    map: DashMap<u32, Groups>,
+/// Supplementary groups and capabilities of processes, read from /proc and
+/// kept for a second: a request costs no file read, and a process that
+/// gave a group or capability up keeps it here for at most that long.
+struct ProcessCache {
+    map: DashMap<u32, Process>,
 }
 
-/// One process's groups as read: its uid and gid then, when, and the list.
-struct Groups {
+/// What one process's /proc/PID/status said: its ids then, when, and what
+/// it acts with.
+struct Process {
     uid: u32,
     gid: u32,
     at: u64,
-    list: Arc<[u32]>,
+    groups: Arc<[u32]>,
+    caps: [u32; 2],
 }
 
-const GROUPS_TTL_NS: u64 = 1_000_000_000;
-const GROUPS_MAX: usize = 8192;
+const PROCESS_TTL_NS: u64 = 1_000_000_000;
+const PROCESS_MAX: usize = 8192;
 
-fn group_cache() -> &'static GroupCache {
-    static CACHE: OnceLock<GroupCache> = OnceLock::new();
-    CACHE.get_or_init(|| GroupCache {
+fn process_cache() -> &'static ProcessCache {
+    static CACHE: OnceLock<ProcessCache> = OnceLock::new();
+    CACHE.get_or_init(|| ProcessCache {
         map: DashMap::new(),
     })
 }
 
-static GROUP_READS: AtomicU64 = AtomicU64::new(0);
+static STATUS_READS: AtomicU64 = AtomicU64::new(0);
 
-/// How often groups were read from /proc (for tests and statistics).
-pub fn group_reads() -> u64 {
-    GROUP_READS.load(Ordering::Relaxed)
+/// How often a process's status was read from /proc.
+pub fn status_reads() -> u64 {
+    STATUS_READS.load(Ordering::Relaxed)
 }
 
-/// The supplementary groups of process `pid`, which must still be `uid`
-/// and `gid` (a pid reused by another process is read again). A process
-/// that is gone, or a request from the kernel itself (pid 0), has none:
-/// fewer rights, never more.
-fn groups_of(pid: u32, uid: u32, gid: u32) -> Arc<[u32]> {
-    if pid == 0 {
-        return Arc::from([]);
-    }
+/// The supplementary groups and filesystem capabilities of process `pid`,
+/// which must still be `uid` and `gid` (a pid reused by another process is
+/// read again). A process casafs cannot read (gone, in another pid
+/// namespace, or the kernel itself: pid 0) gets the groups the user
+/// database gives its user, and root's capabilities only if it is root.
+fn process(pid: u32, uid: u32, gid: u32) -> (Arc<[u32]>, [u32; 2]) {
     let now = crate::sys::coarse_now_ns();
-    let cache = group_cache();
-    if let Some(e) = cache.map.get(&pid)
+    let cache = process_cache();
+    if pid != 0
+        && let Some(e) = cache.map.get(&pid)
         && e.uid == uid
         && e.gid == gid
-        && now.saturating_sub(e.at) < GROUPS_TTL_NS
+        && now.saturating_sub(e.at) < PROCESS_TTL_NS
     {
-        return e.list.clone();
+        return (e.groups.clone(), e.caps);
     }
-    GROUP_READS.fetch_add(1, Ordering::Relaxed);
-    let groups: Arc<[u32]> = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| parse_status(&s, uid))
-        .unwrap_or_else(|| Arc::from([]));
-    if cache.map.len() >= GROUPS_MAX {
-        cache
-            .map
-            .retain(|_, e| now.saturating_sub(e.at) < GROUPS_TTL_NS);
+    let read = (pid != 0)
+        .then(|| {
+            STATUS_READS.fetch_add(1, Ordering::Relaxed);
+            std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
+        })
+        .flatten()
+        .and_then(|s| parse_status(&s, uid));
+    let (groups, caps) = match read {
+        Some(r) => r,
+        None => (
+            Arc::from(user_groups(uid, gid)),
+            if uid == 0 { [FS_CAPS, 0] } else { [0, 0] },
+        ),
+    };
+    if pid != 0 {
+        if cache.map.len() >= PROCESS_MAX {
+            cache
+                .map
+                .retain(|_, e| now.saturating_sub(e.at) < PROCESS_TTL_NS);
+        }
+        cache.map.insert(
+            pid,
+            Process {
+                uid,
+                gid,
+                at: now,
+                groups: groups.clone(),
+                caps,
+            },
+        );
     }
-    cache.map.insert(
-        pid,
-        Groups {
-            uid,
-            gid,
-            at: now,
-            list: groups.clone(),
-        },
-    );
-    groups
+    (groups, caps)
 }
 
-/// The `Groups:` of a /proc/PID/status, if its filesystem uid is `uid`.
-fn parse_status(s: &str, uid: u32) -> Option<Arc<[u32]>> {
-    let fsuid: u32 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .nth(3)?
-        .parse()
-        .ok()?;
+/// The `Groups:` and the filesystem part of `CapEff:` of a
+/// /proc/PID/status, if its filesystem uid is `uid`.
+fn parse_status(s: &str, uid: u32) -> Option<(Arc<[u32]>, [u32; 2])> {
+    let field = |k: &str| s.lines().find_map(|l| l.strip_prefix(k));
+    let fsuid: u32 = field("Uid:")?.split_whitespace().nth(3)?.parse().ok()?;
     if fsuid != uid {
         return None;
     }
-    let groups: Vec<u32> = s
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))?
+    let groups: Vec<u32> = field("Groups:")?
         .split_whitespace()
         .filter_map(|g| g.parse().ok())
         .collect();
-    Some(Arc::from(groups))
+    let eff = u64::from_str_radix(field("CapEff:")?.trim(), 16).ok()?;
+    Some((Arc::from(groups), [eff as u32 & FS_CAPS, 0]))
 }
 
 /// Makes this thread act as the caller of the request it serves. False if
-/// the credentials could not be taken (the thread then has none).
+/// the credentials could not be taken: the request must then be refused.
 pub fn act_as(who: &Caller) -> bool {
     REQUEST.with(|r| r.set(*who));
     if !enabled() {
         return true;
     }
-    let groups = if who.uid == 0 {
-        // Root's rights come from its capabilities, not its groups.
-        Arc::from([])
-    } else {
-        groups_of(who.pid, who.uid, who.gid)
-    };
+    let (groups, caps) = process(who.pid, who.uid, who.gid);
+    let p = permitted().unwrap_or([0, 0]);
     switch(&Ident {
         uid: who.uid,
         gid: who.gid,
         groups,
+        caps: [caps[0] & p[0], caps[1] & p[1]],
     })
 }
 
-/// Acts as `uid`, `gid` with the groups the system gives that user (for
-/// work casafs does on a user's behalf outside any request: retention,
-/// sweep).
-pub fn act_as_user(uid: u32, gid: u32) -> bool {
+/// Acts as `uid`, `gid` with the groups the system gives that user and no
+/// capability (for work casafs does on a user's behalf outside any
+/// request: retention, sweep).
+fn act_as_user(uid: u32, gid: u32) -> bool {
     if !enabled() {
         return true;
     }
@@ -329,11 +365,32 @@ pub fn act_as_user(uid: u32, gid: u32) -> bool {
         uid,
         gid,
         groups: Arc::from(user_groups(uid, gid)),
+        caps: [0, 0],
     })
 }
 
-/// The groups of the user `uid` from the system's user database.
+/// The groups of the user `uid` from the system's user database, kept for
+/// a minute.
 pub fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
+    /// (uid, gid) -> (when, groups).
+    type Known = DashMap<(u32, u32), (u64, Vec<u32>)>;
+    static CACHE: OnceLock<Known> = OnceLock::new();
+    let cache = CACHE.get_or_init(DashMap::new);
+    let now = crate::sys::coarse_now_ns();
+    if let Some(e) = cache.get(&(uid, gid))
+        && now.saturating_sub(e.0) < 60 * PROCESS_TTL_NS
+    {
+        return e.1.clone();
+    }
+    let groups = user_groups_now(uid, gid);
+    if cache.len() >= PROCESS_MAX {
+        cache.clear();
+    }
+    cache.insert((uid, gid), (now, groups.clone()));
+    groups
+}
+
+fn user_groups_now(uid: u32, gid: u32) -> Vec<u32> {
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16384];
     let mut out: *mut libc::passwd = std::ptr::null_mut();
@@ -356,7 +413,8 @@ pub fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
     }
 }
 
-/// Puts the thread back to root when dropped.
+/// Puts the thread back to the identity it had when dropped (also when
+/// what ran in between panicked).
 struct Restore(Option<Ident>);
 
 impl Drop for Restore {
@@ -367,6 +425,13 @@ impl Drop for Restore {
     }
 }
 
+/// The identity the thread has now.
+fn current() -> Ident {
+    CURRENT
+        .with(|c| c.borrow().clone())
+        .unwrap_or_else(Ident::root)
+}
+
 /// Runs `f` as root, the daemon's own identity, and returns to the
 /// identity the thread had. For what casafs does itself: it must touch
 /// only names no user can change, or objects through descriptors.
@@ -374,21 +439,24 @@ pub fn as_root<T>(f: impl FnOnce() -> T) -> T {
     if !enabled() {
         return f();
     }
-    let prev = CURRENT.with(|c| c.borrow().clone());
-    let _back = Restore(prev.clone().filter(|p| *p != Ident::root()));
-    if prev.is_some() {
-        switch(&Ident::root());
+    let prev = current();
+    if prev.is_root() {
+        return f();
     }
+    let _back = Restore(Some(prev));
+    switch(&Ident::root());
     f()
 }
 
 /// Runs `f` acting as `uid`, `gid` (with the user's groups from the user
-/// database), then returns to root: for work outside requests.
+/// database, without capabilities), then returns to the identity the
+/// thread had: for work outside requests. None if the identity could not
+/// be taken.
 pub fn as_user<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> Option<T> {
     if !enabled() {
         return Some(f());
     }
-    let _back = Restore(Some(Ident::root()));
+    let _back = Restore(Some(current()));
     act_as_user(uid, gid).then(f)
 }
 
@@ -404,41 +472,70 @@ pub fn as_registrar<T>(f: impl FnOnce() -> T) -> T {
     if !enabled() {
         return f();
     }
-    let prev = CURRENT
-        .with(|c| c.borrow().clone())
-        .unwrap_or_else(Ident::root);
-    let _back = Restore(Some(prev));
-    let nobody = Ident {
+    let _back = Restore(Some(current()));
+    let registrar = Ident {
         uid: NOBODY,
         gid: NOBODY,
         groups: Arc::from([]),
+        caps: [1 << CAP_SYS_ADMIN, 0],
     };
-    if !switch(&nobody) {
+    switch(&registrar);
+    f()
+}
+
+/// Runs `f` with CAP_SYS_ADMIN added to what the thread acts with, for a
+/// call that needs it and nothing else of root's (closing a passthrough
+/// backing id).
+pub fn with_sys_admin<T>(f: impl FnOnce() -> T) -> T {
+    let cur = current();
+    if !enabled() || cur.caps[0] & (1 << CAP_SYS_ADMIN) != 0 {
         return f();
     }
-    set_effective([1 << CAP_SYS_ADMIN, 0]);
-    let r = f();
-    set_effective([0, 0]);
-    r
+    struct Lower([u32; 2]);
+    impl Drop for Lower {
+        fn drop(&mut self) {
+            set_effective(self.0);
+        }
+    }
+    let _lower = Lower(cur.caps);
+    set_effective([cur.caps[0] | 1 << CAP_SYS_ADMIN, cur.caps[1]]);
+    f()
+}
+
+/// Runs `f` without CAP_SYS_RESOURCE: for root's chown of an object it
+/// made for a user, which moves the object's quota charge to that user and
+/// must fail where the user is over quota, as the creation would have.
+pub fn charging<T>(f: impl FnOnce() -> T) -> T {
+    let cur = current();
+    if !enabled() || cur.caps[0] & (1 << CAP_SYS_RESOURCE) == 0 {
+        return f();
+    }
+    struct Back([u32; 2]);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            set_effective(self.0);
+        }
+    }
+    let _back = Back(cur.caps);
+    set_effective([cur.caps[0] & !(1 << CAP_SYS_RESOURCE), cur.caps[1]]);
+    f()
 }
 
 /// Whether this thread acts for an unprivileged caller now.
 pub fn unprivileged() -> bool {
-    enabled() && CURRENT.with(|c| c.borrow().as_ref().is_some_and(|cur| !cur.privileged()))
+    enabled() && !current().privileged()
 }
 
 /// Whether the identity this thread acts with is in group `gid` (its
 /// filesystem gid or a supplementary group), or is root.
 pub fn in_group(gid: u32) -> bool {
-    CURRENT.with(|c| match &*c.borrow() {
-        None => true,
-        Some(cur) => cur.privileged() || cur.gid == gid || cur.groups.contains(&gid),
-    })
+    let cur = current();
+    cur.caps[0] & (1 << 4) != 0 || cur.gid == gid || cur.groups.contains(&gid)
 }
 
 /// The uid this thread acts as.
 pub fn current_uid() -> u32 {
-    CURRENT.with(|c| c.borrow().as_ref().map_or(0, |cur| cur.uid))
+    current().uid
 }
 
 /// Gives this thread the umask `mask` for what it creates next. Threads
@@ -475,12 +572,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn groups_come_from_the_status_of_the_same_user() {
-        let s = "Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t4 24 27 100 \n";
-        assert_eq!(&*parse_status(s, 1000).unwrap(), &[4, 24, 27, 100]);
+    fn groups_and_capabilities_come_from_the_status_of_the_same_user() {
+        let s = "Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t4 24 27 100 \nCapEff:\t0000000000000006\n";
+        let (groups, caps) = parse_status(s, 1000).unwrap();
+        assert_eq!(&*groups, &[4, 24, 27, 100]);
+        // CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH.
+        assert_eq!(caps, [6, 0]);
         assert!(parse_status(s, 1001).is_none());
-        let none = "Uid:\t5\t5\t5\t5\nGroups:\t\n";
-        assert!(parse_status(none, 5).unwrap().is_empty());
+        // Root's full set: only the filesystem part is lent.
+        let root = "Uid:\t0\t0\t0\t0\nGroups:\t\nCapEff:\t000001ffffffffff\n";
+        let (groups, caps) = parse_status(root, 0).unwrap();
+        assert!(groups.is_empty());
+        assert_eq!(caps, [FS_CAPS, 0]);
     }
 
     #[test]

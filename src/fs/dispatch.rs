@@ -24,7 +24,11 @@ use crate::creds::Caller;
 /// dropped on the way out, which answers EIO, and the thread goes on
 /// reading requests.
 fn guarded(req: &Request, f: impl FnOnce()) {
-    crate::creds::act_as(&caller(req));
+    // Not served at all without the caller's credentials: the reply inside
+    // `f` is dropped unanswered, which answers EIO.
+    if !crate::creds::act_as(&caller(req)) {
+        return;
+    }
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
         tracing::error!("a request handler panicked; the request was answered EIO");
     }

@@ -72,7 +72,9 @@ pub fn serve(
         gid: h.gid,
         pid: h.pid,
     };
-    crate::creds::act_as(&who);
+    if !crate::creds::act_as(&who) {
+        return r.error(Errno::EIO);
+    }
     let ino = h.nodeid;
     macro_rules! name_or_einval {
         ($b:expr) => {
