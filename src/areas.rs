@@ -13,7 +13,11 @@
 //! (ntfs-3g without a user mapping, vfat) cannot do either: there every
 //! user may do everything, in the areas as in the tree.
 
-use std::os::fd::RawFd;
+use std::collections::VecDeque;
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
 
 use crate::sys::{self, Errno};
 
@@ -35,6 +39,12 @@ pub fn secure(fd: RawFd) -> Result<Option<String>, NotPrivate> {
     let st = sys::fstat(fd).map_err(|e| NotPrivate(errno_text(e)))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return Err(NotPrivate("not a directory".into()));
+    }
+    if st.st_uid != 0 && keeps_no_owners(fd) {
+        return Ok(Some(format!(
+            "its filesystem keeps no owners (it shows uid {}): every user may reach it",
+            st.st_uid
+        )));
     }
     if st.st_uid != 0 {
         return Err(NotPrivate(format!(
@@ -79,6 +89,103 @@ pub fn secure(fd: RawFd) -> Result<Option<String>, NotPrivate> {
 /// a directory someone else made or opened is simply not the area.
 pub fn adoptable(st: &libc::stat) -> bool {
     !crate::creds::enabled() || (st.st_uid == 0 && st.st_mode & 0o022 == 0)
+}
+
+/// Whether the filesystem of `fd` shows owners it does not keep (set by a
+/// mount option: ntfs-3g, vfat, exFAT).
+fn keeps_no_owners(fd: RawFd) -> bool {
+    const FUSE: i64 = 0x6573_5546;
+    const MSDOS: i64 = 0x4d44;
+    const EXFAT: i64 = 0x2011_bab0;
+    sys::fstatfs_type(fd).is_ok_and(|t| matches!(t, FUSE | MSDOS | EXFAT))
+}
+
+/// Opens the directory `path` names for use as an area, making what is
+/// missing of it (noted in `made`, outermost first; the area itself 0700).
+/// Resolved one component at a time from `/` through descriptors, so that
+/// nothing can be swapped in between, and through no symlink that someone
+/// other than root owns: a user who may write a directory on the way
+/// cannot point the area anywhere else.
+pub fn open_area(path: &Path, made: &mut Vec<PathBuf>) -> Result<OwnedFd, String> {
+    let root = || sys::open_at(libc::AT_FDCWD, c"/", libc::O_PATH | libc::O_DIRECTORY, 0);
+    let err = |what: &str, e: Errno| format!("{what}: {}", errno_text(e));
+    let mut dir = root().map_err(|e| err("/", e))?;
+    let mut at = PathBuf::from("/");
+    let path = match path.is_relative() {
+        true => std::env::current_dir()
+            .map_err(|e| e.to_string())?
+            .join(path),
+        false => path.to_path_buf(),
+    };
+    let mut todo: VecDeque<OsString> = components(&path);
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            dir = sys::open_at(dir.as_raw_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0)
+                .map_err(|e| err("..", e))?;
+            at.pop();
+            continue;
+        }
+        let name = CString::new(c.as_bytes()).map_err(|_| "a name with a NUL byte".to_string())?;
+        let next = at.join(&c);
+        let fd = match sys::open_at(dir.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                let mode = if todo.is_empty() { PRIVATE_MODE } else { 0o755 };
+                match sys::mkdir_at(dir.as_raw_fd(), &name, mode) {
+                    Ok(()) => made.push(next.clone()),
+                    Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(err(&format!("cannot create {}", next.display()), e)),
+                }
+                sys::open_at(dir.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                    .map_err(|e| err(&next.display().to_string(), e))?
+            }
+            Err(e) => return Err(err(&next.display().to_string(), e)),
+        };
+        let st = sys::fstat(fd.as_raw_fd()).map_err(|e| err(&next.display().to_string(), e))?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                dir = fd;
+                at = next;
+            }
+            libc::S_IFLNK => {
+                if st.st_uid != 0 && crate::creds::enabled() {
+                    return Err(format!(
+                        "{} is a symlink of uid {}, who could point it anywhere",
+                        next.display(),
+                        st.st_uid
+                    ));
+                }
+                hops += 1;
+                if hops > 40 {
+                    return Err(err(&next.display().to_string(), Errno::ELOOP));
+                }
+                let target = sys::readlink_at(fd.as_raw_fd(), c"")
+                    .map_err(|e| err(&next.display().to_string(), e))?;
+                let target = PathBuf::from(OsString::from_vec(target));
+                if target.is_absolute() {
+                    dir = root().map_err(|e| err("/", e))?;
+                    at = PathBuf::from("/");
+                }
+                for c in components(&target).into_iter().rev() {
+                    todo.push_front(c);
+                }
+            }
+            _ => return Err(format!("{} is not a directory", next.display())),
+        }
+    }
+    Ok(dir)
+}
+
+/// The names of a path, `..` kept, `.` and `/` left out.
+fn components(p: &Path) -> VecDeque<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect()
 }
 
 fn errno_text(e: Errno) -> String {

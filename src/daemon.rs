@@ -81,6 +81,12 @@ fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
 /// Checks the source and every target area, creating missing areas, and
 /// opens them. Everything that can be judged before mounting is judged here.
 pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
+    // Serving other users safely means acting as each of them.
+    if s.allow_other && !crate::creds::enabled() {
+        return Err(BadInput(
+            "allow_other: casafs serves each user with that user's rights, which needs root (CAP_SETUID and CAP_SETGID); run it as root, or mount with noallow_other".into(),
+        ));
+    }
     take_over_dead_mount(&s.mountpoint);
     if s.source != s.mountpoint {
         take_over_dead_mount(&s.source);
@@ -142,8 +148,7 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
             ))
         };
         let checked = (|| {
-            make_dirs(&r.target, &mut made).map_err(|e| fail(format!("cannot create it: {e}")))?;
-            let fd = open_dir(&r.target).map_err(|e| fail(e.to_string()))?;
+            let fd = crate::areas::open_area(&r.target, &mut made).map_err(fail)?;
             match crate::areas::secure(fd.as_raw_fd()) {
                 Ok(None) => {}
                 // One casafs just made is closed as a matter of course.
@@ -153,11 +158,16 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
             }
             // Probe: a target nobody can create in would make every routed
             // creation fall back; refuse it now instead.
-            let probe = r
-                .target
-                .join(format!(".casafs-probe-{}", std::process::id()));
-            std::fs::File::create(&probe).map_err(|e| fail(format!("not writable: {e}")))?;
-            let _ = std::fs::remove_file(&probe);
+            let probe = CString::new(format!(".casafs-probe-{}", std::process::id()))
+                .map_err(|_| fail("probe name".into()))?;
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            crate::sys::open_at(fd.as_raw_fd(), &probe, flags, 0o600).map_err(|e| {
+                fail(format!(
+                    "not writable: {}",
+                    std::io::Error::from_raw_os_error(e.code())
+                ))
+            })?;
+            let _ = crate::sys::unlink_at(fd.as_raw_fd(), &probe, 0);
             Ok(fd)
         })();
         let fd = match checked {
@@ -176,27 +186,6 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
         areas,
         rule_area,
     })
-}
-
-/// `create_dir_all` that notes each directory it made, outermost first.
-fn make_dirs(p: &std::path::Path, made: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut missing = Vec::new();
-    let mut cur = Some(p);
-    while let Some(d) = cur {
-        if std::fs::symlink_metadata(d).is_ok() {
-            break;
-        }
-        missing.push(d.to_path_buf());
-        cur = d.parent();
-    }
-    for d in missing.into_iter().rev() {
-        match std::fs::create_dir(&d) {
-            Ok(()) => made.push(d),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 fn fuse_config(s: &Settings) -> Config {
