@@ -514,6 +514,20 @@ impl Inode {
         Ok(Anchor::At(parent.path_fd()?, name))
     }
 
+    /// Runs `f` on the object by `anchor`, and, where that answers EACCES
+    /// from a name (the caller may no longer search the directory of an
+    /// object the kernel has let it reach: a descriptor it holds, or a
+    /// directory whose mode changed since), once more through the object's
+    /// own descriptor, where only the object's own permissions count, as
+    /// for a call on a descriptor natively.
+    pub fn on_object<T>(&self, mut f: impl FnMut(&Anchor) -> Res<T>) -> Res<T> {
+        let a = self.anchor()?;
+        match f(&a) {
+            Err(Errno::EACCES) if matches!(a, Anchor::At(..)) => f(&Anchor::Fd(self.path_fd()?)),
+            r => r,
+        }
+    }
+
     /// Current attributes, verified to belong to this inode. A name that now
     /// holds another object means ours is gone: ENOENT, never its stats.
     pub fn stat(&self) -> Res<libc::stat> {
@@ -704,7 +718,8 @@ impl InodeTable {
             ino: st.st_ino,
             fmt: st.st_mode & libc::S_IFMT,
             in_target: t,
-            private: false,
+            // An area's own directory, seen through the tree.
+            private: t && !parent.in_target,
             lookups: AtomicU64::new(lookups),
             generation,
             dead: std::sync::atomic::AtomicBool::new(false),

@@ -101,76 +101,80 @@ impl CasaFs {
         let inode = self.inodes.get(ino)?;
         let handle = fh.and_then(|fh| self.handles.get(fh).ok());
         let hfd = handle.as_ref().and_then(|h| h.fd().ok());
-        let anchor = inode.anchor()?;
         let is_lnk = inode.fmt == libc::S_IFLNK;
-
-        if uid.is_some() || gid.is_some() {
-            let u = uid.unwrap_or(u32::MAX);
-            let g = gid.unwrap_or(u32::MAX);
-            match &anchor {
-                Anchor::Fd(fd) => sys::chown_at(fd.as_raw_fd(), c"", u, g, libc::AT_EMPTY_PATH)?,
-                Anchor::At(d, n) => {
-                    sys::chown_at(d.as_raw_fd(), n, u, g, libc::AT_SYMLINK_NOFOLLOW)?
+        let apply = |anchor: &Anchor| -> Res<()> {
+            if uid.is_some() || gid.is_some() {
+                let u = uid.unwrap_or(u32::MAX);
+                let g = gid.unwrap_or(u32::MAX);
+                match anchor {
+                    Anchor::Fd(fd) => {
+                        sys::chown_at(fd.as_raw_fd(), c"", u, g, libc::AT_EMPTY_PATH)?
+                    }
+                    Anchor::At(d, n) => {
+                        sys::chown_at(d.as_raw_fd(), n, u, g, libc::AT_SYMLINK_NOFOLLOW)?
+                    }
                 }
             }
-        }
-        if let Some(m) = mode {
-            if is_lnk {
-                return Err(Errno::EOPNOTSUPP);
-            }
-            match (hfd, &anchor) {
-                (Some(fd), _) => sys::fchmod(fd, m & 0o7777)?,
-                (None, Anchor::Fd(fd)) => sys::chmod_fd(fd.as_raw_fd(), m & 0o7777)?,
-                (None, Anchor::At(d, n)) => {
-                    self.verify(&inode, &anchor)?;
-                    sys::chmod_at(d.as_raw_fd(), n, m & 0o7777)?
+            if let Some(m) = mode {
+                if is_lnk {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                match (hfd, anchor) {
+                    (Some(fd), _) => sys::fchmod(fd, m & 0o7777)?,
+                    (None, Anchor::Fd(fd)) => sys::chmod_fd(fd.as_raw_fd(), m & 0o7777)?,
+                    (None, Anchor::At(d, n)) => {
+                        self.verify(&inode, anchor)?;
+                        sys::chmod_at(d.as_raw_fd(), n, m & 0o7777)?
+                    }
                 }
             }
-        }
-        if let Some(sz) = size {
-            match hfd {
-                Some(fd)
-                    if handle
-                        .as_ref()
-                        .is_some_and(|h| !h.passthrough || writable(fd)) =>
-                {
-                    match sys::ftruncate(fd, sz) {
-                        Ok(()) => {}
-                        // A read-only handle (open O_RDONLY then ftruncate
-                        // is refused by the kernel before us; this is the
-                        // truncate(2)-with-an-open-handle case).
-                        Err(Errno::EBADF) | Err(Errno::EINVAL) => {
-                            let f = anchor.open(libc::O_WRONLY)?;
-                            sys::ftruncate(f.as_raw_fd(), sz)?
+            if let Some(sz) = size {
+                match hfd {
+                    Some(fd)
+                        if handle
+                            .as_ref()
+                            .is_some_and(|h| !h.passthrough || writable(fd)) =>
+                    {
+                        match sys::ftruncate(fd, sz) {
+                            Ok(()) => {}
+                            // A read-only handle (open O_RDONLY then ftruncate
+                            // is refused by the kernel before us; this is the
+                            // truncate(2)-with-an-open-handle case).
+                            Err(Errno::EBADF) | Err(Errno::EINVAL) => {
+                                let f = anchor.open(libc::O_WRONLY)?;
+                                sys::ftruncate(f.as_raw_fd(), sz)?
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => return Err(e),
                     }
-                }
-                _ => {
-                    let f = anchor.open(libc::O_WRONLY)?;
-                    let st = sys::fstat(f.as_raw_fd())?;
-                    if !inode.same(&st) {
-                        return Err(Errno::ENOENT);
+                    _ => {
+                        let f = anchor.open(libc::O_WRONLY)?;
+                        let st = sys::fstat(f.as_raw_fd())?;
+                        if !inode.same(&st) {
+                            return Err(Errno::ENOENT);
+                        }
+                        sys::ftruncate(f.as_raw_fd(), sz)?
                     }
-                    sys::ftruncate(f.as_raw_fd(), sz)?
                 }
             }
-        }
-        if atime.is_some() || mtime.is_some() {
-            let times = [timespec(atime), timespec(mtime)];
-            match (hfd, &anchor) {
-                (Some(fd), _) if !is_lnk => sys::futimens(fd, &times)?,
-                (_, Anchor::At(d, n)) => {
-                    sys::utimens_at(d.as_raw_fd(), n, &times, libc::AT_SYMLINK_NOFOLLOW)?
-                }
-                (_, Anchor::Fd(fd)) => {
-                    if is_lnk {
-                        return Err(Errno::EOPNOTSUPP);
+            if atime.is_some() || mtime.is_some() {
+                let times = [timespec(atime), timespec(mtime)];
+                match (hfd, anchor) {
+                    (Some(fd), _) if !is_lnk => sys::futimens(fd, &times)?,
+                    (_, Anchor::At(d, n)) => {
+                        sys::utimens_at(d.as_raw_fd(), n, &times, libc::AT_SYMLINK_NOFOLLOW)?
                     }
-                    sys::utimens_at(libc::AT_FDCWD, &sys::proc_path(fd.as_raw_fd()), &times, 0)?
+                    (_, Anchor::Fd(fd)) => {
+                        if is_lnk {
+                            return Err(Errno::EOPNOTSUPP);
+                        }
+                        sys::utimens_at(libc::AT_FDCWD, &sys::proc_path(fd.as_raw_fd()), &times, 0)?
+                    }
                 }
             }
-        }
+            Ok(())
+        };
+        inode.on_object(apply)?;
         // Each change above went through the backing filesystem, whose
         // reply refreshed its cache: no fresh stat (on ntfs-3g one more
         // round trip per chmod, chown, utimes, truncate). A request that
@@ -275,7 +279,7 @@ impl CasaFs {
         make: &dyn Fn(RawFd, &CStr, u32) -> Res<T>,
     ) -> Res<(Arc<Inode>, libc::stat, T)> {
         let setgid = self.setgid_of(pfd)?;
-        let owner = made.map(|m| m.owner_in(pfd, setgid, is_dir));
+        let owner = made.map(|m| m.owner_in(pfd, setgid, is_dir)).transpose()?;
         creds::as_root(|| {
             let create_mode = owner.as_ref().map_or(0, |o| o.mode & 0o777);
             let (area_idx, tname, v) = self.place(rule, name, &|d, n| make(d, n, create_mode))?;
@@ -448,21 +452,16 @@ impl CasaFs {
         let inode = self.inodes.get(ino)?;
         let np = self.inodes.get(newparent)?;
         let newname = cname(newname)?;
-        let anchor = inode.anchor()?;
-        let st = anchor.stat()?;
-        if !inode.same(&st) {
+        // The object itself, by a descriptor checked to be it: a routed link
+        // is made as root, and a name could be swapped under it meanwhile.
+        let obj = inode.path_fd()?;
+        if !inode.same(&sys::fstat(obj.as_raw_fd())?) {
             return Err(Errno::ENOENT);
         }
-        let mk = |d: RawFd, n: &CStr, _: u32| match &anchor {
-            Anchor::At(sd, sn) => sys::link_at(sd.as_raw_fd(), sn, d, n, 0),
-            // The /proc form: AT_EMPTY_PATH would need a capability.
-            Anchor::Fd(fd) => sys::link_at(
-                libc::AT_FDCWD,
-                &sys::proc_path(fd.as_raw_fd()),
-                d,
-                n,
-                libc::AT_SYMLINK_FOLLOW,
-            ),
+        // The /proc form: AT_EMPTY_PATH would need a capability.
+        let mk = |d: RawFd, n: &CStr, _: u32| {
+            let from = sys::proc_path(obj.as_raw_fd());
+            sys::link_at(libc::AT_FDCWD, &from, d, n, libc::AT_SYMLINK_FOLLOW)
         };
         inode.linked.store(true, Relaxed);
         let (i, st, ()) = self.new_entry(None, &np, &newname, false, &mk)?;
@@ -693,13 +692,15 @@ impl CasaFs {
 
     /// The rename itself; `dir_moved` tells whether a directory moved.
     ///
-    /// Where an area is involved (a routed name on either side, or a new
-    /// name a rule routes) casafs renames as root, since only root writes
-    /// in the areas. The kernel has checked the caller's rights on both
+    /// It runs as the caller. Where an area is involved, only root may
+    /// write there: a rename with a routed name on either side runs as
+    /// root (`rename_plain_for`), and so does the move of what a rule routes
+    /// into its area (checked afterwards to be the object the caller
+    /// renamed). The kernel has checked the caller's rights on both
     /// directories and on what the rename replaces, as they appear in the
     /// mount; what it cannot know is that a directory renamed onto a routed
     /// name moves to another directory, which needs write permission on it:
-    /// checked here as the caller.
+    /// without it the directory is renamed in place.
     fn rename_names(
         &self,
         parent: u64,
@@ -718,22 +719,7 @@ impl CasaFs {
                 return Err(Errno::EPERM);
             }
         }
-        let routed =
-            self.redirects.get(&p, &name).is_some() || self.redirects.get(&np, &newname).is_some();
-        let routes = flags & libc::RENAME_EXCHANGE == 0
-            && (self.route(&np, &newname, true).is_some()
-                || self.route(&np, &newname, false).is_some());
-        if !routed && !routes {
-            return self.rename_located(&p, &name, &np, &newname, flags, dir_moved);
-        }
-        if routes && !routed {
-            let pfd = p.dir_fd()?;
-            let st = sys::stat_at(pfd.as_raw_fd(), &name)?;
-            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                sys::access_at(pfd.as_raw_fd(), &name, libc::W_OK)?;
-            }
-        }
-        creds::as_root(|| self.rename_located(&p, &name, &np, &newname, flags, dir_moved))
+        self.rename_located(&p, &name, &np, &newname, flags, dir_moved)
     }
 
     fn rename_located(
@@ -752,25 +738,38 @@ impl CasaFs {
 
         let src = self.locate(&p, &name)?;
         let sfd = src.dir.dir_fd()?;
-        let sst = sys::stat_at(sfd.as_raw_fd(), &src.name)?;
+        let sst = match src.st {
+            Some(st) => st,
+            None => sys::stat_at(sfd.as_raw_fd(), &src.name)?,
+        };
         let is_dir = sst.st_mode & libc::S_IFMT == libc::S_IFDIR;
 
         let dst = self.locate(&np, &newname)?;
         *dir_moved = is_dir
             || (exchange
-                && dst.dir.dir_fd().is_ok_and(|d| {
-                    sys::stat_at(d.as_raw_fd(), &dst.name)
-                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-                }));
+                && match dst.st {
+                    Some(st) => Ok(st),
+                    None => dst
+                        .dir
+                        .dir_fd()
+                        .and_then(|d| sys::stat_at(d.as_raw_fd(), &dst.name)),
+                }
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR));
         let route = if exchange || dst.redirect.is_some() {
             None
         } else {
             self.route(&np, &newname, is_dir)
         };
         // Same object under a routed name already (rename of a name onto
-        // itself, or a hard link): nothing to route.
-        let route =
-            route.filter(|_| src.redirect.is_none() || !Arc::ptr_eq(&p, &np) || name != newname);
+        // itself, or a hard link): nothing to route. A directory moves
+        // into an area only if the caller may write it.
+        let route = route
+            .filter(|_| src.redirect.is_none() || !Arc::ptr_eq(&p, &np) || name != newname)
+            .filter(|_| {
+                !is_dir
+                    || src.redirect.is_some()
+                    || sys::access_at(sfd.as_raw_fd(), &src.name, libc::W_OK).is_ok()
+            });
 
         if let Some(rule) = route {
             let area_idx = self.rule_area[rule];
@@ -779,7 +778,7 @@ impl CasaFs {
                 match self.settings.cross_device {
                     crate::config::CrossDevice::Exdev => return Err(Errno::EXDEV),
                     crate::config::CrossDevice::InPlace => {
-                        return self.rename_plain(&src, &sst, &dst, flags);
+                        return self.rename_plain_for(&src, &sst, &dst, flags);
                     }
                 }
             }
@@ -805,7 +804,7 @@ impl CasaFs {
                     };
                 }
                 Some(_) => {
-                    self.rename_plain(&src, &sst, &dst, flags)?;
+                    self.rename_plain_for(&src, &sst, &dst, flags)?;
                     if src.redirect.is_some() {
                         self.redirects.remove(&p, &name);
                     }
@@ -813,9 +812,19 @@ impl CasaFs {
                 }
                 None => (sfd, &src.name),
             };
-            let mv =
-                |d: RawFd, n: &CStr| sys::rename_noreplace(from_fd.as_raw_fd(), from_name, d, n);
-            match self.place(rule, &newname, &mv) {
+            // As root, by the name the caller's directory has for it, then
+            // checked: anything swapped in meanwhile goes back.
+            let mv = |d: RawFd, n: &CStr| {
+                sys::rename_noreplace(from_fd.as_raw_fd(), from_name, d, n)?;
+                match sys::stat_at(d, n) {
+                    Ok(st) if (st.st_dev, st.st_ino) == (sst.st_dev, sst.st_ino) => Ok(()),
+                    _ => {
+                        let _ = sys::rename_noreplace(d, n, from_fd.as_raw_fd(), from_name);
+                        Err(Errno::ESTALE)
+                    }
+                }
+            };
+            match creds::as_root(|| self.place(rule, &newname, &mv)) {
                 Ok((_, tname, ())) => {
                     if existing.is_none() && src.redirect.is_some() {
                         self.redirects.remove(&p, &name);
@@ -844,7 +853,7 @@ impl CasaFs {
             }
             return Ok(());
         }
-        self.rename_plain(&src, &sst, &dst, flags)?;
+        self.rename_plain_for(&src, &sst, &dst, flags)?;
         if src.redirect.is_some() && !exchange {
             self.redirects.remove(&p, &name);
         }
@@ -894,18 +903,21 @@ impl CasaFs {
                 return Err(Errno::EEXIST);
             }
             let dfd = dst.dir.dir_fd()?;
-            let dstat = sys::stat_at(dfd.as_raw_fd(), &dst.name)?;
+            let dstat = dst.st.ok_or(Errno::ENOENT)?;
             let dst_is_dir = dstat.st_mode & libc::S_IFMT == libc::S_IFDIR;
             match (sst.st_mode & libc::S_IFMT == libc::S_IFDIR, dst_is_dir) {
                 (false, true) => return Err(Errno::EISDIR),
                 (true, false) => return Err(Errno::ENOTDIR),
                 (true, true) => {
-                    let d = sys::open_at(
-                        dfd.as_raw_fd(),
-                        &dst.name,
-                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                        0,
-                    )?;
+                    // casafs's name in its area, looked into as root.
+                    let d = creds::as_root(|| {
+                        sys::open_at(
+                            dfd.as_raw_fd(),
+                            &dst.name,
+                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                            0,
+                        )
+                    })?;
                     if !crate::graveyard::list_dir(&d)?.is_empty() {
                         return Err(Errno::ENOTEMPTY);
                     }
@@ -918,13 +930,15 @@ impl CasaFs {
                 redirect: None,
                 st: None,
             };
-            self.rename_plain(src, sst, &here, flags)?;
+            self.rename_plain_for(src, sst, &here, flags)?;
             self.redirects.remove(np, newname);
-            let gone = if dst_is_dir {
-                sys::unlink_at(dfd.as_raw_fd(), &dst.name, libc::AT_REMOVEDIR)
-            } else {
-                self.remove_file(&dst.dir, &dst.name)
-            };
+            let gone = creds::as_root(|| {
+                if dst_is_dir {
+                    sys::unlink_at(dfd.as_raw_fd(), &dst.name, libc::AT_REMOVEDIR)
+                } else {
+                    self.remove_file(&dst.dir, &dst.name)
+                }
+            });
             if let Err(e) = gone {
                 tracing::warn!(
                     "cannot remove {} from area {} after a rename in place replaced it: {}",
@@ -938,6 +952,22 @@ impl CasaFs {
             Ok(())
         };
         Some(go())
+    }
+
+    /// `rename_plain` as the caller, or as root where either name is in
+    /// an area (casafs's own names there).
+    fn rename_plain_for(
+        &self,
+        src: &Located,
+        sst: &libc::stat,
+        dst: &Located,
+        flags: u32,
+    ) -> Res<()> {
+        if src.redirect.is_some() || dst.redirect.is_some() {
+            creds::as_root(|| self.rename_plain(src, sst, dst, flags))
+        } else {
+            self.rename_plain(src, sst, dst, flags)
+        }
     }
 
     fn rename_plain(&self, src: &Located, sst: &libc::stat, dst: &Located, flags: u32) -> Res<()> {

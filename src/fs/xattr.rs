@@ -56,7 +56,7 @@ impl CasaFs {
             return Err(Errno::ENODATA);
         }
         let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = inode.anchor()?.getxattr(&name, &mut buf)?;
+        let n = inode.on_object(|a| a.getxattr(&name, &mut buf))?;
         if size == 0 {
             return Ok(XattrAnswer::Size(n as u32));
         }
@@ -66,42 +66,48 @@ impl CasaFs {
 
     pub(super) fn do_listxattr(&self, ino: u64, size: u32) -> Res<XattrAnswer> {
         let inode = self.inodes.get(ino)?;
-        let anchor = inode.anchor()?;
-        // Room for the origin record on top of what the caller can take:
-        // the list it gets may fit where the whole one would not.
-        let mut tries = 0;
-        let list = loop {
-            let room = match size {
-                0 => anchor.listxattr(&mut [])?,
-                _ => {
-                    size as usize
-                        + ORIGIN_XATTRS
-                            .iter()
-                            .map(|x| x.to_bytes_with_nul().len())
-                            .sum::<usize>()
-                }
-            };
-            if room == 0 {
-                return Ok(XattrAnswer::Size(0));
-            }
-            let mut buf = vec![0u8; room.min(XATTR_MAX)];
-            match anchor.listxattr(&mut buf) {
-                Ok(n) => break without_origin(&buf[..n]),
-                // A size query never fails for want of room: an attribute
-                // added between its two calls is measured again.
-                Err(Errno::ERANGE) if size == 0 && tries < 8 => tries += 1,
-                Err(e) => return Err(e),
+        inode.on_object(|anchor| list(anchor, size))
+    }
+}
+
+/// The listxattr answer for the object `anchor` reaches.
+fn list(anchor: &Anchor, size: u32) -> Res<XattrAnswer> {
+    // Room for the origin record on top of what the caller can take:
+    // the list it gets may fit where the whole one would not.
+    let mut tries = 0;
+    let list = loop {
+        let room = match size {
+            0 => anchor.listxattr(&mut [])?,
+            _ => {
+                size as usize
+                    + ORIGIN_XATTRS
+                        .iter()
+                        .map(|x| x.to_bytes_with_nul().len())
+                        .sum::<usize>()
             }
         };
-        if size == 0 {
-            return Ok(XattrAnswer::Size(list.len() as u32));
+        if room == 0 {
+            return Ok(XattrAnswer::Size(0));
         }
-        if list.len() > size as usize {
-            return Err(Errno::ERANGE);
+        let mut buf = vec![0u8; room.min(XATTR_MAX)];
+        match anchor.listxattr(&mut buf) {
+            Ok(n) => break without_origin(&buf[..n]),
+            // A size query never fails for want of room: an attribute
+            // added between its two calls is measured again.
+            Err(Errno::ERANGE) if size == 0 && tries < 8 => tries += 1,
+            Err(e) => return Err(e),
         }
-        Ok(XattrAnswer::Data(list))
+    };
+    if size == 0 {
+        return Ok(XattrAnswer::Size(list.len() as u32));
     }
+    if list.len() > size as usize {
+        return Err(Errno::ERANGE);
+    }
+    Ok(XattrAnswer::Data(list))
+}
 
+impl CasaFs {
     pub(super) fn do_setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
         let inode = self.inodes.get(ino)?;
         let name = cname(name)?;
@@ -114,7 +120,7 @@ impl CasaFs {
                 _ => Err(Errno::ENODATA),
             };
         }
-        inode.anchor()?.setxattr(&name, value, flags)
+        inode.on_object(|a| a.setxattr(&name, value, flags))
     }
 
     pub(super) fn do_removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
@@ -123,15 +129,17 @@ impl CasaFs {
         if is_origin(&name) {
             return Err(Errno::ENODATA);
         }
-        let anchor = inode.anchor()?;
-        match anchor.removexattr(&name) {
+        match inode.on_object(|a| a.removexattr(&name)) {
             // The kernel drops a file's capabilities before a write by
             // anyone who may write it, and asks casafs to here; the caller
             // lacks CAP_SETFCAP, which the kernel does not need for that.
-            Err(Errno::EPERM)
-                if name.as_c_str() == CAPABILITY && creds::unprivileged() && may_write(&anchor) =>
-            {
-                creds::as_root(|| anchor.removexattr(&name))
+            // Judged and done on the object's own descriptor.
+            Err(Errno::EPERM) if name.as_c_str() == CAPABILITY && creds::unprivileged() => {
+                let obj = Anchor::Fd(inode.path_fd()?);
+                if !may_write(&obj) {
+                    return Err(Errno::EPERM);
+                }
+                creds::as_root(|| obj.removexattr(&name))
             }
             r => r,
         }
