@@ -96,25 +96,43 @@ pub fn inherit(default: &[u8], mode: u32) -> Option<(u32, Option<Vec<u8>>)> {
     Some(((mode & !0o777) | m, extended.then(|| render(&acl))))
 }
 
-/// The default ACL of the directory open as `dir`, if it has one.
-pub fn default_of(dir: RawFd) -> Option<Vec<u8>> {
+/// The default ACL of the directory open as `dir`, if it has one. An
+/// error where one may exist but cannot be read: what it would have given
+/// must not be guessed.
+pub fn default_of(dir: RawFd) -> Res<Option<Vec<u8>>> {
     let path = sys::proc_path(dir);
-    let mut buf = vec![0u8; 4096];
-    match sys::getxattr(&path, DEFAULT, &mut buf, true) {
-        Ok(n) if n > 0 => {
-            buf.truncate(n);
-            Some(buf)
+    for _ in 0..4 {
+        let n = match sys::getxattr(&path, DEFAULT, &mut [], true) {
+            Ok(0) | Err(Errno::ENODATA | Errno::EOPNOTSUPP) => return Ok(None),
+            Ok(n) => n,
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; n];
+        match sys::getxattr(&path, DEFAULT, &mut buf, true) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            // Changed between the two calls.
+            Err(Errno::ERANGE) => continue,
+            Err(e) => return Err(e),
         }
-        _ => None,
     }
+    Err(Errno::EIO)
 }
 
 /// Sets an ACL xattr on the object `fd` (an `O_PATH` descriptor) stands
-/// for.
-pub fn set(fd: RawFd, which: &std::ffi::CStr, value: &[u8]) -> Res<()> {
-    match sys::setxattr(&sys::proc_path(fd), which, value, 0, true) {
+/// for, or removes it (`None`: the object must have none, whatever its
+/// area's own default ACL gave it).
+pub fn set(fd: RawFd, which: &std::ffi::CStr, value: Option<&[u8]>) -> Res<()> {
+    let path = sys::proc_path(fd);
+    let r = match value {
+        Some(v) => sys::setxattr(&path, which, v, 0, true),
+        None => sys::removexattr(&path, which, true),
+    };
+    match r {
         // A filesystem without ACLs has nothing to inherit either.
-        Err(Errno::EOPNOTSUPP) => Ok(()),
+        Err(Errno::EOPNOTSUPP | Errno::ENODATA) => Ok(()),
         r => r,
     }
 }

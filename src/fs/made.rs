@@ -31,6 +31,7 @@ pub(super) struct Owner {
     /// Permission and set-ID bits; None for a symlink, which has none.
     pub mode: u32,
     symlink: bool,
+    is_dir: bool,
     access_acl: Option<Vec<u8>>,
     default_acl: Option<Vec<u8>>,
 }
@@ -50,13 +51,17 @@ impl Made {
     /// How the object goes to the caller when made for the directory `dir`
     /// (whose group it gets if `setgid`). Decided as the caller, whose
     /// groups count.
-    pub fn owner_in(&self, dir: RawFd, setgid: Option<u32>, is_dir: bool) -> Owner {
+    pub fn owner_in(&self, dir: RawFd, setgid: Option<u32>, is_dir: bool) -> Res<Owner> {
         let symlink = self.mode & libc::S_IFMT == libc::S_IFLNK;
-        let inherited = if symlink {
-            None
-        } else {
-            creds::as_root(|| acl::default_of(dir))
-                .and_then(|d| acl::inherit(&d, self.mode).map(|(m, a)| (m, a, d)))
+        let inherited = match symlink {
+            true => None,
+            false => match creds::as_root(|| acl::default_of(dir))? {
+                None => None,
+                Some(d) => {
+                    let (m, a) = acl::inherit(&d, self.mode).ok_or(Errno::EIO)?;
+                    Some((m, a, d))
+                }
+            },
         };
         let (mut mode, access_acl, default_acl) = match inherited {
             Some((m, a, d)) => (m & 0o7777, a, is_dir.then_some(d)),
@@ -73,14 +78,15 @@ impl Made {
             // is not in.
             mode &= !libc::S_ISGID;
         }
-        Owner {
+        Ok(Owner {
             uid: self.who.uid,
             gid,
             mode,
             symlink,
+            is_dir,
             access_acl,
             default_acl,
-        }
+        })
     }
 }
 
@@ -97,7 +103,8 @@ impl Owner {
             return Err(Errno::ENOENT);
         }
         if (now.st_uid, now.st_gid) != (self.uid, self.gid) {
-            match sys::chown_at(fd, c"", self.uid, self.gid, libc::AT_EMPTY_PATH) {
+            let chown = || sys::chown_at(fd, c"", self.uid, self.gid, libc::AT_EMPTY_PATH);
+            match creds::charging(chown) {
                 Ok(()) => {}
                 // Filesystems without ownership (ntfs-3g without a user
                 // mapping, vfat) refuse chown; the object stays as mapped.
@@ -114,11 +121,9 @@ impl Owner {
                     Err(e) => return Err(e),
                 }
             }
-            if let Some(a) = &self.access_acl {
-                acl::set(fd, acl::ACCESS, a)?;
-            }
-            if let Some(d) = &self.default_acl {
-                acl::set(fd, acl::DEFAULT, d)?;
+            acl::set(fd, acl::ACCESS, self.access_acl.as_deref())?;
+            if self.is_dir {
+                acl::set(fd, acl::DEFAULT, self.default_acl.as_deref())?;
             }
         }
         sys::fstat(fd)
