@@ -47,6 +47,8 @@ pub trait Mounted: Send + Sync {
     /// where the two differ (objects on another filesystem than the
     /// tree's, such as an area on its own disk).
     fn backing_ino(&self, ino: u64) -> Option<u64>;
+    /// The device number of the mount, as processes using it see it.
+    fn mount_dev(&self) -> Option<u64>;
 }
 
 /// Starts the thread if any rule has a retention. The thread lives as long
@@ -76,14 +78,15 @@ pub fn start(list: Vec<Retention>, stats: Arc<Stats>, fs: std::sync::Weak<dyn Mo
     }
 }
 
-/// A candidate for removal: its name in the area, its size and the inode
-/// numbers of everything in it.
+/// A candidate for removal: its name in the area, its size and what is in
+/// it.
 struct Expired {
     name: CString,
     is_dir: bool,
     bytes: u64,
     age: Duration,
-    inos: HashSet<u64>,
+    /// Everything in it, as `survey` saw it.
+    stats: Vec<libc::stat>,
     /// Who put it there: the user who routed it, else its owner.
     by: (u32, u32),
 }
@@ -129,7 +132,7 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
             is_dir,
             bytes: 0,
             age: Duration::MAX,
-            inos: HashSet::new(),
+            stats: Vec::new(),
             by,
         };
         let newest = survey(area.as_raw_fd(), &st, &mut x);
@@ -145,7 +148,7 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
     let held = held_inodes(fs);
     for x in expired {
         let shown = r.area_path.join(x.name.to_string_lossy().as_ref());
-        if x.inos.iter().any(|i| held.contains(i)) {
+        if x.stats.iter().any(|st| held.holds(st)) {
             tracing::debug!("retention: {} is open, kept", shown.display());
             continue;
         }
@@ -201,7 +204,7 @@ fn origin_name(area: &Arc<OwnedFd>, name: &CStr) -> Option<Vec<u8>> {
 fn survey(area: RawFd, st: &libc::stat, x: &mut Expired) -> i64 {
     let mut newest = 0i64;
     let mut note = |st: &libc::stat| {
-        x.inos.insert(st.st_ino);
+        x.stats.push(*st);
         let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
         newest = newest
             .max(ns(st.st_mtime, st.st_mtime_nsec))
@@ -224,57 +227,106 @@ fn survey(area: RawFd, st: &libc::stat, x: &mut Expired) -> i64 {
     newest
 }
 
-/// Inode numbers of everything open, mapped or used as a working directory
-/// by any process. The daemon's own O_PATH descriptors (its inode cache) are not
-/// opens. Matching on the inode number alone (the mount shows the backing
-/// numbers, or ones `Mounted::backing_ino` translates) can only keep something too
-/// long, never remove it too early.
-fn held_inodes(fs: &dyn Mounted) -> HashSet<u64> {
+/// Everything open, mapped or used as a working directory by any process,
+/// by device and inode number. The daemon's own O_PATH descriptors (its
+/// inode cache) are not opens.
+struct Held {
+    objects: HashSet<(u64, u64)>,
+    /// Inode numbers of what is held through the mount: the backing numbers
+    /// (the node ids the mount shows are those, or ones
+    /// `Mounted::backing_ino` translates), without their backing device,
+    /// which the mount does not show.
+    through_mount: HashSet<u64>,
+}
+
+impl Held {
+    fn holds(&self, st: &libc::stat) -> bool {
+        self.objects.contains(&(st.st_dev, st.st_ino)) || self.through_mount.contains(&st.st_ino)
+    }
+}
+
+fn held_inodes(fs: &dyn Mounted) -> Held {
     let me = std::process::id().to_string();
-    let mut held = HashSet::new();
-    let mut hold = |ino: u64| {
-        held.insert(ino);
-        if let Some(b) = fs.backing_ino(ino) {
-            held.insert(b);
+    let mount_dev = fs.mount_dev();
+    let devs = mount_devices();
+    let mut held = Held {
+        objects: HashSet::new(),
+        through_mount: HashSet::new(),
+    };
+    let mut hold = |dev: u64, ino: u64| {
+        // Without the mount's device, anything could be held through it.
+        if mount_dev.is_none_or(|m| m == dev) {
+            held.through_mount
+                .insert(fs.backing_ino(ino).unwrap_or(ino));
+        }
+        if Some(dev) != mount_dev {
+            held.objects.insert((dev, ino));
         }
     };
     for (pid, dir) in crate::sys::processes() {
         if let Ok(m) = fs::metadata(dir.join("cwd")) {
-            hold(m.ino());
+            hold(m.dev(), m.ino());
         }
         // A mapping outlives the descriptor it was made through.
         let maps = fs::read_to_string(dir.join("maps")).unwrap_or_default();
-        for ((_, ino), _) in crate::sys::mapped_files(&maps) {
-            hold(ino);
+        for ((dev, ino), _) in crate::sys::mapped_files(&maps) {
+            hold(dev, ino);
         }
         let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {
-            // fdinfo gives the inode without a stat that could hang on a
-            // dead network mount.
-            let (flags, ino) = fd_info(&dir, &fd.file_name());
-            if pid == me && flags & libc::O_PATH as i64 != 0 {
+            // fdinfo gives the inode and its mount without a stat that
+            // could hang on a dead network mount.
+            let info = fd_info(&dir, &fd.file_name());
+            if pid == me && info.flags & libc::O_PATH as i64 != 0 {
                 continue;
             }
-            if let Some(i) = ino.or_else(|| fs::metadata(fd.path()).ok().map(|m| m.ino())) {
-                hold(i);
+            let id = match (info.mnt.and_then(|m| devs.get(&m).copied()), info.ino) {
+                (Some(dev), Some(ino)) => Some((dev, ino)),
+                _ => fs::metadata(fd.path()).ok().map(|m| (m.dev(), m.ino())),
+            };
+            if let Some((dev, ino)) = id {
+                hold(dev, ino);
             }
         }
     }
     held
 }
 
-/// The open flags and inode number of a descriptor, from fdinfo.
-fn fd_info(proc_dir: &Path, fd: &std::ffi::OsStr) -> (i64, Option<u64>) {
+/// The device of each mount, by mount id (this process's mount table).
+fn mount_devices() -> std::collections::HashMap<u64, u64> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let id = f.next()?.parse().ok()?;
+            let (major, minor) = f.nth(1)?.split_once(':')?;
+            Some((id, libc::makedev(major.parse().ok()?, minor.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// What fdinfo says of a descriptor.
+struct FdInfo {
+    flags: i64,
+    mnt: Option<u64>,
+    ino: Option<u64>,
+}
+
+/// The open flags, mount and inode number of a descriptor, from fdinfo.
+fn fd_info(proc_dir: &Path, fd: &std::ffi::OsStr) -> FdInfo {
     let info = fs::read_to_string(proc_dir.join("fdinfo").join(fd)).unwrap_or_default();
     let field = |k: &str| {
         info.lines()
             .find_map(|l| l.strip_prefix(k))
             .map(|v| v.trim().to_string())
     };
-    let flags = field("flags:")
-        .and_then(|v| i64::from_str_radix(&v, 8).ok())
-        .unwrap_or(0);
-    (flags, field("ino:").and_then(|v| v.parse().ok()))
+    FdInfo {
+        flags: field("flags:")
+            .and_then(|v| i64::from_str_radix(&v, 8).ok())
+            .unwrap_or(0),
+        mnt: field("mnt_id:").and_then(|v| v.parse().ok()),
+        ino: field("ino:").and_then(|v| v.parse().ok()),
+    }
 }

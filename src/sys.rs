@@ -589,7 +589,7 @@ const SMB2_MAGIC: i64 = 0xFE53_4D42;
 const CIFS_MAGIC: i64 = 0xFF53_4D42;
 
 /// Network filesystems (NFS, SMB/CIFS).
-fn is_network(f_type: i64) -> bool {
+pub fn is_network(f_type: i64) -> bool {
     matches!(
         f_type,
         NFS_SUPER_MAGIC | SMB_SUPER_MAGIC | SMB2_MAGIC | CIFS_MAGIC

@@ -60,6 +60,8 @@ pub struct CasaFs {
     /// passthrough are registered on it.
     pub dev: std::sync::OnceLock<Arc<OwnedFd>>,
     control: control::Snapshots,
+    /// The mount's device number, once retention asked for it.
+    mount_dev: std::sync::OnceLock<u64>,
     root: Arc<Inode>,
 }
 
@@ -107,7 +109,19 @@ impl CasaFs {
                 place_lock: parking_lot::Mutex::new(()),
             });
         }
-        let defer_unlink = match p.settings.defer_unlink {
+        // Passthrough I/O runs with the credentials of nobody (see
+        // `creds::as_registrar`); a network filesystem judges those on
+        // every open of the backing file, and would refuse them.
+        let mut settings = p.settings;
+        if settings.passthrough
+            && (sys::is_network(root_ftype) || areas.iter().any(|a| sys::is_network(a.fs_type)))
+        {
+            tracing::info!(
+                "kernel passthrough off: the tree or an area is on a network filesystem"
+            );
+            settings.passthrough = false;
+        }
+        let defer_unlink = match settings.defer_unlink {
             DeferUnlink::Always => true,
             DeferUnlink::Never => false,
             DeferUnlink::Auto => sys::leaves_unlink_debris(root_ftype),
@@ -123,8 +137,7 @@ impl CasaFs {
                 );
             }
         }
-        let rule_names: Vec<String> = p
-            .settings
+        let rule_names: Vec<String> = settings
             .rules
             .rules
             .iter()
@@ -147,8 +160,9 @@ impl CasaFs {
             backing_types,
             dev: std::sync::OnceLock::new(),
             control: control::Snapshots::default(),
+            mount_dev: std::sync::OnceLock::new(),
             root,
-            settings: p.settings,
+            settings,
         };
         let restored = fs.redirects.restore(
             &fs.areas,
@@ -419,5 +433,16 @@ impl crate::retention::Mounted for CasaFs {
 
     fn backing_ino(&self, ino: u64) -> Option<u64> {
         self.inodes.backing_ino(ino)
+    }
+
+    fn mount_dev(&self) -> Option<u64> {
+        // Asked of the mount itself, from the retention thread (never a
+        // serving one), once it is up.
+        use std::os::unix::fs::MetadataExt;
+        if let Some(d) = self.mount_dev.get() {
+            return Some(*d);
+        }
+        let d = std::fs::metadata(&self.settings.mountpoint).ok()?.dev();
+        Some(*self.mount_dev.get_or_init(|| d))
     }
 }
