@@ -529,14 +529,10 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path) -> io::Result<PathBuf> {
             ),
         ));
     }
-    let made = !to_dir.exists();
-    fs::create_dir_all(to_dir)?;
-    let c = sys::cpath(to_dir).map_err(errno)?;
-    let to =
-        sys::open_at(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(errno)?;
-    if made {
-        // An area is root's alone (see `areas`).
-        sys::chmod_fd(to.as_raw_fd(), crate::areas::PRIVATE_MODE).map_err(errno)?;
+    // An area as casafs takes one: root's alone (see `areas`).
+    let to = crate::areas::open_area(to_dir, &mut Vec::new()).map_err(io::Error::other)?;
+    if let Err(e) = crate::areas::secure(to.as_raw_fd()) {
+        return Err(io::Error::other(format!("{}: {}", to_dir.display(), e.0)));
     }
     let dest = free_name(to.as_raw_fd(), &name);
     let shown = to_dir.join(std::ffi::OsStr::from_bytes(dest.to_bytes()));

@@ -205,15 +205,18 @@ impl CasaFs {
 }
 
 /// Whether the thread's caller may search its way to the directory of
-/// `origin` (a path relative to the source root), as a lookup through the
-/// mount would need to: every directory on the way opened beneath the root
-/// with the caller's rights.
+/// `origin` (a path relative to the source root) and read it, as a listing
+/// of it through the mount would need: every directory on the way opened
+/// beneath the root with the caller's rights.
 fn origin_searchable(root: std::os::fd::RawFd, origin: &[u8]) -> bool {
-    if !crate::creds::unprivileged() {
+    if !crate::creds::enabled() {
         return true;
     }
+    // Listing it shows names in the directory: the reader must be able to
+    // read the directory, not only to pass through it.
+    let may = libc::R_OK | libc::X_OK;
     let Some(i) = origin.iter().rposition(|&b| b == b'/') else {
-        return crate::sys::access_at(root, c"", libc::X_OK).is_ok();
+        return crate::sys::access_at(root, c"", may).is_ok();
     };
     let Ok(dir) = std::ffi::CString::new(&origin[..i]) else {
         return false;
