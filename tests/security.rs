@@ -65,14 +65,61 @@ fn python_as(uid: u32, gid: u32, dir: &Path, program: &str) -> std::process::Out
     )
 }
 
+/// The attacker swaps `f` and a symlink `l` to `victim` in `swap_in` (a
+/// directory of its own, reached beside casafs) for 6 s, while asking
+/// casafs to chmod `f` in `mounted` (the same directory through the
+/// mount); returns what it printed.
+fn race_chmod(mounted: &Path, swap_in: &Path, victim: &Path) -> String {
+    let (uid, gid) = attacker();
+    let program = format!(
+        r#"
+import ctypes, os, sys, time, threading
+libc = ctypes.CDLL(None, use_errno=True)
+a = {a:?}.encode(); b = {b:?}.encode()
+stop = time.time() + 6
+def swap():
+    while time.time() < stop:
+        libc.renameat2(-100, a, -100, b, 2)
+threading.Thread(target=swap, daemon=True).start()
+while time.time() < stop:
+    try:
+        os.chmod({target:?}, 0o4755)
+    except OSError:
+        pass
+    if os.stat({victim:?}).st_mode & 0o4000:
+        print("root's file is set-user-ID", flush=True)
+        sys.exit(0)
+"#,
+        a = swap_in.join("f").to_string_lossy(),
+        b = swap_in.join("l").to_string_lossy(),
+        target = mounted.join("f").to_string_lossy(),
+        victim = victim.to_string_lossy(),
+    );
+    let out = python_as(uid, gid, Path::new("/"), &program);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn chmod_through_a_swapped_symlink_never_reaches_roots_files() {
-    let s = production("sec-chmod", &[]);
     let (uid, gid) = attacker();
-    // Root's file, which the attacker may not change.
-    let victim = s.fast.0.join("victim");
-    fs::write(&victim, b"root's").unwrap();
-    chmod(&victim, 0o644);
+    let victim_of = |dir: &Path| {
+        let v = dir.join("victim");
+        fs::write(&v, b"root's").unwrap();
+        chmod(&v, 0o644);
+        v
+    };
+    let unchanged = |v: &Path, out: &str| {
+        let st = fs::metadata(v).unwrap();
+        assert_eq!(
+            (st.mode() & 0o7777, st.uid()),
+            (0o644, 0),
+            "root's file changed: {out}"
+        );
+    };
+    // Over itself, a routed table: the attacker swaps in the area where it
+    // can reach it, else through the mount.
+    let s = production("sec-chmod", &[]);
+    let victim = victim_of(&s.fast.0);
     fs::create_dir(s.m.p("work")).unwrap();
     std::os::unix::fs::chown(s.m.p("work"), Some(uid), Some(gid)).unwrap();
     ok(&sh_as(
@@ -84,45 +131,42 @@ fn chmod_through_a_swapped_symlink_never_reaches_roots_files() {
             victim.display()
         ),
     ));
-    // The attacker swaps f and the symlink in the area directly where it
-    // can, else through the mount, while asking casafs to chmod f.
     let direct = s.scratch().join("TMPPOINTINGx");
-    let program = format!(
-        r#"
-import ctypes, os, sys, time, threading
-libc = ctypes.CDLL(None, use_errno=True)
-direct = {direct:?}
-mounted = {mounted:?}
-swap_in = direct if os.access(direct, os.W_OK) else mounted
-print("swapping in", swap_in, flush=True)
-a = (swap_in + "/f").encode(); b = (swap_in + "/l").encode()
-stop = time.time() + 6
-def swap():
-    while time.time() < stop:
-        libc.renameat2(-100, a, -100, b, 2)
-threading.Thread(target=swap, daemon=True).start()
-target = mounted + "/f"
-while time.time() < stop:
-    try:
-        os.chmod(target, 0o4755)
-    except OSError:
-        pass
-    if os.stat({victim:?}).st_mode & 0o4000:
-        print("root's file is set-user-ID", flush=True)
-        sys.exit(0)
-"#,
-        direct = direct.to_string_lossy(),
-        mounted = s.m.p("work/TMPPOINTINGx").to_string_lossy(),
-        victim = victim.to_string_lossy(),
+    let reachable = sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!("test -w {}", direct.display()),
+    )
+    .status
+    .success();
+    let mounted = s.m.p("work/TMPPOINTINGx");
+    let out = race_chmod(
+        &mounted,
+        if reachable { &direct } else { &mounted },
+        &victim,
     );
-    let out = python_as(uid, gid, &s.m.p("work"), &program);
-    let st = fs::metadata(&victim).unwrap();
-    assert_eq!(
-        (st.mode() & 0o7777, st.uid()),
-        (0o644, 0),
-        "root's file changed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    unchanged(&victim, &out);
+    drop(s);
+    // Mounted beside its source, the attacker's own directory in place,
+    // swapped in the source directly.
+    let tmp = TempDir::new("sec-chmod2");
+    let tree = tmp.path().join("tree");
+    let victim = victim_of(tmp.path());
+    let m = Mount::builder("sec-chmod2")
+        .separate()
+        .source(&tree, tmp)
+        .start();
+    fs::create_dir(m.p("work")).unwrap();
+    std::os::unix::fs::chown(m.p("work"), Some(uid), Some(gid)).unwrap();
+    ok(&sh_as(
+        uid,
+        gid,
+        &m.p("work"),
+        &format!(": > f && ln -s {} l", victim.display()),
+    ));
+    let out = race_chmod(&m.p("work"), &m.source.join("work"), &victim);
+    unchanged(&victim, &out);
 }
 
 /// Runs `script` as the attacker in a native directory and in the mount
@@ -168,17 +212,29 @@ fn acl_entries_refuse_what_they_refuse_natively() {
 
 #[test]
 fn default_acls_and_the_mask_come_out_as_natively_in_place_and_routed() {
-    // A shared directory whose default ACL gives the attacker's group
-    // rw: what the creator makes there, in place or routed, carries it,
-    // and the creator's umask (077 here) gives way to it as natively.
-    let setup = "mkdir -p shared; chmod 0770 shared; \
+    // A shared directory whose default ACL gives the attacker rw: what a
+    // creator makes there, in place or routed, carries it, and the
+    // creator's umask (077 here) gives way to it as natively. Root creates
+    // in one directory, the attacker in another; and in a setgid directory
+    // of a group the attacker is not in, it may not keep a set-group-ID bit.
+    let setup = "mkdir -p shared mine sg; chmod 0770 shared; chmod 0777 mine; \
                  setfacl -m d:u:tests:rw-,d:g::r-x,d:o::---,u:tests:rwx shared; \
+                 setfacl -m d:u:tests:rwx,d:g::r--,d:o::--- mine; \
+                 chgrp nogroup sg; chmod 2777 sg; \
                  cd shared; umask 077; echo x > plain.txt; echo y > casa-20250101-000000.log; \
                  mkdir TMPPOINTING1; echo z > TMPPOINTING1/t";
-    let script = "cd shared; for f in plain.txt casa-20250101-000000.log TMPPOINTING1 TMPPOINTING1/t; do \
-                  getfacl -cp $f 2>&1; stat -c '%a %U' $f; done; cat casa-20250101-000000.log TMPPOINTING1/t";
+    let script = "umask 077; cd mine; echo a > p; echo b > casa-20250101-000001.log; \
+                  mkdir TMPPOINTING2; echo c > TMPPOINTING2/t; cd ../sg; umask 022; \
+                  python3 -c 'import os; os.close(os.open(\"f\", os.O_CREAT, 0o2775)); \
+                  os.mkdir(\"TMPPOINTING3\"); os.close(os.open(\"TMPPOINTING3/g\", os.O_CREAT, 0o2775))'; \
+                  cd ..; for f in shared/plain.txt shared/casa-20250101-000000.log shared/TMPPOINTING1 \
+                  shared/TMPPOINTING1/t mine/p mine/casa-20250101-000001.log mine/TMPPOINTING2 \
+                  mine/TMPPOINTING2/t sg/f sg/TMPPOINTING3 sg/TMPPOINTING3/g; do \
+                  getfacl -cp $f 2>&1; stat -c '%n %a %U %G' $f; done; \
+                  cat shared/casa-20250101-000000.log shared/TMPPOINTING1/t";
     let (native, mounted) = native_and_mounted("sec-defacl", setup, script);
     assert!(native.contains("user:tests:rw-"), "{native}");
+    assert!(native.contains("sg/f 755 tests nogroup"), "{native}");
     assert_eq!(mounted, native);
 }
 
@@ -201,7 +257,7 @@ fn an_open_of_a_fifo_swapped_in_never_stalls_other_users() {
     ok(&sh_as(uid, gid, &m.source.join("u"), "rm f && mkfifo f"));
     // The attacker opens it through the mount, several times at once: each
     // would hold a serving thread.
-    let openers: Vec<_> = (0..8)
+    let openers: Vec<_> = (0..16)
         .map(|_| {
             let mut c = Command::new("setpriv");
             c.args([
@@ -323,7 +379,7 @@ fn a_forged_origin_never_puts_an_object_in_someone_elses_directory() {
         uid,
         gid,
         &m.p("pub"),
-        "mkdir TMPPOINTING7 && echo mine > TMPPOINTING7/t",
+        "mkdir TMPPOINTING7 TMPPOINTING8 && echo mine > TMPPOINTING7/t && echo ok > TMPPOINTING8/t",
     ));
     // The attacker points its object's origin into root's directory,
     // where it could never create anything itself.
@@ -354,6 +410,8 @@ fn a_forged_origin_never_puts_an_object_in_someone_elses_directory() {
         fs::symlink_metadata(&planted).is_err(),
         "the attacker's object appeared in root's private directory"
     );
+    // A record casafs made itself still brings its object back.
+    assert_eq!(fs::read(m2.p("pub/TMPPOINTING8/t")).unwrap(), b"ok\n");
     drop(m2);
     drop(m);
     drop(fast);
@@ -444,6 +502,46 @@ fn an_area_a_user_made_is_never_taken_for_casafs_own() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // At mount, another way: a symlink of its own where the area goes (in
+    // a directory of its own on the area's path), into a directory of
+    // root's.
+    let roots = fast.0.join("roots");
+    fs::create_dir(&roots).unwrap();
+    chmod(&roots, 0o755);
+    let planted = fast.0.join("theirs/scratch");
+    ok(&sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!(
+            "mkdir {} && ln -s {} {}",
+            fast.0.join("theirs").display(),
+            roots.display(),
+            planted.display()
+        ),
+    ));
+    let out = Command::new(bin())
+        .args(["mount"])
+        .arg(tmp.path().join("tree"))
+        .arg(tmp.path().join("tree"))
+        .arg("-o")
+        .arg(format!("scratch={}", planted.display()))
+        .output()
+        .unwrap();
+    let tree_mounted = fstype_at(&tmp.path().join("tree")).is_some();
+    if tree_mounted {
+        umount(&tmp.path().join("tree"), false);
+    }
+    assert!(
+        !tree_mounted,
+        "mounted with an area through the attacker's symlink"
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        fs::metadata(&roots).unwrap().mode() & 0o7777,
+        0o755,
+        "root's directory was changed"
+    );
     // At run time: the operator rotates the area away, the attacker makes
     // a directory of its own under the name before the operator does.
     fs::remove_dir(&theirs).unwrap();
@@ -499,7 +597,7 @@ fn retention_removes_nothing_its_router_could_not() {
         uid,
         gid,
         &m.p("pub"),
-        "mkdir TMPPOINTING3 && chmod 0777 TMPPOINTING3",
+        "mkdir TMPPOINTING3 && chmod 0777 TMPPOINTING3 && echo x > TMPPOINTING3/mine",
     ));
     // Root's files inside, in a directory of root's the attacker may not
     // write: natively it could never remove them.
@@ -510,6 +608,12 @@ fn retention_removes_nothing_its_router_could_not() {
     assert!(
         scratch.join("TMPPOINTING3/roots/keep").exists(),
         "retention removed root's file for the attacker"
+    );
+    // What the attacker could remove itself went.
+    assert!(
+        !scratch.join("TMPPOINTING3/mine").exists(),
+        "{}",
+        m.log_text()
     );
     drop(m);
     drop(fast);
@@ -558,6 +662,14 @@ except OSError as e:
         fs::read(m.p(".casafs/stats.json")).is_ok(),
         "the daemon stopped serving: {}",
         m.log_text()
+    );
+    // Forgetting the whole chain at the unmount must not take it down.
+    let mut m = m;
+    let log = m.log.clone();
+    assert!(
+        m.stop().is_some_and(|st| st.success()),
+        "{}",
+        fs::read_to_string(log).unwrap_or_default()
     );
     drop(m);
     drop(fast);
