@@ -111,19 +111,38 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
     let root_fd =
         open_dir(&source).map_err(|e| BadInput(format!("source {}: {e}", s.source.display())))?;
 
-    // A graveyard a user made before casafs first ran is not casafs's.
+    // A graveyard a user made while casafs was not mounted is not casafs's:
+    // it is moved aside (kept, for whoever made it), and a new one made.
+    let gname = crate::graveyard::GRAVEYARD_CNAME;
     if let Ok(g) = crate::sys::open_at(
         root_fd.as_raw_fd(),
-        crate::graveyard::GRAVEYARD_CNAME,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        gname,
+        libc::O_PATH | libc::O_NOFOLLOW,
         0,
     ) && let Err(e) = crate::areas::secure(g.as_raw_fd())
     {
-        return Err(BadInput(format!(
-            "graveyard {}: {}",
-            source.join(crate::graveyard::GRAVEYARD_DIR).display(),
-            e.0
-        )));
+        let aside = CString::new(format!(
+            "{}.not-casafs.{}",
+            crate::graveyard::GRAVEYARD_DIR,
+            std::process::id()
+        ))
+        .map_err(|_| BadInput("graveyard name".into()))?;
+        let shown = source.join(crate::graveyard::GRAVEYARD_DIR);
+        crate::sys::rename_noreplace(root_fd.as_raw_fd(), gname, root_fd.as_raw_fd(), &aside)
+            .map_err(|er| {
+                BadInput(format!(
+                    "graveyard {}: {}, and it cannot be moved aside: {}",
+                    shown.display(),
+                    e.0,
+                    std::io::Error::from_raw_os_error(er.code())
+                ))
+            })?;
+        tracing::warn!(
+            "graveyard {}: {}; moved aside as {}",
+            shown.display(),
+            e.0,
+            aside.to_string_lossy()
+        );
     }
     let mut areas: Vec<(PathBuf, OwnedFd)> = Vec::new();
     let mut rule_area = Vec::new();
@@ -469,12 +488,29 @@ fn retention_list(p: &Prepared) -> Vec<crate::retention::Retention> {
     list
 }
 
-/// Raises the descriptor limit to the hard limit: one descriptor per open
-/// file is unavoidable, and the default soft limit (1024) is far too low.
+/// Raises the descriptor limit as far as it goes: one descriptor per open
+/// file is unavoidable, for every user's files at once, and the default
+/// soft limit (1024) is far too low. Root may go up to the kernel's
+/// `fs.nr_open`; anyone else to the hard limit.
 pub fn raise_nofile() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
     unsafe {
         let mut rl: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return;
+        }
+        if let Some(n) = nr_open.filter(|n| *n > rl.rlim_max) {
+            let all = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &all) == 0 {
+                return;
+            }
+        }
+        if rl.rlim_cur < rl.rlim_max {
             rl.rlim_cur = rl.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
         }

@@ -45,6 +45,10 @@ pub enum Body {
 pub struct Handle {
     pub inode: Arc<Inode>,
     pub body: Body,
+    /// Who opened it: the handle counts against that user's share of the
+    /// daemon's descriptors, and writes the kernel makes on its own behalf
+    /// (write-back of a shared mapping) run with its rights.
+    pub opener: crate::creds::Caller,
     /// Kernel passthrough serves this handle's I/O.
     pub passthrough: bool,
     pub append: bool,
@@ -64,10 +68,42 @@ impl Handle {
 pub struct HandleTable {
     map: DashMap<u64, Arc<Handle>>,
     next: AtomicU64,
+    /// Handles each user holds.
+    per_user: DashMap<u32, usize>,
+}
+
+/// The share of the daemon's descriptors one user's handles may hold: an
+/// eighth of its limit, so that no user can leave the others without.
+fn per_user_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+        let n = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+            rl.rlim_cur as usize
+        } else {
+            8192
+        };
+        (n / 8).max(1024)
+    })
 }
 
 impl HandleTable {
+    /// Whether `uid` may open one more handle (root always may: it is the
+    /// operator's).
+    pub fn admit(&self, uid: u32) -> Res<()> {
+        if uid != 0
+            && self
+                .per_user
+                .get(&uid)
+                .is_some_and(|n| *n >= per_user_limit())
+        {
+            return Err(Errno::EMFILE);
+        }
+        Ok(())
+    }
+
     pub fn insert(&self, h: Handle) -> u64 {
+        *self.per_user.entry(h.opener.uid).or_default() += 1;
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         self.map.insert(fh, Arc::new(h));
         fh
@@ -78,7 +114,14 @@ impl HandleTable {
     }
 
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.map.remove(&fh).map(|(_, h)| h)
+        let h = self.map.remove(&fh).map(|(_, h)| h)?;
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.per_user.entry(h.opener.uid) {
+            *e.get_mut() = e.get().saturating_sub(1);
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        Some(h)
     }
 
     pub fn len(&self) -> usize {

@@ -28,6 +28,9 @@ const SYNTHETIC_BASE: u64 = 1 << 62;
 pub const CONTROL_DIR_ID: u64 = u64::MAX - 16;
 
 static CACHED_DIR_FDS: AtomicUsize = AtomicUsize::new(0);
+static PINS: AtomicUsize = AtomicUsize::new(0);
+/// How many objects without a name casafs keeps a descriptor of.
+const MAX_PINS: usize = 65_536;
 pub const MAX_CACHED_DIR_FDS: usize = 16_384;
 /// How many directories without a descriptor `Inode::path_fd` opens on its
 /// way down to one object.
@@ -103,6 +106,9 @@ pub struct Inode {
 
 impl Drop for Inode {
     fn drop(&mut self) {
+        if self.pinned.get_mut().take().is_some() {
+            PINS.fetch_sub(1, Ordering::Relaxed);
+        }
         let mut next = self.let_go_of_parent();
         // A chain of parents that only this inode held goes one at a time:
         // dropped by recursion, a deep one would exhaust the stack.
@@ -168,8 +174,7 @@ impl Anchor {
     /// in an area), whose open would hold a serving thread until someone
     /// else acts. The caller checks that it opened the object it meant.
     pub fn open(&self, flags: i32) -> Res<OwnedFd> {
-        let want = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
-        let flags = want | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL) | libc::O_NONBLOCK | libc::O_NOCTTY;
         let via_proc = |fd: &OwnedFd| {
             sys::open_at(
                 libc::AT_FDCWD,
@@ -194,9 +199,10 @@ impl Anchor {
                 sys::open_at(dir.as_raw_fd(), name, flags | libc::O_NOFOLLOW, 0)
             }
         }?;
-        if want & libc::O_NONBLOCK == 0 {
-            sys::set_status_flags(fd.as_raw_fd(), want)?;
-        }
+        // O_NONBLOCK stays: on the regular files and directories casafs keeps
+        // open it changes nothing (reads and writes of a regular file never
+        // wait for it), and this descriptor is casafs's alone (the kernel
+        // opens its own for passthrough, with the caller's flags).
         Ok(fd)
     }
 
@@ -390,12 +396,25 @@ impl Inode {
 
     /// Keeps a descriptor of the object so that it stays reachable after its
     /// name is gone (unlinked while open).
+    ///
+    /// Pins are bounded (`MAX_PINS`): each is a descriptor of the daemon's,
+    /// and a user who made unlinked-but-held objects by the thousand must
+    /// not use up the descriptors every other user's opens need. Past the
+    /// bound an object is not pinned, and may answer ENOENT once its last
+    /// name is gone.
     pub fn pin(&self) -> Res<()> {
         if self.pinned.lock().is_some() {
             return Ok(());
         }
+        if PINS.load(Ordering::Relaxed) >= MAX_PINS {
+            return Err(Errno::EMFILE);
+        }
         let fd = self.path_fd()?;
-        *self.pinned.lock() = Some(fd);
+        let mut slot = self.pinned.lock();
+        if slot.is_none() {
+            PINS.fetch_add(1, Ordering::Relaxed);
+            *slot = Some(fd);
+        }
         Ok(())
     }
 
@@ -415,7 +434,9 @@ impl Inode {
     }
 
     pub fn unpin(&self) {
-        self.pinned.lock().take();
+        if self.pinned.lock().take().is_some() {
+            PINS.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// The descriptor this inode holds, if any.

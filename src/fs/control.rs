@@ -173,6 +173,7 @@ impl CasaFs {
             body: Body::Control { data, reader },
             passthrough: false,
             append: false,
+            opener: crate::creds::request_caller(),
         }))
     }
 
@@ -184,6 +185,7 @@ impl CasaFs {
             body: Body::ControlDir,
             passthrough: false,
             append: false,
+            opener: crate::creds::request_caller(),
         }))
     }
 

@@ -122,6 +122,7 @@ impl CasaFs {
     /// (see `listing_cache`).
     pub(super) fn do_opendir(&self, ino: u64) -> Res<(u64, ListingCache)> {
         let inode = self.inodes.get(ino)?;
+        self.handles.admit(crate::creds::request_caller().uid)?;
         let fd = inode.anchor()?.open(libc::O_RDONLY | libc::O_DIRECTORY)?;
         self.stats.open_handles.fetch_add(1, Relaxed);
         let cache = self.listing_cache(&inode);
@@ -137,6 +138,7 @@ impl CasaFs {
             })),
             passthrough: false,
             append: false,
+            opener: crate::creds::request_caller(),
         });
         Ok((fh, cache))
     }

@@ -31,6 +31,7 @@ impl CasaFs {
     /// hold open, which ntfs-3g would keep as `.fuse_hidden*`.
     pub(super) fn do_open(&self, ino: u64, flags: i32) -> Res<Opened> {
         let inode = self.inodes.get(ino)?;
+        self.handles.admit(creds::request_caller().uid)?;
         inode.open.lock().handles += 1;
         let opened = inode.anchor().and_then(|a| {
             let fd = a.open(flags)?;
@@ -176,6 +177,7 @@ impl CasaFs {
             body: Body::File(o.fd),
             passthrough: backing.is_some(),
             append: flags & libc::O_APPEND != 0,
+            opener: crate::creds::request_caller(),
         });
         (fh, backing)
     }
@@ -207,6 +209,12 @@ impl CasaFs {
     pub(super) fn do_write(&self, fh: u64, off: u64, data: &[u8]) -> Res<u32> {
         let h = self.handles.get(fh)?;
         let fd = h.fd()?;
+        // The kernel writes back a shared mapping's pages on its own
+        // behalf (no caller: pid 0): as the one who opened the file, who
+        // made them dirty, never as root.
+        if creds::request_caller().pid == 0 && !creds::act_as(&h.opener) {
+            return Err(Errno::EIO);
+        }
         let n = if h.append {
             // The backing descriptor is O_APPEND: the backing filesystem
             // picks the end atomically, also against other writers.
