@@ -53,18 +53,19 @@ struct Ident {
 
 impl Ident {
     /// The daemon's own identity: root with every capability it has.
-    fn root() -> Ident {
-        Ident {
+    fn root() -> &'static Ident {
+        static ROOT: OnceLock<Ident> = OnceLock::new();
+        ROOT.get_or_init(|| Ident {
             uid: 0,
             gid: 0,
             groups: Arc::from([]),
             caps: permitted().unwrap_or([u32::MAX; 2]),
-        }
+        })
     }
 
     /// Whether this is the daemon's own identity.
     fn is_root(&self) -> bool {
-        *self == Ident::root()
+        self == Ident::root()
     }
 
     fn privileged(&self) -> bool {
@@ -183,25 +184,23 @@ pub fn request_caller() -> Caller {
 /// acts as nobody, without any capability, if it can still change that,
 /// and the request must not be served.
 fn switch(to: &Ident) -> bool {
-    let same = CURRENT.with(|c| match &*c.borrow() {
-        Some(cur) => cur == to,
-        None => to.is_root(),
-    });
-    if same {
+    let cur = current();
+    if cur == *to {
         return true;
     }
-    // Setting ids needs CAP_SETUID and CAP_SETGID, which the identity the
-    // thread leaves may have given up.
-    let lowered = CURRENT.with(|c| {
-        c.borrow()
-            .as_ref()
-            .is_some_and(|cur| cur.caps != Ident::root().caps)
-    });
-    let ok = (!lowered || set_effective([u32::MAX, u32::MAX]))
-        && unsafe { libc::syscall(libc::SYS_setgroups, to.groups.len(), to.groups.as_ptr()) == 0 }
-        && set_fsid(libc::SYS_setfsgid, to.gid)
-        && set_fsid(libc::SYS_setfsuid, to.uid)
-        && (to.caps == Ident::root().caps || set_effective(to.caps));
+    // Only what differs is changed. Setting ids needs CAP_SETUID and
+    // CAP_SETGID, which the identity the thread leaves may have given up;
+    // a filesystem uid that leaves 0 drops the filesystem capabilities
+    // (and one that comes back to 0 gets them back).
+    let full = Ident::root().caps;
+    let ok = (cur.caps == full || set_effective(full))
+        && (cur.groups == to.groups
+            || unsafe {
+                libc::syscall(libc::SYS_setgroups, to.groups.len(), to.groups.as_ptr()) == 0
+            })
+        && (cur.gid == to.gid || set_fsid(libc::SYS_setfsgid, to.gid))
+        && (cur.uid == to.uid || set_fsid(libc::SYS_setfsuid, to.uid))
+        && ((to.caps == full && !(cur.uid == 0 && to.uid != 0)) || set_effective(to.caps));
     if ok {
         CURRENT.with(|c| *c.borrow_mut() = Some(to.clone()));
         return true;
@@ -228,13 +227,12 @@ fn switch(to: &Ident) -> bool {
     false
 }
 
-/// setfsuid/setfsgid answer the previous id whatever happens; success is
-/// reading the new one back.
+/// setfsuid/setfsgid answer the previous id whatever happens; with
+/// CAP_SETUID and CAP_SETGID (raised before) they cannot fail for an id
+/// the kernel maps, which every id of a request is.
 fn set_fsid(call: libc::c_long, id: u32) -> bool {
-    unsafe {
-        libc::syscall(call, id);
-        libc::syscall(call, u32::MAX) as u32 == id
-    }
+    unsafe { libc::syscall(call, id) };
+    true
 }
 
 /// Supplementary groups and capabilities of processes, read from /proc and
@@ -344,8 +342,16 @@ pub fn act_as(who: &Caller) -> bool {
     if !enabled() {
         return true;
     }
-    let (groups, caps) = process(who.pid, who.uid, who.gid);
+    // Root with its filesystem capabilities (and the kernel itself, pid
+    // 0) is served as the daemon is: no switch at all.
     let p = permitted().unwrap_or([0, 0]);
+    if who.uid == 0
+        && who.gid == 0
+        && (who.pid == 0 || process(who.pid, 0, 0).1[0] & p[0] == FS_CAPS & p[0])
+    {
+        return switch(Ident::root());
+    }
+    let (groups, caps) = process(who.pid, who.uid, who.gid);
     switch(&Ident {
         uid: who.uid,
         gid: who.gid,
@@ -429,7 +435,7 @@ impl Drop for Restore {
 fn current() -> Ident {
     CURRENT
         .with(|c| c.borrow().clone())
-        .unwrap_or_else(Ident::root)
+        .unwrap_or_else(|| Ident::root().clone())
 }
 
 /// Runs `f` as root, the daemon's own identity, and returns to the
@@ -444,7 +450,7 @@ pub fn as_root<T>(f: impl FnOnce() -> T) -> T {
         return f();
     }
     let _back = Restore(Some(prev));
-    switch(&Ident::root());
+    switch(Ident::root());
     f()
 }
 
@@ -472,14 +478,28 @@ pub fn as_registrar<T>(f: impl FnOnce() -> T) -> T {
     if !enabled() {
         return f();
     }
-    let _back = Restore(Some(current()));
-    let registrar = Ident {
-        uid: NOBODY,
-        gid: NOBODY,
-        groups: Arc::from([]),
-        caps: [1 << CAP_SYS_ADMIN, 0],
-    };
-    switch(&registrar);
+    // Only the filesystem uid and the capabilities change, and back: the
+    // groups and filesystem gid of a caller carry no privilege here (the
+    // blocks reserved for root go by uid and capability).
+    let cur = current();
+    let full = Ident::root().caps;
+    struct Back(Ident);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            let full = Ident::root().caps;
+            set_effective(full);
+            set_fsid(libc::SYS_setfsuid, self.0.uid);
+            if self.0.caps != full || self.0.uid != 0 {
+                set_effective(self.0.caps);
+            }
+        }
+    }
+    if cur.caps != full {
+        set_effective(full);
+    }
+    let _back = Back(cur);
+    set_fsid(libc::SYS_setfsuid, NOBODY);
+    set_effective([1 << CAP_SYS_ADMIN, 0]);
     f()
 }
 

@@ -199,13 +199,6 @@ pub fn removexattr_at(dir: RawFd, name: &CStr, attr: &CStr) -> Option<Res<()>> {
     run(REMOVE, dir, name, [attr.as_ptr() as usize, 0, 0]).map(|r| r.map(drop))
 }
 
-/// Sets the status flags `fcntl(F_SETFL)` can change (O_APPEND, O_DIRECT,
-/// O_NOATIME, O_NONBLOCK, O_ASYNC) to those in `flags`.
-pub fn set_status_flags(fd: RawFd, flags: i32) -> Res<()> {
-    let keep = libc::O_APPEND | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK | libc::O_ASYNC;
-    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & keep) }).map(drop)
-}
-
 pub fn open_at(dir: RawFd, name: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {
     let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
