@@ -12,6 +12,7 @@
 //! cargo bench --bench bench -- --walk 1000000      # daemon RSS and fds after a walk
 //! cargo bench --bench bench -- --stats-overhead    # cost of counting per request
 //! cargo bench --bench bench -- --as-user tests     # workloads run by that user
+//! cargo bench --bench bench -- --also-bin /tmp/casafs-before  # a column for another build
 //! ```
 //!
 //! `--as-user` runs every workload with that user's rights (the thread's
@@ -40,6 +41,8 @@ struct Opts {
     only: Option<String>,
     /// Extra casafs columns, each mounted with these `-o` options.
     also: Vec<String>,
+    /// Extra casafs columns, each another build of casafs (default options).
+    also_bin: Vec<String>,
     /// Workloads run as this (uid, gid).
     as_user: Option<(u32, u32)>,
 }
@@ -52,6 +55,7 @@ fn parse_opts() -> Opts {
         stats_overhead: false,
         only: None,
         also: Vec::new(),
+        also_bin: Vec::new(),
         as_user: None,
     };
     let mut args = std::env::args().skip(1);
@@ -65,6 +69,7 @@ fn parse_opts() -> Opts {
             "--stats-overhead" => o.stats_overhead = true,
             "--only" => o.only = args.next(),
             "--also" => o.also.extend(args.next()),
+            "--also-bin" => o.also_bin.extend(args.next()),
             "--as-user" => o.as_user = args.next().map(|u| user_ids(&u)),
             _ => {}
         }
@@ -142,7 +147,11 @@ impl Drop for Mounted {
 /// casafs in its production shape: over itself, default options (plus
 /// `opts` for the extra columns of `--also`).
 fn mount_casafs(tree: &Path, opts: Option<&str>) -> Mounted {
-    let mut cmd = Command::new(CASAFS);
+    mount_casafs_bin(CASAFS, tree, opts)
+}
+
+fn mount_casafs_bin(bin: &str, tree: &Path, opts: Option<&str>) -> Mounted {
+    let mut cmd = Command::new(bin);
     cmd.arg("mount").arg(tree).arg(tree).arg("-f");
     if let Some(o) = opts {
         cmd.arg("-o").arg(o);
@@ -166,7 +175,7 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn targets(base: &Path, also: &[String]) -> Vec<Target> {
+fn targets(base: &Path, also: &[String], also_bin: &[String]) -> Vec<Target> {
     let mut v = Vec::new();
     let native = base.join("native");
     fs::create_dir_all(&native).expect("create native dir");
@@ -189,6 +198,16 @@ fn targets(base: &Path, also: &[String]) -> Vec<Target> {
         let m = mount_casafs(&tree, Some(opts));
         v.push(Target {
             name: format!("casafs -o {opts}"),
+            dir: tree,
+            mount: Some(m),
+        });
+    }
+    for (i, bin) in also_bin.iter().enumerate() {
+        let tree = base.join(format!("casafs-bin-{i}"));
+        fs::create_dir_all(&tree).expect("create casafs tree");
+        let m = mount_casafs_bin(bin, &tree, None);
+        v.push(Target {
+            name: format!("casafs {bin}"),
             dir: tree,
             mount: Some(m),
         });
@@ -594,7 +613,7 @@ fn chmod_for_all(p: &Path) {
 
 fn run_table(base: &Path, o: &Opts) {
     let tar = make_archive(base);
-    let ts = targets(base, &o.also);
+    let ts = targets(base, &o.also, &o.also_bin);
     for t in &ts {
         prepare_big(&t.dir, o.gib);
         prepare_table(&t.dir);

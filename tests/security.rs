@@ -54,6 +54,9 @@ fn production(tag: &str, extra: &[&str]) -> Shape {
     Shape { m, fast }
 }
 
+/// Debian's Python, which every user may run (`tests/run.sh` installs it).
+const PYTHON: &str = "/usr/bin/python3";
+
 /// Runs a Python program as `uid:gid` in `dir` (a race needs a loop no
 /// shell is quick enough for).
 fn python_as(uid: u32, gid: u32, dir: &Path, program: &str) -> std::process::Output {
@@ -61,7 +64,7 @@ fn python_as(uid: u32, gid: u32, dir: &Path, program: &str) -> std::process::Out
         uid,
         gid,
         dir,
-        &format!("exec python3 -c '{}'", program.replace('\'', "'\"'\"'")),
+        &format!("exec {PYTHON} -c '{}'", program.replace('\'', "'\"'\"'")),
     )
 }
 
@@ -709,58 +712,254 @@ fn what_a_user_creates_is_theirs_in_place_and_routed() {
     assert_eq!(mounted, native);
 }
 
-#[test]
-fn the_blocks_reserved_for_root_stay_roots() {
-    // An ext4 volume with 5% of its blocks reserved for root, as the tree.
-    let tmp = TempDir::new("sec-reserve");
-    let img = tmp.path().join("ext4.img");
-    let vol = tmp.path().join("vol");
-    fs::create_dir_all(&vol).unwrap();
-    ok(&sh(
-        tmp.path(),
-        &format!(
-            "truncate -s 64M {0} && mkfs.ext4 -q -F -m 5 {0} && mount -o loop {0} {1} && chmod 0755 {1}",
-            img.display(),
-            vol.display()
-        ),
-    ));
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            umount(&self.0, true);
-        }
+/// An ext4 volume with 10% of its blocks reserved for root, mounted for
+/// a test and unmounted on drop.
+struct Ext4(PathBuf);
+
+impl Ext4 {
+    fn new(tmp: &TempDir) -> Ext4 {
+        let img = tmp.path().join("ext4.img");
+        let vol = tmp.path().join("vol");
+        fs::create_dir_all(&vol).unwrap();
+        ok(&sh(
+            tmp.path(),
+            &format!(
+                "truncate -s 64M {0} && mkfs.ext4 -q -F -m 10 {0} && mount -o loop {0} {1} && chmod 0755 {1}",
+                img.display(),
+                vol.display()
+            ),
+        ));
+        Ext4(vol)
     }
-    let _vol = Unmount(vol.clone());
-    let m = Mount::builder("sec-reserve")
-        .source(&vol, TempDir::new("sec-reserve-m"))
-        .start();
-    let c = std::ffi::CString::new(vol.as_os_str().as_encoded_bytes()).unwrap();
-    let statvfs = || {
+
+    /// Blocks free, and blocks reserved for root.
+    fn blocks(&self) -> (u64, u64) {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
         let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
         assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut sv) }, 0);
-        sv
-    };
-    let before = statvfs();
-    let reserved = before.f_bfree - before.f_bavail;
-    assert!(reserved > 0, "the volume reserves blocks");
+        (sv.f_bfree, sv.f_bfree - sv.f_bavail)
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        umount(&self.0, true);
+    }
+}
+
+#[test]
+fn the_blocks_reserved_for_root_stay_roots() {
+    // The attacker fills the volume through the mount as far as it goes:
+    // with write(2) (passed through to the kernel), and with a shared
+    // mapping of a set-user-ID file of its own (such a file's writes go
+    // through casafs, and the kernel writes a mapping back on nobody's
+    // behalf), with casafs's defaults and without passthrough.
+    for opts in ["passthrough=auto", "passthrough=never"] {
+        let tmp = TempDir::new("sec-reserve");
+        let vol = Ext4::new(&tmp);
+        let (_, reserved) = vol.blocks();
+        assert!(reserved > 0, "the volume reserves blocks");
+        let m = Mount::builder("sec-reserve")
+            .opt(opts)
+            .source(&vol.0, TempDir::new("sec-reserve-m"))
+            .start();
+        let (uid, gid) = attacker();
+        fs::create_dir(m.p("u")).unwrap();
+        std::os::unix::fs::chown(m.p("u"), Some(uid), Some(gid)).unwrap();
+        let program = r#"
+import mmap, os
+fd = os.open("fill", os.O_WRONLY | os.O_CREAT, 0o644)
+try:
+    while True:
+        os.write(fd, b"x" * (1 << 20))
+except OSError:
+    pass
+os.close(fd)
+size = 4 << 20
+fd = os.open("suid", os.O_RDWR | os.O_CREAT, 0o644)
+os.ftruncate(fd, size)
+os.fchmod(fd, 0o4755)
+m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+try:
+    for off in range(0, size, 4096):
+        m[off:off + 4096] = b"y" * 4096
+    m.flush()
+except OSError:
+    pass
+"#;
+        let _ = python_as(uid, gid, &m.p("u"), program);
+        let _ = sh(Path::new("/"), "sync");
+        let (free, _) = vol.blocks();
+        assert!(
+            free >= reserved,
+            "{opts}: the attacker wrote into the blocks reserved for root: {free} free of {reserved} reserved"
+        );
+        drop(m);
+    }
+}
+
+#[test]
+fn a_graveyard_a_user_made_is_never_casafs_own() {
+    // Before casafs is mounted, a user who may write the tree's top makes
+    // the graveyard's directory, to read or swap what unlinks bury there.
+    let tmp = TempDir::new("sec-grave");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    chmod(&tree, 0o777);
     let (uid, gid) = attacker();
-    fs::create_dir(m.p("u")).unwrap();
-    std::os::unix::fs::chown(m.p("u"), Some(uid), Some(gid)).unwrap();
-    // The attacker fills the volume through the mount, as far as it goes.
-    let _ = sh_as(
+    ok(&sh_as(uid, gid, &tree, "mkdir -m 0777 .casafs-graveyard"));
+    let m = Mount::builder("sec-grave")
+        .arg("-o")
+        .arg("defer_unlink=always")
+        .source(&tree, tmp)
+        .start();
+    let st = fs::symlink_metadata(m.backing(".casafs-graveyard")).unwrap();
+    assert_eq!(
+        (st.uid(), st.mode() & 0o777),
+        (0, 0o700),
+        "the graveyard casafs uses"
+    );
+    // It works: an open file unlinked waits there and goes at its close.
+    fs::write(m.p("f"), b"data").unwrap();
+    let f = fs::File::open(m.p("f")).unwrap();
+    fs::remove_file(m.p("f")).unwrap();
+    drop(f);
+    eventually("the grave goes", || {
+        m.stats()["deferred_unlinks"]["completed"].as_u64() == Some(1)
+    });
+    // What the user made is still there, moved aside.
+    let kept = ok(&sh(&m.backing(""), "ls -d .casafs-graveyard.not-casafs.*"));
+    assert!(!kept.trim().is_empty());
+}
+
+#[test]
+fn sweep_never_follows_a_directory_swapped_for_a_symlink() {
+    // Someone else's log in a directory the attacker cannot even search;
+    // the attacker swaps a directory of its own (holding a decoy of the
+    // same name) with a symlink to it while sweep walks and moves.
+    let tmp = TempDir::new("sec-sweepswap");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let (uid, gid) = attacker();
+    let victim = tmp.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::write(victim.join("casa-20251206-120000.log"), b"victim's").unwrap();
+    std::os::unix::fs::chown(&victim, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(
+        victim.join("casa-20251206-120000.log"),
+        Some(65534),
+        Some(65534),
+    )
+    .unwrap();
+    chmod(&victim, 0o700);
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("att")).unwrap();
+    std::os::unix::fs::chown(tree.join("att"), Some(uid), Some(gid)).unwrap();
+    ok(&sh_as(
         uid,
         gid,
-        &m.p("u"),
-        "dd if=/dev/zero of=fill bs=1M count=100 2>/dev/null; sync",
+        &tree.join("att"),
+        &format!(
+            "mkdir d && echo decoy > d/casa-20251206-120000.log && ln -s {} link",
+            victim.display()
+        ),
+    ));
+    let swap = format!(
+        r#"
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+a = {a:?}.encode(); b = {b:?}.encode()
+stop = time.time() + 2
+while time.time() < stop:
+    libc.renameat2(-100, a, -100, b, 2)
+"#,
+        a = tree.join("att/d").to_string_lossy(),
+        b = tree.join("att/link").to_string_lossy(),
     );
-    let after = statvfs();
-    assert!(
-        after.f_bfree >= reserved,
-        "the attacker wrote into the blocks reserved for root: {} free of {} reserved",
-        after.f_bfree,
-        reserved
-    );
-    drop(m);
+    for _ in 0..6 {
+        let mut swapper = Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                PYTHON,
+                "-c",
+                &swap,
+            ])
+            .spawn()
+            .unwrap();
+        let _ = Command::new(bin())
+            .args(["sweep"])
+            .arg(&tree)
+            .arg("--logs")
+            .arg(fast.0.join("logs"))
+            .arg("--scratch")
+            .arg(fast.0.join("scratch"))
+            .output()
+            .unwrap();
+        let _ = swapper.wait();
+        assert_eq!(
+            fs::read(victim.join("casa-20251206-120000.log"))
+                .ok()
+                .as_deref(),
+            Some(&b"victim's"[..]),
+            "the victim's log was moved or replaced"
+        );
+    }
+    drop(fast);
+}
+
+#[test]
+fn one_user_cannot_use_up_the_descriptors_everyone_needs() {
+    // Every open through casafs holds a descriptor of the daemon's, for
+    // all users at once: one user opening as many as its processes may
+    // gets EMFILE at its share, and root (here the other users) still
+    // opens.
+    let s = production("sec-fds", &[]);
+    let (uid, gid) = attacker();
+    fs::create_dir(s.m.p("u")).unwrap();
+    std::os::unix::fs::chown(s.m.p("u"), Some(uid), Some(gid)).unwrap();
+    ok(&sh_as(uid, gid, &s.m.p("u"), "echo x > f"));
+    let program = r#"
+import os, resource, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+fds = []
+try:
+    while len(fds) < hard - 100:
+        fds.append(os.open("f", os.O_RDONLY))
+except OSError as e:
+    print(len(fds), e.errno, flush=True)
+    time.sleep(8)
+    sys.exit(0)
+print(len(fds), 0, flush=True)
+time.sleep(8)
+"#;
+    let holders: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new("setpriv")
+                .args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={gid}"),
+                    "--clear-groups",
+                    PYTHON,
+                    "-c",
+                    program,
+                ])
+                .current_dir(s.m.p("u"))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(6));
+    let root_open = fs::write(s.m.p("rootfile"), b"still served");
+    let mut refused = false;
+    for h in holders {
+        let out = h.wait_with_output().unwrap();
+        refused |= String::from_utf8_lossy(&out.stdout).contains(" 24");
+    }
+    assert!(root_open.is_ok(), "root could not open: {root_open:?}");
+    assert!(refused, "the attacker was never refused");
 }
 
 #[test]
