@@ -342,13 +342,16 @@ pub fn act_as(who: &Caller) -> bool {
     if !enabled() {
         return true;
     }
-    // Root with its filesystem capabilities (and the kernel itself, pid
-    // 0) is served as the daemon is: no switch at all.
+    // What the kernel sends on its own (pid 0: releases, forgets) is
+    // casafs's bookkeeping, which takes root itself where it touches the
+    // backing; the thread keeps whoever it acts for (a stream of one
+    // user's opens and closes costs no switch).
+    if who.pid == 0 && who.uid == 0 {
+        return true;
+    }
     let p = permitted().unwrap_or([0, 0]);
-    if who.uid == 0
-        && who.gid == 0
-        && (who.pid == 0 || process(who.pid, 0, 0).1[0] & p[0] == FS_CAPS & p[0])
-    {
+    // Root with its filesystem capabilities is served as the daemon is.
+    if who.uid == 0 && who.gid == 0 && process(who.pid, 0, 0).1[0] & p[0] == FS_CAPS & p[0] {
         return switch(Ident::root());
     }
     let (groups, caps) = process(who.pid, who.uid, who.gid);
@@ -480,26 +483,19 @@ pub fn as_registrar<T>(f: impl FnOnce() -> T) -> T {
     }
     // Only the filesystem uid and the capabilities change, and back: the
     // groups and filesystem gid of a caller carry no privilege here (the
-    // blocks reserved for root go by uid and capability).
+    // blocks reserved for root go by uid and capability). CAP_SETUID stays
+    // for the way back; it gives the kernel's I/O nothing.
     let cur = current();
-    let full = Ident::root().caps;
     struct Back(Ident);
     impl Drop for Back {
         fn drop(&mut self) {
-            let full = Ident::root().caps;
-            set_effective(full);
             set_fsid(libc::SYS_setfsuid, self.0.uid);
-            if self.0.caps != full || self.0.uid != 0 {
-                set_effective(self.0.caps);
-            }
+            set_effective(self.0.caps);
         }
     }
-    if cur.caps != full {
-        set_effective(full);
-    }
+    set_effective([1 << CAP_SYS_ADMIN | 1 << CAP_SETUID, 0]);
     let _back = Back(cur);
     set_fsid(libc::SYS_setfsuid, NOBODY);
-    set_effective([1 << CAP_SYS_ADMIN, 0]);
     f()
 }
 
@@ -628,7 +624,17 @@ mod tests {
             // ...and root's own acts still work, as root.
             as_root(|| std::fs::write(dir.join("y"), b"")).unwrap();
             assert!(unprivileged());
+            // What the kernel sends on its own changes nothing...
             assert!(act_as(&Caller::ROOT));
+            assert!(unprivileged());
+            // ...and root's next request is root's.
+            let root = Caller {
+                uid: 0,
+                gid: 0,
+                pid: std::process::id(),
+            };
+            assert!(act_as(&root));
+            assert!(!unprivileged());
             std::fs::remove_dir_all(&dir).unwrap();
         })
         .join()

@@ -74,6 +74,10 @@ pub struct Redirect {
     /// which need not be UTF-8.
     pub origin: Vec<u8>,
     pub created: SystemTime,
+    /// The object's inode number in its area: a redirect whose name there
+    /// names another object (its own went, and a new one took the name)
+    /// has lost its object and must not show the newcomer.
+    pub ino: u64,
 }
 
 type Key = (u64, u64, CString);
@@ -101,6 +105,13 @@ impl RedirectTable {
             return None;
         }
         self.map.get(&Self::key(dir, name)).map(|r| r.clone())
+    }
+
+    /// Another object took the routed name's place in its area.
+    pub fn set_ino(&self, dir: &Inode, name: &CStr, ino: u64) {
+        if let Some(mut r) = self.map.get_mut(&Self::key(dir, name)) {
+            r.ino = ino;
+        }
     }
 
     pub fn insert(&self, dir: &Inode, name: &CStr, r: Redirect) {
@@ -216,6 +227,7 @@ impl RedirectTable {
                         tname,
                         origin,
                         created,
+                        ino: st.st_ino,
                     },
                 );
                 restored += 1;

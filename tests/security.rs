@@ -1015,3 +1015,30 @@ print(os.copy_file_range(a, b, 64 << 20))
     );
     ok(&sh_as(uid, gid, &s.m.p("u"), "cp a c && cmp a c"));
 }
+
+#[test]
+fn a_routed_name_taken_by_another_object_never_shows_it_at_the_old_origin() {
+    // The operator clears a user's log out of the logs area and puts a
+    // file of its own there under the same name: the user's old path must
+    // not lead to it.
+    let s = production("sec-stale", &[]);
+    let (uid, gid) = attacker();
+    fs::create_dir(s.m.p("u")).unwrap();
+    std::os::unix::fs::chown(s.m.p("u"), Some(uid), Some(gid)).unwrap();
+    ok(&sh_as(
+        uid,
+        gid,
+        &s.m.p("u"),
+        "echo mine > casa-20250101-000003.log",
+    ));
+    let in_area = s.logs().join("casa-20250101-000003.log");
+    fs::remove_file(&in_area).unwrap();
+    fs::write(&in_area, b"the operator's\n").unwrap();
+    chmod(&in_area, 0o644);
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = sh_as(uid, gid, &s.m.p("u"), "cat casa-20250101-000003.log");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("operator"),
+        "the user's old path shows the operator's file"
+    );
+}

@@ -36,6 +36,10 @@ impl CasaFs {
             let adir = area.dir();
             let afd = adir.dir_fd()?;
             match creds::as_root(|| sys::stat_at(afd.as_raw_fd(), &r.tname)) {
+                // Its name in the area now names another object.
+                Ok(st) if st.st_ino != r.ino => {
+                    self.redirects.remove(dir, name);
+                }
                 Ok(st) => {
                     return Ok(Located {
                         dir: adir.clone(),
@@ -296,7 +300,7 @@ impl CasaFs {
                 Ok(st) => st,
                 Err(e) => return Err(undo_create(afd.as_raw_fd(), &tname, is_dir, v, e)),
             };
-            self.record_redirect(p, name, rule, area_idx, &tname);
+            self.record_redirect(p, name, rule, area_idx, &tname, st.st_ino);
             let inode = self.inodes.remember(&adir, &tname, &st, true);
             Ok((inode, st, v))
         })
@@ -355,6 +359,7 @@ impl CasaFs {
         rule: usize,
         area_idx: usize,
         tname: &CStr,
+        ino: u64,
     ) {
         let origin = self.origin_of(p, name);
         let area = &self.areas[area_idx];
@@ -375,6 +380,7 @@ impl CasaFs {
                 tname: tname.to_owned(),
                 origin,
                 created: SystemTime::now(),
+                ino,
             },
         );
         self.stats.rules[rule].routed.fetch_add(1, Relaxed);
@@ -745,16 +751,17 @@ impl CasaFs {
         let is_dir = sst.st_mode & libc::S_IFMT == libc::S_IFDIR;
 
         let dst = self.locate(&np, &newname)?;
-        *dir_moved = is_dir
-            || (exchange
-                && match dst.st {
-                    Some(st) => Ok(st),
-                    None => dst
-                        .dir
-                        .dir_fd()
-                        .and_then(|d| sys::stat_at(d.as_raw_fd(), &dst.name)),
-                }
-                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR));
+        // What an exchange brings to the source's name.
+        let swapped = match (exchange, dst.st) {
+            (false, _) => None,
+            (true, Some(st)) => Some(st),
+            (true, None) => dst
+                .dir
+                .dir_fd()
+                .and_then(|d| sys::stat_at(d.as_raw_fd(), &dst.name))
+                .ok(),
+        };
+        *dir_moved = is_dir || swapped.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
         let route = if exchange || dst.redirect.is_some() {
             None
         } else {
@@ -829,7 +836,7 @@ impl CasaFs {
                     if existing.is_none() && src.redirect.is_some() {
                         self.redirects.remove(&p, &name);
                     }
-                    self.record_redirect(&np, &newname, rule, area_idx, &tname);
+                    self.record_redirect(&np, &newname, rule, area_idx, &tname, sst.st_ino);
                     self.moved(&sst, &self.areas[area_idx].dir(), &tname);
                     return Ok(());
                 }
@@ -860,12 +867,14 @@ impl CasaFs {
         // An object that took a routed name's place in an area is that
         // name's object from now on, also after a remount, which finds
         // origins on the objects.
-        let arrived = [Some(&dst), exchange.then_some(&src)];
-        for r in arrived
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l.redirect.as_ref())
-        {
+        let arrived = [
+            Some((&dst, &np, &newname, Some(sst.st_ino))),
+            exchange.then_some((&src, &p, &name, swapped.map(|st| st.st_ino))),
+        ];
+        for (l, dir, n, ino) in arrived.into_iter().flatten() {
+            let Some(r) = &l.redirect else {
+                continue;
+            };
             let by = creds::request_caller();
             redirect::tag_origin(
                 &self.areas[r.area],
@@ -873,6 +882,9 @@ impl CasaFs {
                 &r.origin,
                 Some((by.uid, by.gid)),
             );
+            if let Some(ino) = ino {
+                self.redirects.set_ino(dir, n, ino);
+            }
         }
         Ok(())
     }
