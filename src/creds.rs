@@ -499,31 +499,12 @@ pub fn as_registrar<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Runs `f` with CAP_SYS_ADMIN added to what the thread acts with, for a
-/// call that needs it and nothing else of root's (closing a passthrough
-/// backing id).
-pub fn with_sys_admin<T>(f: impl FnOnce() -> T) -> T {
-    let cur = current();
-    if !enabled() || cur.caps[0] & (1 << CAP_SYS_ADMIN) != 0 {
-        return f();
-    }
-    struct Lower([u32; 2]);
-    impl Drop for Lower {
-        fn drop(&mut self) {
-            set_effective(self.0);
-        }
-    }
-    let _lower = Lower(cur.caps);
-    set_effective([cur.caps[0] | 1 << CAP_SYS_ADMIN, cur.caps[1]]);
-    f()
-}
-
-/// Runs `f` without CAP_SYS_RESOURCE: for root's chown of an object it
-/// made for a user, which moves the object's quota charge to that user and
-/// must fail where the user is over quota, as the creation would have.
-pub fn charging<T>(f: impl FnOnce() -> T) -> T {
-    let cur = current();
-    if !enabled() || cur.caps[0] & (1 << CAP_SYS_RESOURCE) == 0 {
+/// Runs `f` with the thread's effective capabilities changed by `change`,
+/// and gives them back afterwards (also when `f` panics).
+fn with_caps<T>(change: impl Fn([u32; 2]) -> [u32; 2], f: impl FnOnce() -> T) -> T {
+    let cur = current().caps;
+    let caps = change(cur);
+    if !enabled() || caps == cur {
         return f();
     }
     struct Back([u32; 2]);
@@ -532,9 +513,23 @@ pub fn charging<T>(f: impl FnOnce() -> T) -> T {
             set_effective(self.0);
         }
     }
-    let _back = Back(cur.caps);
-    set_effective([cur.caps[0] & !(1 << CAP_SYS_RESOURCE), cur.caps[1]]);
+    let _back = Back(cur);
+    set_effective(caps);
     f()
+}
+
+/// Runs `f` with CAP_SYS_ADMIN added to what the thread acts with, for a
+/// call that needs it and nothing else of root's (closing a passthrough
+/// backing id).
+pub fn with_sys_admin<T>(f: impl FnOnce() -> T) -> T {
+    with_caps(|c| [c[0] | 1 << CAP_SYS_ADMIN, c[1]], f)
+}
+
+/// Runs `f` without CAP_SYS_RESOURCE: for root's chown of an object it
+/// made for a user, which moves the object's quota charge to that user and
+/// must fail where the user is over quota, as the creation would have.
+pub fn charging<T>(f: impl FnOnce() -> T) -> T {
+    with_caps(|c| [c[0] & !(1 << CAP_SYS_RESOURCE), c[1]], f)
 }
 
 /// Whether this thread acts for an unprivileged caller now.

@@ -54,6 +54,33 @@ fn production(tag: &str, extra: &[&str]) -> Shape {
     Shape { m, fast }
 }
 
+/// `dir` made, and given to the attacker.
+fn attackers_dir(dir: impl AsRef<Path>) -> PathBuf {
+    let dir = dir.as_ref();
+    let (uid, gid) = attacker();
+    fs::create_dir(dir).unwrap();
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+    dir.to_path_buf()
+}
+
+/// casafs over `tmp/tree` with the scratch area on a tmpfs of its own
+/// (`fast_opts`) and a retention of 1 s for TMPPOINTING tables; returns
+/// the mount, the tmpfs and the scratch area.
+fn with_retention(tag: &str, fast_opts: &str) -> (Mount, Tmpfs, PathBuf) {
+    let tmp = TempDir::new(tag);
+    let fast = Tmpfs::new(tmp.path().join("fast"), fast_opts);
+    let cfg = retention_config(&tmp);
+    let tree = tmp.path().join("tree");
+    let scratch = fast.0.join("scratch");
+    let m = Mount::builder(tag)
+        .opt(&format!("scratch={}", scratch.display()))
+        .arg("--config")
+        .arg(&cfg)
+        .source(&tree, tmp)
+        .start();
+    (m, fast, scratch)
+}
+
 /// Debian's Python, which every user may run (`tests/run.sh` installs it).
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -123,8 +150,7 @@ fn chmod_through_a_swapped_symlink_never_reaches_roots_files() {
     // can reach it, else through the mount.
     let s = production("sec-chmod", &[]);
     let victim = victim_of(&s.fast.0);
-    fs::create_dir(s.m.p("work")).unwrap();
-    std::os::unix::fs::chown(s.m.p("work"), Some(uid), Some(gid)).unwrap();
+    attackers_dir(s.m.p("work"));
     ok(&sh_as(
         uid,
         gid,
@@ -160,8 +186,7 @@ fn chmod_through_a_swapped_symlink_never_reaches_roots_files() {
         .separate()
         .source(&tree, tmp)
         .start();
-    fs::create_dir(m.p("work")).unwrap();
-    std::os::unix::fs::chown(m.p("work"), Some(uid), Some(gid)).unwrap();
+    attackers_dir(m.p("work"));
     ok(&sh_as(
         uid,
         gid,
@@ -253,8 +278,7 @@ fn an_open_of_a_fifo_swapped_in_never_stalls_other_users() {
         .source(&tree, tmp)
         .start();
     let (uid, gid) = attacker();
-    fs::create_dir(m.p("u")).unwrap();
-    std::os::unix::fs::chown(m.p("u"), Some(uid), Some(gid)).unwrap();
+    attackers_dir(m.p("u"));
     ok(&sh_as(uid, gid, &m.p("u"), "echo x > f; cat f >/dev/null"));
     fs::write(m.p("other"), b"someone else's").unwrap();
     ok(&sh_as(uid, gid, &m.source.join("u"), "rm f && mkfifo f"));
@@ -343,8 +367,7 @@ fn a_log_from_a_private_directory_is_private_in_the_logs_area_and_the_control_fi
     // Root still sees it, and the attacker its own.
     let all = fs::read_to_string(s.m.p(".casafs/redirects")).unwrap();
     assert!(all.contains("private/casa-20250101-000000.log"), "{all}");
-    fs::create_dir(s.m.p("mine")).unwrap();
-    std::os::unix::fs::chown(s.m.p("mine"), Some(uid), Some(gid)).unwrap();
+    attackers_dir(s.m.p("mine"));
     ok(&sh_as(
         uid,
         gid,
@@ -582,17 +605,7 @@ fn retention_config(tmp: &TempDir) -> String {
 
 #[test]
 fn retention_removes_nothing_its_router_could_not() {
-    let tmp = TempDir::new("sec-retention");
-    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
-    let cfg = retention_config(&tmp);
-    let tree = tmp.path().join("tree");
-    let scratch = fast.0.join("scratch");
-    let m = Mount::builder("sec-retention")
-        .opt(&format!("scratch={}", scratch.display()))
-        .arg("--config")
-        .arg(&cfg)
-        .source(&tree, tmp)
-        .start();
+    let (m, fast, scratch) = with_retention("sec-retention", "mode=0755,size=64m");
     let (uid, gid) = attacker();
     fs::create_dir(m.p("pub")).unwrap();
     chmod(&m.p("pub"), 0o777);
@@ -624,20 +637,7 @@ fn retention_removes_nothing_its_router_could_not() {
 
 #[test]
 fn a_very_deep_table_never_brings_the_daemon_down() {
-    let tmp = TempDir::new("sec-deep");
-    let fast = Tmpfs::new(
-        tmp.path().join("fast"),
-        "mode=0755,size=256m,nr_inodes=200k",
-    );
-    let cfg = retention_config(&tmp);
-    let tree = tmp.path().join("tree");
-    let scratch = fast.0.join("scratch");
-    let m = Mount::builder("sec-deep")
-        .opt(&format!("scratch={}", scratch.display()))
-        .arg("--config")
-        .arg(&cfg)
-        .source(&tree, tmp)
-        .start();
+    let (m, fast, _) = with_retention("sec-deep", "mode=0755,size=256m,nr_inodes=200k");
     let (uid, gid) = attacker();
     fs::create_dir(m.p("pub")).unwrap();
     chmod(&m.p("pub"), 0o777);
@@ -764,8 +764,7 @@ fn the_blocks_reserved_for_root_stay_roots() {
             .source(&vol.0, TempDir::new("sec-reserve-m"))
             .start();
         let (uid, gid) = attacker();
-        fs::create_dir(m.p("u")).unwrap();
-        std::os::unix::fs::chown(m.p("u"), Some(uid), Some(gid)).unwrap();
+        attackers_dir(m.p("u"));
         let program = r#"
 import mmap, os
 fd = os.open("fill", os.O_WRONLY | os.O_CREAT, 0o644)
@@ -916,8 +915,7 @@ fn one_user_cannot_use_up_the_descriptors_everyone_needs() {
     // opens.
     let s = production("sec-fds", &[]);
     let (uid, gid) = attacker();
-    fs::create_dir(s.m.p("u")).unwrap();
-    std::os::unix::fs::chown(s.m.p("u"), Some(uid), Some(gid)).unwrap();
+    attackers_dir(s.m.p("u"));
     ok(&sh_as(uid, gid, &s.m.p("u"), "echo x > f"));
     let program = r#"
 import os, resource, sys, time
@@ -969,8 +967,7 @@ fn a_user_keeps_using_routed_objects_by_their_original_paths() {
     // through the area).
     let s = production("sec-use", &[]);
     let (uid, gid) = attacker();
-    fs::create_dir(s.m.p("u")).unwrap();
-    std::os::unix::fs::chown(s.m.p("u"), Some(uid), Some(gid)).unwrap();
+    attackers_dir(s.m.p("u"));
     let out = ok(&sh_as(
         uid,
         gid,
@@ -997,8 +994,7 @@ fn one_copy_file_range_request_is_bounded() {
     // copies everything.
     let s = production("sec-copy", &[]);
     let (uid, gid) = attacker();
-    fs::create_dir(s.m.p("u")).unwrap();
-    std::os::unix::fs::chown(s.m.p("u"), Some(uid), Some(gid)).unwrap();
+    attackers_dir(s.m.p("u"));
     let program = r#"
 import os
 with open("a", "wb") as f:
@@ -1023,8 +1019,7 @@ fn a_routed_name_taken_by_another_object_never_shows_it_at_the_old_origin() {
     // not lead to it.
     let s = production("sec-stale", &[]);
     let (uid, gid) = attacker();
-    fs::create_dir(s.m.p("u")).unwrap();
-    std::os::unix::fs::chown(s.m.p("u"), Some(uid), Some(gid)).unwrap();
+    attackers_dir(s.m.p("u"));
     ok(&sh_as(
         uid,
         gid,
