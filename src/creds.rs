@@ -342,13 +342,6 @@ pub fn act_as(who: &Caller) -> bool {
     if !enabled() {
         return true;
     }
-    // What the kernel sends on its own (pid 0: releases, forgets) is
-    // casafs's bookkeeping, which takes root itself where it touches the
-    // backing; the thread keeps whoever it acts for (a stream of one
-    // user's opens and closes costs no switch).
-    if who.pid == 0 && who.uid == 0 {
-        return true;
-    }
     let p = permitted().unwrap_or([0, 0]);
     // Root with its filesystem capabilities is served as the daemon is.
     if who.uid == 0 && who.gid == 0 && process(who.pid, 0, 0).1[0] & p[0] == FS_CAPS & p[0] {
@@ -361,6 +354,14 @@ pub fn act_as(who: &Caller) -> bool {
         groups,
         caps: [caps[0] & p[0], caps[1] & p[1]],
     })
+}
+
+/// Notes the caller of a request that is casafs's bookkeeping alone
+/// (release, forget: what the kernel sends when it lets go of something),
+/// without switching: those take root themselves where they touch the
+/// backing, and a stream of one user's opens and closes costs no switch.
+pub fn bookkeeping(who: &Caller) {
+    REQUEST.with(|r| r.set(*who));
 }
 
 /// Acts as `uid`, `gid` with the groups the system gives that user and no
@@ -619,8 +620,8 @@ mod tests {
             // ...and root's own acts still work, as root.
             as_root(|| std::fs::write(dir.join("y"), b"")).unwrap();
             assert!(unprivileged());
-            // What the kernel sends on its own changes nothing...
-            assert!(act_as(&Caller::ROOT));
+            // casafs's bookkeeping changes nothing...
+            bookkeeping(&Caller::ROOT);
             assert!(unprivileged());
             // ...and root's next request is root's.
             let root = Caller {

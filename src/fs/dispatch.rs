@@ -19,6 +19,15 @@ use super::CasaFs;
 use super::ops::SetAttr;
 use crate::creds::Caller;
 
+/// Runs a handler of casafs's bookkeeping (release, forget), which takes
+/// the rights it needs itself, without switching credentials.
+fn guarded_bookkeeping(req: &Request, f: impl FnOnce()) {
+    crate::creds::bookkeeping(&caller(req));
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        tracing::error!("a request handler panicked; the request was answered EIO");
+    }
+}
+
 /// Runs a handler with the caller's credentials (`crate::creds`), so that
 /// a bug that panics costs only its own request: the reply object is
 /// dropped on the way out, which answers EIO, and the thread goes on
@@ -135,7 +144,7 @@ impl Filesystem for Dispatch {
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
-        guarded(req, || self.op_forget(ino.0, nlookup))
+        guarded_bookkeeping(req, || self.op_forget(ino.0, nlookup))
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -306,7 +315,7 @@ impl Filesystem for Dispatch {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        guarded(req, || self.op_release(fh.0, reply))
+        guarded_bookkeeping(req, || self.op_release(fh.0, reply))
     }
 
     fn fsync(
@@ -354,7 +363,7 @@ impl Filesystem for Dispatch {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        guarded(req, || self.op_releasedir(fh.0, reply))
+        guarded_bookkeeping(req, || self.op_releasedir(fh.0, reply))
     }
 
     fn fsyncdir(

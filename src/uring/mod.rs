@@ -167,10 +167,14 @@ fn spawn_thread(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let s = shared.clone();
     shared.live[qid as usize].fetch_add(1, Relaxed);
-    let spawned = std::thread::Builder::new()
-        .name(format!("casafs-q{qid}"))
-        .stack_size(512 * 1024)
-        .spawn(move || queue::run(s, qid, ready));
+    // As root: a thread starts with the credentials of the one spawning it,
+    // which may be serving a user (a queue thread replacing a lost one).
+    let spawned = crate::creds::as_root(|| {
+        std::thread::Builder::new()
+            .name(format!("casafs-q{qid}"))
+            .stack_size(512 * 1024)
+            .spawn(move || queue::run(s, qid, ready))
+    });
     if spawned.is_err() {
         shared.live[qid as usize].fetch_sub(1, Relaxed);
     }
