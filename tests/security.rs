@@ -926,7 +926,12 @@ try:
     while len(fds) < hard - 100:
         fds.append(os.open("f", os.O_RDONLY))
 except OSError as e:
-    print(len(fds), e.errno, flush=True)
+    try:
+        os.open("new%d" % os.getpid(), os.O_CREAT | os.O_WRONLY, 0o644)
+        created = 0
+    except OSError as c:
+        created = c.errno
+    print(len(fds), e.errno, created, flush=True)
     time.sleep(8)
     sys.exit(0)
 print(len(fds), 0, flush=True)
@@ -952,12 +957,16 @@ time.sleep(8)
     std::thread::sleep(Duration::from_secs(6));
     let root_open = fs::write(s.m.p("rootfile"), b"still served");
     let mut refused = false;
+    let mut said = String::new();
     for h in holders {
         let out = h.wait_with_output().unwrap();
-        refused |= String::from_utf8_lossy(&out.stdout).contains(" 24");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Refused its opens, and its creations of new files too.
+        refused |= text.contains(" 24 24");
+        said.push_str(&text);
     }
     assert!(root_open.is_ok(), "root could not open: {root_open:?}");
-    assert!(refused, "the attacker was never refused");
+    assert!(refused, "the attacker was never refused: {said}");
 }
 
 #[test]
@@ -1036,4 +1045,33 @@ fn a_routed_name_taken_by_another_object_never_shows_it_at_the_old_origin() {
         !String::from_utf8_lossy(&out.stdout).contains("operator"),
         "the user's old path shows the operator's file"
     );
+}
+
+#[test]
+fn an_area_named_through_a_symlink_is_found_again_where_it_really_is() {
+    // The scratch area's path ends in root's symlink to the real directory;
+    // the operator rotates the real one and makes it again: routing goes
+    // to the new one, never to a directory found by the symlink's name.
+    let tmp = TempDir::new("sec-arealink");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let real = fast.0.join("real");
+    fs::create_dir(&real).unwrap();
+    chmod(&real, 0o700);
+    std::os::unix::fs::symlink(&real, fast.0.join("link")).unwrap();
+    let tree = tmp.path().join("tree");
+    let m = Mount::builder("sec-arealink")
+        .opt(&format!("scratch={}", fast.0.join("link").display()))
+        .source(&tree, tmp)
+        .start();
+    fs::rename(&real, fast.0.join("real.old")).unwrap();
+    fs::create_dir(&real).unwrap();
+    chmod(&real, 0o700);
+    fs::create_dir(m.p("TMPPOINTING6")).unwrap();
+    assert!(
+        real.join("TMPPOINTING6").is_dir(),
+        "not routed to the area made again: {}",
+        m.log_text()
+    );
+    drop(m);
+    drop(fast);
 }

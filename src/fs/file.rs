@@ -66,6 +66,7 @@ impl CasaFs {
         flags: i32,
     ) -> Res<Opened> {
         let p = self.inodes.get(parent)?;
+        self.handles.admit(creds::request_caller().uid)?;
         let name = cname(name)?;
         let excl = flags & libc::O_EXCL != 0;
         // The name already exists in the original directory's view.
