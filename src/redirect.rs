@@ -289,8 +289,15 @@ impl RedirectTable {
             .iter()
             .filter(|e| {
                 let r = e.value();
+                let stable = areas
+                    .get(r.area)
+                    .is_some_and(|a| sys::keeps_inode_numbers(a.fs_type));
                 fds.get(r.area).and_then(Option::as_ref).is_some_and(|fd| {
-                    sys::stat_at(fd.as_raw_fd(), &r.tname) == Err(sys::Errno::ENOENT)
+                    match sys::stat_at(fd.as_raw_fd(), &r.tname) {
+                        Err(sys::Errno::ENOENT) => true,
+                        Ok(st) => stable && st.st_ino != r.ino,
+                        Err(_) => false,
+                    }
                 })
             })
             .map(|e| e.key().clone())

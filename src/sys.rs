@@ -589,6 +589,15 @@ pub fn is_network(f_type: i64) -> bool {
     )
 }
 
+/// Whether an object keeps its inode number for as long as it exists: not
+/// on vfat and exFAT, which number inodes as they are read in, nor on a
+/// FUSE filesystem, whose numbers are its own business.
+pub fn keeps_inode_numbers(f_type: i64) -> bool {
+    const MSDOS: i64 = 0x4d44;
+    const EXFAT: i64 = 0x2011_bab0;
+    !matches!(f_type, FUSE_SUPER_MAGIC | MSDOS | EXFAT)
+}
+
 /// Filesystems that turn an unlink of an open file into a visible rename
 /// (`.fuse_hidden*`, `.nfsXXXX`, SMB delete-pending).
 pub fn leaves_unlink_debris(f_type: i64) -> bool {

@@ -36,8 +36,17 @@ impl CasaFs {
             let adir = area.dir();
             let afd = adir.dir_fd()?;
             match creds::as_root(|| sys::stat_at(afd.as_raw_fd(), &r.tname)) {
-                // Its name in the area now names another object.
-                Ok(st) if st.st_ino != r.ino => {
+                // Its name in the area now names another object (looked at
+                // again: a rename onto the routed name may just have
+                // given it this one).
+                Ok(st)
+                    if st.st_ino != r.ino
+                        && sys::keeps_inode_numbers(area.fs_type)
+                        && self
+                            .redirects
+                            .get(dir, name)
+                            .is_some_and(|r| r.ino != st.st_ino) =>
+                {
                     self.redirects.remove(dir, name);
                 }
                 Ok(st) => {
@@ -861,20 +870,25 @@ impl CasaFs {
             return Ok(());
         }
         self.rename_plain_for(&src, &sst, &dst, flags)?;
+        // What now holds a routed name there, before anything looks.
+        if dst.redirect.is_some() {
+            self.redirects.set_ino(&np, &newname, sst.st_ino);
+        }
+        if let (true, Some(_), Some(st)) = (exchange, &src.redirect, swapped) {
+            self.redirects.set_ino(&p, &name, st.st_ino);
+        }
         if src.redirect.is_some() && !exchange {
             self.redirects.remove(&p, &name);
         }
         // An object that took a routed name's place in an area is that
         // name's object from now on, also after a remount, which finds
         // origins on the objects.
-        let arrived = [
-            Some((&dst, &np, &newname, Some(sst.st_ino))),
-            exchange.then_some((&src, &p, &name, swapped.map(|st| st.st_ino))),
-        ];
-        for (l, dir, n, ino) in arrived.into_iter().flatten() {
-            let Some(r) = &l.redirect else {
-                continue;
-            };
+        let arrived = [Some(&dst), exchange.then_some(&src)];
+        for r in arrived
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.redirect.as_ref())
+        {
             let by = creds::request_caller();
             redirect::tag_origin(
                 &self.areas[r.area],
@@ -882,9 +896,6 @@ impl CasaFs {
                 &r.origin,
                 Some((by.uid, by.gid)),
             );
-            if let Some(ino) = ino {
-                self.redirects.set_ino(dir, n, ino);
-            }
         }
         Ok(())
     }
