@@ -94,13 +94,7 @@ impl CasaFs {
             let ft = sys::fstatfs_type(fd.as_raw_fd()).unwrap_or(0);
             let nodeid = u64::MAX - 64 - i as u64;
             backing_types.push((path.to_string_lossy().into_owned(), fs_type_of(&path, ft)));
-            let parent = path
-                .file_name()
-                .and_then(|n| std::ffi::CString::new(n.as_encoded_bytes()).ok())
-                .and_then(|n| {
-                    let flags = libc::O_PATH | libc::O_DIRECTORY;
-                    Some((sys::open_at(fd.as_raw_fd(), c"..", flags, 0).ok()?, n))
-                });
+            let parent = name_in_parent(&fd, &st);
             areas.push(Area {
                 path,
                 inode: parking_lot::RwLock::new(Inode::new_anchor(nodeid, fd, &st, true)),
@@ -371,6 +365,21 @@ impl CasaFs {
             None
         })
     }
+}
+
+/// The directory `dir` (with attributes `st`) is in, and its name there:
+/// where an area is looked for again when it is made anew. The name is the
+/// one the directory has, which is not the last one of the configured path
+/// where that ends in a symlink.
+fn name_in_parent(dir: &OwnedFd, st: &libc::stat) -> Option<(OwnedFd, std::ffi::CString)> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let parent = sys::open_at(dir.as_raw_fd(), c"..", flags, 0).ok()?;
+    let name = crate::tree::list_dir(&parent).ok()?.into_iter().find(|n| {
+        sys::stat_at(parent.as_raw_fd(), n)
+            .is_ok_and(|s| (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino))
+    })?;
+    let parent = sys::open_at(dir.as_raw_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
+    Some((parent, name))
 }
 
 fn fs_type_of(path: &Path, f_type: i64) -> String {
