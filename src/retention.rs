@@ -145,7 +145,7 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
     if expired.is_empty() {
         return;
     }
-    let held = held_inodes(fs);
+    let held = held_inodes(fs, area.as_raw_fd());
     for x in expired {
         let shown = r.area_path.join(x.name.to_string_lossy().as_ref());
         if x.stats.iter().any(|st| held.holds(st)) {
@@ -227,10 +227,14 @@ fn survey(area: RawFd, st: &libc::stat, x: &mut Expired) -> i64 {
     newest
 }
 
-/// Everything open, mapped or used as a working directory by any process,
-/// by device and inode number. The daemon's own O_PATH descriptors (its
-/// inode cache) are not opens.
+/// Everything open, mapped or used as a working directory by any process.
+/// The daemon's own O_PATH descriptors (its inode cache) are not opens.
 struct Held {
+    /// Inode numbers of what is held on the area's own filesystem (its
+    /// mount, or its device as `stat` or the mount table gives it, which
+    /// differ on btrfs subvolumes).
+    on_area: HashSet<u64>,
+    /// What is held elsewhere, by device and inode number.
     objects: HashSet<(u64, u64)>,
     /// Inode numbers of what is held through the mount: the backing numbers
     /// (the node ids the mount shows are those, or ones
@@ -241,36 +245,62 @@ struct Held {
 
 impl Held {
     fn holds(&self, st: &libc::stat) -> bool {
-        self.objects.contains(&(st.st_dev, st.st_ino)) || self.through_mount.contains(&st.st_ino)
+        self.on_area.contains(&st.st_ino)
+            || self.objects.contains(&(st.st_dev, st.st_ino))
+            || self.through_mount.contains(&st.st_ino)
     }
 }
 
-fn held_inodes(fs: &dyn Mounted) -> Held {
+/// The mount id of the filesystem object `fd` is.
+fn mount_id(fd: RawFd) -> Option<u64> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    (rc == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+}
+
+fn held_inodes(fs: &dyn Mounted, area: RawFd) -> Held {
     let me = std::process::id().to_string();
     let mount_dev = fs.mount_dev();
     let devs = mount_devices();
+    let area_mnt = mount_id(area);
+    let mut area_devs: Vec<u64> = area_mnt
+        .and_then(|m| devs.get(&m).copied())
+        .into_iter()
+        .collect();
+    area_devs.extend(sys::fstat(area).ok().map(|st| st.st_dev));
     let mut held = Held {
+        on_area: HashSet::new(),
         objects: HashSet::new(),
         through_mount: HashSet::new(),
     };
-    let mut hold = |dev: u64, ino: u64| {
+    let mut hold = |dev: u64, ino: u64, on_area: bool| {
         // Without the mount's device, anything could be held through it.
         if mount_dev.is_none_or(|m| m == dev) {
             held.through_mount
                 .insert(fs.backing_ino(ino).unwrap_or(ino));
         }
-        if Some(dev) != mount_dev {
+        if on_area || area_devs.contains(&dev) {
+            held.on_area.insert(ino);
+        } else if Some(dev) != mount_dev {
             held.objects.insert((dev, ino));
         }
     };
     for (pid, dir) in crate::sys::processes() {
         if let Ok(m) = fs::metadata(dir.join("cwd")) {
-            hold(m.dev(), m.ino());
+            hold(m.dev(), m.ino(), false);
         }
         // A mapping outlives the descriptor it was made through.
         let maps = fs::read_to_string(dir.join("maps")).unwrap_or_default();
         for ((dev, ino), _) in crate::sys::mapped_files(&maps) {
-            hold(dev, ino);
+            hold(dev, ino, false);
         }
         let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
@@ -282,12 +312,13 @@ fn held_inodes(fs: &dyn Mounted) -> Held {
             if pid == me && info.flags & libc::O_PATH as i64 != 0 {
                 continue;
             }
+            let on_area = info.mnt.is_some() && info.mnt == area_mnt;
             let id = match (info.mnt.and_then(|m| devs.get(&m).copied()), info.ino) {
                 (Some(dev), Some(ino)) => Some((dev, ino)),
                 _ => fs::metadata(fd.path()).ok().map(|m| (m.dev(), m.ino())),
             };
             if let Some((dev, ino)) = id {
-                hold(dev, ino);
+                hold(dev, ino, on_area);
             }
         }
     }
