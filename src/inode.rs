@@ -29,8 +29,40 @@ pub const CONTROL_DIR_ID: u64 = u64::MAX - 16;
 
 static CACHED_DIR_FDS: AtomicUsize = AtomicUsize::new(0);
 static PINS: AtomicUsize = AtomicUsize::new(0);
-/// How many objects without a name casafs keeps a descriptor of.
+/// How many objects without a name casafs keeps a descriptor of, in all
+/// and for the requests of one user.
 const MAX_PINS: usize = 65_536;
+const MAX_PINS_PER_USER: usize = MAX_PINS / 8;
+
+/// Pins by the uid whose request made them.
+fn pins_by_user() -> &'static DashMap<u32, usize> {
+    static BY: std::sync::OnceLock<DashMap<u32, usize>> = std::sync::OnceLock::new();
+    BY.get_or_init(DashMap::new)
+}
+
+/// A pin counted against `uid`, or None past a bound.
+fn take_pin(uid: u32) -> Option<()> {
+    if PINS.load(Ordering::Relaxed) >= MAX_PINS {
+        return None;
+    }
+    let mut n = pins_by_user().entry(uid).or_default();
+    if uid != 0 && *n >= MAX_PINS_PER_USER {
+        return None;
+    }
+    *n += 1;
+    PINS.fetch_add(1, Ordering::Relaxed);
+    Some(())
+}
+
+fn give_pin(uid: u32) {
+    PINS.fetch_sub(1, Ordering::Relaxed);
+    if let dashmap::mapref::entry::Entry::Occupied(mut e) = pins_by_user().entry(uid) {
+        *e.get_mut() = e.get().saturating_sub(1);
+        if *e.get() == 0 {
+            e.remove();
+        }
+    }
+}
 pub const MAX_CACHED_DIR_FDS: usize = 16_384;
 /// How many directories without a descriptor `Inode::path_fd` opens on its
 /// way down to one object.
@@ -94,7 +126,8 @@ pub struct Inode {
     fd: Mutex<Option<Arc<OwnedFd>>>,
     /// A descriptor of the object itself, taken when its last name goes
     /// away while the kernel may still ask about it.
-    pinned: Mutex<Option<Arc<OwnedFd>>>,
+    /// With the uid whose request pinned it (see `pin`).
+    pinned: Mutex<Option<(Arc<OwnedFd>, u32)>>,
     pub open: Mutex<OpenState>,
     /// When the kernel last got the object's attributes with a reference
     /// (`sys::coarse_now_ns`).
@@ -106,8 +139,8 @@ pub struct Inode {
 
 impl Drop for Inode {
     fn drop(&mut self) {
-        if self.pinned.get_mut().take().is_some() {
-            PINS.fetch_sub(1, Ordering::Relaxed);
+        if let Some((_, uid)) = self.pinned.get_mut().take() {
+            give_pin(uid);
         }
         let mut next = self.let_go_of_parent();
         // A chain of parents that only this inode held goes one at a time:
@@ -406,14 +439,12 @@ impl Inode {
         if self.pinned.lock().is_some() {
             return Ok(());
         }
-        if PINS.load(Ordering::Relaxed) >= MAX_PINS {
-            return Err(Errno::EMFILE);
-        }
         let fd = self.path_fd()?;
+        let uid = crate::creds::request_caller().uid;
         let mut slot = self.pinned.lock();
         if slot.is_none() {
-            PINS.fetch_add(1, Ordering::Relaxed);
-            *slot = Some(fd);
+            take_pin(uid).ok_or(Errno::EMFILE)?;
+            *slot = Some((fd, uid));
         }
         Ok(())
     }
@@ -434,8 +465,8 @@ impl Inode {
     }
 
     pub fn unpin(&self) {
-        if self.pinned.lock().take().is_some() {
-            PINS.fetch_sub(1, Ordering::Relaxed);
+        if let Some((_, uid)) = self.pinned.lock().take() {
+            give_pin(uid);
         }
     }
 
@@ -444,7 +475,7 @@ impl Inode {
         if let Some(fd) = self.fd.lock().as_ref() {
             return Some(fd.clone());
         }
-        self.pinned.lock().clone()
+        self.pinned.lock().as_ref().map(|(fd, _)| fd.clone())
     }
 
     /// An `O_PATH` descriptor of the object itself, verified to be the same
@@ -523,7 +554,7 @@ impl Inode {
     /// name in the parent.
     pub fn anchor(&self) -> Res<Anchor> {
         if let Some(fd) = self.pinned.lock().as_ref() {
-            return Ok(Anchor::Fd(fd.clone()));
+            return Ok(Anchor::Fd(fd.0.clone()));
         }
         if self.is_dir() || matches!(*self.loc.lock(), Loc::Anchor) {
             return Ok(Anchor::Fd(self.path_fd()?));
@@ -576,9 +607,9 @@ impl Inode {
         }
         if let Some(fd) = self.pinned.lock().as_ref() {
             return if cached {
-                sys::fstat_cached(fd.as_raw_fd())
+                sys::fstat_cached(fd.0.as_raw_fd())
             } else {
-                sys::fstat(fd.as_raw_fd())
+                sys::fstat(fd.0.as_raw_fd())
             };
         }
         Err(Errno::ENOENT)
