@@ -403,7 +403,11 @@ fn copy_as(owner: Owner, from: RawFd, name: &CStr, to: RawFd, dest: &CStr) -> io
         } else {
             owner.gid
         };
-        sys::chown_at(dir, name, owner.uid, gid, libc::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
+        // Charged to the owner's quota, as the owner's own copy would be.
+        crate::creds::charging(|| {
+            sys::chown_at(dir, name, owner.uid, gid, libc::AT_SYMLINK_NOFOLLOW)
+        })
+        .map_err(errno)?;
         let mut mode = st.st_mode & 0o7777;
         if st.st_uid != owner.uid {
             mode &= !(libc::S_ISUID | libc::S_ISGID);
@@ -477,9 +481,19 @@ fn copy_as(owner: Owner, from: RawFd, name: &CStr, to: RawFd, dest: &CStr) -> io
                     0o600,
                 )
                 .map_err(errno)?;
+                // The file opened must be the one judged.
+                let now = sys::fstat(src.as_raw_fd()).map_err(errno)?;
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+                    let _ = sys::unlink_at(to, dest, 0);
+                    return Err(io::Error::other("it changed while it was copied"));
+                }
                 let (mut src, mut dst) = (fs::File::from(src), fs::File::from(dst));
-                io::copy(&mut src, &mut dst)?;
-                dst.sync_all()?;
+                // Written by the owner: its blocks are the owner's to take
+                // (never root's reserve).
+                owner.acting(|| {
+                    io::copy(&mut src, &mut dst)?;
+                    dst.sync_all()
+                })?;
                 give(to, dest, &st)?;
                 Ok(None)
             }
