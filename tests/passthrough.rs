@@ -970,7 +970,12 @@ fn descriptors_stay_bounded_on_a_large_walk() {
 /// for an unprivileged writer and for root: the same on casafs as on the
 /// native directory (with kernel passthrough on, where casafs must keep
 /// set-ID files off it and leaves capabilities to the backing filesystem).
-fn set_id_outcomes(dir: &Path) -> Vec<(String, String)> {
+/// `settle` runs before each writer: through casafs it waits for the
+/// release of the handle that wrote the file (kernel passthrough I/O of a
+/// file runs with the credentials of its registration, which casafs makes
+/// nobody's, and a new handle shares it while an older one is open, so a
+/// root writer would clear the bits there).
+fn set_id_outcomes(dir: &Path, settle: &dyn Fn()) -> Vec<(String, String)> {
     // cap_net_raw+ep, as setcap(8) writes it (v2).
     const CAP: [u8; 20] = [
         1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -1005,6 +1010,7 @@ fn set_id_outcomes(dir: &Path) -> Vec<(String, String)> {
             )
         };
         assert_eq!(set, 0, "{name}: {}", std::io::Error::last_os_error());
+        settle();
         let o = sh_as(who, if who == 0 { 0 } else { gid }, &d, script);
         assert!(
             o.status.success(),
@@ -1022,14 +1028,19 @@ fn set_id_outcomes(dir: &Path) -> Vec<(String, String)> {
 fn unprivileged_writes_clear_set_id_bits_as_natively() {
     let native = TempDir::new("setid-native");
     chmod(native.path(), 0o755);
-    let want = set_id_outcomes(native.path());
+    let want = set_id_outcomes(native.path(), &|| {});
     assert_eq!(
         want[0].1, "777 caps false",
         "the native kernel clears them: {want:?}"
     );
     let m = Mount::over_itself("setid");
     fs::create_dir_all(m.p("t")).unwrap();
-    assert_eq!(set_id_outcomes(&m.p("t")), want);
+    let settled = || {
+        eventually("the writer's handle released", || {
+            m.stats()["open_handles"] == 0
+        })
+    };
+    assert_eq!(set_id_outcomes(&m.p("t"), &settled), want);
 }
 
 /// A file that becomes set-group-ID while a handle of it passes through
