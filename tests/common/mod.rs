@@ -166,6 +166,14 @@ impl MountBuilder {
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or("info".into()),
         );
+        // The daemon says READY=1 only once everything serves (the io_uring
+        // queues too): the mount answering is not enough.
+        let ready = (!self.env.iter().any(|(k, _)| k == "NOTIFY_SOCKET")).then(|| {
+            let path = tmp.path().join("notify.sock");
+            let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+            cmd.env("NOTIFY_SOCKET", &path);
+            sock
+        });
         cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().expect("spawn casafs");
@@ -178,6 +186,9 @@ impl MountBuilder {
             crashed: false,
         };
         m.wait_mounted();
+        if let Some(sock) = ready {
+            m.wait_ready(&sock);
+        }
         m
     }
 }
@@ -241,6 +252,27 @@ impl Mount {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn wait_ready(&mut self, sock: &std::os::unix::net::UnixDatagram) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+        let mut buf = [0u8; 512];
+        while Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).contains("READY=1")
+            {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                return;
+            }
+        }
+        let log = self.log_text();
+        self.stop();
+        panic!("casafs mounted but never said READY=1 within 20s: {log}");
     }
 
     /// A path inside the mount.
