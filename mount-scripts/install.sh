@@ -9,6 +9,7 @@ dpkg -s fuse3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq 
 cargo build --release
 install -D -m 0755 target/release/casafs "$PREFIX/bin/casafs"
 install -D -m 0644 mount-scripts/casafs.service /etc/systemd/system/casafs.service
+install -D -m 0644 mount-scripts/casafs@.service /etc/systemd/system/casafs@.service
 [ -e /etc/casafs/casafs.env ] || install -D -m 0644 mount-scripts/casafs.env /etc/casafs/casafs.env
 install -D -m 0644 mount-scripts/OPERATIONS.md "$PREFIX/share/doc/casafs/OPERATIONS.md"
 install -D -m 0644 mount-scripts/fstab.example "$PREFIX/share/doc/casafs/fstab.example"
