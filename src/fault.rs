@@ -11,15 +11,22 @@
 //! - `CASAFS_FAULT_RENAME=NAME`: the backing rename onto NAME fails with
 //!   EIO, as a backing that dies at that moment would.
 //!
+//! - `CASAFS_FAULT_STALL=NAME`: a lookup of NAME makes every request wait
+//!   for 4 s from then on, as serving threads stuck in a hung backing
+//!   would (the watchdog and `casafs check` must notice).
+//!
 //! Read once; unset (production), each check is a load and a compare.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 struct Faults {
     queue: Option<u16>,
     panic_name: Option<Vec<u8>>,
     create_stat_name: Option<Vec<u8>>,
     rename_name: Option<Vec<u8>>,
+    stall_name: Option<Vec<u8>>,
 }
 
 fn faults() -> &'static Faults {
@@ -34,6 +41,8 @@ fn faults() -> &'static Faults {
             .map(std::os::unix::ffi::OsStringExt::into_vec),
         rename_name: std::env::var_os("CASAFS_FAULT_RENAME")
             .map(std::os::unix::ffi::OsStringExt::into_vec),
+        stall_name: std::env::var_os("CASAFS_FAULT_STALL")
+            .map(std::os::unix::ffi::OsStringExt::into_vec),
     })
 }
 
@@ -44,6 +53,32 @@ pub fn queue_fails(qid: u16) -> bool {
 pub fn panic_on_lookup(name: &[u8]) {
     if faults().panic_name.as_deref() == Some(name) {
         panic!("fault injected by CASAFS_FAULT_PANIC");
+    }
+}
+
+/// Milliseconds after `epoch()` until which every request waits.
+static STALL_UNTIL: AtomicU64 = AtomicU64::new(0);
+const STALL: Duration = Duration::from_secs(4);
+
+fn epoch() -> Instant {
+    static E: OnceLock<Instant> = OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+pub fn stall_on_lookup(name: &[u8]) {
+    if faults().stall_name.as_deref() == Some(name) {
+        let until = epoch().elapsed() + STALL;
+        STALL_UNTIL.store(until.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Called as each request starts: waits while a stall is on.
+pub fn stall_point() {
+    if faults().stall_name.is_none() {
+        return;
+    }
+    while (epoch().elapsed().as_millis() as u64) < STALL_UNTIL.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

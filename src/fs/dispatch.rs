@@ -38,6 +38,7 @@ fn guarded(req: &Request, f: impl FnOnce()) {
     if !crate::creds::act_as(&caller(req)) {
         return;
     }
+    crate::fault::stall_point();
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
         tracing::error!("a request handler panicked; the request was answered EIO");
     }

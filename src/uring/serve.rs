@@ -78,6 +78,7 @@ pub fn serve(
     } else if !crate::creds::act_as(&who) {
         return r.error(Errno::EIO);
     }
+    crate::fault::stall_point();
     let ino = h.nodeid;
     macro_rules! name_or_einval {
         ($b:expr) => {
