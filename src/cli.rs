@@ -22,6 +22,7 @@ Options (-o key=value,..., or the same keys at the top of the config file):
   entry_timeout=DUR   name cache time   [1s]
   threads=N           /dev/fuse request threads   [number of CPUs, at least 2]
   fsname=NAME         name shown in mount tables   [SOURCE]
+  log_level=FILTER    what is logged: error, warn, info, debug, or a RUST_LOG filter   [RUST_LOG, else info]
   allow_other / noallow_other   let other users in (default: allowed)
   ro, rw, nosuid, nodev, noexec, noatime, sync, dirsync ...   kernel mount flags
 fstab keywords (defaults, nofail, _netdev, noauto, x-systemd.*) are accepted and ignored.
@@ -71,6 +72,14 @@ enum Cmd {
         #[arg(long, value_name = "SECONDS")]
         watch: Option<f64>,
     },
+    /// Say whether a casafs mount is serving: exit 0 if it answered within
+    /// the timeout, 1 if not (stalled, gone, or not casafs).
+    Check {
+        mountpoint: PathBuf,
+        /// How long to wait for the answer.
+        #[arg(long, value_name = "DURATION", default_value = "5s")]
+        timeout: String,
+    },
     /// Clean up debris made before casafs was mounted.
     Sweep {
         tree: PathBuf,
@@ -94,7 +103,7 @@ enum Cmd {
     },
 }
 
-const SUBCOMMANDS: &[&str] = &["mount", "stats", "sweep", "help"];
+const SUBCOMMANDS: &[&str] = &["mount", "stats", "check", "sweep", "help"];
 
 /// Entry point; returns the process exit status.
 pub fn main() -> i32 {
@@ -134,6 +143,16 @@ pub fn main() -> i32 {
             prometheus,
             watch,
         } => crate::statscmd::run(&mountpoint, json, prometheus, watch),
+        Cmd::Check {
+            mountpoint,
+            timeout,
+        } => match config::parse_duration(&timeout) {
+            Ok(t) => crate::health::check(&mountpoint, t),
+            Err(e) => {
+                eprintln!("casafs: error: --timeout: {e}");
+                2
+            }
+        },
         Cmd::Sweep {
             tree,
             dry_run,
@@ -161,7 +180,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn mount(args: MountArgs) -> i32 {
+fn mount(mut args: MountArgs) -> i32 {
     let settings = match config::build(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -169,6 +188,14 @@ fn mount(args: MountArgs) -> i32 {
             return 2;
         }
     };
+    if let Some(l) = &settings.log_level
+        && let Err(e) = crate::logsink::set_level(l)
+    {
+        eprintln!("casafs: error: option 'log_level': {e}");
+        return 2;
+    }
+    // A reload reads the same config file again, wherever the daemon is.
+    args.config = settings.config_file.clone();
     daemon::raise_nofile();
     let prepared = match daemon::prepare(settings) {
         Ok(p) => p,
@@ -177,7 +204,7 @@ fn mount(args: MountArgs) -> i32 {
             return 2;
         }
     };
-    match daemon::run(prepared) {
+    match daemon::run(prepared, args) {
         Ok(()) => 0,
         Err(MountError::Bad(e)) => {
             eprintln!("casafs: error: {e}");

@@ -52,6 +52,9 @@ pub struct Settings {
     pub allow_other: bool,
     pub foreground: bool,
     pub fsname: String,
+    /// Log filter (`info`, `debug`, `casafs=debug`...); None: `RUST_LOG`,
+    /// or info.
+    pub log_level: Option<String>,
     pub mount_flags: Vec<MountOption>,
     pub config_file: Option<PathBuf>,
 }
@@ -85,6 +88,7 @@ struct FileConfig {
     entry_timeout: Option<toml::Value>,
     threads: Option<toml::Value>,
     fsname: Option<String>,
+    log_level: Option<String>,
     allow_other: Option<bool>,
     #[serde(default, rename = "rule")]
     rules: Vec<FileRule>,
@@ -173,6 +177,7 @@ const KEYS: &[&str] = &[
     "entry_timeout",
     "threads",
     "fsname",
+    "log_level",
 ];
 
 /// Splits `-o a=b,c` (several `-o` allowed) into the raw option list.
@@ -281,6 +286,7 @@ fn absolute(base: &Path, p: &str) -> PathBuf {
 }
 
 /// Inputs of `casafs mount` after the CLI has split them.
+#[derive(Clone, Debug)]
 pub struct MountArgs {
     pub source: PathBuf,
     pub mountpoint: PathBuf,
@@ -375,6 +381,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
     );
     push("threads", file.threads.as_ref().map(value_to_string));
     push("fsname", file.fsname.clone());
+    push("log_level", file.log_level.clone());
     kv.extend(raw.kv.iter().cloned());
 
     let mut s = Settings {
@@ -394,6 +401,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         allow_other: raw.allow_other.or(file.allow_other).unwrap_or(true),
         foreground: args.foreground,
         fsname: String::new(),
+        log_level: None,
         mount_flags: raw.flags.clone(),
         config_file: config_file.clone(),
     };
@@ -453,6 +461,11 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
                 }
             }
             "fsname" => s.fsname = v.clone(),
+            "log_level" => {
+                crate::logsink::check_level(v)
+                    .map_err(|e| BadInput(format!("option 'log_level': {e}")))?;
+                s.log_level = Some(v.clone());
+            }
             _ => return bad(format!("unknown option '{k}'")),
         }
     }
@@ -625,6 +638,9 @@ pub fn render(s: &Settings) -> String {
     ));
     out.push_str(&format!("threads = {}\n", s.threads));
     out.push_str(&format!("fsname = {:?}\n", s.fsname));
+    if let Some(l) = &s.log_level {
+        out.push_str(&format!("log_level = {l:?}\n"));
+    }
     out.push_str(&format!("allow_other = {}\n", s.allow_other));
     if let Some(c) = &s.config_file {
         out.push_str(&format!("# read from {}\n", c.display()));

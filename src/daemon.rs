@@ -91,6 +91,25 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
     if s.source != s.mountpoint {
         take_over_dead_mount(&s.source);
     }
+    // A live casafs is left alone: mounting over it would stack a second
+    // daemon on the first one's view.
+    let shown = s.mountpoint.display();
+    match crate::health::probe(&s.mountpoint, std::time::Duration::from_secs(5)) {
+        crate::health::Health::Serving(Some(pid)) => {
+            return Err(BadInput(format!(
+                "{shown}: already mounted by casafs, pid {pid}"
+            )));
+        }
+        crate::health::Health::Serving(None) => {
+            return Err(BadInput(format!("{shown}: already mounted by casafs")));
+        }
+        crate::health::Health::Stalled => {
+            return Err(BadInput(format!(
+                "{shown}: already mounted by casafs, which is not answering (casafs check {shown})"
+            )));
+        }
+        crate::health::Health::Dead | crate::health::Health::NotCasafs => {}
+    }
     let meta = std::fs::metadata(&s.source)
         .map_err(|e| BadInput(format!("source {}: {e}", s.source.display())))?;
     if !meta.is_dir() {
@@ -105,6 +124,13 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
         return Err(BadInput(format!(
             "mount point {}: not a directory",
             s.mountpoint.display()
+        )));
+    }
+    if let Some(m) = crate::boot::unmounted_under(&s.source) {
+        return Err(BadInput(format!(
+            "source {}: {}",
+            s.source.display(),
+            crate::boot::refusal(&m)
         )));
     }
     let source = std::fs::canonicalize(&s.source).unwrap_or_else(|_| s.source.clone());
@@ -167,6 +193,9 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
             ))
         };
         let checked = (|| {
+            if let Some(m) = crate::boot::unmounted_under(&r.target) {
+                return Err(fail(crate::boot::refusal(&m)));
+            }
             let fd = crate::areas::open_area(&r.target, &mut made).map_err(fail)?;
             match crate::areas::secure(fd.as_raw_fd()) {
                 Ok(None) => {}
@@ -311,7 +340,7 @@ fn block_stop_signals() -> libc::sigset_t {
 
 /// Mounts and serves until unmounted. With `daemonize`, the parent returns
 /// only once the mount is up (or failed), as mount(8) expects.
-pub fn run(p: Prepared) -> Result<(), MountError> {
+pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError> {
     let foreground = p.settings.foreground;
     let mut report: Option<OwnedFd> = None;
     if !foreground {
@@ -440,13 +469,21 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
         mountpoint.display(),
         std::process::id()
     ));
+    crate::health::start_watchdog(mountpoint.clone());
 
+    let live = std::sync::Arc::downgrade(&fs);
     std::thread::Builder::new()
         .name("casafs-signals".into())
         .spawn(move || {
             let mut sig = 0;
             loop {
                 if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+                    continue;
+                }
+                if sig == libc::SIGHUP {
+                    if let Some(fs) = live.upgrade() {
+                        reload(&fs, &args);
+                    }
                     continue;
                 }
                 tracing::info!("signal {sig}: unmounting {}", mp.to_string_lossy());
@@ -467,12 +504,44 @@ pub fn run(p: Prepared) -> Result<(), MountError> {
     Ok(())
 }
 
-/// The rules with a retention, each with its own descriptor of its area
-/// (opened before mounting, so below the mount).
+/// SIGHUP, `systemctl reload`: reads the configuration again and applies
+/// what can change while mounted. A configuration that would be refused at
+/// mount is refused whole, and the running one stays.
+fn reload(fs: &CasaFs, args: &crate::config::MountArgs) {
+    let now = {
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+    };
+    sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
+    match crate::config::build(args) {
+        Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+        Ok(new) => {
+            let done = fs.live.apply(&fs.settings, &new);
+            fs.stats
+                .reloads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if done.changed.is_empty() {
+                tracing::info!("reloaded: nothing that applies live changed");
+            } else {
+                tracing::info!("reloaded: {} now apply", done.changed.join(", "));
+            }
+            if !done.needs_remount.is_empty() {
+                tracing::warn!(
+                    "reload: left as mounted until a remount: {}",
+                    done.needs_remount.join("; ")
+                );
+            }
+        }
+    }
+    sd_notify("READY=1");
+}
+
+/// Every rule with its area: a reload may give any of them a retention.
 fn retention_list(p: &Prepared) -> Vec<crate::retention::Retention> {
     let mut list = Vec::new();
     for (i, rule) in p.settings.rules.rules.iter().enumerate() {
-        let Some(age) = rule.retention else { continue };
+        let age = rule.retention.unwrap_or(std::time::Duration::MAX);
         let Some((&area, (path, _))) = p.rule_area.get(i).and_then(|a| Some((a, p.areas.get(*a)?)))
         else {
             continue;

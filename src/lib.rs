@@ -5,6 +5,7 @@
 
 pub mod areas;
 pub mod backing;
+pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod creds;
@@ -13,7 +14,9 @@ pub mod fault;
 pub mod fs;
 pub mod graveyard;
 pub mod handle;
+pub mod health;
 pub mod inode;
+pub mod live;
 pub mod logsink;
 pub mod redirect;
 pub mod retention;

@@ -19,6 +19,33 @@ use tracing::Level;
 /// syslog daemon comes back.
 static SYSLOG: OnceLock<UnixDatagram> = OnceLock::new();
 
+type LevelHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The filter in use, replaced by `log_level` (at mount and on reload).
+static LEVEL: OnceLock<LevelHandle> = OnceLock::new();
+
+/// stderr is the journal: each line starts with its priority (`<4>`), which
+/// journald takes and strips, so `journalctl -p warning` finds warnings.
+static JOURNAL: OnceLock<bool> = OnceLock::new();
+
+/// Whether `spec` is a filter casafs can log by (`info`, `casafs=debug`).
+pub fn check_level(spec: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .map(|_| ())
+        .map_err(|e| format!("invalid log filter '{spec}': {e}"))
+}
+
+/// Logs by `spec` from now on.
+pub fn set_level(spec: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(spec)
+        .map_err(|e| format!("invalid log filter '{spec}': {e}"))?;
+    match LEVEL.get() {
+        Some(h) => h.reload(filter).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
 /// The syslog socket: `/dev/log`, or `CASAFS_SYSLOG` where set.
 fn syslog_path() -> std::path::PathBuf {
     std::env::var_os("CASAFS_SYSLOG")
@@ -33,6 +60,9 @@ pub fn init() {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LEVEL.set(handle);
+    let _ = JOURNAL.set(stderr_is_journal());
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(Sink::Stderr)
         .with_target(false)
@@ -76,6 +106,12 @@ struct Line(Sink, Level);
 impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match (self.0, SYSLOG.get()) {
+            (Sink::Stderr, None) if JOURNAL.get() == Some(&true) => {
+                let mut rec = format!("<{}>", severity(self.1)).into_bytes();
+                rec.extend_from_slice(buf);
+                std::io::stderr().write_all(&rec)?;
+                Ok(buf.len())
+            }
             (Sink::Stderr, None) => std::io::stderr().write(buf),
             (Sink::Syslog, Some(sock)) => {
                 send(sock, &syslog_record(self.1, buf), syslog_path);
@@ -107,15 +143,24 @@ fn send(sock: &UnixDatagram, rec: &[u8], path: impl FnOnce() -> std::path::PathB
 
 /// `<PRI>casafs[PID]: message` (facility daemon).
 fn syslog_record(level: Level, message: &[u8]) -> Vec<u8> {
-    let severity = match level {
+    let mut rec = format!(
+        "<{}>casafs[{}]: ",
+        3 * 8 + severity(level),
+        std::process::id()
+    )
+    .into_bytes();
+    rec.extend_from_slice(message.trim_ascii_end());
+    rec
+}
+
+/// syslog's severity of a level.
+fn severity(level: Level) -> u8 {
+    match level {
         Level::ERROR => 3,
         Level::WARN => 4,
         Level::INFO => 6,
         _ => 7,
-    };
-    let mut rec = format!("<{}>casafs[{}]: ", 3 * 8 + severity, std::process::id()).into_bytes();
-    rec.extend_from_slice(message.trim_ascii_end());
-    rec
+    }
 }
 
 /// Whether stderr is the systemd journal (`JOURNAL_STREAM` names it).

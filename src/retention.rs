@@ -49,33 +49,75 @@ pub trait Mounted: Send + Sync {
     fn backing_ino(&self, ino: u64) -> Option<u64>;
     /// The device number of the mount, as processes using it see it.
     fn mount_dev(&self) -> Option<u64>;
+    /// The mount's rule `index` as it routes now (None: turned off).
+    fn rule_now(&self, index: usize) -> Option<Rule>;
 }
 
-/// Starts the thread if any rule has a retention. The thread lives as long
-/// as the daemon; it does not keep the filesystem alive.
+/// Starts the thread if any rule has an area. Which rules keep a
+/// retention, and how long, is asked anew before every pass (a reload
+/// changes them). The thread lives as long as the daemon; it does not keep
+/// the filesystem alive.
 pub fn start(list: Vec<Retention>, stats: Arc<Stats>, fs: std::sync::Weak<dyn Mounted>) {
-    let Some(shortest) = list.iter().map(|r| r.age).min() else {
+    if list.is_empty() {
         return;
-    };
-    // Often enough that nothing outlives its retention by much more than a
-    // quarter of it; never a busy loop, never less often than every 5 min.
-    let every = (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    }
+    // Checked this often whether a pass is due, so a retention a reload
+    // shortened takes effect within that.
+    const TICK: Duration = Duration::from_secs(5);
     let spawned = std::thread::Builder::new()
         .name("casafs-retention".into())
         .spawn(move || {
+            let mut since = Duration::ZERO;
             loop {
-                std::thread::sleep(every);
+                let Some(every) = fs.upgrade().and_then(|f| period(&now(&list, &*f))) else {
+                    if fs.strong_count() == 0 {
+                        return;
+                    }
+                    std::thread::sleep(TICK);
+                    continue;
+                };
+                let step = every.saturating_sub(since).min(TICK);
+                std::thread::sleep(step);
+                since += step;
+                if since < every {
+                    continue;
+                }
+                since = Duration::ZERO;
                 let Some(fs) = fs.upgrade() else {
                     return;
                 };
-                for r in &list {
-                    pass(r, &stats, &*fs);
+                for r in now(&list, &*fs) {
+                    pass(&r, &stats, &*fs);
                 }
             }
         });
     if let Err(e) = spawned {
         tracing::error!("retention disabled: cannot start its thread: {e}");
     }
+}
+
+/// The rules with a retention now, as they are now.
+fn now(list: &[Retention], fs: &dyn Mounted) -> Vec<Retention> {
+    list.iter()
+        .filter_map(|r| {
+            let rule = fs.rule_now(r.index)?;
+            let age = rule.retention?;
+            Some(Retention {
+                index: r.index,
+                rule,
+                age,
+                area: r.area,
+                area_path: r.area_path.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Often enough that nothing outlives its retention by much more than a
+/// quarter of it; never a busy loop, never less often than every 5 min.
+fn period(list: &[Retention]) -> Option<Duration> {
+    let shortest = list.iter().map(|r| r.age).min()?;
+    Some((shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(300)))
 }
 
 /// A candidate for removal: its name in the area, its size and what is in

@@ -37,7 +37,7 @@ impl Kind {
         }
     }
 
-    fn admits(self, is_dir: bool) -> bool {
+    pub fn admits(self, is_dir: bool) -> bool {
         match self {
             Kind::Any => true,
             Kind::File => !is_dir,

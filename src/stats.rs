@@ -97,6 +97,8 @@ pub struct Stats {
     pub direct_unlinks_open: AtomicU64,
     pub open_handles: AtomicU64,
     pub passthrough_opens: AtomicU64,
+    /// Configurations read again (SIGHUP) and applied.
+    pub reloads: AtomicU64,
     /// CPU queues of FUSE over io_uring in use (0: requests come through
     /// `/dev/fuse`).
     pub ring_queues: AtomicU64,
@@ -137,6 +139,7 @@ impl Stats {
             direct_unlinks_open: AtomicU64::new(0),
             open_handles: AtomicU64::new(0),
             passthrough_opens: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
             ring_queues: AtomicU64::new(0),
             ring_requests: AtomicU64::new(0),
             ring_handoff: AtomicBool::new(false),
@@ -304,6 +307,7 @@ impl Stats {
             .unwrap_or(0);
         json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
             "source": x.source,
             "mountpoint": x.mountpoint,
             "started_unix": started,
@@ -314,6 +318,7 @@ impl Stats {
             "bytes_written": self.bytes_written.load(Relaxed),
             "passthrough": x.passthrough_enabled,
             "passthrough_opens": self.passthrough_opens.load(Relaxed),
+            "reloads": self.reloads.load(Relaxed),
             "transport": {
                 "kind": if self.ring_queues.load(Relaxed) > 0 { "io_uring" } else { "dev_fuse" },
                 "io_uring_queues": self.ring_queues.load(Relaxed),
@@ -558,6 +563,17 @@ impl Stats {
             o,
             "casafs_passthrough_opens_total{{{l}}} {}",
             self.passthrough_opens.load(Relaxed)
+        );
+        family(
+            &mut o,
+            "reloads_total",
+            "counter",
+            "Configurations read again (SIGHUP) and applied.",
+        );
+        let _ = writeln!(
+            o,
+            "casafs_reloads_total{{{l}}} {}",
+            self.reloads.load(Relaxed)
         );
         family(
             &mut o,

@@ -151,7 +151,7 @@ impl CasaFs {
                     .render(&self.areas, &self.rule_names, &visible)
                     .into_bytes()
             }
-            Some("config") => crate::config::render(&self.settings).into_bytes(),
+            Some("config") => crate::config::render(&self.live.current()).into_bytes(),
             _ => Vec::new(),
         }
     }

@@ -35,7 +35,10 @@ pub use control::CONTROL_NAME;
 pub use dispatch::Dispatch;
 
 pub struct CasaFs {
+    /// The settings the mount started with.
     pub settings: Settings,
+    /// What a reload changes: rules, cache times, log level.
+    pub live: crate::live::Live,
     pub inodes: InodeTable,
     pub handles: HandleTable,
     pub redirects: RedirectTable,
@@ -138,6 +141,7 @@ impl CasaFs {
             .map(|r| r.name.clone())
             .collect();
         let fs = CasaFs {
+            live: crate::live::Live::new(&settings),
             stats: Arc::new(Stats::new(&rule_names)),
             rule_names,
             inodes,
@@ -254,11 +258,11 @@ impl CasaFs {
     }
 
     fn ttl_attr(&self) -> Duration {
-        self.settings.attr_timeout
+        self.live.attr_timeout()
     }
 
     fn ttl_entry(&self) -> Duration {
-        self.settings.entry_timeout
+        self.live.entry_timeout()
     }
 
     /// The `st_ino` the kernel sees for a node id.
@@ -320,7 +324,7 @@ impl CasaFs {
         if dir.nodeid == ROOT_ID && is_reserved_root_name(name) {
             return None;
         }
-        let rule = self.settings.rules.route(name.to_bytes(), is_dir)?;
+        let rule = self.live.route(name.to_bytes(), is_dir)?;
         if self.is_area_dir(dir) {
             return None;
         }
@@ -453,5 +457,9 @@ impl crate::retention::Mounted for CasaFs {
         }
         let d = std::fs::metadata(&self.settings.mountpoint).ok()?.dev();
         Some(*self.mount_dev.get_or_init(|| d))
+    }
+
+    fn rule_now(&self, index: usize) -> Option<crate::rules::Rule> {
+        self.live.rule(index)
     }
 }
