@@ -549,15 +549,23 @@ fn systemd_unit_verifies() {
         panic!("systemd-analyze missing: install systemd (the CI script does)");
     }
     let tmp = TempDir::new("unit");
-    let unit = fs::read_to_string(Path::new(REPO).join("mount-scripts/casafs.service")).unwrap();
-    let unit = unit.replace("/usr/local/bin/casafs", BIN);
-    let p = tmp.path().join("casafs.service");
-    fs::write(&p, unit).unwrap();
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+    // The template is verified as an instance (a tree's escaped path).
+    for (file, verify) in [
+        ("casafs.service", "casafs.service"),
+        ("casafs@.service", "casafs@data-dsa110\\x2dcontimg.service"),
+    ] {
+        let unit = fs::read_to_string(Path::new(REPO).join("mount-scripts").join(file)).unwrap();
+        let unit = unit.replace("/usr/local/bin/casafs", BIN);
+        fs::write(tmp.path().join(file), unit).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(tmp.path().join(verify))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{file}: {err}"
+        );
+    }
 }
