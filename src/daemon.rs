@@ -419,14 +419,14 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
         }
     };
     if fs.settings.io_uring
-        && let Err(e) = crate::uring::enable_in_kernel()
+        && let Err(e) = crate::transport::uring::enable_in_kernel()
     {
         tracing::info!("FUSE over io_uring off, serving through /dev/fuse: {e}");
     }
     let dev = match mount_fuse(&fs.settings, libc::S_IFDIR) {
         Ok(d) => d,
         Err(e) => {
-            fuser::Filesystem::destroy(&mut crate::fs::Dispatch(std::sync::Arc::new(fs)));
+            fs.destroy();
             let m = format!("cannot mount on {}: {e}", mountpoint.display());
             tell(&mut report, &m);
             return Err(MountError::Failed(m));
@@ -442,7 +442,9 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
     }
     let stats = fs.stats.clone();
     let fs = std::sync::Arc::new(fs);
-    let session = match fuser::Session::from_fd(crate::fs::Dispatch(fs.clone()), dev, acl, cfg) {
+    let server = crate::transport::Server::new(fs.clone());
+    let dispatch = crate::transport::devfuse::Dispatch(server.clone());
+    let session = match fuser::Session::from_fd(dispatch, dev, acl, cfg) {
         Ok(s) => s,
         Err(e) => {
             unsafe { libc::umount2(mp.as_ptr(), libc::MNT_DETACH) };
@@ -451,11 +453,8 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
             return Err(MountError::Failed(m));
         }
     };
-    // INIT is answered: if it agreed on io_uring, every request now waits
-    // for the CPU queues.
-    if fs.uring.load(std::sync::atomic::Ordering::Relaxed) {
-        *fs.queues.lock() = crate::uring::start(&fs);
-    }
+    server.start_queues();
+    drop(server);
     let mounted: std::sync::Arc<dyn crate::retention::Mounted> = fs.clone();
     crate::retention::start(retention, stats, std::sync::Arc::downgrade(&mounted));
     drop(mounted);

@@ -25,5 +25,5 @@ pub mod stats;
 pub mod statscmd;
 pub mod sweep;
 pub mod sys;
+pub mod transport;
 pub mod tree;
-pub mod uring;

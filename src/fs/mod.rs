@@ -1,11 +1,10 @@
 //! The filesystem: state shared by all requests and the helpers the
-//! per-operation modules build on. `dispatch.rs` holds the thin `fuser`
-//! trait impl; each other module implements one family of operations.
+//! per-operation modules build on; each other module implements one family
+//! of operations. How requests arrive is `crate::transport`'s business.
 
 mod acl;
 mod control;
 mod dir;
-mod dispatch;
 mod entry;
 mod file;
 mod made;
@@ -32,7 +31,6 @@ use crate::sys::{self, Res};
 
 pub use crate::creds::Caller;
 pub use control::CONTROL_NAME;
-pub use dispatch::Dispatch;
 
 pub struct CasaFs {
     /// The settings the mount started with.
@@ -55,9 +53,6 @@ pub struct CasaFs {
     /// ENOSYS and the kernel stops sending them.
     pub flush_on_close: bool,
     pub passthrough: AtomicBool,
-    /// INIT agreed on FUSE over io_uring: the queues serve requests.
-    pub uring: AtomicBool,
-    pub queues: parking_lot::Mutex<Option<crate::uring::Queues>>,
     pub backing_types: Vec<(String, String)>,
     /// The FUSE connection's device, once mounted: backing ids for kernel
     /// passthrough are registered on it.
@@ -153,8 +148,6 @@ impl CasaFs {
             defer_unlink,
             flush_on_close: sys::reports_errors_at_close(root_ftype),
             passthrough: AtomicBool::new(false),
-            uring: AtomicBool::new(false),
-            queues: parking_lot::Mutex::new(None),
             backing_types,
             dev: std::sync::OnceLock::new(),
             control: control::Snapshots::default(),
@@ -174,6 +167,14 @@ impl CasaFs {
             );
         }
         Ok(fs)
+    }
+
+    /// The connection ended (or never started): pending deferred unlinks
+    /// are finished and the graveyard let go of.
+    pub fn destroy(&self) {
+        if let Ok(fd) = self.root_fd() {
+            self.graveyard.close(fd.as_raw_fd());
+        }
     }
 
     /// Links as the caller should see them: graveyard names that hold an

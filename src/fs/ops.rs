@@ -1,6 +1,6 @@
 //! The request handlers: time the operation, run it, count the outcome and
-//! answer. Written once for both transports (`dispatch.rs` for `/dev/fuse`,
-//! `crate::uring` for io_uring); nothing here knows how a reply travels.
+//! answer. Written once for every transport (`crate::transport`); nothing
+//! here knows how a request arrived or how its reply travels.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

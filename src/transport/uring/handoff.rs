@@ -454,14 +454,14 @@ mod tests {
         let hog = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                crate::uring::pin(0);
+                crate::transport::uring::pin(0);
                 while !stop.load(Relaxed) {
                     std::hint::spin_loop();
                 }
             })
         };
         let served = std::thread::spawn(move || {
-            crate::uring::pin(0);
+            crate::transport::uring::pin(0);
             let m = h.join().unwrap();
             m.before_reply();
             // Waits behind the hog for as long as it is SCHED_IDLE.

@@ -322,15 +322,14 @@ fn handle(shared: &Shared, e: &Entry) -> u64 {
     let out = if sz == 0 { payload } else { spare };
     let mut ans = Answer::unanswered();
     let limit = serve::reply_limit(h.opcode, op_in);
-    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let served = crate::transport::panic_guard(|| {
         // SAFETY: see above; `out` is not the buffer `args` lives in unless
         // there are no arguments.
         let args = unsafe { std::slice::from_raw_parts(payload.ptr, sz) };
         let r = unsafe { RingReply::new(out.ptr, out.len, limit, &mut ans) };
         serve::serve(&shared.fs, shared.owner, &h, op_in, args, r);
-    }));
-    if served.is_err() {
-        tracing::error!("a request handler panicked; the request was answered EIO");
+    });
+    if served.is_none() {
         ans = Answer::unanswered();
     }
     let len = ans.len.min(payload.len);

@@ -1,6 +1,8 @@
 //! The `fuser::Filesystem` impl for requests read from `/dev/fuse`: unpack
-//! fuser's arguments and hand them to the handlers in `ops.rs`. Nothing
-//! here decides anything.
+//! fuser's arguments and hand them to the filesystem's handlers
+//! (`crate::fs::ops`). Nothing here decides anything.
+
+mod reply;
 
 use std::ffi::OsStr;
 use std::io;
@@ -15,17 +17,16 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::CasaFs;
-use super::ops::SetAttr;
+use super::{Server, panic_guard};
 use crate::creds::Caller;
+use crate::fs::CasaFs;
+use crate::fs::ops::SetAttr;
 
 /// Runs a handler of casafs's bookkeeping (release, forget), which takes
 /// the rights it needs itself, without switching credentials.
 fn guarded_bookkeeping(req: &Request, f: impl FnOnce()) {
     crate::creds::bookkeeping(&caller(req));
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-        tracing::error!("a request handler panicked; the request was answered EIO");
-    }
+    panic_guard(f);
 }
 
 /// Runs a handler with the caller's credentials (`crate::creds`), so that
@@ -39,9 +40,7 @@ fn guarded(req: &Request, f: impl FnOnce()) {
         return;
     }
     crate::fault::stall_point();
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-        tracing::error!("a request handler panicked; the request was answered EIO");
-    }
+    panic_guard(f);
 }
 
 fn caller(req: &Request) -> Caller {
@@ -54,12 +53,12 @@ fn caller(req: &Request) -> Caller {
 
 /// What fuser serves: fuser owns the object it dispatches to, and the
 /// io_uring queues share the same filesystem, hence a handle to it.
-pub struct Dispatch(pub Arc<CasaFs>);
+pub struct Dispatch(pub Arc<Server>);
 
 impl std::ops::Deref for Dispatch {
     type Target = CasaFs;
     fn deref(&self) -> &CasaFs {
-        &self.0
+        &self.0.fs
     }
 }
 
@@ -106,12 +105,12 @@ impl Filesystem for Dispatch {
         // every request waits until all CPU queues are registered.
         if self.settings.io_uring
             && self.dev.get().is_some()
-            && crate::uring::prepare()
+            && crate::transport::uring::prepare()
             && config
                 .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
                 .is_ok()
         {
-            self.uring.store(true, Relaxed);
+            self.0.uring.store(true, Relaxed);
         }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
@@ -122,22 +121,13 @@ impl Filesystem for Dispatch {
             self.settings.mountpoint.display(),
             on_off(self.passthrough.load(Relaxed)),
             on_off(self.defer_unlink),
-            on_off(self.uring.load(Relaxed)),
+            on_off(self.0.uring.load(Relaxed)),
         );
         Ok(())
     }
 
     fn destroy(&mut self) {
-        // The io_uring queues end with the connection; let the requests
-        // they are still serving (a last release) finish before the
-        // graveyard is flushed.
-        if let Some(q) = self.queues.lock().take() {
-            q.join(std::time::Duration::from_secs(10));
-        }
-        if let Ok(fd) = self.root_fd() {
-            use std::os::fd::AsRawFd;
-            self.graveyard.close(fd.as_raw_fd());
-        }
+        self.0.stop();
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
