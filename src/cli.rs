@@ -8,26 +8,6 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, MountArgs};
 use crate::daemon::{self, MountError};
 
-const MOUNT_HELP: &str = "\
-Options (-o key=value,..., or the same keys at the top of the config file):
-  logs=DIR            target area of the casa-logs rule (default SOURCE/state/logs/casa)
-  scratch=DIR         target area of the tmppointing rule (default SOURCE/state/scratch/tmppointing)
-  config=FILE         TOML config file (keys as here, plus [[rule]] tables)
-  defer_unlink=MODE   auto (FUSE/NFS/SMB backing only), always, never   [auto]
-  cross_device=MODE   rename onto a routed name across filesystems: exdev or inplace   [exdev]
-  passthrough=MODE    kernel FUSE passthrough for file data: auto or never   [auto]
-  io_uring=MODE       FUSE over io_uring, a request queue per CPU: auto or never   [auto]
-  handoff=MODE        queue threads hand their CPU to the caller they answer (root): auto or never   [auto]
-  attr_timeout=DUR    attribute cache time, e.g. 1s   [1s]
-  entry_timeout=DUR   name cache time   [1s]
-  threads=N           /dev/fuse request threads   [number of CPUs, at least 2]
-  fsname=NAME         name shown in mount tables   [SOURCE]
-  log_level=FILTER    what is logged: error, warn, info, debug, or a RUST_LOG filter   [RUST_LOG, else info]
-  allow_other / noallow_other   let other users in (default: allowed)
-  ro, rw, nosuid, nodev, noexec, noatime, sync, dirsync ...   kernel mount flags
-fstab keywords (defaults, nofail, _netdev, noauto, x-systemd.*) are accepted and ignored.
-Any other option is an error.";
-
 #[derive(Parser, Debug)]
 #[command(
     name = "casafs",
@@ -45,7 +25,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Mount SOURCE on MOUNTPOINT (the same directory to mount over itself).
-    #[command(after_help = MOUNT_HELP)]
+    #[command(after_help = crate::options::help())]
     Mount {
         source: PathBuf,
         mountpoint: PathBuf,

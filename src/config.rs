@@ -73,25 +73,15 @@ fn bad<T>(msg: impl Into<String>) -> Result<T, BadInput> {
     Err(BadInput(msg.into()))
 }
 
-/// The config file's shape. Top-level keys are the same as the `-o` keys.
+/// The config file's shape: option keys (as `-o`, see `crate::options`)
+/// at the top, `allow_other`, and `[[rule]]` tables.
 #[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
 struct FileConfig {
-    logs: Option<String>,
-    scratch: Option<String>,
-    defer_unlink: Option<String>,
-    cross_device: Option<String>,
-    passthrough: Option<toml::Value>,
-    io_uring: Option<toml::Value>,
-    handoff: Option<toml::Value>,
-    attr_timeout: Option<toml::Value>,
-    entry_timeout: Option<toml::Value>,
-    threads: Option<toml::Value>,
-    fsname: Option<String>,
-    log_level: Option<String>,
     allow_other: Option<bool>,
     #[serde(default, rename = "rule")]
     rules: Vec<FileRule>,
+    #[serde(flatten)]
+    options: std::collections::BTreeMap<String, toml::Value>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -164,22 +154,6 @@ fn kernel_flag(k: &str) -> Option<MountOption> {
     })
 }
 
-const KEYS: &[&str] = &[
-    "logs",
-    "scratch",
-    "config",
-    "defer_unlink",
-    "cross_device",
-    "passthrough",
-    "io_uring",
-    "handoff",
-    "attr_timeout",
-    "entry_timeout",
-    "threads",
-    "fsname",
-    "log_level",
-];
-
 /// Splits `-o a=b,c` (several `-o` allowed) into the raw option list.
 fn parse_o(opts: &[String], raw: &mut Raw) -> Result<(), BadInput> {
     for group in opts {
@@ -196,7 +170,7 @@ fn parse_o(opts: &[String], raw: &mut Raw) -> Result<(), BadInput> {
                 raw.flags.push(f);
             } else if is_ignored_mount_keyword(item) || is_ignored_mount_keyword(k) {
                 continue;
-            } else if KEYS.contains(&k) {
+            } else if crate::options::find(k).is_some() {
                 let Some(v) = v else {
                     return bad(format!("option '{k}' needs a value ({k}=...)"));
                 };
@@ -204,7 +178,7 @@ fn parse_o(opts: &[String], raw: &mut Raw) -> Result<(), BadInput> {
             } else {
                 return bad(format!(
                     "unknown mount option '{item}' (known: {}; see casafs mount --help)",
-                    KEYS.join(", ")
+                    crate::options::keys().join(", ")
                 ));
             }
         }
@@ -240,16 +214,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(n * mult).map_err(|_| format!("duration '{s}' is too long"))
 }
 
-fn parse_bool(k: &str, v: &str) -> Result<bool, BadInput> {
-    match v {
-        "1" | "true" | "yes" | "on" | "auto" => Ok(true),
-        "0" | "false" | "no" | "off" | "never" => Ok(false),
-        _ => bad(format!(
-            "option '{k}': invalid value '{v}' (expected auto/never)"
-        )),
-    }
-}
-
 fn value_to_string(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),
@@ -267,7 +231,7 @@ fn read_file_config(path: &Path) -> Result<FileConfig, BadInput> {
 }
 
 fn parse_file_config(path: &Path, text: &str) -> Result<FileConfig, BadInput> {
-    toml::from_str(text).map_err(|e| {
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
         let msg = e.message().replace('\n', " ");
         let loc = e
             .span()
@@ -277,10 +241,23 @@ fn parse_file_config(path: &Path, text: &str) -> Result<FileConfig, BadInput> {
             })
             .unwrap_or_default();
         BadInput(format!("config file {}{loc}: {msg}", path.display()))
-    })
+    })?;
+    for k in file.options.keys() {
+        // `config` names this file; it cannot name another.
+        if k == "config" || crate::options::find(k).is_none() {
+            let mut known = crate::options::keys();
+            known.retain(|k| *k != "config");
+            return bad(format!(
+                "config file {}: unknown key '{k}' (known: {}, allow_other, [[rule]])",
+                path.display(),
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(file)
 }
 
-fn absolute(base: &Path, p: &str) -> PathBuf {
+pub(crate) fn absolute(base: &Path, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
     if p.is_absolute() { p } else { base.join(p) }
 }
@@ -336,9 +313,11 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
 
     // Empty paths are refused before anything is read: `logs=` or
     // `config=` would otherwise mean the directory mount ran in.
-    if let Some((k, _)) = raw.kv.iter().find(|(k, v)| {
-        v.is_empty() && matches!(k.as_str(), "logs" | "scratch" | "config" | "fsname")
-    }) {
+    if let Some((k, _)) = raw
+        .kv
+        .iter()
+        .find(|(k, v)| v.is_empty() && crate::options::find(k).is_some_and(|o| o.not_empty))
+    {
         return bad(format!("option '{k}': empty value (give a path)"));
     }
     let config_file = raw
@@ -361,27 +340,9 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
             kv.push((k.to_string(), v));
         }
     };
-    push("logs", file.logs.clone());
-    push("scratch", file.scratch.clone());
-    push("defer_unlink", file.defer_unlink.clone());
-    push("cross_device", file.cross_device.clone());
-    push(
-        "passthrough",
-        file.passthrough.as_ref().map(value_to_string),
-    );
-    push("io_uring", file.io_uring.as_ref().map(value_to_string));
-    push("handoff", file.handoff.as_ref().map(value_to_string));
-    push(
-        "attr_timeout",
-        file.attr_timeout.as_ref().map(value_to_string),
-    );
-    push(
-        "entry_timeout",
-        file.entry_timeout.as_ref().map(value_to_string),
-    );
-    push("threads", file.threads.as_ref().map(value_to_string));
-    push("fsname", file.fsname.clone());
-    push("log_level", file.log_level.clone());
+    for (k, v) in &file.options {
+        push(k, Some(value_to_string(v)));
+    }
     kv.extend(raw.kv.iter().cloned());
 
     let mut s = Settings {
@@ -408,66 +369,15 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
     s.fsname = s.source.to_string_lossy().into_owned();
 
     for (k, v) in &kv {
+        let Some(opt) = crate::options::find(k) else {
+            return bad(format!("unknown option '{k}'"));
+        };
         // The same for the config file's values.
-        if v.is_empty() && matches!(k.as_str(), "logs" | "scratch" | "fsname") {
+        if v.is_empty() && opt.not_empty {
             return bad(format!("'{k}': empty value (give a path)"));
         }
-        match k.as_str() {
-            "logs" => s.logs = absolute(&cwd, v),
-            "scratch" => s.scratch = absolute(&cwd, v),
-            "config" => {}
-            "defer_unlink" => {
-                s.defer_unlink = match v.as_str() {
-                    "auto" => DeferUnlink::Auto,
-                    "always" => DeferUnlink::Always,
-                    "never" => DeferUnlink::Never,
-                    _ => {
-                        return bad(format!(
-                            "option 'defer_unlink': invalid value '{v}' (expected auto, always or never)"
-                        ));
-                    }
-                }
-            }
-            "cross_device" => {
-                s.cross_device = match v.as_str() {
-                    "exdev" => CrossDevice::Exdev,
-                    "inplace" => CrossDevice::InPlace,
-                    _ => {
-                        return bad(format!(
-                            "option 'cross_device': invalid value '{v}' (expected exdev or inplace)"
-                        ));
-                    }
-                }
-            }
-            "passthrough" => s.passthrough = parse_bool(k, v)?,
-            "io_uring" => s.io_uring = parse_bool(k, v)?,
-            "handoff" => s.handoff = parse_bool(k, v)?,
-            "attr_timeout" => {
-                s.attr_timeout = parse_duration(v)
-                    .map_err(|e| BadInput(format!("option 'attr_timeout': {e}")))?
-            }
-            "entry_timeout" => {
-                s.entry_timeout = parse_duration(v)
-                    .map_err(|e| BadInput(format!("option 'entry_timeout': {e}")))?
-            }
-            "threads" => {
-                s.threads = match v.parse::<usize>() {
-                    Ok(n) if (1..=256).contains(&n) => n,
-                    _ => {
-                        return bad(format!(
-                            "option 'threads': invalid value '{v}' (a number from 1 to 256)"
-                        ));
-                    }
-                }
-            }
-            "fsname" => s.fsname = v.clone(),
-            "log_level" => {
-                crate::logsink::check_level(v)
-                    .map_err(|e| BadInput(format!("option 'log_level': {e}")))?;
-                s.log_level = Some(v.clone());
-            }
-            _ => return bad(format!("unknown option '{k}'")),
-        }
+        opt.set(&mut s, v, &cwd)
+            .map_err(|e| BadInput(format!("option '{k}': {e}")))?;
     }
 
     s.rules = build_rules(&s, &file.rules)?;
@@ -609,37 +519,10 @@ pub fn render(s: &Settings) -> String {
     let mut out = String::new();
     out.push_str(&format!("source = {}\n", q(&s.source)));
     out.push_str(&format!("mountpoint = {}\n", q(&s.mountpoint)));
-    out.push_str(&format!("logs = {}\n", q(&s.logs)));
-    out.push_str(&format!("scratch = {}\n", q(&s.scratch)));
-    let du = match s.defer_unlink {
-        DeferUnlink::Auto => "auto",
-        DeferUnlink::Always => "always",
-        DeferUnlink::Never => "never",
-    };
-    out.push_str(&format!("defer_unlink = \"{du}\"\n"));
-    let cd = match s.cross_device {
-        CrossDevice::Exdev => "exdev",
-        CrossDevice::InPlace => "inplace",
-    };
-    out.push_str(&format!("cross_device = \"{cd}\"\n"));
-    let pt = if s.passthrough { "auto" } else { "never" };
-    out.push_str(&format!("passthrough = \"{pt}\"\n"));
-    let ur = if s.io_uring { "auto" } else { "never" };
-    out.push_str(&format!("io_uring = \"{ur}\"\n"));
-    let ho = if s.handoff { "auto" } else { "never" };
-    out.push_str(&format!("handoff = \"{ho}\"\n"));
-    out.push_str(&format!(
-        "attr_timeout = \"{}s\"\n",
-        s.attr_timeout.as_secs_f64()
-    ));
-    out.push_str(&format!(
-        "entry_timeout = \"{}s\"\n",
-        s.entry_timeout.as_secs_f64()
-    ));
-    out.push_str(&format!("threads = {}\n", s.threads));
-    out.push_str(&format!("fsname = {:?}\n", s.fsname));
-    if let Some(l) = &s.log_level {
-        out.push_str(&format!("log_level = {l:?}\n"));
+    for o in crate::options::OPTIONS {
+        if let Some(v) = o.show(s) {
+            out.push_str(&format!("{} = {v}\n", o.key));
+        }
     }
     out.push_str(&format!("allow_other = {}\n", s.allow_other));
     if let Some(c) = &s.config_file {

@@ -18,6 +18,7 @@ pub mod health;
 pub mod inode;
 pub mod live;
 pub mod logsink;
+pub mod options;
 pub mod redirect;
 pub mod retention;
 pub mod rules;

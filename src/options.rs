@@ -1,0 +1,353 @@
+//! Every option, defined once: its key, the value it takes, what it does
+//! (one line for `casafs mount --help`, the whole story for README's
+//! options table), its default, how its value sets `Settings` and how the
+//! settings show it again (`.casafs/config`). The same key works in `-o`,
+//! fstab and the config file. README's table is made from this one (a test
+//! keeps them equal).
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{CrossDevice, DeferUnlink, Settings, absolute, parse_duration};
+
+pub struct Opt {
+    pub key: &'static str,
+    /// The value as help shows it: `DIR`, `auto|never`...
+    pub value: &'static str,
+    /// One line, for `--help`.
+    pub help: &'static str,
+    /// README's description.
+    pub doc: &'static str,
+    /// The default as help and README show it.
+    pub default: &'static str,
+    /// A path or a name: an empty value is refused (it would mean the
+    /// directory casafs happened to run in).
+    pub not_empty: bool,
+    set: fn(&mut Settings, &str, &Path) -> Result<(), String>,
+    /// As TOML for `.casafs/config`; None: not shown.
+    show: fn(&Settings) -> Option<String>,
+}
+
+impl Opt {
+    /// Sets `s` from `v`; `cwd` makes relative paths absolute.
+    pub fn set(&self, s: &mut Settings, v: &str, cwd: &Path) -> Result<(), String> {
+        (self.set)(s, v, cwd)
+    }
+
+    pub fn show(&self, s: &Settings) -> Option<String> {
+        (self.show)(s)
+    }
+}
+
+fn auto_never(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "true" | "yes" | "on" | "auto" => Ok(true),
+        "0" | "false" | "no" | "off" | "never" => Ok(false),
+        _ => Err(format!("invalid value '{v}' (expected auto/never)")),
+    }
+}
+
+fn show_auto_never(on: bool) -> Option<String> {
+    Some(if on { "\"auto\"" } else { "\"never\"" }.into())
+}
+
+fn duration(v: &str) -> Result<Duration, String> {
+    parse_duration(v)
+}
+
+fn show_duration(d: Duration) -> Option<String> {
+    Some(format!("\"{}s\"", d.as_secs_f64()))
+}
+
+fn path(p: &Path) -> Option<String> {
+    Some(format!("{:?}", p.to_string_lossy()))
+}
+
+pub const OPTIONS: &[Opt] = &[
+    Opt {
+        key: "logs",
+        value: "DIR",
+        help: "target area of the casa-logs rule",
+        doc: "target area of the `casa-logs` rule",
+        default: "SOURCE/state/logs/casa",
+        not_empty: true,
+        set: |s, v, cwd| {
+            s.logs = absolute(cwd, v);
+            Ok(())
+        },
+        show: |s| path(&s.logs),
+    },
+    Opt {
+        key: "scratch",
+        value: "DIR",
+        help: "target area of the tmppointing rule",
+        doc: "target area of the `tmppointing` rule",
+        default: "SOURCE/state/scratch/tmppointing",
+        not_empty: true,
+        set: |s, v, cwd| {
+            s.scratch = absolute(cwd, v);
+            Ok(())
+        },
+        show: |s| path(&s.scratch),
+    },
+    Opt {
+        key: "config",
+        value: "FILE",
+        help: "TOML config file (keys as here, plus [[rule]] tables)",
+        doc: "TOML config file (also `--config FILE`)",
+        default: "none",
+        not_empty: true,
+        // Read before every other key (config.rs).
+        set: |_, _, _| Ok(()),
+        show: |_| None,
+    },
+    Opt {
+        key: "defer_unlink",
+        value: "auto|always|never",
+        help: "graveyard for unlinks of open files (auto: FUSE/NFS/SMB backing only)",
+        doc: "graveyard for unlinks of open files; `auto` = only on backing filesystems that leave debris (FUSE/fuseblk, NFS, SMB, from `statfs`). The graveyard is on the source's filesystem: in a target area on another filesystem (scratch on NVMe) an open file is unlinked as that filesystem does",
+        default: "auto",
+        not_empty: false,
+        set: |s, v, _| {
+            s.defer_unlink = match v {
+                "auto" => DeferUnlink::Auto,
+                "always" => DeferUnlink::Always,
+                "never" => DeferUnlink::Never,
+                _ => {
+                    return Err(format!(
+                        "invalid value '{v}' (expected auto, always or never)"
+                    ));
+                }
+            };
+            Ok(())
+        },
+        show: |s| {
+            Some(
+                match s.defer_unlink {
+                    DeferUnlink::Auto => "\"auto\"",
+                    DeferUnlink::Always => "\"always\"",
+                    DeferUnlink::Never => "\"never\"",
+                }
+                .into(),
+            )
+        },
+    },
+    Opt {
+        key: "cross_device",
+        value: "exdev|inplace",
+        help: "rename onto a routed name across filesystems: EXDEV, or in place",
+        doc: "a rename onto a routed name whose area is on another filesystem answers `EXDEV` (POSIX: `mv` and `shutil.move` then copy), or renames in place (onto a name already routed there: the renamed object takes the name in place and the routed one goes, as a replaced file does). A hard link onto such a name cannot cross filesystems either way: it is made in place",
+        default: "exdev",
+        not_empty: false,
+        set: |s, v, _| {
+            s.cross_device = match v {
+                "exdev" => CrossDevice::Exdev,
+                "inplace" => CrossDevice::InPlace,
+                _ => return Err(format!("invalid value '{v}' (expected exdev or inplace)")),
+            };
+            Ok(())
+        },
+        show: |s| {
+            Some(
+                match s.cross_device {
+                    CrossDevice::Exdev => "\"exdev\"",
+                    CrossDevice::InPlace => "\"inplace\"",
+                }
+                .into(),
+            )
+        },
+    },
+    Opt {
+        key: "passthrough",
+        value: "auto|never",
+        help: "kernel FUSE passthrough for file data",
+        doc: "kernel FUSE passthrough for file data",
+        default: "auto",
+        not_empty: false,
+        set: |s, v, _| {
+            s.passthrough = auto_never(v)?;
+            Ok(())
+        },
+        show: |s| show_auto_never(s.passthrough),
+    },
+    Opt {
+        key: "io_uring",
+        value: "auto|never",
+        help: "FUSE over io_uring, a request queue per CPU",
+        doc: "FUSE over io_uring: a request queue per CPU, served by threads pinned to that CPU (Linux 6.14+; casafs turns on the fuse module's `enable_uring` parameter, see `mount-scripts/OPERATIONS.md`); `never`, or a kernel without it: `/dev/fuse`",
+        default: "auto",
+        not_empty: false,
+        set: |s, v, _| {
+            s.io_uring = auto_never(v)?;
+            Ok(())
+        },
+        show: |s| show_auto_never(s.io_uring),
+    },
+    Opt {
+        key: "handoff",
+        value: "auto|never",
+        help: "queue threads hand their CPU to the caller they answer (root)",
+        doc: "with io_uring, queue threads are `SCHED_IDLE` while requests keep coming, so the kernel wakes each caller on the CPU it is on instead of moving it to an idle one (costly in virtual machines); a watchdog gives the normal policy back when requests stop, when no CPU has idle time, and to a thread starved by other work on its CPU (which then goes without handoff for 1 s). Needs root (`CAP_SYS_NICE`); off otherwise",
+        default: "auto",
+        not_empty: false,
+        set: |s, v, _| {
+            s.handoff = auto_never(v)?;
+            Ok(())
+        },
+        show: |s| show_auto_never(s.handoff),
+    },
+    Opt {
+        key: "attr_timeout",
+        value: "DUR",
+        help: "attribute cache time, e.g. 1s (a reload changes it)",
+        doc: "kernel attribute cache time (casafs owns the tree it is mounted over); a directory's listing is kept for the shorter of the two cache times (`0` for either: never); a reload changes it",
+        default: "1s",
+        not_empty: false,
+        set: |s, v, _| {
+            s.attr_timeout = duration(v)?;
+            Ok(())
+        },
+        show: |s| show_duration(s.attr_timeout),
+    },
+    Opt {
+        key: "entry_timeout",
+        value: "DUR",
+        help: "name cache time (a reload changes it)",
+        doc: "kernel name cache time; a reload changes it",
+        default: "1s",
+        not_empty: false,
+        set: |s, v, _| {
+            s.entry_timeout = duration(v)?;
+            Ok(())
+        },
+        show: |s| show_duration(s.entry_timeout),
+    },
+    Opt {
+        key: "threads",
+        value: "N",
+        help: "/dev/fuse request threads",
+        doc: "`/dev/fuse` request threads (with io_uring they only see INIT, FORGET and INTERRUPT)",
+        default: "CPUs, 2 to 16",
+        not_empty: false,
+        set: |s, v, _| {
+            s.threads = match v.parse::<usize>() {
+                Ok(n) if (1..=256).contains(&n) => n,
+                _ => return Err(format!("invalid value '{v}' (a number from 1 to 256)")),
+            };
+            Ok(())
+        },
+        show: |s| Some(s.threads.to_string()),
+    },
+    Opt {
+        key: "fsname",
+        value: "NAME",
+        help: "name shown in mount tables",
+        doc: "name in the mount table",
+        default: "SOURCE",
+        not_empty: true,
+        set: |s, v, _| {
+            s.fsname = v.to_string();
+            Ok(())
+        },
+        show: |s| Some(format!("{:?}", s.fsname)),
+    },
+    Opt {
+        key: "log_level",
+        value: "FILTER",
+        help: "what is logged: error, warn, info, debug, or a RUST_LOG filter (a reload changes it)",
+        doc: "what is logged: `error`, `warn`, `info`, `debug`, or a `RUST_LOG`-style filter; a reload changes it",
+        default: "RUST_LOG, else info",
+        not_empty: true,
+        set: |s, v, _| {
+            crate::logsink::check_level(v)?;
+            s.log_level = Some(v.to_string());
+            Ok(())
+        },
+        show: |s| s.log_level.as_ref().map(|l| format!("{l:?}")),
+    },
+];
+
+/// Options without a value, and what README says of them.
+const FLAGS: &[(&str, &str, &str)] = &[
+    (
+        "`allow_other` / `noallow_other`",
+        "let every user in, each served with that user's own rights (needs casafs to run as root; see Security model)",
+        "on",
+    ),
+    (
+        "`ro rw nosuid nodev noexec noatime sync dirsync ...`",
+        "kernel mount flags",
+        "`nosuid,nodev`",
+    ),
+];
+
+pub fn find(key: &str) -> Option<&'static Opt> {
+    OPTIONS.iter().find(|o| o.key == key)
+}
+
+pub fn keys() -> Vec<&'static str> {
+    OPTIONS.iter().map(|o| o.key).collect()
+}
+
+/// The options part of `casafs mount --help`.
+pub fn help() -> String {
+    let mut out = String::from(
+        "Options (-o key=value,..., or the same keys at the top of the config file):\n",
+    );
+    for o in OPTIONS {
+        let kv = format!("{}={}", o.key, o.value);
+        out.push_str(&format!("  {kv:<31} {}   [{}]\n", o.help, o.default));
+    }
+    out.push_str("  allow_other / noallow_other   let other users in (default: allowed)\n");
+    out.push_str(
+        "  ro, rw, nosuid, nodev, noexec, noatime, sync, dirsync ...   kernel mount flags\n",
+    );
+    out.push_str("fstab keywords (defaults, nofail, _netdev, noauto, x-systemd.*) are accepted and ignored.\n");
+    out.push_str("Any other option is an error.");
+    out
+}
+
+/// README's options table.
+pub fn markdown() -> String {
+    let mut out = String::from("| option | meaning | default |\n|---|---|---|\n");
+    for o in OPTIONS {
+        let value = o.value.replace('|', "\\|");
+        let plain = o.default == "none" || o.default.contains(' ');
+        let default = if !plain {
+            format!("`{}`", o.default)
+        } else {
+            o.default.to_string()
+        };
+        out.push_str(&format!(
+            "| `{}={value}` | {} | {default} |\n",
+            o.key, o.doc
+        ));
+    }
+    for (name, doc, default) in FLAGS {
+        out.push_str(&format!("| {name} | {doc} | {default} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_lists_exactly_these_options() {
+        let readme = include_str!("../README.md");
+        let table = markdown();
+        assert!(
+            readme.contains(&table),
+            "README's options table is made from src/options.rs; put this in its place:\n{table}"
+        );
+    }
+
+    #[test]
+    fn each_key_is_defined_once() {
+        let mut k = keys();
+        k.sort();
+        k.dedup();
+        assert_eq!(k.len(), OPTIONS.len());
+    }
+}
