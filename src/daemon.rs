@@ -4,7 +4,6 @@
 //! serve, and stop cleanly on SIGTERM/SIGINT.
 
 use std::ffi::CString;
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -344,59 +343,13 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
     let foreground = p.settings.foreground;
     let mut report: Option<OwnedFd> = None;
     if !foreground {
-        let mut fds = [0; 2];
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(MountError::Failed(format!(
-                "pipe: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        match unsafe { libc::fork() } {
-            -1 => {
-                return Err(MountError::Failed(format!(
-                    "fork: {}",
-                    std::io::Error::last_os_error()
-                )));
-            }
-            0 => {
-                drop(r);
-                unsafe { libc::setsid() };
-                if let Ok(null) = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                {
-                    unsafe {
-                        libc::dup2(null.as_raw_fd(), 0);
-                        libc::dup2(null.as_raw_fd(), 1);
-                    }
-                }
-                report = Some(w);
-            }
-            _child => {
-                drop(w);
-                let mut f = std::fs::File::from(r);
-                let mut msg = String::new();
-                let _ = f.read_to_string(&mut msg);
-                if msg.starts_with("OK") {
-                    return Ok(());
-                }
-                let msg = msg.trim();
-                return Err(MountError::Failed(if msg.is_empty() {
-                    "the daemon exited before mounting".into()
-                } else {
-                    msg.to_string()
-                }));
-            }
+        match crate::detach::detach() {
+            Err(e) => return Err(MountError::Failed(e)),
+            Ok(crate::detach::Side::Caller(done)) => return done.map_err(MountError::Failed),
+            Ok(crate::detach::Side::Daemon(w)) => report = Some(w),
         }
     }
-    let tell = |report: &mut Option<OwnedFd>, msg: &str| {
-        if let Some(fd) = report.take() {
-            let mut f = std::fs::File::from(fd);
-            let _ = f.write_all(msg.as_bytes());
-        }
-    };
+    let tell = crate::detach::tell;
 
     set_umask_zero();
     let sigset = block_stop_signals();
@@ -418,12 +371,12 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
             return Err(MountError::Failed(m));
         }
     };
-    if fs.settings.io_uring
+    if fs.settings().io_uring
         && let Err(e) = crate::transport::uring::enable_in_kernel()
     {
         tracing::info!("FUSE over io_uring off, serving through /dev/fuse: {e}");
     }
-    let dev = match mount_fuse(&fs.settings, libc::S_IFDIR) {
+    let dev = match mount_fuse(fs.settings(), libc::S_IFDIR) {
         Ok(d) => d,
         Err(e) => {
             fs.destroy();
@@ -434,13 +387,13 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
     };
     match dev.try_clone() {
         Ok(d) => {
-            let _ = fs.dev.set(std::sync::Arc::new(d));
+            fs.connect(std::sync::Arc::new(d));
         }
         Err(e) => {
             tracing::warn!("kernel passthrough and io_uring off: cannot share the FUSE device: {e}")
         }
     }
-    let stats = fs.stats.clone();
+    let stats = fs.stats().clone();
     let fs = std::sync::Arc::new(fs);
     let server = crate::transport::Server::new(fs.clone());
     let dispatch = crate::transport::devfuse::Dispatch(server.clone());
@@ -516,8 +469,8 @@ fn reload(fs: &CasaFs, args: &crate::config::MountArgs) {
     match crate::config::build(args) {
         Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
         Ok(new) => {
-            let done = fs.live.apply(&fs.settings, &new);
-            fs.stats
+            let done = fs.live().apply(fs.settings(), &new);
+            fs.stats()
                 .reloads
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if done.changed.is_empty() {

@@ -291,7 +291,7 @@ impl RedirectTable {
                 let r = e.value();
                 let stable = areas
                     .get(r.area)
-                    .is_some_and(|a| sys::keeps_inode_numbers(a.fs_type));
+                    .is_some_and(|a| crate::fstype::keeps_inode_numbers(a.fs_type));
                 fds.get(r.area).and_then(Option::as_ref).is_some_and(|fd| {
                     match sys::stat_at(fd.as_raw_fd(), &r.tname) {
                         Err(sys::Errno::ENOENT) => true,

@@ -141,14 +141,15 @@ impl CasaFs {
                 self.stats.to_prometheus(&extra).into_bytes()
             }
             Some("redirects") => {
-                crate::creds::as_root(|| self.redirects.drop_gone(&self.areas));
+                crate::creds::as_root(|| self.routing.redirects.drop_gone(&self.routing.areas));
                 let Ok(root) = self.root_fd() else {
                     return Vec::new();
                 };
                 use std::os::fd::AsRawFd;
                 let visible = |origin: &[u8]| origin_searchable(root.as_raw_fd(), origin);
-                self.redirects
-                    .render(&self.areas, &self.rule_names, &visible)
+                self.routing
+                    .redirects
+                    .render(&self.routing.areas, &self.routing.rule_names, &visible)
                     .into_bytes()
             }
             Some("config") => crate::config::render(&self.live.current()).into_bytes(),

@@ -168,7 +168,7 @@ impl CasaFs {
     /// (a zero timeout).
     fn listing_cache(&self, dir: &Inode) -> ListingCache {
         let ttl = self.ttl_attr().min(self.ttl_entry());
-        if dir.in_target || self.is_area_dir(dir) || ttl.is_zero() {
+        if dir.in_area || self.routing.is_area_dir(dir) || ttl.is_zero() {
             ListingCache::Off
         } else if dir.listed_within(ttl) {
             ListingCache::Keep

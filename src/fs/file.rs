@@ -1,18 +1,16 @@
 //! File operations: open/create, the data path (when kernel passthrough is
-//! not serving it), and release, where deferred unlinks complete.
+//! not serving it), and release (whose deferred unlinks unlink.rs completes).
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use parking_lot::MutexGuard;
-
 use super::CasaFs;
 use super::made::Made;
 use crate::creds;
 use crate::handle::{Body, Handle};
-use crate::inode::{Anchor, Inode, OpenState};
+use crate::inode::{Anchor, Inode};
 use crate::sys::{self, Errno, Res, cname};
 
 /// A file opened on the backing store, before it is registered.
@@ -93,8 +91,8 @@ impl CasaFs {
                 // Swapped in behind the kernel's back (it saw no name).
                 _ => return Err(Errno::ENXIO),
             }
-            let in_target = dir.in_target || self.is_area_root(&st);
-            let inode = self.inodes.remember(dir, n, &st, in_target);
+            let in_area = dir.in_area || self.routing.is_area_root(&st);
+            let inode = self.inodes.remember(dir, n, &st, in_area);
             Ok(Opened {
                 inode,
                 fd,
@@ -267,106 +265,6 @@ impl CasaFs {
             self.handle_closed(&inode);
         }
         Ok(())
-    }
-
-    /// One handle of `inode` less; after its last, what waited for it: the
-    /// kernel passthrough, the pin, the graves.
-    fn handle_closed(&self, inode: &Arc<Inode>) {
-        let mut open = inode.open.lock();
-        open.handles = open.handles.saturating_sub(1);
-        if open.handles > 0 {
-            return;
-        }
-        open.backing = None;
-        if open.buried.is_empty() {
-            drop(open);
-            // A file unlinked while open was pinned to stay reachable. With
-            // its last handle gone the pin holds its space only while the
-            // kernel still holds the inode (an O_PATH descriptor, as a
-            // native deleted file lives on): the kernel's forget drops the
-            // inode and the pin with it. Unpinned before that, its number
-            // could go to a new file while the kernel still shows the old
-            // one under it. (Only a pinned file can be one: every other
-            // last close costs no stat.)
-            if inode.is_pinned()
-                && inode.lookups.load(Relaxed) == 0
-                && inode.stat().is_ok_and(|s| s.st_nlink == 0)
-            {
-                inode.unpin();
-            }
-            return;
-        }
-        self.free_graves_unless_mapped(inode, open);
-    }
-
-    /// Deletes the graves of `inode` (which has no handle left) unless a
-    /// mapping may still hold the file open for the backing, which must
-    /// not see the name go while it does: then they wait for the kernel to
-    /// let go of the inode (`kernel_let_go`), which it does as soon as
-    /// nothing maps an object without names. An object with other names
-    /// can stay in the kernel's cache for as long as they are used: its
-    /// graves go now (ntfs-3g would hide a grave still mapped inside the
-    /// graveyard, out of sight, until the mapping goes).
-    pub(super) fn free_graves_unless_mapped(
-        &self,
-        inode: &Arc<Inode>,
-        open: MutexGuard<'_, OpenState>,
-    ) {
-        if inode.may_be_mapped(&open)
-            && !inode
-                .stat()
-                .is_ok_and(|s| s.st_nlink as usize > open.buried.len())
-        {
-            return;
-        }
-        self.free_graves(inode, open);
-    }
-
-    /// The kernel let go of `inode`: nothing maps it any more, and graves
-    /// kept for a mapping go if no handle is left.
-    pub(super) fn kernel_let_go(&self, inode: &Arc<Inode>) {
-        let mut open = inode.open.lock();
-        // Looked up again since (the table's count is not held meanwhile):
-        // the kernel holds it after all.
-        if inode.lookups.load(Relaxed) > 0 {
-            return;
-        }
-        open.mapped = false;
-        if open.handles == 0 && !open.buried.is_empty() {
-            self.free_graves(inode, open);
-        }
-    }
-
-    /// Deletes the graves of `inode`, which nothing holds open any more.
-    /// They go while its open state is locked: an open counting its handle
-    /// meanwhile then finds the file gone, rather than reopening one that
-    /// is being unlinked.
-    fn free_graves(&self, inode: &Arc<Inode>, mut open: MutexGuard<'_, OpenState>) {
-        let buried = std::mem::take(&mut open.buried);
-        let st = inode.stat().ok();
-        let size = st.map(|s| s.st_size as u64).unwrap_or(0);
-        let nlink = st.map(|s| s.st_nlink as usize).unwrap_or(0);
-        // Freed once, and only when no other name keeps the data.
-        let freed = if nlink > buried.len() {
-            // Other names live on (a hard link): keep the inode reachable
-            // without holding the graveyard name.
-            let _ = inode.pin();
-            0
-        } else {
-            inode.unpin();
-            // Its number is free for the next file: the kernel must not
-            // take that one for this (see `InodeTable::remember`).
-            inode.mark_dead();
-            size
-        };
-        self.graveyard.release(&buried);
-        drop(open);
-        let n = buried.len() as u64;
-        self.stats.deferred_pending.fetch_sub(n, Relaxed);
-        self.stats.deferred_completed.fetch_add(n, Relaxed);
-        self.stats
-            .deferred_completed_bytes
-            .fetch_add(freed, Relaxed);
     }
 
     pub(super) fn do_fsync(&self, fh: u64, datasync: bool) -> Res<()> {

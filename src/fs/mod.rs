@@ -3,13 +3,17 @@
 //! of operations. How requests arrive is `crate::transport`'s business.
 
 mod acl;
+mod attr;
 mod control;
 mod dir;
 mod entry;
 mod file;
 mod made;
 pub mod ops;
+mod rename;
 pub mod reply;
+mod routing;
+mod unlink;
 mod xattr;
 
 use std::ffi::CStr;
@@ -25,38 +29,36 @@ use crate::config::{DeferUnlink, Settings};
 use crate::graveyard::Graveyard;
 use crate::handle::HandleTable;
 use crate::inode::{Inode, InodeTable, ROOT_ID};
-use crate::redirect::{Area, RedirectTable};
+use crate::redirect::Area;
 use crate::stats::{Extra, Stats};
 use crate::sys::{self, Res};
 
 pub use crate::creds::Caller;
 pub use control::CONTROL_NAME;
+use routing::name_in_parent;
 
 pub struct CasaFs {
     /// The settings the mount started with.
-    pub settings: Settings,
+    settings: Settings,
     /// What a reload changes: rules, cache times, log level.
-    pub live: crate::live::Live,
-    pub inodes: InodeTable,
-    pub handles: HandleTable,
-    pub redirects: RedirectTable,
-    pub areas: Vec<Area>,
-    /// Rule index -> area index.
-    pub rule_area: Vec<usize>,
-    pub rule_names: Vec<String>,
-    pub graveyard: Graveyard,
-    pub stats: Arc<Stats>,
+    live: crate::live::Live,
+    inodes: InodeTable,
+    handles: HandleTable,
+    /// Areas, rules' areas, redirects: routing.rs.
+    routing: routing::Routing,
+    graveyard: Graveyard,
+    stats: Arc<Stats>,
     /// Unlinks of open files go through the graveyard.
-    pub defer_unlink: bool,
+    defer_unlink: bool,
     /// FUSE flush requests are answered (close(dup(fd)) on the backing file)
     /// only where close reports errors; elsewhere the first flush answers
     /// ENOSYS and the kernel stops sending them.
-    pub flush_on_close: bool,
-    pub passthrough: AtomicBool,
-    pub backing_types: Vec<(String, String)>,
+    flush_on_close: bool,
+    passthrough: AtomicBool,
+    backing_types: Vec<(String, String)>,
     /// The FUSE connection's device, once mounted: backing ids for kernel
     /// passthrough are registered on it.
-    pub dev: std::sync::OnceLock<Arc<OwnedFd>>,
+    dev: std::sync::OnceLock<Arc<OwnedFd>>,
     control: control::Snapshots,
     /// The mount's device number, once retention asked for it.
     mount_dev: std::sync::OnceLock<u64>,
@@ -72,10 +74,52 @@ pub struct Prepared {
 }
 
 impl CasaFs {
+    /// The settings the mount started with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// What a reload changes.
+    pub fn live(&self) -> &crate::live::Live {
+        &self.live
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The FUSE connection's device, once mounted: kernel passthrough
+    /// registers backing files on it.
+    pub fn connect(&self, dev: Arc<OwnedFd>) {
+        let _ = self.dev.set(dev);
+    }
+
+    pub fn device(&self) -> Option<Arc<OwnedFd>> {
+        self.dev.get().cloned()
+    }
+
+    pub fn connected(&self) -> bool {
+        self.dev.get().is_some()
+    }
+
+    /// INIT agreed on kernel passthrough.
+    pub fn passthrough_agreed(&self) {
+        self.passthrough.store(true, Ordering::Relaxed);
+    }
+
+    pub fn passthrough_on(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Unlinks of open files go through the graveyard.
+    pub fn defers_unlinks(&self) -> bool {
+        self.defer_unlink
+    }
+
     pub fn new(p: Prepared) -> Res<CasaFs> {
         let st = sys::fstat(p.root_fd.as_raw_fd())?;
         let root_ftype = sys::fstatfs_type(p.root_fd.as_raw_fd())?;
-        let root = Inode::new_anchor(ROOT_ID, p.root_fd, &st, false);
+        let root = Inode::new_held(ROOT_ID, p.root_fd, &st, false);
         let root_raw = root.dir_fd()?;
         let (graveyard, cleaned) = Graveyard::open(root_raw.as_raw_fd())?;
         if cleaned > 0 {
@@ -90,12 +134,12 @@ impl CasaFs {
         for (i, (path, fd)) in p.areas.into_iter().enumerate() {
             let st = sys::fstat(fd.as_raw_fd())?;
             let ft = sys::fstatfs_type(fd.as_raw_fd()).unwrap_or(0);
-            let nodeid = u64::MAX - 64 - i as u64;
+            let nodeid = crate::inode::area_id(i);
             backing_types.push((path.to_string_lossy().into_owned(), fs_type_of(&path, ft)));
             let parent = name_in_parent(&fd, &st);
             areas.push(Area {
                 path,
-                inode: parking_lot::RwLock::new(Inode::new_anchor(nodeid, fd, &st, true)),
+                inode: parking_lot::RwLock::new(Inode::new_held(nodeid, fd, &st, true)),
                 fs_type: ft,
                 parent,
                 place_lock: parking_lot::Mutex::new(()),
@@ -106,7 +150,8 @@ impl CasaFs {
         // every open of the backing file, and would refuse them.
         let mut settings = p.settings;
         if settings.passthrough
-            && (sys::is_network(root_ftype) || areas.iter().any(|a| sys::is_network(a.fs_type)))
+            && (crate::fstype::is_network(root_ftype)
+                || areas.iter().any(|a| crate::fstype::is_network(a.fs_type)))
         {
             tracing::info!(
                 "kernel passthrough off: the tree or an area is on a network filesystem"
@@ -116,12 +161,12 @@ impl CasaFs {
         let defer_unlink = match settings.defer_unlink {
             DeferUnlink::Always => true,
             DeferUnlink::Never => false,
-            DeferUnlink::Auto => sys::leaves_unlink_debris(root_ftype),
+            DeferUnlink::Auto => crate::fstype::leaves_unlink_debris(root_ftype),
         };
         for a in &areas {
             // The graveyard lives on the source's filesystem: an open file
             // unlinked in an area elsewhere is unlinked as there.
-            if a.dir().dev != st.st_dev && sys::leaves_unlink_debris(a.fs_type) {
+            if a.dir().dev != st.st_dev && crate::fstype::leaves_unlink_debris(a.fs_type) {
                 tracing::warn!(
                     "target area {} is on another filesystem ({}), which keeps unlinked open files as debris; casafs can defer unlinks only on the source's filesystem",
                     a.path.display(),
@@ -138,15 +183,12 @@ impl CasaFs {
         let fs = CasaFs {
             live: crate::live::Live::new(&settings),
             stats: Arc::new(Stats::new(&rule_names)),
-            rule_names,
+            routing: routing::Routing::new(areas, p.rule_area, rule_names),
             inodes,
             handles: HandleTable::default(),
-            redirects: RedirectTable::default(),
-            areas,
-            rule_area: p.rule_area,
             graveyard,
             defer_unlink,
-            flush_on_close: sys::reports_errors_at_close(root_ftype),
+            flush_on_close: crate::fstype::reports_errors_at_close(root_ftype),
             passthrough: AtomicBool::new(false),
             backing_types,
             dev: std::sync::OnceLock::new(),
@@ -155,9 +197,9 @@ impl CasaFs {
             root,
             settings,
         };
-        let restored = fs.redirects.restore(
-            &fs.areas,
-            &fs.rule_area,
+        let restored = fs.routing.redirects.restore(
+            &fs.routing.areas,
+            &fs.routing.rule_area,
             &fs.settings.rules,
             root_raw.as_raw_fd(),
         );
@@ -192,70 +234,6 @@ impl CasaFs {
 
     pub fn root_fd(&self) -> Res<Arc<OwnedFd>> {
         self.root.dir_fd()
-    }
-
-    /// A target area whose name names another directory than the one in
-    /// use, on the same filesystem (the old one was removed, or moved
-    /// aside, and the operator made it again): use the new one. It is
-    /// looked for by its name in the directory it was found in at start
-    /// (`Area::parent`), never by a path, without following symlinks. True
-    /// when the area changed to a live directory.
-    pub(super) fn revive_area(&self, idx: usize) -> bool {
-        crate::creds::as_root(|| self.revive_area_now(idx))
-    }
-
-    fn revive_area_now(&self, idx: usize) -> bool {
-        let Some(area) = self.areas.get(idx) else {
-            return false;
-        };
-        let Some((parent, name)) = &area.parent else {
-            return false;
-        };
-        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        let Ok(fd) = sys::open_at(parent.as_raw_fd(), name, flags, 0) else {
-            return false;
-        };
-        let Ok(st) = sys::fstat(fd.as_raw_fd()) else {
-            return false;
-        };
-        // Only a directory on the area's own filesystem: anything else under
-        // that name (something mounted there, this very mount) is not the
-        // area an operator made again.
-        let usable = |cur: &Inode| cur.dev == st.st_dev && cur.ino != st.st_ino;
-        if st.st_nlink == 0 || !usable(&area.inode.read()) {
-            return false;
-        }
-        // Made anew by an operator, not by a user who found the name free:
-        // root's, and open to nobody else.
-        if !crate::areas::adoptable(&st) {
-            tracing::warn!(
-                "target area {} is a new directory that is not root's alone (uid {}, mode {:04o}): not routing to it",
-                area.path.display(),
-                st.st_uid,
-                st.st_mode & 0o7777
-            );
-            return false;
-        }
-        let mut cur = area.inode.write();
-        if !usable(&cur) {
-            return false;
-        }
-        if let Ok(Some(note)) = crate::areas::secure(fd.as_raw_fd()) {
-            tracing::warn!("target area {}: {note}", area.path.display());
-        }
-        *cur = Inode::new_anchor(cur.nodeid, fd, &st, true);
-        tracing::info!(
-            "target area {} is a new directory: routing to it",
-            area.path.display()
-        );
-        true
-    }
-
-    /// The area's directory, made anew if an operator replaced it (an area
-    /// is looked for again at every routing, too).
-    fn area_now(&self, idx: usize) -> Option<Arc<OwnedFd>> {
-        self.revive_area(idx);
-        self.areas.get(idx)?.dir().dir_fd().ok()
     }
 
     fn ttl_attr(&self) -> Duration {
@@ -298,53 +276,8 @@ impl CasaFs {
         }
     }
 
-    /// Whether `st` is the root of a target area (names below it are never
-    /// routed again).
-    fn is_area_root(&self, st: &libc::stat) -> bool {
-        self.is_area(st.st_dev, st.st_ino)
-    }
-
-    /// Whether `dir` is an area's directory now. Unlike `in_target`, also
-    /// true for an area directory made again after a removal, which was
-    /// not known as one when it was created.
-    fn is_area_dir(&self, dir: &Inode) -> bool {
-        self.is_area(dir.dev, dir.ino)
-    }
-
-    fn is_area(&self, dev: u64, ino: u64) -> bool {
-        self.areas.iter().any(|a| {
-            let d = a.dir();
-            d.dev == dev && d.ino == ino
-        })
-    }
-
-    /// The rule that routes a new `name` in `dir`, if any. Never inside an
-    /// area, judged by where `dir` is now (a directory routed there by a
-    /// rename, or moved back out of it, keeps its `in_target` of old).
-    fn route(&self, dir: &Inode, name: &CStr, is_dir: bool) -> Option<usize> {
-        if dir.nodeid == ROOT_ID && is_reserved_root_name(name) {
-            return None;
-        }
-        let rule = self.live.route(name.to_bytes(), is_dir)?;
-        if self.is_area_dir(dir) {
-            return None;
-        }
-        let mut up = dir.parent_name();
-        // Bounded all the same: a chain of stale parents must not loop.
-        for _ in 0..4096 {
-            let Some((p, _)) = up else {
-                break;
-            };
-            if self.is_area_dir(&p) {
-                return None;
-            }
-            up = p.parent_name();
-        }
-        Some(rule)
-    }
-
     pub fn extra(&self) -> Extra {
-        self.redirects.drop_gone(&self.areas);
+        self.routing.redirects.drop_gone(&self.routing.areas);
         Extra {
             backing: self.backing_types.clone(),
             deferred_pending_bytes: if self.stats.deferred_pending.load(Ordering::Relaxed) > 0 {
@@ -352,7 +285,7 @@ impl CasaFs {
             } else {
                 0
             },
-            redirects_live: self.redirects.len(),
+            redirects_live: self.routing.redirects.len(),
             inodes_cached: self.inodes.len(),
             dir_fds_cached: crate::inode::cached_dir_fds(),
             passthrough_enabled: self.passthrough.load(Ordering::Relaxed),
@@ -370,21 +303,6 @@ impl CasaFs {
             None
         })
     }
-}
-
-/// The directory `dir` (with attributes `st`) is in, and its name there:
-/// where an area is looked for again when it is made anew. The name is the
-/// one the directory has, which is not the last one of the configured path
-/// where that ends in a symlink.
-fn name_in_parent(dir: &OwnedFd, st: &libc::stat) -> Option<(OwnedFd, std::ffi::CString)> {
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-    let parent = sys::open_at(dir.as_raw_fd(), c"..", flags, 0).ok()?;
-    let name = crate::tree::list_dir(&parent).ok()?.into_iter().find(|n| {
-        sys::stat_at(parent.as_raw_fd(), n)
-            .is_ok_and(|s| (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino))
-    })?;
-    let parent = sys::open_at(dir.as_raw_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
-    Some((parent, name))
 }
 
 fn fs_type_of(path: &Path, f_type: i64) -> String {
@@ -412,7 +330,7 @@ fn fs_type_of(path: &Path, f_type: i64) -> String {
             return t;
         }
     }
-    sys::fs_type_name(f_type)
+    crate::fstype::fs_type_name(f_type)
 }
 
 pub fn is_reserved_root_name(name: &CStr) -> bool {
@@ -442,7 +360,7 @@ pub fn kind_of(mode: u32) -> FileType {
 
 impl crate::retention::Mounted for CasaFs {
     fn area_dir(&self, area: usize) -> Option<Arc<OwnedFd>> {
-        self.area_now(area)
+        self.routing.area_now(area)
     }
 
     fn backing_ino(&self, ino: u64) -> Option<u64> {

@@ -660,8 +660,8 @@ impl CasaFs {
                     (st, std::time::Duration::ZERO, 0)
                 }
             };
-            let in_target = dir.in_target || self.is_area_root(&st);
-            let inode = self.inodes.remember(&dir, e.name, &st, in_target);
+            let in_area = dir.in_area || self.routing.is_area_root(&st);
+            let inode = self.inodes.remember(&dir, e.name, &st, in_area);
             let attr = self.attr(inode.nodeid, &st);
             let full = reply.add(e.off as u64, name, ttl, &attr, inode.generation);
             if full {

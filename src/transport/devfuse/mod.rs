@@ -91,11 +91,11 @@ impl Filesystem for Dispatch {
         ] {
             let _ = config.add_capabilities(f);
         }
-        if self.settings.passthrough
+        if self.settings().passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
-            self.passthrough.store(true, Relaxed);
+            self.passthrough_agreed();
         }
         let _ = config.set_max_write(1 << 20);
         if let Err(max) = config.set_max_readahead(1 << 20) {
@@ -103,8 +103,8 @@ impl Filesystem for Dispatch {
         }
         // Asked for only where this process can run the queues: once agreed,
         // every request waits until all CPU queues are registered.
-        if self.settings.io_uring
-            && self.dev.get().is_some()
+        if self.settings().io_uring
+            && self.connected()
             && crate::transport::uring::prepare()
             && config
                 .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
@@ -117,10 +117,10 @@ impl Filesystem for Dispatch {
         let on_off = |b: bool| if b { "on" } else { "off" };
         tracing::info!(
             "mounted {} on {} (passthrough {}, deferred unlink {}, io_uring {})",
-            self.settings.source.display(),
-            self.settings.mountpoint.display(),
-            on_off(self.passthrough.load(Relaxed)),
-            on_off(self.defer_unlink),
+            self.settings().source.display(),
+            self.settings().mountpoint.display(),
+            on_off(self.passthrough_on()),
+            on_off(self.defers_unlinks()),
             on_off(self.0.uring.load(Relaxed)),
         );
         Ok(())

@@ -216,12 +216,12 @@ const PAYLOAD_LEN: usize = (1 << 20) + 4096;
 /// failed registration does that) so no request waits for a queue that
 /// never comes.
 pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
-    let dev = fs.dev.get()?.clone();
+    let dev = fs.device()?;
     let fs = fs.clone();
     let n = possible_cpus();
-    let owner = (!fs.settings.allow_other).then(|| unsafe { libc::geteuid() });
-    let connection = connection_of(&fs.settings.mountpoint);
-    let handoff = handoff::Handoff::new(fs.settings.handoff, fs.stats.clone());
+    let owner = (!fs.settings().allow_other).then(|| unsafe { libc::geteuid() });
+    let connection = connection_of(&fs.settings().mountpoint);
+    let handoff = handoff::Handoff::new(fs.settings().handoff, fs.stats().clone());
     let shared = Arc::new(Shared {
         fs,
         dev,
@@ -261,10 +261,10 @@ pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
             force_fallback(&shared);
         }
         None => {
-            shared.fs.stats.ring_queues.store(n as u64, Relaxed);
+            shared.fs.stats().ring_queues.store(n as u64, Relaxed);
             // Only now: after a fallback to /dev/fuse there is no handoff.
             let on = shared.handoff.enabled();
-            shared.fs.stats.ring_handoff.store(on, Relaxed);
+            shared.fs.stats().ring_handoff.store(on, Relaxed);
             if let Some(e) = why {
                 tracing::warn!("a queue thread did not start: {e}");
             }

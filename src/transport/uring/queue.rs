@@ -266,7 +266,7 @@ fn serve_loop(
                 return End::Failed;
             };
             let commit_id = handle(shared, e);
-            shared.fs.stats.ring_requests.fetch_add(1, Relaxed);
+            shared.fs.stats().ring_requests.fetch_add(1, Relaxed);
             last = commit_sqe(dev, qid, commit_id);
             if let Some(m) = handoff {
                 m.before_reply();
@@ -284,7 +284,7 @@ fn serve_loop(
             );
             renewals += 1;
             if renewals > 3 {
-                shared.fs.stats.ring_queues.store(0, Relaxed);
+                shared.fs.stats().ring_queues.store(0, Relaxed);
                 return End::Failed;
             }
             if let Some(old) = entry.take() {
