@@ -21,7 +21,6 @@
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
@@ -262,13 +261,6 @@ fn process_cache() -> &'static ProcessCache {
     })
 }
 
-static STATUS_READS: AtomicU64 = AtomicU64::new(0);
-
-/// How often a process's status was read from /proc.
-pub fn status_reads() -> u64 {
-    STATUS_READS.load(Ordering::Relaxed)
-}
-
 /// The supplementary groups and filesystem capabilities of process `pid`,
 /// which must still be `uid` and `gid` (a pid reused by another process is
 /// read again). A process casafs cannot read (gone, in another pid
@@ -286,10 +278,7 @@ fn process(pid: u32, uid: u32, gid: u32) -> (Arc<[u32]>, [u32; 2]) {
         return (e.groups.clone(), e.caps);
     }
     let read = (pid != 0)
-        .then(|| {
-            STATUS_READS.fetch_add(1, Ordering::Relaxed);
-            std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
-        })
+        .then(|| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .flatten()
         .and_then(|s| parse_status(&s, uid));
     let (groups, caps) = match read {
@@ -545,11 +534,6 @@ pub fn in_group(gid: u32) -> bool {
     cur.caps[0] & (1 << 4) != 0 || cur.gid == gid || cur.groups.contains(&gid)
 }
 
-/// The uid this thread acts as.
-pub fn current_uid() -> u32 {
-    current().uid
-}
-
 /// Gives this thread the umask `mask` for what it creates next. Threads
 /// get a filesystem context of their own first (umask is per process
 /// otherwise). False where that is not possible: the caller must then
@@ -572,11 +556,6 @@ pub fn set_umask(mask: u32) -> bool {
             true
         }
     })
-}
-
-/// Whether this thread has a umask of its own (see `set_umask`).
-pub fn has_own_umask() -> bool {
-    UMASK.with(|u| u.get().is_some())
 }
 
 #[cfg(test)]

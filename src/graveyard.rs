@@ -181,7 +181,7 @@ impl Graveyard {
             0,
         )?;
         let st = sys::fstat(fd.as_raw_fd())?;
-        let dir = Inode::new_anchor(u64::MAX - 8, fd, &st, true);
+        let dir = Inode::new_held(crate::inode::GRAVEYARD_ID, fd, &st, true);
         Ok((
             Graveyard {
                 dir,

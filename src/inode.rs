@@ -22,10 +22,21 @@ use parking_lot::Mutex;
 
 use crate::sys::{self, Errno, Res};
 
+// The node-id space, all of it:
+//   ROOT_ID                           the tree's root
+//   below SYNTHETIC_BASE              objects of the tree's own filesystem: their inode number
+//   SYNTHETIC_BASE up                 objects elsewhere (an area on its own disk), numbered as met
+//   area_id(i) = u64::MAX - 64 - i    area i's directory
+//   CONTROL_DIR_ID up                 the control directory, then its files
+//   GRAVEYARD_ID                      the graveyard's directory
 pub const ROOT_ID: u64 = 1;
-/// Node ids from here up are synthetic (foreign devices, control files).
 const SYNTHETIC_BASE: u64 = 1 << 62;
 pub const CONTROL_DIR_ID: u64 = u64::MAX - 16;
+pub const GRAVEYARD_ID: u64 = u64::MAX - 8;
+
+pub fn area_id(i: usize) -> u64 {
+    u64::MAX - 64 - i as u64
+}
 
 static CACHED_DIR_FDS: AtomicUsize = AtomicUsize::new(0);
 static PINS: AtomicUsize = AtomicUsize::new(0);
@@ -106,7 +117,7 @@ pub struct Inode {
     /// object is a different inode.
     pub fmt: u32,
     /// Inside a target area: names here are never routed again.
-    pub in_target: bool,
+    pub in_area: bool,
     /// A directory of casafs's own (an area, the graveyard), open to root
     /// alone: what is in it is reached through descriptors of its own,
     /// opened by casafs, never by name as a caller (see `anchor`).
@@ -309,14 +320,16 @@ impl Anchor {
 }
 
 impl Inode {
-    pub fn new_anchor(nodeid: u64, fd: OwnedFd, st: &libc::stat, in_target: bool) -> Arc<Inode> {
+    /// An inode reached through its own descriptor, held for as long as the
+    /// inode lives (the root, an area, the graveyard).
+    pub fn new_held(nodeid: u64, fd: OwnedFd, st: &libc::stat, in_area: bool) -> Arc<Inode> {
         Arc::new(Inode {
             nodeid,
             dev: st.st_dev,
             ino: st.st_ino,
             fmt: st.st_mode & libc::S_IFMT,
-            in_target,
-            private: in_target,
+            in_area,
+            private: in_area,
             lookups: AtomicU64::new(0),
             generation: 0,
             dead: std::sync::atomic::AtomicBool::new(false),
@@ -614,12 +627,6 @@ impl Inode {
         }
         Err(Errno::ENOENT)
     }
-
-    pub fn raw_fd_for_dir(&self) -> Res<(Arc<OwnedFd>, RawFd)> {
-        let fd = self.dir_fd()?;
-        let raw = fd.as_raw_fd();
-        Ok((fd, raw))
-    }
 }
 
 /// nodeid -> inode, plus the id mapping for foreign devices.
@@ -715,7 +722,7 @@ impl InodeTable {
         parent: &Arc<Inode>,
         name: &CStr,
         st: &libc::stat,
-        in_target: bool,
+        in_area: bool,
     ) -> Arc<Inode> {
         let nodeid = self.nodeid_for(st.st_dev, st.st_ino);
         let fmt = st.st_mode & libc::S_IFMT;
@@ -739,7 +746,7 @@ impl InodeTable {
                     parent,
                     name,
                     st,
-                    in_target,
+                    in_area,
                     cur.generation + 1,
                     held + 1,
                 ));
@@ -747,7 +754,7 @@ impl InodeTable {
                 ino
             }
             Entry::Vacant(v) => {
-                let ino = Arc::new(Self::make(nodeid, parent, name, st, in_target, 0, 1));
+                let ino = Arc::new(Self::make(nodeid, parent, name, st, in_area, 0, 1));
                 v.insert(ino.clone());
                 ino
             }
@@ -769,9 +776,9 @@ impl InodeTable {
             dev: st.st_dev,
             ino: st.st_ino,
             fmt: st.st_mode & libc::S_IFMT,
-            in_target: t,
+            in_area: t,
             // An area's own directory, seen through the tree.
-            private: t && !parent.in_target,
+            private: t && !parent.in_area,
             lookups: AtomicU64::new(lookups),
             generation,
             dead: std::sync::atomic::AtomicBool::new(false),

@@ -335,13 +335,13 @@ fn held_inodes(fs: &dyn Mounted, area: RawFd) -> Held {
             held.objects.insert((dev, ino));
         }
     };
-    for (pid, dir) in crate::sys::processes() {
+    for (pid, dir) in crate::procs::processes() {
         if let Ok(m) = fs::metadata(dir.join("cwd")) {
             hold(m.dev(), m.ino(), false);
         }
         // A mapping outlives the descriptor it was made through.
         let maps = fs::read_to_string(dir.join("maps")).unwrap_or_default();
-        for ((dev, ino), _) in crate::sys::mapped_files(&maps) {
+        for ((dev, ino), _) in crate::procs::mapped_files(&maps) {
             hold(dev, ino, false);
         }
         let Ok(fds) = fs::read_dir(dir.join("fd")) else {

@@ -68,7 +68,7 @@ impl Holders {
     /// hung filesystem elsewhere cannot hang the sweep.
     fn scan(tree: &Path) -> Holders {
         let mut h = Holders::default();
-        for (pid, dir) in crate::sys::processes() {
+        for (pid, dir) in crate::procs::processes() {
             let comm = fs::read_to_string(dir.join("comm"))
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default();
@@ -104,7 +104,7 @@ impl Holders {
             // descriptor it was made through is closed (the dynamic loader,
             // git's pack indexes).
             let maps = fs::read_to_string(dir.join("maps")).unwrap_or_default();
-            for (id, path) in crate::sys::mapped_files(&maps) {
+            for (id, path) in crate::procs::mapped_files(&maps) {
                 if path.starts_with(tree) {
                     h.by_id.entry(id).or_default().push(who.clone());
                     h.paths.push((path, who.clone()));

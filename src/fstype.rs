@@ -1,0 +1,53 @@
+//! What casafs knows of each kind of filesystem beneath it (from the
+//! `statfs` magic number), and the choices that follow from it.
+
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+const NFS_SUPER_MAGIC: i64 = 0x6969;
+const SMB_SUPER_MAGIC: i64 = 0x517B;
+const SMB2_MAGIC: i64 = 0xFE53_4D42;
+const CIFS_MAGIC: i64 = 0xFF53_4D42;
+
+/// Network filesystems (NFS, SMB/CIFS).
+pub fn is_network(f_type: i64) -> bool {
+    matches!(
+        f_type,
+        NFS_SUPER_MAGIC | SMB_SUPER_MAGIC | SMB2_MAGIC | CIFS_MAGIC
+    )
+}
+
+/// Whether an object keeps its inode number for as long as it exists: not
+/// on vfat and exFAT, which number inodes as they are read in, nor on a
+/// FUSE filesystem, whose numbers are its own business.
+pub fn keeps_inode_numbers(f_type: i64) -> bool {
+    const MSDOS: i64 = 0x4d44;
+    const EXFAT: i64 = 0x2011_bab0;
+    !matches!(f_type, FUSE_SUPER_MAGIC | MSDOS | EXFAT)
+}
+
+/// Filesystems that turn an unlink of an open file into a visible rename
+/// (`.fuse_hidden*`, `.nfsXXXX`, SMB delete-pending).
+pub fn leaves_unlink_debris(f_type: i64) -> bool {
+    f_type == FUSE_SUPER_MAGIC || is_network(f_type)
+}
+
+/// Filesystems that report delayed write errors at close(2); on every other
+/// backing filesystem a FUSE flush has nothing to do and costs a round trip
+/// per close.
+pub fn reports_errors_at_close(f_type: i64) -> bool {
+    is_network(f_type)
+}
+
+/// A readable name for a statfs magic number, for the statistics.
+pub fn fs_type_name(f_type: i64) -> String {
+    match f_type {
+        0xEF53 => "ext4".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x6573_5546 => "fuse".into(),
+        0x9123_683E => "btrfs".into(),
+        0x5846_5342 => "xfs".into(),
+        0x6969 => "nfs".into(),
+        0xFF53_4D42 | 0xFE53_4D42 | 0x517B => "smb".into(),
+        0x794C_7630 => "overlayfs".into(),
+        other => format!("0x{other:x}"),
+    }
+}
