@@ -1,4 +1,4 @@
-//! The control directory and statistics (SPEC §5), as an operator reads
+//! The control directory and statistics, as an operator reads
 //! them.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Faults (SPEC §7): a crash during writes, target areas that fill up,
+//! Faults: a crash during writes, target areas that fill up,
 //! symlinks planted where casafs writes, and many processes hammering the
 //! rules at once next to fsx and stress-ng.
 

@@ -1,4 +1,4 @@
-//! Deferred unlink (SPEC §4) on a real ntfs-3g volume: the same steps that
+//! Deferred unlink on a real ntfs-3g volume: the same steps that
 //! leave `.fuse_hidden*` files on bare ntfs-3g leave nothing through casafs.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Operations (SPEC §6, §7): mount(8)/fstab, daemon life cycle, systemd
+//! Operations: mount(8)/fstab, daemon life cycle, systemd
 //! readiness, SIGTERM, takeover of a dead mount, the sweep, and bad input.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Redirect rules (SPEC §3): every way a matching name comes into existence
+//! Redirect rules: every way a matching name comes into existence
 //! is routed, and the original path keeps working while the original
 //! directory's listing stays clean.
 
