@@ -51,3 +51,33 @@ pub fn fs_type_name(f_type: i64) -> String {
         other => format!("0x{other:x}"),
     }
 }
+
+/// The type of the filesystem at `path` as an operator knows it
+/// (`fuseblk`, `fuse.ntfs-3g`, `ext4`).
+pub fn type_at(path: &std::path::Path, f_type: i64) -> String {
+    // /proc/self/mountinfo knows fuseblk vs fuse and the subtype; the
+    // magic number alone does not.
+    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let mut best: Option<(usize, String)> = None;
+        for line in text.lines() {
+            let mut it = line.split(" - ");
+            let (Some(a), Some(b)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let Some(mp) = a.split(' ').nth(4) else {
+                continue;
+            };
+            let mp = mp.replace("\\040", " ");
+            let Some(fstype) = b.split(' ').next() else {
+                continue;
+            };
+            if path.starts_with(&mp) && best.as_ref().is_none_or(|(l, _)| mp.len() >= *l) {
+                best = Some((mp.len(), fstype.to_string()));
+            }
+        }
+        if let Some((_, t)) = best {
+            return t;
+        }
+    }
+    fs_type_name(f_type)
+}

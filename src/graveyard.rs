@@ -272,3 +272,38 @@ impl Graveyard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The graveyard on its own, over a plain directory: a buried file
+    /// leaves its directory at once, is counted until released, and a
+    /// clean close leaves nothing behind.
+    #[test]
+    fn a_buried_file_is_counted_until_released_and_close_leaves_nothing() {
+        let base = std::env::temp_dir().join(format!("casafs-graveyard-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("open.ms"), b"12345").unwrap();
+        let c = CString::new(base.as_os_str().as_encoded_bytes()).unwrap();
+        let root = sys::open_at(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        let (g, cleaned) = Graveyard::open(root.as_raw_fd()).unwrap();
+        assert_eq!(cleaned, 0);
+
+        let grave = g.bury(root.as_raw_fd(), c"open.ms").unwrap();
+        assert!(!base.join("open.ms").exists());
+        assert_eq!(g.bytes(), 5);
+        g.release(&[grave]);
+        assert_eq!(g.bytes(), 0);
+
+        g.close(root.as_raw_fd());
+        let left: Vec<_> = std::fs::read_dir(&base)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

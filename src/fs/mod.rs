@@ -18,7 +18,6 @@ mod xattr;
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -129,13 +128,16 @@ impl CasaFs {
         let mut areas = Vec::new();
         let mut backing_types = vec![(
             "source".to_string(),
-            fs_type_of(&p.settings.source, root_ftype),
+            crate::fstype::type_at(&p.settings.source, root_ftype),
         )];
         for (i, (path, fd)) in p.areas.into_iter().enumerate() {
             let st = sys::fstat(fd.as_raw_fd())?;
             let ft = sys::fstatfs_type(fd.as_raw_fd()).unwrap_or(0);
             let nodeid = crate::inode::area_id(i);
-            backing_types.push((path.to_string_lossy().into_owned(), fs_type_of(&path, ft)));
+            backing_types.push((
+                path.to_string_lossy().into_owned(),
+                crate::fstype::type_at(&path, ft),
+            ));
             let parent = name_in_parent(&fd, &st);
             areas.push(Area {
                 path,
@@ -170,7 +172,7 @@ impl CasaFs {
                 tracing::warn!(
                     "target area {} is on another filesystem ({}), which keeps unlinked open files as debris; casafs can defer unlinks only on the source's filesystem",
                     a.path.display(),
-                    fs_type_of(&a.path, a.fs_type)
+                    crate::fstype::type_at(&a.path, a.fs_type)
                 );
             }
         }
@@ -303,34 +305,6 @@ impl CasaFs {
             None
         })
     }
-}
-
-fn fs_type_of(path: &Path, f_type: i64) -> String {
-    // /proc/self/mountinfo knows fuseblk vs fuse and the subtype; the
-    // magic number alone does not.
-    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
-        let mut best: Option<(usize, String)> = None;
-        for line in text.lines() {
-            let mut it = line.split(" - ");
-            let (Some(a), Some(b)) = (it.next(), it.next()) else {
-                continue;
-            };
-            let Some(mp) = a.split(' ').nth(4) else {
-                continue;
-            };
-            let mp = mp.replace("\\040", " ");
-            let Some(fstype) = b.split(' ').next() else {
-                continue;
-            };
-            if path.starts_with(&mp) && best.as_ref().is_none_or(|(l, _)| mp.len() >= *l) {
-                best = Some((mp.len(), fstype.to_string()));
-            }
-        }
-        if let Some((_, t)) = best {
-            return t;
-        }
-    }
-    crate::fstype::fs_type_name(f_type)
 }
 
 pub fn is_reserved_root_name(name: &CStr) -> bool {
