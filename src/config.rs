@@ -55,6 +55,9 @@ pub struct Settings {
     /// Log filter (`info`, `debug`, `casafs=debug`...); None: `RUST_LOG`,
     /// or info.
     pub log_level: Option<String>,
+    /// Where to keep a copy of the metrics for node_exporter's textfile
+    /// collector.
+    pub textfile: Option<PathBuf>,
     pub mount_flags: Vec<MountOption>,
     pub config_file: Option<PathBuf>,
 }
@@ -363,6 +366,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         foreground: args.foreground,
         fsname: String::new(),
         log_level: None,
+        textfile: None,
         mount_flags: raw.flags.clone(),
         config_file: config_file.clone(),
     };

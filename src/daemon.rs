@@ -422,6 +422,9 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
         std::process::id()
     ));
     crate::health::start_watchdog(mountpoint.clone());
+    if let Some(t) = fs.settings().textfile.clone() {
+        crate::health::start_textfile(t, std::sync::Arc::downgrade(&fs));
+    }
 
     let live = std::sync::Arc::downgrade(&fs);
     std::thread::Builder::new()

@@ -224,6 +224,42 @@ pub fn start_watchdog(mountpoint: PathBuf) {
     }
 }
 
+/// Keeps `path` a copy of the metrics, rewritten every 5 s through a
+/// temporary file renamed over it, so a reader never sees half of one. The
+/// text comes from the daemon's memory, never through the mount.
+pub fn start_textfile(path: PathBuf, fs: std::sync::Weak<crate::fs::CasaFs>) {
+    let spawned = std::thread::Builder::new()
+        .name("casafs-textfile".into())
+        .spawn(move || {
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(format!(".{}.tmp", std::process::id()));
+            let tmp = PathBuf::from(tmp);
+            let mut failing = false;
+            loop {
+                let Some(fs) = fs.upgrade() else {
+                    let _ = std::fs::remove_file(&tmp);
+                    return;
+                };
+                let text = fs.metrics_text();
+                drop(fs);
+                let written =
+                    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+                match written {
+                    Err(e) if !failing => {
+                        tracing::warn!("textfile {}: {e}", path.display());
+                        failing = true;
+                    }
+                    Ok(()) => failing = false,
+                    Err(_) => {}
+                }
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("textfile off: {e}");
+    }
+}
+
 fn watchdog_period() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
     if let Some(pid) = std::env::var("WATCHDOG_PID").ok()

@@ -156,6 +156,7 @@ impl Live {
         keep("threads", new.threads != old.threads);
         keep("allow_other", new.allow_other != old.allow_other);
         keep("fsname", new.fsname != old.fsname);
+        keep("textfile", new.textfile != old.textfile);
         keep(
             "kernel mount flags",
             format!("{:?}", new.mount_flags) != format!("{:?}", old.mount_flags),
@@ -172,6 +173,7 @@ impl Live {
         effective.threads = old.threads;
         effective.allow_other = old.allow_other;
         effective.fsname = old.fsname.clone();
+        effective.textfile = old.textfile.clone();
         effective.mount_flags = old.mount_flags.clone();
         effective.foreground = old.foreground;
         *self.current.write() = Arc::new(effective);

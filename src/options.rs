@@ -265,6 +265,19 @@ pub const OPTIONS: &[Opt] = &[
         },
         show: |s| s.log_level.as_ref().map(|l| format!("{l:?}")),
     },
+    Opt {
+        key: "textfile",
+        value: "FILE",
+        help: "keep the metrics in FILE too, rewritten atomically every 5 s (node_exporter's textfile collector)",
+        doc: "keep a copy of `.casafs/metrics` in FILE, rewritten atomically every 5 s, for node_exporter's textfile collector (`FILE` ending in `.prom` in its directory): a scrape then never waits on the mount, even a hung one",
+        default: "none",
+        not_empty: true,
+        set: |s, v, cwd| {
+            s.textfile = Some(absolute(cwd, v));
+            Ok(())
+        },
+        show: |s| s.textfile.as_deref().and_then(path),
+    },
 ];
 
 /// Options without a value, and what README says of them.

@@ -355,6 +355,29 @@ impl Stats {
         };
         family(
             &mut o,
+            "build_info",
+            "gauge",
+            "The build serving this mount (always 1).",
+        );
+        let _ = writeln!(
+            o,
+            "casafs_build_info{{{l},version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        family(
+            &mut o,
+            "start_time_seconds",
+            "gauge",
+            "When the filesystem was mounted, in seconds since the epoch.",
+        );
+        let started = self
+            .started_wall
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let _ = writeln!(o, "casafs_start_time_seconds{{{l}}} {started:.3}");
+        family(
+            &mut o,
             "uptime_seconds",
             "gauge",
             "Seconds since the filesystem was mounted.",
@@ -608,6 +631,51 @@ impl Stats {
             let _ = writeln!(
                 o,
                 "casafs_operation_latency_microseconds_count{{{l},op=\"{name}\"}} {c}"
+            );
+        }
+        family(
+            &mut o,
+            "operation_duration_seconds",
+            "histogram",
+            "Request latency in the daemon, by operation (the buckets casafs keeps, at each power of two of nanoseconds).",
+        );
+        for (i, name) in OP_NAMES.iter().enumerate() {
+            let c = self.ops[i].count.load(Relaxed);
+            if c == 0 {
+                continue;
+            }
+            let counts: Vec<u64> = self.ops[i]
+                .buckets
+                .iter()
+                .map(|b| b.load(Relaxed))
+                .collect();
+            let mut cum = 0;
+            for log in 0..N_BUCKETS / SUB {
+                cum += counts[log * SUB..(log + 1) * SUB].iter().sum::<u64>();
+                // From 1 us to about 70 s; below, everything is in the first.
+                if !(9..=35).contains(&log) {
+                    continue;
+                }
+                let le = (1u64 << (log + 1)) as f64 / 1e9;
+                let _ = writeln!(
+                    o,
+                    "casafs_operation_duration_seconds_bucket{{{l},op=\"{name}\",le=\"{le:e}\"}} {cum}"
+                );
+            }
+            // Counted apart from the buckets: the total is the count.
+            let total: u64 = counts.iter().sum::<u64>().max(c);
+            let _ = writeln!(
+                o,
+                "casafs_operation_duration_seconds_bucket{{{l},op=\"{name}\",le=\"+Inf\"}} {total}"
+            );
+            let sum_s = self.ops[i].sum_ns.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(
+                o,
+                "casafs_operation_duration_seconds_sum{{{l},op=\"{name}\"}} {sum_s:.9}"
+            );
+            let _ = writeln!(
+                o,
+                "casafs_operation_duration_seconds_count{{{l},op=\"{name}\"}} {total}"
             );
         }
         family(

@@ -123,6 +123,12 @@ impl CasaFs {
         }
     }
 
+    /// The Prometheus text of `.casafs/metrics` (and of the textfile).
+    pub fn metrics_text(&self) -> String {
+        let extra = crate::creds::as_root(|| self.extra());
+        self.stats.to_prometheus(&extra)
+    }
+
     /// A control file's content for the thread's caller. What casafs
     /// reads of its own (areas, graveyard) it reads as root; what the
     /// caller may see is judged as the caller.
@@ -136,10 +142,7 @@ impl CasaFs {
                 v.push(b'\n');
                 v
             }
-            Some("metrics") => {
-                let extra = crate::creds::as_root(|| self.extra());
-                self.stats.to_prometheus(&extra).into_bytes()
-            }
+            Some("metrics") => self.metrics_text().into_bytes(),
             Some("redirects") => {
                 crate::creds::as_root(|| self.routing.redirects.drop_gone(&self.routing.areas));
                 let Ok(root) = self.root_fd() else {
