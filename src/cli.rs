@@ -12,6 +12,7 @@ use crate::daemon::{self, MountError};
 #[command(
     name = "casafs",
     version,
+    long_version = long_version(),
     about = "FUSE passthrough overlay that keeps CASA debris out of a data tree",
     long_about = "casafs mounts over a data tree (usually over itself) and passes everything \
 through, except that casa-*.log files land in a logs area, TMPPOINTING* tables land in \
@@ -60,6 +61,31 @@ enum Cmd {
         #[arg(long, value_name = "DURATION", default_value = "5s")]
         timeout: String,
     },
+    /// Where a path through a casafs mount really lives: routed (by which
+    /// rule, from where) or in the tree.
+    Where { path: PathBuf },
+    /// Which rule would route NAME, and where to (exit 1: none would).
+    Route {
+        name: String,
+        /// NAME is a directory (rules may route files or directories only).
+        #[arg(long)]
+        dir: bool,
+        /// The config file the mount uses.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The tree the default areas are in (default: the current directory).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        source: PathBuf,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Write the manual pages or shell completions, made from this very
+    /// command-line definition, into DIR (for packaging).
+    #[command(hide = true)]
+    Generate { what: Generated, dir: PathBuf },
     /// Clean up debris made before casafs was mounted.
     Sweep {
         tree: PathBuf,
@@ -83,7 +109,83 @@ enum Cmd {
     },
 }
 
-const SUBCOMMANDS: &[&str] = &["mount", "stats", "check", "sweep", "help"];
+#[derive(clap::ValueEnum, Clone, Debug)]
+enum Generated {
+    /// Manual pages, section 8: casafs(8) and one per subcommand.
+    Man,
+    /// Shell completions for bash, zsh and fish.
+    Completions,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Check a config file as a mount would, without mounting: print the
+    /// effective configuration, or the one-line error and exit 2.
+    Check {
+        file: PathBuf,
+        /// The tree the default areas are in (default: the current directory).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        source: PathBuf,
+    },
+}
+
+const SUBCOMMANDS: &[&str] = &[
+    "mount", "stats", "check", "where", "route", "config", "sweep", "generate", "help",
+];
+
+/// Manual pages and completions from the command-line definition itself,
+/// so they never say other than `--help` does.
+fn generate(what: Generated, dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    match what {
+        Generated::Man => {
+            let page = |c: clap::Command, file: String| -> std::io::Result<()> {
+                let mut out = Vec::new();
+                clap_mangen::Man::new(c).section("8").render(&mut out)?;
+                std::fs::write(dir.join(file), out)
+            };
+            page(cmd.clone(), "casafs.8".into())?;
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let name = format!("casafs-{}", sub.get_name());
+                page(sub.clone().name(name.clone()), format!("{name}.8"))?;
+            }
+            Ok(())
+        }
+        Generated::Completions => {
+            use clap_complete::Shell;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut cmd.clone(), "casafs", dir)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `--version`: the build, and what this machine's kernel offers.
+fn long_version() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let fuse = std::path::Path::new("/dev/fuse").exists();
+    let passthrough = (major, minor) >= (6, 9);
+    let uring = match std::fs::read_to_string(crate::transport::uring::ENABLE_PARAM) {
+        Ok(v) if v.trim() == "Y" => "yes (on)",
+        Ok(_) => "yes (off; casafs turns it on at mount)",
+        Err(_) => "no",
+    };
+    format!(
+        "{}\nkernel {release}: /dev/fuse {}, FUSE passthrough {} (6.9 and later), FUSE over io_uring {uring}",
+        env!("CARGO_PKG_VERSION"),
+        yes(fuse),
+        yes(passthrough),
+    )
+}
 
 /// Entry point; returns the process exit status.
 pub fn main() -> i32 {
@@ -123,6 +225,23 @@ pub fn main() -> i32 {
             prometheus,
             watch,
         } => crate::statscmd::run(&mountpoint, json, prometheus, watch),
+        Cmd::Where { path } => crate::query::where_is(&path),
+        Cmd::Generate { what, dir } => match generate(what, &dir) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("casafs: error: {}: {e}", dir.display());
+                1
+            }
+        },
+        Cmd::Route {
+            name,
+            dir,
+            config,
+            source,
+        } => crate::query::route(&name, dir, config, &source),
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file, source },
+        } => crate::query::check_config(&file, &source),
         Cmd::Check {
             mountpoint,
             timeout,

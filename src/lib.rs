@@ -22,6 +22,7 @@ pub mod live;
 pub mod logsink;
 pub mod options;
 pub mod procs;
+pub mod query;
 pub mod redirect;
 pub mod retention;
 pub mod rules;

@@ -42,7 +42,7 @@ pub const THREADS_PER_QUEUE: usize = 2;
 const MAX_RESTARTS: usize = 8;
 
 /// The kernel's switch for FUSE over io_uring (off by default).
-const ENABLE_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+pub const ENABLE_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 
 type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
 
