@@ -1,0 +1,303 @@
+//! What operators ask of a mount with the tools they already have: metrics
+//! by Prometheus's conventions (a histogram in seconds, build info, start
+//! time), a textfile for node_exporter, a dashboard whose queries name
+//! real metrics, and "where did it go": `casafs where`, `casafs route`,
+//! `casafs config check`, `casafs --version`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn casafs(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parses Prometheus text with the reference parser; returns one line per
+/// family: "name type samples".
+fn parse_prometheus(text: &str) -> String {
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
+for f in p(sys.stdin.read()):\n    print(f.name, f.type, len(f.samples))";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    ok(&child.wait_with_output().unwrap())
+}
+
+#[test]
+fn metrics_carry_a_histogram_in_seconds_build_info_and_start_time() {
+    let m = Mount::over_itself("obs-prom");
+    fs::write(m.p("casa-1.log"), b"x").unwrap();
+    let text = fs::read_to_string(m.p(".casafs/metrics")).unwrap();
+    let families = parse_prometheus(&text);
+    assert!(
+        families
+            .lines()
+            .any(|l| l.starts_with("casafs_operation_duration_seconds histogram ")),
+        "{families}"
+    );
+    assert!(families.contains("casafs_build_info gauge 1"), "{families}");
+    assert!(
+        families.contains("casafs_start_time_seconds gauge 1"),
+        "{families}"
+    );
+    // The histogram is whole: +Inf equals the count, buckets only grow.
+    let lookup: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("casafs_operation_duration_seconds_bucket{")
+                && l.contains("op=\"lookup\"")
+        })
+        .collect();
+    let counts: Vec<u64> = lookup
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{lookup:?}");
+    let count_line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("casafs_operation_duration_seconds_count{") && l.contains("op=\"lookup\"")
+        })
+        .unwrap();
+    assert!(lookup.last().unwrap().contains("le=\"+Inf\""));
+    assert_eq!(
+        count_line.rsplit(' ').next(),
+        lookup.last().unwrap().rsplit(' ').next()
+    );
+    let started: f64 = text
+        .lines()
+        .find(|l| l.starts_with("casafs_start_time_seconds{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now && now - started < 600.0,
+        "{started} vs {now}"
+    );
+}
+
+#[test]
+fn the_textfile_is_always_whole_and_needs_no_mount_to_read() {
+    let tmp = TempDir::new("obs-textfile");
+    let prom = tmp.path().join("casafs.prom");
+    let m = Mount::builder("obs-textfile")
+        .opt(&format!("textfile={}", prom.display()))
+        .start();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !prom.exists() {
+        assert!(Instant::now() < deadline, "no textfile: {}", m.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Read it as a collector would, across rewrites: never half a file.
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut reads = 0;
+    let mut seen = BTreeSet::new();
+    while Instant::now() < until {
+        let text = fs::read_to_string(&prom).unwrap();
+        assert!(
+            text.ends_with('\n') && text.contains("casafs_build_info{"),
+            "{text}"
+        );
+        seen.insert(
+            text.lines()
+                .find(|l| l.starts_with("casafs_uptime_seconds"))
+                .unwrap_or("")
+                .to_string(),
+        );
+        reads += 1;
+    }
+    assert!(
+        reads > 100 && seen.len() >= 2,
+        "{reads} reads, versions {seen:?}"
+    );
+    parse_prometheus(&fs::read_to_string(&prom).unwrap());
+    let cfg = fs::read_to_string(m.p(".casafs/config")).unwrap();
+    assert!(
+        cfg.contains(&format!("textfile = {:?}", prom.display().to_string())),
+        "{cfg}"
+    );
+}
+
+#[test]
+fn the_dashboard_asks_only_for_metrics_casafs_exports() {
+    let m = Mount::over_itself("obs-dash");
+    let text = fs::read_to_string(m.p(".casafs/metrics")).unwrap();
+    let mut exported = BTreeSet::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let mut f = rest.split(' ');
+            let (name, kind) = (f.next().unwrap(), f.next().unwrap());
+            exported.insert(name.to_string());
+            if kind == "histogram" || kind == "summary" {
+                for s in ["_bucket", "_sum", "_count"] {
+                    exported.insert(format!("{name}{s}"));
+                }
+            }
+        }
+    }
+    let dash: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(format!("{REPO}/mount-scripts/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut asked = BTreeSet::new();
+    let mut exprs = vec![
+        dash["templating"]["list"][1]["definition"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for e in &exprs {
+        let b = e.as_bytes();
+        let mut i = 0;
+        while let Some(at) = e[i..].find("casafs_") {
+            let s = i + at;
+            let mut j = s;
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                j += 1;
+            }
+            asked.insert(e[s..j].to_string());
+            i = j;
+        }
+    }
+    assert!(asked.len() >= 10, "{asked:?}");
+    let missing: Vec<_> = asked.difference(&exported).collect();
+    assert!(missing.is_empty(), "the dashboard asks for {missing:?}");
+}
+
+#[test]
+fn where_says_where_a_path_really_lives() {
+    let m = Mount::over_itself("obs-where");
+    fs::create_dir_all(m.p("obs")).unwrap();
+    fs::write(m.p("obs/casa-1.log"), b"log").unwrap();
+    fs::create_dir(m.p("obs/TMPPOINTING1")).unwrap();
+    fs::write(m.p("obs/TMPPOINTING1/table.f1"), b"t").unwrap();
+    fs::write(m.p("obs/plain"), b"p").unwrap();
+    let logs = m.source.join("state/logs/casa");
+    let scratch = m.source.join("state/scratch/tmppointing");
+
+    let p = m.p("obs/casa-1.log");
+    let (code, out, _) = casafs(&["where", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("routed by rule casa-logs")
+            && out.contains(&format!("lives at {}", logs.join("casa-1.log").display())),
+        "{out}"
+    );
+    let p = m.p("obs/TMPPOINTING1/table.f1");
+    let (_, out, _) = casafs(&["where", p.to_str().unwrap()]);
+    assert!(
+        out.contains("rule tmppointing")
+            && out.contains(&format!(
+                "lives at {}",
+                scratch.join("TMPPOINTING1/table.f1").display()
+            )),
+        "{out}"
+    );
+    let p = m.p("obs/plain");
+    let (_, out, _) = casafs(&["where", p.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!(
+            "not routed; lives in the tree at {}",
+            m.source.join("obs/plain").display()
+        )),
+        "{out}"
+    );
+    let (code, out, _) = casafs(&["where", "/proc/version"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not under a casafs mount"), "{out}");
+}
+
+#[test]
+fn route_and_config_check_answer_without_mounting() {
+    let tmp = TempDir::new("obs-route");
+    let src = tmp.path().join("tree");
+    let s = src.to_str().unwrap();
+    let (code, out, _) = casafs(&["route", "casa-20260101.log", "--source", s]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("rule casa-logs") && out.contains(&format!("{s}/state/logs/casa")),
+        "{out}"
+    );
+    let (code, out, _) = casafs(&["route", "TMPPOINTING17", "--dir", "--source", s]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("rule tmppointing"), "{out}");
+    let (code, out, _) = casafs(&["route", "data.ms", "--dir", "--source", s]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no rule routes it"), "{out}");
+
+    let config = tmp.path().join("c.toml");
+    fs::write(
+        &config,
+        "[[rule]]\nname = \"ms-scratch\"\nregex = \"tmp[0-9]+\\\\.ms\"\nkind = \"dir\"\ntarget = \"/fast/ms\"\n",
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let (code, out, _) = casafs(&["route", "tmp12.ms", "--dir", "--config", c, "--source", s]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("rule ms-scratch") && out.contains("/fast/ms"),
+        "{out}"
+    );
+
+    let (code, out, err) = casafs(&["config", "check", c, "--source", s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("good") && out.contains("name = \"ms-scratch\""),
+        "{out}"
+    );
+    fs::write(
+        &config,
+        "[[rule]]\nname = \"x\"\nregex = \"casa-(\"\ntarget = \"/tmp\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = casafs(&["config", "check", c, "--source", s]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("casa-("), "{err}");
+    assert!(!src.exists(), "nothing made");
+}
+
+#[test]
+fn version_says_what_the_kernel_offers() {
+    let (code, out, _) = casafs(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(&format!("casafs {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    assert!(
+        out.contains("FUSE passthrough") && out.contains("FUSE over io_uring"),
+        "{out}"
+    );
+}
