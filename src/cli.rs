@@ -98,12 +98,23 @@ enum Cmd {
         /// Where TMPPOINTING* tables go (default TREE/state/scratch/tmppointing).
         #[arg(long, value_name = "DIR")]
         scratch: Option<PathBuf>,
+        /// The mount's config file: its rules apply (custom ones, and
+        /// `enabled = false`), with its logs and scratch areas.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Stay on the tree's filesystem (do not walk into other mounts).
+        #[arg(short = 'x', long)]
+        one_file_system: bool,
+        /// Print the plan and the summary as one JSON document.
+        #[arg(long)]
+        json: bool,
         /// Also delete .fuse_hidden*/.nfs* files that no process holds open.
         #[arg(long)]
         remove_debris: bool,
-        /// Only move TMPPOINTING* unchanged for this long (a concat may be
-        /// between two opens of a younger one). Anything held open is left
-        /// in any case.
+        /// Only move what a rule other than casa-logs routes (TMPPOINTING*
+        /// tables) once unchanged for this long (a concat may be between
+        /// two opens of a younger one). Anything held open is left in any
+        /// case.
         #[arg(long, value_name = "DURATION", default_value = "1h")]
         min_age: String,
     },
@@ -257,6 +268,9 @@ pub fn main() -> i32 {
             dry_run,
             logs,
             scratch,
+            config,
+            one_file_system,
+            json,
             remove_debris,
             min_age,
         } => {
@@ -272,8 +286,11 @@ pub fn main() -> i32 {
                 dry_run,
                 logs,
                 scratch,
+                config,
                 remove_debris,
                 min_age,
+                one_file_system,
+                json,
             })
         }
     }

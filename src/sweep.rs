@@ -23,8 +23,14 @@ pub struct SweepArgs {
     pub dry_run: bool,
     pub logs: Option<PathBuf>,
     pub scratch: Option<PathBuf>,
+    /// The mount's config file: its rules (and `enabled = false`) apply.
+    pub config: Option<PathBuf>,
     pub remove_debris: bool,
     pub min_age: Duration,
+    /// Stay on the tree's filesystem.
+    pub one_file_system: bool,
+    /// The plan and the summary as JSON on stdout.
+    pub json: bool,
 }
 
 #[derive(Debug)]
@@ -258,6 +264,8 @@ struct Plan {
 
 /// What sweep looks for, and where it does not look.
 struct Walk<'a> {
+    /// Stay on this device (`-x`).
+    dev: Option<u64>,
     skip: &'a [PathBuf],
     rules: &'a [(Rule, PathBuf)],
     min_age: Duration,
@@ -270,7 +278,21 @@ struct Walk<'a> {
 fn walk(tree: &Tree, w: &Walk<'_>, plan: &mut Plan) -> io::Result<()> {
     let mut dirs = vec![tree.path.clone()];
     let mut first = true;
+    // A long walk says how far it got, on stderr, every few seconds.
+    let started = Instant::now();
+    let mut told = started;
+    let mut walked = 0u64;
     while let Some(dir) = dirs.pop() {
+        walked += 1;
+        if told.elapsed() >= Duration::from_secs(5) {
+            told = Instant::now();
+            eprintln!(
+                "casafs: sweep: {walked} directories walked in {}s, {} found so far, at {}",
+                started.elapsed().as_secs(),
+                plan.actions.len(),
+                dir.display()
+            );
+        }
         let fd = match tree.open_at(&dir, libc::O_RDONLY | libc::O_DIRECTORY) {
             Ok(fd) => fd,
             Err(e) if first => return Err(e),
@@ -296,6 +318,10 @@ fn walk(tree: &Tree, w: &Walk<'_>, plan: &mut Plan) -> io::Result<()> {
             if is_dir(&st) && w.skip_ids.contains(&stat_id(&st)) {
                 continue;
             }
+            // Another filesystem mounted inside the tree, with `-x`.
+            if w.dev.is_some_and(|d| d != st.st_dev) {
+                continue;
+            }
             if is_debris(&name) && !is_dir(&st) {
                 plan.actions.push(Action::Debris {
                     holders: w.held.of(&path, &st),
@@ -315,7 +341,9 @@ fn walk(tree: &Tree, w: &Walk<'_>, plan: &mut Plan) -> io::Result<()> {
             if let Some((r, to)) = routed {
                 let modified = std::time::UNIX_EPOCH
                     + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
-                let old_enough = r.name != "tmppointing"
+                // A log nobody holds is done; a table may be between two
+                // opens of its user (a concat), so it must be old too.
+                let old_enough = r.name == "casa-logs"
                     || SystemTime::now()
                         .duration_since(modified)
                         .is_ok_and(|age| age >= w.min_age);
@@ -594,9 +622,48 @@ fn human(b: u64) -> String {
     }
 }
 
+/// The plan (and, once done, the summary) as JSON.
+fn json_report(
+    tree: &Path,
+    plan: &Plan,
+    remove_debris: bool,
+    summary: Option<serde_json::Value>,
+) -> String {
+    let actions: Vec<serde_json::Value> = plan
+        .actions
+        .iter()
+        .map(|act| match act {
+            Action::Move { from, to_dir, bytes } => serde_json::json!({
+                "action": "move", "path": from, "to": to_dir, "bytes": bytes,
+            }),
+            Action::Debris { path, bytes, holders } => serde_json::json!({
+                "action": if !remove_debris { "report" } else if holders.is_empty() { "remove" } else { "keep" },
+                "path": path, "bytes": bytes, "holders": holders,
+            }),
+            Action::Held { path, holders } => serde_json::json!({
+                "action": "leave", "path": path, "holders": holders,
+            }),
+        })
+        .collect();
+    let mut doc =
+        serde_json::json!({ "tree": tree, "plan": actions, "dry_run": summary.is_none() });
+    if let Some(s) = summary {
+        doc["summary"] = s;
+    }
+    doc.to_string()
+}
+
 pub fn run(a: SweepArgs) -> i32 {
+    // With --json, one JSON document on stdout and nothing else there.
+    macro_rules! say {
+        ($($t:tt)*) => {
+            if !a.json {
+                println!($($t)*)
+            }
+        };
+    }
     if !crate::creds::enabled() {
-        println!(
+        eprintln!(
             "sweep: not run as root: other users' processes are not seen, so a file one of them holds may show as held by nobody"
         );
     }
@@ -617,43 +684,37 @@ pub fn run(a: SweepArgs) -> i32 {
         Ok(cwd) if p.is_relative() => cwd.join(p),
         _ => p.to_path_buf(),
     };
-    let logs = a
-        .logs
-        .as_deref()
-        .map(absolute)
-        .unwrap_or_else(|| tree.join("state/logs/casa"));
-    let scratch = a
-        .scratch
-        .as_deref()
-        .map(absolute)
-        .unwrap_or_else(|| tree.join("state/scratch/tmppointing"));
-    let rules = match (
-        Rule::new(
-            "casa-logs",
-            "casa-*.log",
-            false,
-            Kind::File,
-            logs.clone(),
-            None,
-        ),
-        Rule::new(
-            "tmppointing",
-            "TMPPOINTING*",
-            false,
-            Kind::Any,
-            scratch.clone(),
-            None,
-        ),
-    ) {
-        (Ok(l), Ok(s)) => vec![(l, logs.clone()), (s, scratch.clone())],
-        _ => return 2,
+    // The rules a mount of this tree would route by: the config file's,
+    // with --logs and --scratch as the options of the same names.
+    let mut options = Vec::new();
+    if let Some(l) = &a.logs {
+        options.push(format!("logs={}", absolute(l).display()));
+    }
+    if let Some(s) = &a.scratch {
+        options.push(format!("scratch={}", absolute(s).display()));
+    }
+    let settings = match crate::config::build(&crate::config::MountArgs {
+        source: tree.clone(),
+        mountpoint: tree.clone(),
+        options,
+        config: a.config.as_deref().map(absolute),
+        foreground: true,
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("casafs: error: sweep: {e}");
+            return 2;
+        }
     };
-    let skip = vec![
-        logs.clone(),
-        scratch.clone(),
-        tree.join(crate::graveyard::GRAVEYARD_DIR),
-        tree.join(".casafs"),
-    ];
+    let rules: Vec<(Rule, PathBuf)> = settings
+        .rules
+        .rules
+        .iter()
+        .map(|r| (r.clone(), r.target.clone()))
+        .collect();
+    let mut skip: Vec<PathBuf> = rules.iter().map(|(_, t)| t.clone()).collect();
+    skip.push(tree.join(crate::graveyard::GRAVEYARD_DIR));
+    skip.push(tree.join(".casafs"));
     let skip_ids: Vec<FileId> = skip
         .iter()
         .filter_map(|p| fs::metadata(p).ok())
@@ -671,6 +732,13 @@ pub fn run(a: SweepArgs) -> i32 {
         }
     };
     let w = Walk {
+        dev: if a.one_file_system {
+            fs::metadata(&tree)
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+        } else {
+            None
+        },
         skip: &skip,
         rules: &rules,
         min_age: a.min_age,
@@ -682,9 +750,9 @@ pub fn run(a: SweepArgs) -> i32 {
         return 1;
     }
 
-    println!("sweep plan for {}:", tree.display());
+    say!("sweep plan for {}:", tree.display());
     if plan.actions.is_empty() {
-        println!("  nothing to do");
+        say!("  nothing to do");
     }
     for act in &plan.actions {
         match act {
@@ -693,7 +761,7 @@ pub fn run(a: SweepArgs) -> i32 {
                 to_dir,
                 bytes,
             } => {
-                println!(
+                say!(
                     "  move    {}  ->  {}/  ({})",
                     from.display(),
                     to_dir.display(),
@@ -717,10 +785,10 @@ pub fn run(a: SweepArgs) -> i32 {
                 } else {
                     "keep  "
                 };
-                println!("  {what}  {}  ({}, {who})", path.display(), human(*bytes));
+                say!("  {what}  {}  ({}, {who})", path.display(), human(*bytes));
             }
             Action::Held { path, holders } => {
-                println!(
+                say!(
                     "  leave   {}  (in use: held open by {})",
                     path.display(),
                     holders.join(", ")
@@ -729,7 +797,10 @@ pub fn run(a: SweepArgs) -> i32 {
         }
     }
     if a.dry_run {
-        println!("dry run: nothing changed");
+        say!("dry run: nothing changed");
+        if a.json {
+            println!("{}", json_report(&tree, &plan, a.remove_debris, None));
+        }
         return 0;
     }
     let (mut moved, mut moved_bytes, mut removed, mut removed_bytes, mut failed) = (0, 0, 0, 0, 0);
@@ -751,7 +822,7 @@ pub fn run(a: SweepArgs) -> i32 {
                 let who = now.of(from);
                 if !who.is_empty() {
                     in_use += 1;
-                    println!(
+                    say!(
                         "  leave   {}  (in use now: held open by {})",
                         from.display(),
                         who.join(", ")
@@ -796,11 +867,26 @@ pub fn run(a: SweepArgs) -> i32 {
         .iter()
         .filter(|a| matches!(a, Action::Debris { .. }))
         .count();
-    println!(
+    say!(
         "sweep done: moved {moved} ({}), left {in_use} in use, removed {removed} debris files ({}), {} debris files left, {failed} failures",
         human(moved_bytes),
         human(removed_bytes),
         debris - removed
     );
+    if a.json {
+        let summary = serde_json::json!({
+            "moved": moved,
+            "moved_bytes": moved_bytes,
+            "in_use": in_use,
+            "debris_removed": removed,
+            "debris_removed_bytes": removed_bytes,
+            "debris_left": debris - removed,
+            "failures": failed,
+        });
+        println!(
+            "{}",
+            json_report(&tree, &plan, a.remove_debris, Some(summary))
+        );
+    }
     if failed > 0 { 1 } else { 0 }
 }

@@ -301,3 +301,77 @@ fn version_says_what_the_kernel_offers() {
         "{out}"
     );
 }
+
+/// Sets a path's modification time an hour back.
+fn age(p: &std::path::Path) {
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::open(p).unwrap().set_modified(hour_ago).unwrap();
+}
+
+#[test]
+fn sweep_follows_the_config_rules_and_reports_as_json() {
+    let tmp = TempDir::new("obs-sweep");
+    let tree = tmp.path().join("tree");
+    let ms = tmp.path().join("ms");
+    fs::create_dir_all(tree.join("obs/tmp12.ms")).unwrap();
+    fs::write(tree.join("obs/tmp12.ms/table.dat"), b"rows").unwrap();
+    age(&tree.join("obs/tmp12.ms"));
+    fs::write(tree.join("obs/casa-1.log"), b"log").unwrap();
+    let config = tmp.path().join("c.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[rule]]\nname = \"ms-scratch\"\nregex = \"tmp[0-9]+\\\\.ms\"\nkind = \"dir\"\ntarget = \"{}\"\n\
+             [[rule]]\nname = \"casa-logs\"\nenabled = false\n",
+            ms.display()
+        ),
+    )
+    .unwrap();
+    let t = tree.to_str().unwrap();
+    let c = config.to_str().unwrap();
+    let (code, out, err) = casafs(&["sweep", t, "--config", c, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(plan["dry_run"], true);
+    let actions = plan["plan"].as_array().unwrap();
+    assert_eq!(actions.len(), 1, "{out}");
+    assert_eq!(actions[0]["action"], "move");
+    assert!(actions[0]["path"].as_str().unwrap().ends_with("obs/tmp12.ms"));
+    assert_eq!(actions[0]["to"], ms.to_str().unwrap());
+
+    fs::create_dir_all(&ms).unwrap();
+    let (code, out, err) = casafs(&["sweep", t, "--config", c, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let done: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(done["summary"]["moved"], 1, "{out}");
+    assert_eq!(fs::read(ms.join("tmp12.ms/table.dat")).unwrap(), b"rows");
+    assert!(tree.join("obs/casa-1.log").exists(), "a rule turned off moved nothing");
+}
+
+#[test]
+fn sweep_x_stays_on_the_trees_filesystem() {
+    let tmp = TempDir::new("obs-sweep-x");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("here/TMPPOINTING1")).unwrap();
+    age(&tree.join("here/TMPPOINTING1"));
+    let other = Tmpfs::new(tree.join("other"), "size=8m");
+    fs::create_dir_all(other.0.join("TMPPOINTING2")).unwrap();
+    age(&other.0.join("TMPPOINTING2"));
+    let t = tree.to_str().unwrap();
+    let planned = |args: &[&str]| {
+        let mut all = vec!["sweep", t, "--dry-run", "--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = casafs(&all);
+        assert_eq!(code, 0, "{err}");
+        let plan: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        plan["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(planned(&[]), ["TMPPOINTING1", "TMPPOINTING2"]);
+    assert_eq!(planned(&["-x"]), ["TMPPOINTING1"]);
+    drop(other);
+}
