@@ -61,18 +61,47 @@ fn mounted_points() -> Vec<PathBuf> {
 /// The fstab mount point `path` lies under, if it is not mounted now.
 pub fn unmounted_under(path: &Path) -> Option<PathBuf> {
     let fstab = std::fs::read_to_string(fstab_path()).unwrap_or_default();
-    pick(path, &fstab_mount_points(&fstab), &mounted_points())
+    pick(
+        &resolved(path),
+        &fstab_mount_points(&fstab),
+        &mounted_points(),
+    )
+}
+
+/// `path` with symlinks resolved as far as it exists (an area may be named
+/// through a link into a mount point), the rest by name.
+fn resolved(path: &Path) -> PathBuf {
+    let path = lexical(path);
+    let mut existing = path.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, n| p.join(n));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path.clone(),
+        }
+    }
 }
 
 fn pick(path: &Path, fstab: &[PathBuf], mounted: &[PathBuf]) -> Option<PathBuf> {
-    let path = lexical(path);
     // The innermost: an outer one being mounted says nothing of it.
     let m = fstab
         .iter()
         .filter(|m| path.starts_with(m))
         .max_by_key(|m| m.components().count())?;
     let real = std::fs::canonicalize(m).unwrap_or_else(|_| m.clone());
-    (!mounted.iter().any(|x| *x == real || x == m)).then(|| m.clone())
+    // Anything mounted between it and the path (the point itself, or
+    // something mounted another way below it: autofs, a .mount unit)
+    // holds the path.
+    let held = mounted
+        .iter()
+        .any(|x| path.starts_with(x) && (x.starts_with(&real) || x.starts_with(m)));
+    (!held).then(|| m.clone())
 }
 
 /// For an operator's one line: what is missing and how to order it.
@@ -107,13 +136,20 @@ mod tests {
         let mounted = [PathBuf::from("/"), PathBuf::from("/scratch")];
         assert_eq!(pick(Path::new("/scratch/t/tmp"), &fstab, &mounted), None);
         assert_eq!(
-            pick(Path::new("/scratch/fast/../fast/t"), &fstab, &mounted),
+            pick(
+                &lexical(Path::new("/scratch/fast/../fast/t")),
+                &fstab,
+                &mounted
+            ),
             Some(PathBuf::from("/scratch/fast"))
         );
         assert_eq!(
             pick(Path::new("/data x/y"), &fstab, &mounted),
             Some(PathBuf::from("/data x"))
         );
+        // Something mounted below an unmounted fstab point holds the path.
+        let also = [PathBuf::from("/"), PathBuf::from("/scratch/fast/t")];
+        assert_eq!(pick(Path::new("/scratch/fast/t/x"), &fstab, &also), None);
         // Not under any fstab entry (a casafs entry is this mount itself).
         assert_eq!(pick(Path::new("/data/t/state"), &fstab, &mounted), None);
         assert_eq!(pick(Path::new("/scratchy"), &fstab, &mounted), None);

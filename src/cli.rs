@@ -73,6 +73,9 @@ enum Cmd {
         /// The config file the mount uses.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The mount's options (logs=, scratch=, ...), as given to mount.
+        #[arg(short = 'o', value_name = "OPTS")]
+        options: Vec<String>,
         /// The tree the default areas are in (default: the current directory).
         #[arg(long, value_name = "DIR", default_value = ".")]
         source: PathBuf,
@@ -248,8 +251,9 @@ pub fn main() -> i32 {
             name,
             dir,
             config,
+            options,
             source,
-        } => crate::query::route(&name, dir, config, &source),
+        } => crate::query::route(&name, dir, config, options, &source),
         Cmd::Config {
             cmd: ConfigCmd::Check { file, source },
         } => crate::query::check_config(&file, &source),

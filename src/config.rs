@@ -245,15 +245,35 @@ fn parse_file_config(path: &Path, text: &str) -> Result<FileConfig, BadInput> {
             .unwrap_or_default();
         BadInput(format!("config file {}{loc}: {msg}", path.display()))
     })?;
-    for k in file.options.keys() {
+    for (k, v) in &file.options {
         // `config` names this file; it cannot name another.
-        if k == "config" || crate::options::find(k).is_none() {
+        let Some(opt) = crate::options::find(k).filter(|_| k != "config") else {
             let mut known = crate::options::keys();
             known.retain(|k| *k != "config");
             return bad(format!(
                 "config file {}: unknown key '{k}' (known: {}, allow_other, [[rule]])",
                 path.display(),
                 known.join(", ")
+            ));
+        };
+        // A path or a name is text; the rest a word, number or boolean.
+        let fits = match v {
+            toml::Value::String(_) => true,
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                !opt.not_empty
+            }
+            _ => false,
+        };
+        if !fits {
+            let want = if opt.not_empty {
+                "a string"
+            } else {
+                "a string, number or boolean"
+            };
+            return bad(format!(
+                "config file {}: '{k}' must be {want}, not {}",
+                path.display(),
+                v.type_str()
             ));
         }
     }

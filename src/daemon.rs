@@ -86,14 +86,12 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
             "allow_other: casafs serves each user with that user's rights, which needs root (CAP_SETUID and CAP_SETGID); run it as root, or mount with noallow_other".into(),
         ));
     }
-    take_over_dead_mount(&s.mountpoint);
-    if s.source != s.mountpoint {
-        take_over_dead_mount(&s.source);
-    }
     // A live casafs is left alone: mounting over it would stack a second
-    // daemon on the first one's view.
+    // daemon on the first one's view. Asked first, from a child process: a
+    // stalled daemon would hold any request of this one for good.
     let shown = s.mountpoint.display();
-    match crate::health::probe(&s.mountpoint, std::time::Duration::from_secs(5)) {
+    let wait = std::time::Duration::from_secs(5);
+    match crate::health::probe(&s.mountpoint, wait) {
         crate::health::Health::Serving(Some(pid)) => {
             return Err(BadInput(format!(
                 "{shown}: already mounted by casafs, pid {pid}"
@@ -107,7 +105,15 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
                 "{shown}: already mounted by casafs, which is not answering (casafs check {shown})"
             )));
         }
-        crate::health::Health::Dead | crate::health::Health::NotCasafs => {}
+        crate::health::Health::Dead => {
+            take_over_dead_mount(&s.mountpoint);
+        }
+        crate::health::Health::NotCasafs => {}
+    }
+    if s.source != s.mountpoint
+        && crate::health::probe(&s.source, wait) == crate::health::Health::Dead
+    {
+        take_over_dead_mount(&s.source);
     }
     let meta = std::fs::metadata(&s.source)
         .map_err(|e| BadInput(format!("source {}: {e}", s.source.display())))?;
@@ -456,6 +462,10 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
         .run()
         .map_err(|e| MountError::Failed(format!("session ended with an error: {e}")))?;
     tracing::info!("unmounted {}", mountpoint.display());
+    // Metrics of a mount that is gone would be scraped as if it served.
+    if let Some(t) = &fs.settings().textfile {
+        let _ = std::fs::remove_file(t);
+    }
     Ok(())
 }
 

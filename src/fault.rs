@@ -12,8 +12,9 @@
 //!   EIO, as a backing that dies at that moment would.
 //!
 //! - `CASAFS_FAULT_STALL=NAME`: a lookup of NAME makes every request wait
-//!   for 4 s from then on, as serving threads stuck in a hung backing
-//!   would (the watchdog and `casafs check` must notice).
+//!   for 4 s (`CASAFS_FAULT_STALL_SECS`) from then on, as serving threads
+//!   stuck in a hung backing would (the watchdog and `casafs check` must
+//!   notice).
 //!
 //! Read once; unset (production), each check is a load and a compare.
 
@@ -27,6 +28,7 @@ struct Faults {
     create_stat_name: Option<Vec<u8>>,
     rename_name: Option<Vec<u8>>,
     stall_name: Option<Vec<u8>>,
+    stall: Duration,
 }
 
 fn faults() -> &'static Faults {
@@ -43,6 +45,11 @@ fn faults() -> &'static Faults {
             .map(std::os::unix::ffi::OsStringExt::into_vec),
         stall_name: std::env::var_os("CASAFS_FAULT_STALL")
             .map(std::os::unix::ffi::OsStringExt::into_vec),
+        stall: std::env::var("CASAFS_FAULT_STALL_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(4)),
     })
 }
 
@@ -58,7 +65,6 @@ pub fn panic_on_lookup(name: &[u8]) {
 
 /// Milliseconds after `epoch()` until which every request waits.
 static STALL_UNTIL: AtomicU64 = AtomicU64::new(0);
-const STALL: Duration = Duration::from_secs(4);
 
 fn epoch() -> Instant {
     static E: OnceLock<Instant> = OnceLock::new();
@@ -67,7 +73,7 @@ fn epoch() -> Instant {
 
 pub fn stall_on_lookup(name: &[u8]) {
     if faults().stall_name.as_deref() == Some(name) {
-        let until = epoch().elapsed() + STALL;
+        let until = epoch().elapsed() + faults().stall;
         STALL_UNTIL.store(until.as_millis() as u64, Ordering::Relaxed);
     }
 }

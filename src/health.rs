@@ -95,7 +95,16 @@ fn read_in_child(path: &std::ffi::CStr, timeout: Duration) -> Option<Result<Vec<
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return None;
     }
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (r, mut w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The child closes 0-2 (below); a caller started without them may have
+    // been given one of those numbers for the pipe.
+    if w.as_raw_fd() < 3 {
+        let high = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+        if high < 0 {
+            return None;
+        }
+        w = unsafe { OwnedFd::from_raw_fd(high) };
+    }
     // Everything the child uses is ready before the fork: it only makes
     // system calls.
     let mut buf = vec![0u8; 1 << 16];
@@ -231,20 +240,14 @@ pub fn start_textfile(path: PathBuf, fs: std::sync::Weak<crate::fs::CasaFs>) {
     let spawned = std::thread::Builder::new()
         .name("casafs-textfile".into())
         .spawn(move || {
-            let mut tmp = path.clone().into_os_string();
-            tmp.push(format!(".{}.tmp", std::process::id()));
-            let tmp = PathBuf::from(tmp);
             let mut failing = false;
             loop {
                 let Some(fs) = fs.upgrade() else {
-                    let _ = std::fs::remove_file(&tmp);
                     return;
                 };
                 let text = fs.metrics_text();
                 drop(fs);
-                let written =
-                    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
-                match written {
+                match write_whole(&path, text.as_bytes()) {
                     Err(e) if !failing => {
                         tracing::warn!("textfile {}: {e}", path.display());
                         failing = true;
@@ -258,6 +261,44 @@ pub fn start_textfile(path: PathBuf, fs: std::sync::Weak<crate::fs::CasaFs>) {
     if let Err(e) = spawned {
         tracing::warn!("textfile off: {e}");
     }
+}
+
+/// Writes `path` whole or not at all: a new file of mode 0644 (readable by
+/// the collector, writable by root alone) made under a name nobody else can
+/// have taken or linked (O_EXCL, no symlink followed), then renamed over it.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // A name someone else took (a link planted there) is passed over.
+    let mut attempt = 0;
+    let (tmp, mut f) = loop {
+        let mut tmp = path.as_os_str().to_owned();
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tmp.push(format!(".{}.{n}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 64 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let done = f
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| f.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
 }
 
 fn watchdog_period() -> Option<Duration> {

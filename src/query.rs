@@ -74,11 +74,17 @@ pub fn where_is(path: &Path) -> i32 {
 
 /// `casafs route NAME`: exit 0 and the rule and area if one routes it, 1 if
 /// none does, 2 for a bad config.
-pub fn route(name: &str, dir: bool, config: Option<PathBuf>, source: &Path) -> i32 {
+pub fn route(
+    name: &str,
+    dir: bool,
+    config: Option<PathBuf>,
+    options: Vec<String>,
+    source: &Path,
+) -> i32 {
     let args = MountArgs {
         source: source.to_path_buf(),
         mountpoint: source.to_path_buf(),
-        options: vec![],
+        options,
         config,
         foreground: true,
     };

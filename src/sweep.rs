@@ -623,32 +623,42 @@ fn human(b: u64) -> String {
 }
 
 /// The plan (and, once done, the summary) as JSON.
+/// The plan (and, once done, what became of each item and the summary)
+/// as JSON. Paths as text (a name that is not UTF-8 shows with U+FFFD).
 fn json_report(
     tree: &Path,
     plan: &Plan,
     remove_debris: bool,
-    summary: Option<serde_json::Value>,
+    done: Option<(&[String], serde_json::Value)>,
 ) -> String {
+    let text = |p: &Path| p.to_string_lossy().into_owned();
     let actions: Vec<serde_json::Value> = plan
         .actions
         .iter()
-        .map(|act| match act {
-            Action::Move { from, to_dir, bytes } => serde_json::json!({
-                "action": "move", "path": from, "to": to_dir, "bytes": bytes,
-            }),
-            Action::Debris { path, bytes, holders } => serde_json::json!({
-                "action": if !remove_debris { "report" } else if holders.is_empty() { "remove" } else { "keep" },
-                "path": path, "bytes": bytes, "holders": holders,
-            }),
-            Action::Held { path, holders } => serde_json::json!({
-                "action": "leave", "path": path, "holders": holders,
-            }),
+        .enumerate()
+        .map(|(i, act)| {
+            let mut v = match act {
+                Action::Move { from, to_dir, bytes } => serde_json::json!({
+                    "action": "move", "path": text(from), "to": text(to_dir), "bytes": bytes,
+                }),
+                Action::Debris { path, bytes, holders } => serde_json::json!({
+                    "action": if !remove_debris { "report" } else if holders.is_empty() { "remove" } else { "keep" },
+                    "path": text(path), "bytes": bytes, "holders": holders,
+                }),
+                Action::Held { path, holders } => serde_json::json!({
+                    "action": "leave", "path": text(path), "holders": holders,
+                }),
+            };
+            if let Some((outcomes, _)) = done {
+                v["outcome"] = outcomes.get(i).cloned().unwrap_or_default().into();
+            }
+            v
         })
         .collect();
     let mut doc =
-        serde_json::json!({ "tree": tree, "plan": actions, "dry_run": summary.is_none() });
-    if let Some(s) = summary {
-        doc["summary"] = s;
+        serde_json::json!({ "tree": text(tree), "plan": actions, "dry_run": done.is_none() });
+    if let Some((_, summary)) = done {
+        doc["summary"] = summary;
     }
     doc.to_string()
 }
@@ -812,7 +822,10 @@ pub fn run(a: SweepArgs) -> i32 {
         snap: Holders::scan(&tree),
         at: Instant::now(),
     };
+    // What became of each item, for --json.
+    let mut outcomes = Vec::with_capacity(plan.actions.len());
     for act in &plan.actions {
+        let mut outcome = String::from("left");
         match act {
             Action::Move {
                 from,
@@ -822,6 +835,7 @@ pub fn run(a: SweepArgs) -> i32 {
                 let who = now.of(from);
                 if !who.is_empty() {
                     in_use += 1;
+                    outcomes.push(format!("left: in use now by {}", who.join(", ")));
                     say!(
                         "  leave   {}  (in use now: held open by {})",
                         from.display(),
@@ -833,10 +847,12 @@ pub fn run(a: SweepArgs) -> i32 {
                     Ok(dest) => {
                         moved += 1;
                         moved_bytes += bytes;
+                        outcome = format!("moved to {}", dest.display());
                         tracing::info!("sweep: moved {} -> {}", from.display(), dest.display());
                     }
                     Err(e) => {
                         failed += 1;
+                        outcome = format!("failed: {e}");
                         eprintln!("casafs: sweep: cannot move {}: {e}", from.display());
                     }
                 }
@@ -852,15 +868,18 @@ pub fn run(a: SweepArgs) -> i32 {
                         Ok(()) => {
                             removed += 1;
                             removed_bytes += bytes;
+                            outcome = "removed".into();
                         }
                         Err(e) => {
                             failed += 1;
+                            outcome = format!("failed: {e}");
                             eprintln!("casafs: sweep: cannot remove {}: {e}", path.display());
                         }
                     }
                 }
             }
         }
+        outcomes.push(outcome);
     }
     let debris = plan
         .actions
@@ -885,7 +904,7 @@ pub fn run(a: SweepArgs) -> i32 {
         });
         println!(
             "{}",
-            json_report(&tree, &plan, a.remove_debris, Some(summary))
+            json_report(&tree, &plan, a.remove_debris, Some((&outcomes, summary)))
         );
     }
     if failed > 0 { 1 } else { 0 }

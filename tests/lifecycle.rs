@@ -66,6 +66,37 @@ fn a_second_mount_over_a_live_casafs_says_who_and_exits_2() {
 }
 
 #[test]
+fn a_second_mount_over_a_stalled_casafs_is_refused_without_waiting_for_it() {
+    let m = Mount::builder("second-stalled")
+        .env("CASAFS_FAULT_STALL", "stallme")
+        .env("CASAFS_FAULT_STALL_SECS", "12")
+        .start();
+    let stuck = m.p("stallme");
+    let t = std::thread::spawn(move || fs::metadata(stuck).is_ok());
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let (code, _, err) = casafs(
+        &[
+            os("mount"),
+            m.source.as_os_str(),
+            m.mnt.as_os_str(),
+            os("-f"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("already mounted by casafs, which is not answering"),
+        "{err}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "waited for the stalled mount"
+    );
+    let _ = t.join();
+}
+
+#[test]
 fn an_area_under_a_mount_point_not_mounted_yet_is_refused() {
     let tmp = TempDir::new("bootorder");
     let tree = tmp.path().join("tree");
@@ -84,6 +115,27 @@ fn an_area_under_a_mount_point_not_mounted_yet_is_refused() {
         ),
     )
     .unwrap();
+    // Named through a symlink into the mount point, the same.
+    std::os::unix::fs::symlink(&scratch, tmp.path().join("link")).unwrap();
+    let linked = format!("scratch={}/t", tmp.path().join("link").display());
+    let (code, _, err) = casafs(
+        &[
+            os("mount"),
+            tree.as_os_str(),
+            tree.as_os_str(),
+            os("-f"),
+            os("-o"),
+            os(&linked),
+        ],
+        &[("CASAFS_FSTAB", fstab.as_os_str())],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not mounted"), "{err}");
+    assert_eq!(
+        fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "made on the disk beneath"
+    );
     let opt = format!("scratch={}/t", scratch.display());
     let args = [
         os("mount"),

@@ -9,6 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -106,9 +107,19 @@ fn metrics_carry_a_histogram_in_seconds_build_info_and_start_time() {
 fn the_textfile_is_always_whole_and_needs_no_mount_to_read() {
     let tmp = TempDir::new("obs-textfile");
     let prom = tmp.path().join("casafs.prom");
+    // Links planted where a writer might put its temporary file must not
+    // lead root's write elsewhere.
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
     let m = Mount::builder("obs-textfile")
         .opt(&format!("textfile={}", prom.display()))
         .start();
+    let pid = m.pid();
+    for name in std::iter::once(format!("casafs.prom.{pid}.tmp"))
+        .chain((1..8).map(|n| format!("casafs.prom.{pid}.{n}.tmp")))
+    {
+        let _ = std::os::unix::fs::symlink(&victim, tmp.path().join(name));
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !prom.exists() {
         assert!(Instant::now() < deadline, "no textfile: {}", m.log_text());
@@ -317,6 +328,10 @@ fn sweep_follows_the_config_rules_and_reports_as_json() {
     fs::write(tree.join("obs/tmp12.ms/table.dat"), b"rows").unwrap();
     age(&tree.join("obs/tmp12.ms"));
     fs::write(tree.join("obs/casa-1.log"), b"log").unwrap();
+    // A name that is no UTF-8, routed all the same.
+    let odd = tree.join(std::ffi::OsStr::from_bytes(b"obs/TMPPOINTING\xff"));
+    fs::create_dir(&odd).unwrap();
+    age(&odd);
     let config = tmp.path().join("c.toml");
     fs::write(
         &config,
@@ -334,18 +349,25 @@ fn sweep_follows_the_config_rules_and_reports_as_json() {
     let plan: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(plan["dry_run"], true);
     let actions = plan["plan"].as_array().unwrap();
-    assert_eq!(actions.len(), 1, "{out}");
-    assert_eq!(actions[0]["action"], "move");
-    assert!(actions[0]["path"].as_str().unwrap().ends_with("obs/tmp12.ms"));
-    assert_eq!(actions[0]["to"], ms.to_str().unwrap());
+    assert_eq!(actions.len(), 2, "{out}");
+    let path = |i: usize| actions[i]["path"].as_str().unwrap().to_string();
+    assert!(path(0).ends_with("obs/TMPPOINTING\u{fffd}"), "{out}");
+    assert_eq!(actions[1]["action"], "move");
+    assert!(path(1).ends_with("obs/tmp12.ms"), "{out}");
+    assert_eq!(actions[1]["to"], ms.to_str().unwrap());
 
     fs::create_dir_all(&ms).unwrap();
     let (code, out, err) = casafs(&["sweep", t, "--config", c, "--json"]);
     assert_eq!(code, 0, "{err}");
     let done: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(done["summary"]["moved"], 1, "{out}");
+    assert_eq!(done["summary"]["moved"], 2, "{out}");
+    let outcome = done["plan"][1]["outcome"].as_str().unwrap();
+    assert!(outcome.starts_with("moved to "), "{out}");
     assert_eq!(fs::read(ms.join("tmp12.ms/table.dat")).unwrap(), b"rows");
-    assert!(tree.join("obs/casa-1.log").exists(), "a rule turned off moved nothing");
+    assert!(
+        tree.join("obs/casa-1.log").exists(),
+        "a rule turned off moved nothing"
+    );
 }
 
 #[test]
@@ -368,7 +390,15 @@ fn sweep_x_stays_on_the_trees_filesystem() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| a["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string())
+            .map(|a| {
+                a["path"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(planned(&[]), ["TMPPOINTING1", "TMPPOINTING2"]);

@@ -151,6 +151,9 @@ impl CasaFs {
         // `creds::as_registrar`); a network filesystem judges those on
         // every open of the backing file, and would refuse them.
         let mut settings = p.settings;
+        // As configured: a reload compares the new configuration with this,
+        // not with what casafs chose below.
+        let live = crate::live::Live::new(&settings);
         if settings.passthrough
             && (crate::fstype::is_network(root_ftype)
                 || areas.iter().any(|a| crate::fstype::is_network(a.fs_type)))
@@ -183,7 +186,7 @@ impl CasaFs {
             .map(|r| r.name.clone())
             .collect();
         let fs = CasaFs {
-            live: crate::live::Live::new(&settings),
+            live,
             stats: Arc::new(Stats::new(&rule_names)),
             routing: routing::Routing::new(areas, p.rule_area, rule_names),
             inodes,
