@@ -7,22 +7,12 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 fn casafs(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    casafs_with(args, env)
 }
 
 fn os(s: &str) -> &std::ffi::OsStr {

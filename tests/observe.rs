@@ -8,9 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,33 +16,11 @@ use common::*;
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 fn casafs(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    casafs_with(args, &[])
 }
 
-/// Parses Prometheus text with the reference parser; returns one line per
-/// family: "name type samples".
 fn parse_prometheus(text: &str) -> String {
-    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
-for f in p(sys.stdin.read()):\n    print(f.name, f.type, len(f.samples))";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    ok(&child.wait_with_output().unwrap())
+    prometheus_families(text)
 }
 
 #[test]

@@ -230,12 +230,7 @@ fn a_dead_mount_is_taken_over_by_the_next_mount() {
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    casafs_with(args, &[])
 }
 
 #[test]

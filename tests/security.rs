@@ -499,6 +499,28 @@ fn sweep_never_makes_a_set_user_id_copy_owned_by_root() {
     drop(fast);
 }
 
+/// Mounts TMP/tree over itself with `scratch` as its area, and asserts it
+/// was refused: nothing mounted, exit 2, one line.
+fn refused_with_scratch(tmp: &Path, scratch: &Path, what: &str) {
+    let tree = tmp.join("tree");
+    let out = Command::new(bin())
+        .args(["mount"])
+        .arg(&tree)
+        .arg(&tree)
+        .arg("-o")
+        .arg(format!("scratch={}", scratch.display()))
+        .output()
+        .unwrap();
+    let tree_mounted = fstype_at(&tree).is_some();
+    if tree_mounted {
+        umount(&tree, false);
+    }
+    assert!(!tree_mounted, "mounted with {what}");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
 #[test]
 fn an_area_a_user_made_is_never_taken_for_casafs_own() {
     let tmp = TempDir::new("sec-area");
@@ -512,22 +534,7 @@ fn an_area_a_user_made_is_never_taken_for_casafs_own() {
         Path::new("/"),
         &format!("mkdir -m 0777 {}", theirs.display()),
     ));
-    let out = Command::new(bin())
-        .args(["mount"])
-        .arg(tmp.path().join("tree"))
-        .arg(tmp.path().join("tree"))
-        .arg("-o")
-        .arg(format!("scratch={}", theirs.display()))
-        .output()
-        .unwrap();
-    let tree_mounted = fstype_at(&tmp.path().join("tree")).is_some();
-    if tree_mounted {
-        umount(&tmp.path().join("tree"), false);
-    }
-    assert!(!tree_mounted, "mounted with an area the attacker owns");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    refused_with_scratch(tmp.path(), &theirs, "an area the attacker owns");
     // At mount, another way: a symlink of its own where the area goes (in
     // a directory of its own on the area's path), into a directory of
     // root's.
@@ -546,23 +553,11 @@ fn an_area_a_user_made_is_never_taken_for_casafs_own() {
             planted.display()
         ),
     ));
-    let out = Command::new(bin())
-        .args(["mount"])
-        .arg(tmp.path().join("tree"))
-        .arg(tmp.path().join("tree"))
-        .arg("-o")
-        .arg(format!("scratch={}", planted.display()))
-        .output()
-        .unwrap();
-    let tree_mounted = fstype_at(&tmp.path().join("tree")).is_some();
-    if tree_mounted {
-        umount(&tmp.path().join("tree"), false);
-    }
-    assert!(
-        !tree_mounted,
-        "mounted with an area through the attacker's symlink"
+    refused_with_scratch(
+        tmp.path(),
+        &planted,
+        "an area through the attacker's symlink",
     );
-    assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         fs::metadata(&roots).unwrap().mode() & 0o7777,
         0o755,

@@ -557,3 +557,43 @@ impl Drop for Holder {
         let _ = self.0.wait();
     }
 }
+
+/// Runs the casafs binary with `args` (and `env`): exit code, stdout,
+/// stderr.
+pub fn casafs_with<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parses Prometheus text with the reference parser (prometheus_client);
+/// one line per family: "name type samples".
+pub fn prometheus_families(text: &str) -> String {
+    use std::io::Write;
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
+for f in p(sys.stdin.read()):\n    print(f.name, f.type, len(f.samples))";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    ok(&child.wait_with_output().unwrap())
+}
