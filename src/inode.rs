@@ -423,10 +423,15 @@ impl Inode {
     }
 
     /// Marks the object removed: its number is free for reuse by the
-    /// backing filesystem.
+    /// backing filesystem. A removed directory keeps the descriptor it has:
+    /// a process may still work in it (its `stat .` answers with no links,
+    /// as natively), and holding it keeps its number from being reused
+    /// until the kernel lets go of it.
     pub fn mark_dead(&self) {
         self.dead.store(true, Ordering::Release);
-        self.drop_cached_fd();
+        if !self.is_dir() {
+            self.drop_cached_fd();
+        }
     }
 
     /// Forgets the cached directory descriptor (the directory was removed

@@ -1146,3 +1146,21 @@ fn a_set_id_file_made_by_open_with_o_trunc_keeps_its_bits_as_natively() {
     assert_eq!(modes[0], 0o4755, "native");
     assert_eq!(modes[1], modes[0], "through casafs as natively");
 }
+
+/// A process whose working directory is removed (by itself or anyone)
+/// still gets its attributes, with no links, also after the attribute
+/// cache time: as natively.
+#[test]
+fn a_removed_working_directory_still_answers_as_natively() {
+    let script = "import os, time\n\
+os.mkdir('gone'); os.chdir('gone'); os.rmdir('../gone')\n\
+time.sleep(1.5)\n\
+st = os.stat('.')\n\
+print(st.st_nlink, oct(st.st_mode & 0o7777), os.listdir('.'))\n";
+    let run = |dir: &Path| ok(&sh(dir, &format!("python3 -c \"{script}\"")));
+    let native = TempDir::new("gone-native");
+    let want = run(native.path());
+    assert_eq!(want.split(' ').next(), Some("0"), "natively: {want}");
+    let m = Mount::over_itself("gone");
+    assert_eq!(run(&m.mnt), want);
+}

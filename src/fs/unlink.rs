@@ -187,6 +187,14 @@ impl CasaFs {
             // Only which directory it is: no fresh stat (a round trip on
             // ntfs-3g).
             let st = sys::stat_cached_at(dfd.as_raw_fd(), &loc.name)?;
+            // A directory the kernel knows may be a process's working
+            // directory: a descriptor of it, taken while it still has a
+            // name, answers for it once it has none.
+            if let Ok(i) = self.inodes.get(self.inodes.nodeid_for(st.st_dev, st.st_ino))
+                && i.same(&st)
+            {
+                let _ = i.path_fd();
+            }
             sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR).map(|()| st)
         };
         let st = match loc.redirect {
