@@ -3,7 +3,8 @@
 # Usage (from the repository): mount-scripts/build-deb.sh [BINARY] [OUTDIR]
 #   BINARY: the casafs to package (default: target/release/casafs, built
 #           with cargo if missing); OUTDIR: where the .deb goes (default: target/deb)
-# Needs dpkg-deb and fakeroot (or root). Prints the package's path.
+# Needs dpkg-deb, strip, and fakeroot (or root). The Maintainer field is
+# DEBFULLNAME <DEBEMAIL> when set. Prints the package's path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/casafs}
@@ -17,6 +18,8 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
 install -D -m 0755 "$bin" "$stage/usr/bin/casafs"
+# Debug information stays in the build tree, not in the package.
+strip --strip-unneeded --remove-section=.comment --remove-section=.note "$stage/usr/bin/casafs"
 for unit in casafs.service casafs@.service; do
     sed 's|/usr/local/bin/casafs|/usr/bin/casafs|; s|/usr/local/share/doc/casafs|/usr/share/doc/casafs|' \
         "mount-scripts/$unit" > "$stage/unit"
@@ -40,7 +43,13 @@ doc="$stage/usr/share/doc/casafs"
 for f in README.md mount-scripts/OPERATIONS.md mount-scripts/fstab.example mount-scripts/grafana-dashboard.json; do
     install -D -m 0644 "$f" "$doc/$(basename "$f")"
 done
-printf 'casafs %s\nLicense: see the project repository.\n' "$version" > "$doc/copyright"
+maintainer=${DEBFULLNAME:-casafs maintainers}" <${DEBEMAIL:-casafs@example.org}>"
+printf 'casafs %s\n\nCopyright (C) 2026 the casafs authors.\nNo license is declared in the repository yet; ask its maintainers.\n' \
+    "$version" > "$doc/copyright"
+# A native package's changelog: this build.
+printf 'casafs (%s) unstable; urgency=medium\n\n  * Built from the casafs repository.\n\n -- %s  %s\n' \
+    "$version" "$maintainer" "$(date -R)" | gzip -9n > "$doc/changelog.gz"
+chmod 0644 "$doc/changelog.gz"
 
 mkdir -p "$stage/DEBIAN"
 size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
@@ -48,7 +57,7 @@ cat > "$stage/DEBIAN/control" <<CONTROL
 Package: casafs
 Version: $version
 Architecture: $arch
-Maintainer: casafs maintainers <casafs@localhost>
+Maintainer: $maintainer
 Installed-Size: $size
 Depends: fuse3, libc6
 Section: admin

@@ -63,6 +63,18 @@ fn the_package_holds_its_parts_reads_as_manual_pages_and_purges_clean() {
     ] {
         assert!(listing.contains(part), "{part} missing: {listing}");
     }
+    // Debian's own checker finds nothing to say.
+    let lint = Command::new("lintian")
+        .args(["--tag-display-limit", "0", deb])
+        .output()
+        .expect("lintian (tests/run.sh installs it)");
+    let said = String::from_utf8_lossy(&lint.stdout);
+    assert!(
+        !said
+            .lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "lintian: {said}"
+    );
     let conffiles = run(Command::new("dpkg-deb").args(["-I", deb, "conffiles"]));
     assert!(conffiles.contains("/etc/casafs/casafs.toml"), "{conffiles}");
 

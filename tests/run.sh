@@ -16,9 +16,10 @@ fi
 # fuse3: mount.fuse3 and fusermount3; ntfs-3g: the users' backing; attr
 # and acl: getfattr/setfattr and getfacl/setfacl; stress-ng: load for
 # the races; e2fsprogs: an ext4 volume with blocks reserved for root;
-# systemd: systemd-analyze for the units; man-db: the manual pages.
+# systemd: systemd-analyze for the units; man-db and lintian: the
+# manual pages and the Debian package.
 missing=()
-for pkg in fuse3 ntfs-3g attr acl stress-ng e2fsprogs util-linux python3 systemd man-db; do
+for pkg in fuse3 ntfs-3g attr acl stress-ng e2fsprogs util-linux python3 systemd man-db lintian; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

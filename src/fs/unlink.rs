@@ -190,7 +190,9 @@ impl CasaFs {
             // A directory the kernel knows may be a process's working
             // directory: a descriptor of it, taken while it still has a
             // name, answers for it once it has none.
-            if let Ok(i) = self.inodes.get(self.inodes.nodeid_for(st.st_dev, st.st_ino))
+            if let Ok(i) = self
+                .inodes
+                .get(self.inodes.nodeid_for(st.st_dev, st.st_ino))
                 && i.same(&st)
             {
                 let _ = i.path_fd();
