@@ -1164,3 +1164,30 @@ print(st.st_nlink, oct(st.st_mode & 0o7777), os.listdir('.'))\n";
     let m = Mount::over_itself("gone");
     assert_eq!(run(&m.mnt), want);
 }
+
+/// An unprivileged O_DIRECT write clears the set-user-ID and set-group-ID
+/// bits of a file root made writable by all, as natively.
+#[test]
+fn an_unprivileged_direct_write_clears_set_id_bits_as_natively() {
+    let write = "import os, mmap\n\
+buf = mmap.mmap(-1, 4096); buf.write(b'x' * 4096)\n\
+fd = os.open('f', os.O_WRONLY | os.O_DIRECT); os.write(fd, buf); os.close(fd)\n\
+print(oct(os.stat('f').st_mode & 0o7777))\n";
+    let (uid, gid) = user_ids("tests");
+    let run = |dir: &Path| {
+        let f = dir.join("f");
+        fs::write(&f, b"").unwrap();
+        chmod(&f, 0o6777);
+        ok(&sh_as(
+            uid,
+            gid,
+            dir,
+            &format!("/usr/bin/python3 -c \"{write}\""),
+        ))
+    };
+    let native = TempDir::new("dio-native");
+    let want = run(native.path());
+    assert_eq!(want.trim(), "0o777", "natively");
+    let m = Mount::over_itself("dio");
+    assert_eq!(run(&m.mnt), want);
+}
