@@ -427,7 +427,7 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
         mountpoint.display(),
         std::process::id()
     ));
-    crate::health::start_watchdog(mountpoint.clone());
+    crate::health::start_watchdog(&mountpoint);
     if let Some(t) = fs.settings().textfile.clone() {
         crate::health::start_textfile(t, std::sync::Arc::downgrade(&fs));
     }
@@ -448,6 +448,7 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
                     continue;
                 }
                 tracing::info!("signal {sig}: unmounting {}", mp.to_string_lossy());
+                crate::health::stopping();
                 sd_notify("STOPPING=1");
                 // A plain unmount first; if files are still open, detach
                 // and keep serving them until they are closed.

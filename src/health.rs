@@ -164,6 +164,9 @@ fn read_in_child(path: &std::ffi::CStr, timeout: Duration) -> Option<Result<Vec<
             break;
         }
         got.extend_from_slice(&buf[..n as usize]);
+        if got.len() > STATS_MAX {
+            return None;
+        }
     }
     // The child has written everything and is exiting.
     unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
@@ -210,18 +213,36 @@ pub fn check(mountpoint: &Path, timeout: Duration) -> i32 {
 /// (`WATCHDOG_USEC`, for this process), `WATCHDOG=1` goes out every half
 /// period, and only after a probe through the mount answered. A daemon
 /// whose serving threads are stuck stops pinging, and systemd restarts it.
-pub fn start_watchdog(mountpoint: PathBuf) {
+pub fn start_watchdog(mountpoint: &Path) {
     let Some(period) = watchdog_period() else {
         return;
+    };
+    // The mount's own root, held: after an unmount (a lazy one keeps
+    // serving open files) the path would lead to the tree beneath, where
+    // anyone who may write it could put anything under that name.
+    let root = match std::fs::File::open(mountpoint) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("systemd watchdog off: {}: {e}", mountpoint.display());
+            return;
+        }
     };
     let every = period / 2;
     let spawned = std::thread::Builder::new()
         .name("casafs-watchdog".into())
         .spawn(move || {
-            loop {
+            use std::os::fd::AsRawFd;
+            let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+            let mut buf = vec![0u8; STATS_MAX];
+            while !STOPPING.load(std::sync::atomic::Ordering::Relaxed) {
                 // Blocking: a probe that never returns stops the pings,
                 // which is the point.
-                if std::fs::read(mountpoint.join(".casafs/stats.json")).is_ok() {
+                let answered =
+                    crate::sys::open_at(root.as_raw_fd(), c".casafs/stats.json", flags, 0)
+                        .is_ok_and(|fd| unsafe {
+                            libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) > 0
+                        });
+                if answered && !STOPPING.load(std::sync::atomic::Ordering::Relaxed) {
                     crate::daemon::sd_notify("WATCHDOG=1");
                 }
                 std::thread::sleep(every);
@@ -231,6 +252,16 @@ pub fn start_watchdog(mountpoint: PathBuf) {
         Ok(_) => tracing::info!("systemd watchdog: a probe every {every:?}"),
         Err(e) => tracing::warn!("systemd watchdog off: {e}"),
     }
+}
+
+/// The most a probe reads of an answer (stats.json is a few KiB).
+const STATS_MAX: usize = 1 << 16;
+
+/// Set once the daemon starts to unmount: the watchdog stops pinging.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn stopping() {
+    STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Keeps `path` a copy of the metrics, rewritten every 5 s through a
