@@ -85,7 +85,9 @@ impl Live {
     pub fn apply(&self, mounted: &Settings, new: &Settings) -> Applied {
         let old = self.current();
         let mut done = Applied::default();
-        let mut effective = new.clone();
+        // What applies live is taken from the new settings below.
+        let mut effective = (*old).clone();
+        effective.config_file = new.config_file.clone();
 
         let mut rules = Vec::new();
         for r in &new.rules.rules {
@@ -121,6 +123,8 @@ impl Live {
                 .store(new.attr_timeout.as_nanos() as u64, Relaxed);
             self.entry_nanos
                 .store(new.entry_timeout.as_nanos() as u64, Relaxed);
+            effective.attr_timeout = new.attr_timeout;
+            effective.entry_timeout = new.entry_timeout;
             done.changed.push("cache times".into());
         }
         if new.log_level != old.log_level {
@@ -131,51 +135,26 @@ impl Live {
                 .or_else(|| std::env::var("RUST_LOG").ok())
                 .unwrap_or_else(|| "info".into());
             match crate::logsink::set_level(&spec) {
-                Ok(()) => done.changed.push(format!("log_level {spec}")),
-                Err(e) => {
-                    effective.log_level = old.log_level.clone();
-                    done.needs_remount.push(format!("log_level: {e}"));
+                Ok(()) => {
+                    effective.log_level = new.log_level.clone();
+                    done.changed.push(format!("log_level {spec}"));
                 }
+                Err(e) => done.needs_remount.push(format!("log_level: {e}")),
             }
         }
 
         // The rest is the mount's: keep it, and say what was asked.
-        let mut keep = |what: &str, differs: bool| {
-            if differs {
-                done.needs_remount.push(what.to_string());
+        for o in crate::options::OPTIONS.iter().filter(|o| !o.live) {
+            if o.show(new) != o.show(&old) {
+                done.needs_remount.push(o.key.to_string());
             }
-        };
-        keep("source", new.source != old.source);
-        keep("logs", new.logs != old.logs);
-        keep("scratch", new.scratch != old.scratch);
-        keep("defer_unlink", new.defer_unlink != old.defer_unlink);
-        keep("cross_device", new.cross_device != old.cross_device);
-        keep("passthrough", new.passthrough != old.passthrough);
-        keep("io_uring", new.io_uring != old.io_uring);
-        keep("handoff", new.handoff != old.handoff);
-        keep("threads", new.threads != old.threads);
-        keep("allow_other", new.allow_other != old.allow_other);
-        keep("fsname", new.fsname != old.fsname);
-        keep("textfile", new.textfile != old.textfile);
-        keep(
-            "kernel mount flags",
-            format!("{:?}", new.mount_flags) != format!("{:?}", old.mount_flags),
-        );
-        effective.source = old.source.clone();
-        effective.mountpoint = old.mountpoint.clone();
-        effective.logs = old.logs.clone();
-        effective.scratch = old.scratch.clone();
-        effective.defer_unlink = old.defer_unlink;
-        effective.cross_device = old.cross_device;
-        effective.passthrough = old.passthrough;
-        effective.io_uring = old.io_uring;
-        effective.handoff = old.handoff;
-        effective.threads = old.threads;
-        effective.allow_other = old.allow_other;
-        effective.fsname = old.fsname.clone();
-        effective.textfile = old.textfile.clone();
-        effective.mount_flags = old.mount_flags.clone();
-        effective.foreground = old.foreground;
+        }
+        if new.allow_other != old.allow_other {
+            done.needs_remount.push("allow_other".into());
+        }
+        if format!("{:?}", new.mount_flags) != format!("{:?}", old.mount_flags) {
+            done.needs_remount.push("kernel mount flags".into());
+        }
         *self.current.write() = Arc::new(effective);
         done
     }

@@ -23,6 +23,8 @@ pub struct Opt {
     /// A path or a name: an empty value is refused (it would mean the
     /// directory casafs happened to run in).
     pub not_empty: bool,
+    /// A reload applies it; the others are fixed by the mount.
+    pub live: bool,
     set: fn(&mut Settings, &str, &Path) -> Result<(), String>,
     /// As TOML for `.casafs/config`; None: not shown.
     show: fn(&Settings) -> Option<String>,
@@ -70,6 +72,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "target area of the casa-logs rule",
         doc: "target area of the `casa-logs` rule",
         default: "SOURCE/state/logs/casa",
+        live: false,
         not_empty: true,
         set: |s, v, cwd| {
             s.logs = absolute(cwd, v);
@@ -83,6 +86,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "target area of the tmppointing rule",
         doc: "target area of the `tmppointing` rule",
         default: "SOURCE/state/scratch/tmppointing",
+        live: false,
         not_empty: true,
         set: |s, v, cwd| {
             s.scratch = absolute(cwd, v);
@@ -96,6 +100,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "TOML config file (keys as here, plus [[rule]] tables)",
         doc: "TOML config file (also `--config FILE`)",
         default: "none",
+        live: true,
         not_empty: true,
         // Read before every other key (config.rs).
         set: |_, _, _| Ok(()),
@@ -107,6 +112,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "graveyard for unlinks of open files (auto: FUSE/NFS/SMB backing only)",
         doc: "graveyard for unlinks of open files; `auto` = only on backing filesystems that leave debris (FUSE/fuseblk, NFS, SMB, from `statfs`). The graveyard is on the source's filesystem: in a target area on another filesystem (scratch on NVMe) an open file is unlinked as that filesystem does",
         default: "auto",
+        live: false,
         not_empty: false,
         set: |s, v, _| {
             s.defer_unlink = match v {
@@ -138,6 +144,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "rename onto a routed name across filesystems: EXDEV, or in place",
         doc: "a rename onto a routed name whose area is on another filesystem answers `EXDEV` (POSIX: `mv` and `shutil.move` then copy), or renames in place (onto a name already routed there: the renamed object takes the name in place and the routed one goes, as a replaced file does). A hard link onto such a name cannot cross filesystems either way: it is made in place",
         default: "exdev",
+        live: false,
         not_empty: false,
         set: |s, v, _| {
             s.cross_device = match v {
@@ -163,6 +170,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "kernel FUSE passthrough for file data",
         doc: "kernel FUSE passthrough for file data",
         default: "auto",
+        live: false,
         not_empty: false,
         set: |s, v, _| {
             s.passthrough = auto_never(v)?;
@@ -176,6 +184,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "FUSE over io_uring, a request queue per CPU",
         doc: "FUSE over io_uring: a request queue per CPU, served by threads pinned to that CPU (Linux 6.14+; casafs turns on the fuse module's `enable_uring` parameter, see `mount-scripts/OPERATIONS.md`); `never`, or a kernel without it: `/dev/fuse`",
         default: "auto",
+        live: false,
         not_empty: false,
         set: |s, v, _| {
             s.io_uring = auto_never(v)?;
@@ -189,6 +198,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "queue threads hand their CPU to the caller they answer (root)",
         doc: "with io_uring, queue threads are `SCHED_IDLE` while requests keep coming, so the kernel wakes each caller on the CPU it is on instead of moving it to an idle one (costly in virtual machines); a watchdog gives the normal policy back when requests stop, when no CPU has idle time, and to a thread starved by other work on its CPU (which then goes without handoff for 1 s). Needs root (`CAP_SYS_NICE`); off otherwise",
         default: "auto",
+        live: false,
         not_empty: false,
         set: |s, v, _| {
             s.handoff = auto_never(v)?;
@@ -202,6 +212,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "attribute cache time, e.g. 1s (a reload changes it)",
         doc: "kernel attribute cache time (casafs owns the tree it is mounted over); a directory's listing is kept for the shorter of the two cache times (`0` for either: never); a reload changes it",
         default: "1s",
+        live: true,
         not_empty: false,
         set: |s, v, _| {
             s.attr_timeout = duration(v)?;
@@ -215,6 +226,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "name cache time (a reload changes it)",
         doc: "kernel name cache time; a reload changes it",
         default: "1s",
+        live: true,
         not_empty: false,
         set: |s, v, _| {
             s.entry_timeout = duration(v)?;
@@ -228,6 +240,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "/dev/fuse request threads",
         doc: "`/dev/fuse` request threads (with io_uring they only see INIT, FORGET and INTERRUPT)",
         default: "CPUs, 2 to 16",
+        live: false,
         not_empty: false,
         set: |s, v, _| {
             s.threads = match v.parse::<usize>() {
@@ -244,6 +257,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "name shown in mount tables",
         doc: "name in the mount table",
         default: "SOURCE",
+        live: false,
         not_empty: true,
         set: |s, v, _| {
             s.fsname = v.to_string();
@@ -257,6 +271,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "what is logged: error, warn, info, debug, or a RUST_LOG filter (a reload changes it)",
         doc: "what is logged: `error`, `warn`, `info`, `debug`, or a `RUST_LOG`-style filter; a reload changes it",
         default: "RUST_LOG, else info",
+        live: true,
         not_empty: true,
         set: |s, v, _| {
             crate::logsink::check_level(v)?;
@@ -271,6 +286,7 @@ pub const OPTIONS: &[Opt] = &[
         help: "keep the metrics in FILE too, rewritten atomically every 5 s (node_exporter's textfile collector)",
         doc: "keep a copy of `.casafs/metrics` in FILE, rewritten atomically every 5 s, for node_exporter's textfile collector (`FILE` ending in `.prom` in its directory): a scrape then never waits on the mount, even a hung one",
         default: "none",
+        live: false,
         not_empty: true,
         set: |s, v, cwd| {
             s.textfile = Some(absolute(cwd, v));
