@@ -94,10 +94,7 @@ pub fn adoptable(st: &libc::stat) -> bool {
 /// Whether the filesystem of `fd` shows owners it does not keep (set by a
 /// mount option: ntfs-3g, vfat, exFAT).
 fn keeps_no_owners(fd: RawFd) -> bool {
-    const FUSE: i64 = 0x6573_5546;
-    const MSDOS: i64 = 0x4d44;
-    const EXFAT: i64 = 0x2011_bab0;
-    sys::fstatfs_type(fd).is_ok_and(|t| matches!(t, FUSE | MSDOS | EXFAT))
+    sys::fstatfs_type(fd).is_ok_and(crate::fstype::keeps_no_owners)
 }
 
 /// Opens the directory `path` names for use as an area, making what is

@@ -19,9 +19,16 @@ pub fn is_network(f_type: i64) -> bool {
 /// on vfat and exFAT, which number inodes as they are read in, nor on a
 /// FUSE filesystem, whose numbers are its own business.
 pub fn keeps_inode_numbers(f_type: i64) -> bool {
+    !keeps_no_owners(f_type)
+}
+
+/// vfat, exFAT and FUSE (ntfs-3g) filesystems: what they show of owners
+/// and modes comes from mount options, not from each object, and their
+/// inode numbers are made as objects are read in.
+pub fn keeps_no_owners(f_type: i64) -> bool {
     const MSDOS: i64 = 0x4d44;
     const EXFAT: i64 = 0x2011_bab0;
-    !matches!(f_type, FUSE_SUPER_MAGIC | MSDOS | EXFAT)
+    matches!(f_type, FUSE_SUPER_MAGIC | MSDOS | EXFAT)
 }
 
 /// Filesystems that turn an unlink of an open file into a visible rename

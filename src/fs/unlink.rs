@@ -188,28 +188,26 @@ impl CasaFs {
             // ntfs-3g).
             let st = sys::stat_cached_at(dfd.as_raw_fd(), &loc.name)?;
             // A directory the kernel knows may be a process's working
-            // directory: a descriptor of it, taken while it still has a
-            // name, answers for it once it has none.
-            if let Ok(i) = self
+            // directory: a descriptor of it (one it holds already, else one
+            // taken while it still has a name) answers for it once it has
+            // none.
+            let known = self
                 .inodes
                 .get(self.inodes.nodeid_for(st.st_dev, st.st_ino))
-                && i.same(&st)
-            {
+                .ok()
+                .filter(|i| i.same(&st));
+            if let Some(i) = &known {
                 let _ = i.path_fd();
             }
-            sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR).map(|()| st)
+            sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR).map(|()| (st, known))
         };
-        let st = match loc.redirect {
+        let (st, known) = match loc.redirect {
             Some(_) => creds::as_root(remove)?,
             None => remove()?,
         };
         self.routing.redirects.forget_dir(st.st_dev, st.st_ino);
         // A removed directory's number may come back for a new one.
-        if let Ok(i) = self
-            .inodes
-            .get(self.inodes.nodeid_for(st.st_dev, st.st_ino))
-            && i.same(&st)
-        {
+        if let Some(i) = known {
             i.mark_dead();
         }
         if loc.redirect.is_some() {
