@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn casafs(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> (i32, String, String) {
-    casafs_with(args, env)
-}
-
 fn os(s: &str) -> &std::ffi::OsStr {
     std::ffi::OsStr::new(s)
 }
@@ -31,11 +27,9 @@ fn casafs_mounts_at(p: &std::path::Path) -> usize {
         .count()
 }
 
-#[test]
-fn a_second_mount_over_a_live_casafs_says_who_and_exits_2() {
-    let m = Mount::over_itself("second");
-    fs::write(m.p("kept"), b"first").unwrap();
-    let (code, _, err) = casafs(
+/// `casafs mount` of a mount's own source on its mount point, once more.
+fn mount_again(m: &Mount) -> (i32, String, String) {
+    casafs_with(
         &[
             os("mount"),
             m.source.as_os_str(),
@@ -43,7 +37,14 @@ fn a_second_mount_over_a_live_casafs_says_who_and_exits_2() {
             os("-f"),
         ],
         &[],
-    );
+    )
+}
+
+#[test]
+fn a_second_mount_over_a_live_casafs_says_who_and_exits_2() {
+    let m = Mount::over_itself("second");
+    fs::write(m.p("kept"), b"first").unwrap();
+    let (code, _, err) = mount_again(&m);
     assert_eq!(code, 2, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
@@ -65,15 +66,7 @@ fn a_second_mount_over_a_stalled_casafs_is_refused_without_waiting_for_it() {
     let t = std::thread::spawn(move || fs::metadata(stuck).is_ok());
     std::thread::sleep(Duration::from_millis(300));
     let asked = Instant::now();
-    let (code, _, err) = casafs(
-        &[
-            os("mount"),
-            m.source.as_os_str(),
-            m.mnt.as_os_str(),
-            os("-f"),
-        ],
-        &[],
-    );
+    let (code, _, err) = mount_again(&m);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("already mounted by casafs, which is not answering"),
@@ -108,7 +101,7 @@ fn an_area_under_a_mount_point_not_mounted_yet_is_refused() {
     // Named through a symlink into the mount point, the same.
     std::os::unix::fs::symlink(&scratch, tmp.path().join("link")).unwrap();
     let linked = format!("scratch={}/t", tmp.path().join("link").display());
-    let (code, _, err) = casafs(
+    let (code, _, err) = casafs_with(
         &[
             os("mount"),
             tree.as_os_str(),
@@ -135,7 +128,7 @@ fn an_area_under_a_mount_point_not_mounted_yet_is_refused() {
         os("-o"),
         os(&opt),
     ];
-    let (code, _, err) = casafs(&args, &[("CASAFS_FSTAB", fstab.as_os_str())]);
+    let (code, _, err) = casafs_with(&args, &[("CASAFS_FSTAB", fstab.as_os_str())]);
     assert_eq!(code, 2, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
@@ -158,14 +151,6 @@ fn an_area_under_a_mount_point_not_mounted_yet_is_refused() {
         .start();
     fs::create_dir(m.p("TMPPOINTING1")).unwrap();
     assert!(fast.0.join("t/TMPPOINTING1").is_dir(), "{}", m.log_text());
-}
-
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn hup(m: &Mount) {
@@ -195,7 +180,7 @@ fn sighup_applies_a_new_config_while_files_stay_open() {
     )
     .unwrap();
     hup(&m);
-    wait_for("the reload", 10, || m.stats()["reloads"] == 1);
+    eventually_within("the reload", 10, || m.stats()["reloads"] == 1);
     let shown = fs::read_to_string(m.p(".casafs/config")).unwrap();
     assert!(!shown.contains("\"tmppointing\""), "{shown}");
     assert!(shown.contains("retention = \"2s\""), "{shown}");
@@ -204,14 +189,14 @@ fn sighup_applies_a_new_config_while_files_stay_open() {
     assert!(m.backing("TMPPOINTING1").is_dir(), "routed although off");
     fs::write(m.p("casa-1.log"), b"log").unwrap();
     assert!(m.backing("state/logs/casa/casa-1.log").is_file());
-    wait_for("retention of the routed log", 20, || {
+    eventually_within("retention of the routed log", 20, || {
         !m.backing("state/logs/casa/casa-1.log").exists()
     });
 
     // A bad file is refused whole; the running configuration stays.
     fs::write(&config, "[[rule]]\nname = \"tmppointing\"\nenabled = yes\n").unwrap();
     hup(&m);
-    wait_for("the refusal in the log", 10, || {
+    eventually_within("the refusal in the log", 10, || {
         m.log_text().contains("reload refused")
     });
     assert_eq!(m.stats()["reloads"], 1);
@@ -221,7 +206,7 @@ fn sighup_applies_a_new_config_while_files_stay_open() {
     // Back on; what needs a remount is said and left alone.
     fs::write(&config, "threads = 3\n").unwrap();
     hup(&m);
-    wait_for("the second reload", 10, || m.stats()["reloads"] == 2);
+    eventually_within("the second reload", 10, || m.stats()["reloads"] == 2);
     fs::create_dir(m.p("TMPPOINTING3")).unwrap();
     assert!(m.backing("state/scratch/tmppointing/TMPPOINTING3").is_dir());
     let log = m.log_text();
@@ -276,7 +261,8 @@ fn the_watchdog_pings_only_while_the_mount_answers_and_check_says_so() {
     assert!(pings(&first) >= 3, "serving, yet {first:?}");
 
     let mnt = m.mnt.as_os_str().to_owned();
-    let check = |timeout: &str| casafs(&[os("check"), &mnt, os("--timeout"), os(timeout)], &[]);
+    let check =
+        |timeout: &str| casafs_with(&[os("check"), &mnt, os("--timeout"), os(timeout)], &[]);
     let (code, out, _) = check("5s");
     assert_eq!(
         (code, out.trim()),
@@ -312,7 +298,7 @@ fn the_watchdog_pings_only_while_the_mount_answers_and_check_says_so() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("gone"), "{out}");
     let plain = TempDir::new("watchdog-plain");
-    let (code, out, _) = casafs(&[os("check"), plain.path().as_os_str()], &[]);
+    let (code, out, _) = casafs_with(&[os("check"), plain.path().as_os_str()], &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not a casafs mount"), "{out}");
 }
@@ -334,7 +320,7 @@ fn under_the_journal_each_line_carries_its_priority() {
         .start();
     fs::write(&config, "threads = 3\n").unwrap();
     hup(&m);
-    wait_for("the reload", 10, || m.stats()["reloads"] == 1);
+    eventually_within("the reload", 10, || m.stats()["reloads"] == 1);
     let text = m.log_text();
     let line = |what: &str| {
         text.lines()

@@ -19,16 +19,12 @@ fn casafs(args: &[&str]) -> (i32, String, String) {
     casafs_with(args, &[])
 }
 
-fn parse_prometheus(text: &str) -> String {
-    prometheus_families(text)
-}
-
 #[test]
 fn metrics_carry_a_histogram_in_seconds_build_info_and_start_time() {
     let m = Mount::over_itself("obs-prom");
     fs::write(m.p("casa-1.log"), b"x").unwrap();
     let text = fs::read_to_string(m.p(".casafs/metrics")).unwrap();
-    let families = parse_prometheus(&text);
+    let families = prometheus_families(&text);
     assert!(
         families
             .lines()
@@ -123,7 +119,7 @@ fn the_textfile_is_always_whole_and_needs_no_mount_to_read() {
         reads > 100 && seen.len() >= 2,
         "{reads} reads, versions {seen:?}"
     );
-    parse_prometheus(&fs::read_to_string(&prom).unwrap());
+    prometheus_families(&fs::read_to_string(&prom).unwrap());
     let cfg = fs::read_to_string(m.p(".casafs/config")).unwrap();
     assert!(
         cfg.contains(&format!("textfile = {:?}", prom.display().to_string())),

@@ -361,10 +361,16 @@ impl Drop for Mount {
 /// Waits up to 5 s for `cond`. For what follows a close(): the kernel sends
 /// FUSE's release after close() has returned, so what the release does (a
 /// deferred unlink completing, a counter going down) shows a moment later.
-pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+pub fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, 5, cond)
+}
+
+/// `eventually`, for what may take up to `secs` seconds (a reload, a
+/// retention pass).
+pub fn eventually_within(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
-        assert!(Instant::now() < deadline, "not within 5 s: {what}");
+        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
