@@ -331,7 +331,13 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
     parse_o(&args.options, &mut raw)?;
 
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let source = absolute(&cwd, &args.source.to_string_lossy());
+    // `-o source=DIR` (the form xfstests and some mount tools use) names the
+    // directory; SOURCE is then only the name the mount table shows.
+    let given_source = raw.kv.iter().rev().find(|(k, _)| k == "source");
+    let source = match given_source {
+        Some((_, v)) => absolute(&cwd, v),
+        None => absolute(&cwd, &args.source.to_string_lossy()),
+    };
     let mountpoint = absolute(&cwd, &args.mountpoint.to_string_lossy());
 
     // Empty paths are refused before anything is read: `logs=` or
@@ -390,7 +396,10 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         mount_flags: raw.flags.clone(),
         config_file: config_file.clone(),
     };
-    s.fsname = s.source.to_string_lossy().into_owned();
+    s.fsname = match given_source {
+        Some(_) => args.source.to_string_lossy().into_owned(),
+        None => s.source.to_string_lossy().into_owned(),
+    };
 
     for (k, v) in &kv {
         let Some(opt) = crate::options::find(k) else {
@@ -609,6 +618,18 @@ mod tests {
             assert!(e.0.contains("empty value"), "{o}: {e}");
         }
         assert!(build(&args(&["nodiratime,relatime,lazytime"])).is_ok());
+    }
+
+    /// `mount -t fuse.casafs -o source=DIR NAME MOUNTPOINT`: DIR is served
+    /// and NAME is what the mount table shows.
+    #[test]
+    fn source_option_names_the_directory() {
+        let s = build(&args(&["source=/data/t,allow_other"])).unwrap();
+        assert_eq!(s.source, PathBuf::from("/data/t"));
+        assert_eq!(s.fsname, "/src");
+        assert_eq!(s.logs, PathBuf::from("/data/t/state/logs/casa"));
+        let e = build_from_text(&args(&[]), "source = \"/elsewhere\"\n").unwrap_err();
+        assert!(e.0.contains("not a config-file key"), "{e}");
     }
 
     #[test]

@@ -352,7 +352,10 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
         match crate::detach::detach() {
             Err(e) => return Err(MountError::Failed(e)),
             Ok(crate::detach::Side::Caller(done)) => return done.map_err(MountError::Failed),
-            Ok(crate::detach::Side::Daemon(w)) => report = Some(w),
+            Ok(crate::detach::Side::Daemon(w)) => {
+                crate::logsink::starting_detached();
+                report = Some(w);
+            }
         }
     }
     let tell = crate::detach::tell;

@@ -6,12 +6,15 @@
 //! its end (`ssh host mount /data` and `out=$(mount -a 2>&1)` would hang for
 //! as long as the mount lives). Once mounted, such a daemon lets go of
 //! stderr and logs to syslog instead, as other FUSE daemons do; where
-//! stderr already is the journal it keeps it.
+//! stderr already is the journal it keeps it. While such a daemon is still
+//! mounting, its caller sees only warnings and errors: a mount that works
+//! is silent, as mount(8) helpers are (its lines go to syslog).
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::Level;
 
@@ -24,6 +27,10 @@ type LevelHandle =
 
 /// The filter in use, replaced by `log_level` (at mount and on reload).
 static LEVEL: OnceLock<LevelHandle> = OnceLock::new();
+
+/// The daemon is starting in the background: the caller's stderr takes
+/// only warnings and errors, syslog everything.
+static STARTING_DETACHED: AtomicBool = AtomicBool::new(false);
 
 /// stderr is the journal: each line starts with its priority (`<4>`), which
 /// journald takes and strips, so `journalctl -p warning` finds warnings.
@@ -113,6 +120,11 @@ impl Write for Line {
                 Ok(buf.len())
             }
             (Sink::Stderr, None) => std::io::stderr().write(buf),
+            (Sink::Stderr, Some(_))
+                if self.1 <= Level::WARN && STARTING_DETACHED.load(Ordering::Relaxed) =>
+            {
+                std::io::stderr().write(buf)
+            }
             (Sink::Syslog, Some(sock)) => {
                 send(sock, &syslog_record(self.1, buf), syslog_path);
                 Ok(buf.len())
@@ -178,6 +190,29 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
 }
 
+/// For a daemon that has just left its caller to mount in the background:
+/// from now on its caller sees only warnings and errors.
+pub fn starting_detached() {
+    if stderr_is_journal() {
+        return;
+    }
+    STARTING_DETACHED.store(true, Ordering::Relaxed);
+    to_syslog();
+}
+
+fn to_syslog() {
+    // Non-blocking: request threads log, and a stalled syslog daemon must
+    // cost them a lost line, never a wait. Not connected yet is fine: each
+    // line tries again.
+    if SYSLOG.get().is_none()
+        && let Ok(sock) = UnixDatagram::unbound()
+    {
+        let _ = sock.set_nonblocking(true);
+        let _ = sock.connect(syslog_path());
+        let _ = SYSLOG.set(sock);
+    }
+}
+
 /// For a daemon that has mounted: lets go of its caller's stderr, logging
 /// to syslog from now on (to nowhere if there is none), unless stderr is
 /// the journal.
@@ -185,14 +220,8 @@ pub fn leave_caller_stderr() {
     if stderr_is_journal() {
         return;
     }
-    // Non-blocking: request threads log, and a stalled syslog daemon must
-    // cost them a lost line, never a wait. Not connected yet is fine: each
-    // line tries again.
-    if let Ok(sock) = UnixDatagram::unbound() {
-        let _ = sock.set_nonblocking(true);
-        let _ = sock.connect(syslog_path());
-        let _ = SYSLOG.set(sock);
-    }
+    to_syslog();
+    STARTING_DETACHED.store(false, Ordering::Relaxed);
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         unsafe { libc::dup2(null.as_raw_fd(), 2) };
     }

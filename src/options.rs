@@ -252,6 +252,25 @@ pub const OPTIONS: &[Opt] = &[
         show: |s| Some(s.threads.to_string()),
     },
     Opt {
+        key: "source",
+        value: "DIR",
+        help: "serve DIR; SOURCE is then only the name shown in mount tables",
+        doc: "the directory to serve, when SOURCE is only a name for the mount table (the `-o source=` form of xfstests and other mount tools); a mount option, not a config-file key",
+        default: "SOURCE",
+        live: false,
+        not_empty: true,
+        // Taken before every other option (the areas' defaults lie
+        // beneath it); here only a config file's key is refused.
+        set: |s, v, cwd| {
+            if absolute(cwd, v) == s.source {
+                Ok(())
+            } else {
+                Err("a mount option (-o source=DIR), not a config-file key".into())
+            }
+        },
+        show: |_| None,
+    },
+    Opt {
         key: "fsname",
         value: "NAME",
         help: "name shown in mount tables",

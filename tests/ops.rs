@@ -107,8 +107,11 @@ fn daemonizes_once_mounted_and_umount_ends_it() {
         ended.is_ok(),
         "the daemon still holds its caller's stdout or stderr"
     );
+    // A mount that works says nothing to its caller (mount(8) helpers are
+    // silent; xfstests compares a test's whole output).
+    assert_eq!(ended.as_deref().unwrap_or(""), "");
     assert_eq!(fstype_at(&src).as_deref(), Some("fuse.casafs"));
-    // Its messages go to syslog instead.
+    // Its messages go to syslog instead, from the start.
     fs::write(src.join("casa-20260101-000000.log"), b"x").unwrap();
     let mut records = Vec::new();
     let mut buf = [0u8; 4096];
@@ -121,6 +124,10 @@ fn daemonizes_once_mounted_and_umount_ends_it() {
     }
     assert_eq!(umount(&src, false), 0);
     assert_eq!(fstype_at(&src), None);
+    assert!(
+        records.iter().any(|r| r.contains("]: mounted ")),
+        "{records:?}"
+    );
     let routed = records
         .iter()
         .find(|r| r.contains("casa-20260101-000000.log"))
