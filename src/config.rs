@@ -122,15 +122,10 @@ fn is_ignored_mount_keyword(k: &str) -> bool {
             | "group"
             | "_netdev"
             | "nofail"
-            // The atime family: the backing filesystem keeps its own
-            // access times, which casafs's reads reach directly.
-            | "relatime"
-            | "norelatime"
-            | "strictatime"
+            // Access times are kept by the backing filesystem, which
+            // writes them out by its own schedule.
             | "lazytime"
             | "nolazytime"
-            | "diratime"
-            | "nodiratime"
             | "default_permissions"
             | "silent"
             | "loud"
@@ -171,6 +166,8 @@ fn parse_o(opts: &[String], raw: &mut Raw) -> Result<(), BadInput> {
                 raw.allow_other = Some(false);
             } else if let (Some(f), None) = (kernel_flag(k), v) {
                 raw.flags.push(f);
+            } else if crate::atime::WORDS.contains(&k) && v.is_none() {
+                raw.flags.push(MountOption::CUSTOM(k.to_string()));
             } else if is_ignored_mount_keyword(item) || is_ignored_mount_keyword(k) {
                 continue;
             } else if crate::options::find(k).is_some() {

@@ -139,8 +139,16 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
         )));
     }
     let source = std::fs::canonicalize(&s.source).unwrap_or_else(|_| s.source.clone());
-    let root_fd =
+    let mut root_fd =
         open_dir(&source).map_err(|e| BadInput(format!("source {}: {e}", s.source.display())))?;
+    if let Some(attr) = crate::atime::wanted(&s.mount_flags) {
+        match crate::atime::through_copy(&root_fd, attr) {
+            Ok(fd) => root_fd = fd,
+            Err(e) => tracing::warn!(
+                "the access-time options cannot be kept ({e}; casafs needs root for them): access times follow the backing's own mount"
+            ),
+        }
+    }
 
     // A graveyard a user made while casafs was not mounted is not casafs's:
     // it is moved aside (kept, for whoever made it), and a new one made.
@@ -279,6 +287,7 @@ fn mount_fuse(s: &Settings, root_mode: u32) -> std::io::Result<OwnedFd> {
             MountOption::NoSuid => flags |= libc::MS_NOSUID,
             MountOption::Dev => flags &= !libc::MS_NODEV,
             MountOption::NoDev => flags |= libc::MS_NODEV,
+            MountOption::CUSTOM(w) => flags |= crate::atime::ms_flag(w),
             _ => {}
         }
     }

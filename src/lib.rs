@@ -4,6 +4,7 @@
 //! files behind. See README.md for operation; each module documents its job.
 
 pub mod areas;
+pub mod atime;
 pub mod backing;
 pub mod boot;
 pub mod cli;

@@ -323,9 +323,14 @@ const FLAGS: &[(&str, &str, &str)] = &[
         "on",
     ),
     (
-        "`ro rw nosuid nodev noexec noatime sync dirsync ...`",
+        "`ro rw nosuid nodev noexec sync dirsync ...`",
         "kernel mount flags",
         "`nosuid,nodev`",
+    ),
+    (
+        "`noatime relatime strictatime nodiratime` (and `atime diratime norelatime`)",
+        "access times on the backing, kept as a native mount with these options keeps them (casafs reaches the tree through a private copy of the backing's mount with this mode; needs root); `ro` changes none; without any, the backing's own mount decides. That copy does not see mounts made beneath the source after casafs started",
+        "the backing's",
     ),
 ];
 
@@ -347,8 +352,9 @@ pub fn help() -> String {
         out.push_str(&format!("  {kv:<31} {}   [{}]\n", o.help, o.default));
     }
     out.push_str("  allow_other / noallow_other   let other users in (default: allowed)\n");
+    out.push_str("  ro, rw, nosuid, nodev, noexec, sync, dirsync ...   kernel mount flags\n");
     out.push_str(
-        "  ro, rw, nosuid, nodev, noexec, noatime, sync, dirsync ...   kernel mount flags\n",
+        "  noatime, relatime, strictatime, nodiratime   access times on the backing, as natively\n",
     );
     out.push_str("fstab keywords (defaults, nofail, _netdev, noauto, x-systemd.*) are accepted and ignored.\n");
     out.push_str("Any other option is an error.");

@@ -571,3 +571,97 @@ fn systemd_unit_verifies() {
         );
     }
 }
+
+/// Sets a file's access and modification times (seconds since the epoch).
+fn set_times(p: &Path, atime: i64, mtime: i64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let t = [
+        libc::timespec {
+            tv_sec: atime,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
+    ];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), 0) },
+        0
+    );
+}
+
+/// The access-time options act on the backing as on a native mount with
+/// them: `noatime` and `ro` change no access time, `strictatime` changes it
+/// on every read (relatime, the backing's, would not), `nodiratime` leaves
+/// directories alone. Read on the backing disk itself.
+#[test]
+fn access_time_options_act_as_on_a_native_mount() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let read_all = |m: &Mount, rel: &str| drop(fs::read(m.p(rel)).unwrap());
+    for (opts, what) in [
+        ("noatime", "noatime"),
+        ("ro", "ro"),
+        ("strictatime", "strictatime"),
+        ("nodiratime", "nodiratime"),
+        ("", "default"),
+    ] {
+        let tmp = TempDir::new("atime");
+        let src = tmp.path().join("tree");
+        fs::create_dir_all(src.join("d")).unwrap();
+        fs::write(src.join("old"), b"x").unwrap();
+        fs::write(src.join("fresh"), b"y").unwrap();
+        fs::write(src.join("d/f"), b"z").unwrap();
+        let (old, fresh, dir) = (src.join("old"), src.join("fresh"), src.join("d"));
+        // `old`: read long ago, written since: relatime updates it.
+        set_times(&old, 1_000_000_000, now - 100);
+        set_times(&fresh, 1_000_000_000, now - 100);
+        set_times(&dir, 1_000_000_000, now - 100);
+        let mut b = Mount::builder("atime").separate().source(&src, tmp);
+        if !opts.is_empty() {
+            b = b.opt(opts);
+        }
+        let m = b.start();
+        read_all(&m, "old");
+        read_all(&m, "fresh");
+        let _ = names(&m.p("d"));
+        let first = (stat(&old).st_atime, stat(&fresh).st_atime);
+        let dir_atime = stat(&dir).st_atime;
+        // `fresh` read again a second later, having been read since its
+        // last change: relatime leaves it, strictatime updates it.
+        let ctime = stat(&fresh).st_ctime;
+        std::thread::sleep(Duration::from_millis(1100));
+        read_all(&m, "fresh");
+        let again = stat(&fresh).st_atime;
+        assert_eq!(
+            stat(&fresh).st_ctime,
+            ctime,
+            "{what}: a read changes no ctime"
+        );
+        match what {
+            "noatime" | "ro" => {
+                assert_eq!(first, (1_000_000_000, 1_000_000_000), "{what}");
+                assert_eq!(again, 1_000_000_000, "{what}");
+                assert_eq!(dir_atime, 1_000_000_000, "{what}");
+            }
+            "strictatime" => {
+                assert!(first.0 >= now && first.1 >= now, "{what}: {first:?}");
+                assert!(again > first.1, "{what}: every read");
+                assert!(dir_atime >= now, "{what}");
+            }
+            "nodiratime" => {
+                assert!(first.0 >= now, "{what}");
+                assert_eq!(dir_atime, 1_000_000_000, "{what}");
+            }
+            _ => {
+                // The backing's own relatime.
+                assert!(first.0 >= now && first.1 >= now, "{what}: {first:?}");
+                assert_eq!(again, first.1, "{what}");
+                assert!(dir_atime >= now, "{what}");
+            }
+        }
+    }
+}
