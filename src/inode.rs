@@ -323,7 +323,11 @@ impl Inode {
     /// An inode reached through its own descriptor, held for as long as the
     /// inode lives (the root, an area, the graveyard).
     pub fn new_held(nodeid: u64, fd: OwnedFd, st: &libc::stat, in_area: bool) -> Arc<Inode> {
-        Arc::new(Inode {
+        Arc::new(Self::held(nodeid, fd, st, in_area))
+    }
+
+    fn held(nodeid: u64, fd: OwnedFd, st: &libc::stat, in_area: bool) -> Inode {
+        Inode {
             nodeid,
             dev: st.st_dev,
             ino: st.st_ino,
@@ -340,7 +344,7 @@ impl Inode {
             open: Mutex::new(OpenState::default()),
             attrs_sent: AtomicU64::new(0),
             listed: AtomicU64::new(0),
-        })
+        }
     }
 
     pub fn is_dir(&self) -> bool {
@@ -760,6 +764,32 @@ impl InodeTable {
             }
             Entry::Vacant(v) => {
                 let ino = Arc::new(Self::make(nodeid, parent, name, st, in_area, 0, 1));
+                v.insert(ino.clone());
+                ino
+            }
+        }
+    }
+
+    /// Registers an object without a name (`O_TMPFILE`), reached through
+    /// its own descriptor `fd`, adding one kernel reference.
+    pub fn remember_nameless(&self, fd: OwnedFd, st: &libc::stat, in_area: bool) -> Arc<Inode> {
+        let nodeid = self.nodeid_for(st.st_dev, st.st_ino);
+        let mut ino = Inode::held(nodeid, fd, st, in_area);
+        ino.private = false;
+        ino.lookups = AtomicU64::new(1);
+        match self.map.entry(nodeid) {
+            // A number reused while the kernel holds the old object: as in
+            // `remember`.
+            Entry::Occupied(mut e) => {
+                let cur = e.get();
+                ino.generation = cur.generation + 1;
+                *ino.lookups.get_mut() += cur.lookups.load(Ordering::Acquire);
+                let ino = Arc::new(ino);
+                e.insert(ino.clone());
+                ino
+            }
+            Entry::Vacant(v) => {
+                let ino = Arc::new(ino);
                 v.insert(ino.clone());
                 ino
             }

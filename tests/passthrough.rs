@@ -1191,3 +1191,62 @@ print(oct(os.stat('f').st_mode & 0o7777))\n";
     let m = Mount::over_itself("dio");
     assert_eq!(run(&m.mnt), want);
 }
+
+/// `open(O_TMPFILE)` makes a file without a name, owned by its maker with
+/// the mode and umask asked for; linking its descriptor names it (a
+/// `casa-*.log` name is routed like any other), and one never named leaves
+/// nothing behind.
+#[test]
+fn o_tmpfile_makes_a_nameless_file_that_a_link_names() {
+    let m = Mount::over_itself("tmpfile");
+    let (uid, gid) = user_ids("nobody");
+    fs::create_dir(m.p("shared")).unwrap();
+    chmod(&m.p("shared"), 0o1777);
+    // linkat(AT_EMPTY_PATH), as xfs_io's flink does: a link through
+    // /proc/self/fd answers EXDEV on FUSE (the kernel's, on any FUSE
+    // filesystem).
+    let script = r#"python3 - <<'PY'
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def link(fd, name):
+    if libc.linkat(fd, b"", -100, name.encode(), 0x1000) != 0:
+        raise OSError(ctypes.get_errno(), name)
+os.umask(0o027)
+fd = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o666)
+os.write(fd, b"kept\n")
+print(sorted(os.listdir(".")), oct(os.fstat(fd).st_mode & 0o7777), os.fstat(fd).st_nlink)
+link(fd, "named")
+os.lseek(fd, 0, 0)
+print(os.read(fd, 100), os.stat("named").st_nlink, os.stat("named").st_ino == os.fstat(fd).st_ino)
+log = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o644)
+os.write(log, b"log\n")
+link(log, "casa-20260101-000000.log")
+gone = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600)
+os.write(gone, b"gone\n")
+os.close(gone)
+print(sorted(os.listdir(".")))
+PY"#;
+    let out = ok(&sh_as(uid, gid, &m.p("shared"), script));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "[] 0o640 0", "{out}");
+    assert_eq!(lines[1], "b'kept\\n' 1 True", "{out}");
+    // A routed name is left out of its directory's listing, as always.
+    assert_eq!(lines[2], "['named']", "{out}");
+    let st = stat(&m.backing("shared/named"));
+    assert_eq!(
+        (st.st_uid, st.st_gid, st.st_mode & 0o7777),
+        (uid, gid, 0o640)
+    );
+    assert_eq!(fs::read(m.p("shared/named")).unwrap(), b"kept\n");
+    // The log went to the logs area, and is read by its own name.
+    assert_eq!(
+        fs::read(m.p("shared/casa-20260101-000000.log")).unwrap(),
+        b"log\n"
+    );
+    assert!(!m.backing("shared/casa-20260101-000000.log").exists());
+    assert_eq!(
+        fs::read(m.backing("state/logs/casa/casa-20260101-000000.log")).unwrap(),
+        b"log\n"
+    );
+    assert_eq!(names(&m.backing("shared")), vec!["named".to_string()]);
+}

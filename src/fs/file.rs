@@ -53,6 +53,44 @@ impl CasaFs {
         }
     }
 
+    /// `open(O_TMPFILE)`: a file without a name in `parent`, made as the
+    /// caller, which a later link(2) of its descriptor may name. Nothing
+    /// is routed: it has no name to route by.
+    pub(super) fn do_tmpfile(&self, made: Made, parent: u64, flags: i32) -> Res<Opened> {
+        let p = self.inodes.get(parent)?;
+        if p.private {
+            return Err(Errno::EACCES);
+        }
+        self.handles.admit(creds::request_caller().uid)?;
+        let pfd = p.dir_fd()?;
+        let made = Made {
+            mode: libc::S_IFREG | (made.mode & 0o7777),
+            ..made
+        };
+        let keep = !(libc::O_CREAT | libc::O_TRUNC | libc::O_TMPFILE | libc::O_NOFOLLOW);
+        let fd = sys::open_at(
+            pfd.as_raw_fd(),
+            c".",
+            (flags & keep) | libc::O_TMPFILE,
+            made.in_place_mode() & 0o7777,
+        )?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        // The object's own descriptor is its only way back: it has no name.
+        let anchor = sys::open_at(
+            libc::AT_FDCWD,
+            &sys::proc_path(fd.as_raw_fd()),
+            libc::O_PATH,
+            0,
+        )?;
+        let inode = self.inodes.remember_nameless(anchor, &st, p.in_area);
+        Ok(Opened {
+            inode,
+            fd,
+            st,
+            counted: false,
+        })
+    }
+
     /// `open(O_CREAT)` of a name the kernel does not know. Routed names,
     /// existing redirects (CASA reopening its log by path) and names that
     /// exist after all (a race) are all handled here.

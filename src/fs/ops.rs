@@ -485,6 +485,38 @@ impl CasaFs {
         )
     }
 
+    /// `open(O_TMPFILE)`, counted as a create.
+    pub fn op_tmpfile(
+        &self,
+        who: Caller,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: impl CreateReply,
+    ) {
+        let made = Made { who, mode, umask };
+        serve!(
+            self,
+            Op::Create,
+            reply,
+            self.do_tmpfile(made, parent, flags),
+            |o| {
+                let attr = self.attr(o.inode.nodeid, &o.st);
+                let generation = o.inode.generation;
+                let (fh, backing) = self.register(o, flags);
+                reply.created(
+                    &attr,
+                    self.ttl_entry(),
+                    generation,
+                    fh,
+                    FopenFlags::empty(),
+                    backing,
+                )
+            }
+        )
+    }
+
     pub fn op_fallocate(
         &self,
         fh: u64,

@@ -42,6 +42,7 @@ pub const READDIRPLUS: u32 = 44;
 pub const RENAME2: u32 = 45;
 pub const LSEEK: u32 = 46;
 pub const COPY_FILE_RANGE: u32 = 47;
+pub const TMPFILE: u32 = 51;
 
 // setattr `valid` bits.
 pub const FATTR_MODE: u32 = 1 << 0;

@@ -219,6 +219,11 @@ pub fn serve(
             let (name, _) = name_or_einval!(payload);
             fs.op_create(who, ino, name, a.mode, a.umask, a.flags as i32, r)
         }
+        // The kernel names the file "/"; it has no name until linked.
+        TMPFILE => {
+            let a: CreateIn = read(op_in);
+            fs.op_tmpfile(who, ino, a.mode, a.umask, a.flags as i32, r)
+        }
         FALLOCATE => {
             let a: FallocateIn = read(op_in);
             fs.op_fallocate(a.fh, a.offset, a.length, a.mode as i32, r)
