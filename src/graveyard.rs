@@ -126,6 +126,26 @@ impl Graveyard {
     /// ones left by dead daemons of this host. Returns the graveyard and
     /// the number of stale entries removed.
     pub fn open(root_fd: RawFd) -> Res<(Graveyard, u64)> {
+        Self::open_between(root_fd, &|| {})
+    }
+
+    /// `open`, with `meanwhile` run between finding the base directory and
+    /// making this mount's graveyard in it (where a test plays the daemon
+    /// that stops).
+    fn open_between(root_fd: RawFd, meanwhile: &dyn Fn()) -> Res<(Graveyard, u64)> {
+        // A daemon that stops removes the base directory once it holds no
+        // graveyard (`close`): one stopping while this one starts (a
+        // remount, another host) can take it away between our steps.
+        let mut tries = 0;
+        loop {
+            match Self::open_once(root_fd, meanwhile) {
+                Err(sys::Errno::ENOENT) if tries < 20 => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn open_once(root_fd: RawFd, meanwhile: &dyn Fn()) -> Res<(Graveyard, u64)> {
         match sys::mkdir_at(root_fd, GRAVEYARD_CNAME, 0o700) {
             Ok(()) | Err(sys::Errno::EEXIST) => {}
             Err(e) => return Err(e),
@@ -148,6 +168,7 @@ impl Graveyard {
         }
         let host = hostname();
         let cleaned = clean_stale(&base, &host);
+        meanwhile();
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -276,6 +297,31 @@ impl Graveyard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A daemon starting while another one stops (which removes the base
+    /// directory when it is empty) still gets its graveyard.
+    #[test]
+    fn a_graveyard_opens_while_another_daemon_removes_the_base() {
+        let base =
+            std::env::temp_dir().join(format!("casafs-graveyard-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let c = CString::new(base.as_os_str().as_encoded_bytes()).unwrap();
+        let root = sys::open_at(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        // A daemon that stops removes the base, now empty, just after this
+        // one found it.
+        let removed = std::sync::atomic::AtomicBool::new(false);
+        let stopping = || {
+            if !removed.swap(true, Ordering::Relaxed) {
+                sys::unlink_at(root.as_raw_fd(), GRAVEYARD_CNAME, libc::AT_REMOVEDIR).unwrap();
+            }
+        };
+        let opened = Graveyard::open_between(root.as_raw_fd(), &stopping);
+        assert!(removed.load(Ordering::Relaxed));
+        let (g, _) = opened.unwrap();
+        g.close(root.as_raw_fd());
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     /// The graveyard on its own, over a plain directory: a buried file
     /// leaves its directory at once, is counted until released, and a
