@@ -1250,3 +1250,20 @@ PY"#;
     );
     assert_eq!(names(&m.backing("shared")), vec!["named".to_string()]);
 }
+
+/// A program others may run but not read (mode 0711): natively exec needs
+/// only the execute permission. Reading it stays refused.
+#[test]
+fn a_program_others_may_run_but_not_read_runs() {
+    let m = Mount::over_itself("execonly");
+    let (uid, gid) = user_ids("nobody");
+    fs::copy("/bin/true", m.p("tool")).unwrap();
+    chmod(&m.p("tool"), 0o711);
+    let out = sh_as(
+        uid,
+        gid,
+        &m.mnt,
+        "./tool && echo ran; cat tool >/dev/null 2>&1 || echo unreadable",
+    );
+    assert_eq!(ok(&out).trim(), "ran\nunreadable");
+}

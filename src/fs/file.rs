@@ -22,6 +22,37 @@ pub(super) struct Opened {
     pub counted: bool,
 }
 
+/// The kernel's mark on the open of a program it is about to run
+/// (`__FMODE_EXEC`); no open(2) can set it.
+const FMODE_EXEC: i32 = 0x20;
+
+/// A program the caller may run but not read (mode `--x`): natively exec
+/// needs only the execute permission, which the kernel has checked
+/// (`default_permissions`), and the caller never gets the descriptor. casafs
+/// opens it as root, through the object's own descriptor, checked to be the
+/// inode the kernel meant and a regular file before anything is opened
+/// for reading.
+fn open_to_execute(inode: &Inode, a: &Anchor) -> Res<OwnedFd> {
+    creds::as_root(|| {
+        let obj = match a {
+            Anchor::Fd(fd) => sys::open_at(
+                libc::AT_FDCWD,
+                &sys::proc_path(fd.as_raw_fd()),
+                libc::O_PATH,
+                0,
+            )?,
+            Anchor::At(dir, name) => {
+                sys::open_at(dir.as_raw_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?
+            }
+        };
+        let st = sys::fstat(obj.as_raw_fd())?;
+        if !inode.same(&st) || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::EACCES);
+        }
+        Anchor::Fd(Arc::new(obj)).open(libc::O_RDONLY)
+    })
+}
+
 impl CasaFs {
     /// Opens an existing file. Its handle is counted before the backing
     /// file is opened: an unlink meanwhile must find it open (and bury it
@@ -32,7 +63,10 @@ impl CasaFs {
         self.handles.admit(creds::request_caller().uid)?;
         inode.open.lock().handles += 1;
         let opened = inode.anchor().and_then(|a| {
-            let fd = a.open(flags)?;
+            let fd = match a.open(flags) {
+                Err(Errno::EACCES) if flags & FMODE_EXEC != 0 => open_to_execute(&inode, &a)?,
+                r => r?,
+            };
             let st = sys::fstat(fd.as_raw_fd())?;
             if !inode.same(&st) {
                 return Err(Errno::ENOENT);
