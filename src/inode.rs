@@ -123,9 +123,12 @@ pub struct Inode {
     /// opened by casafs, never by name as a caller (see `anchor`).
     pub private: bool,
     pub lookups: AtomicU64,
-    /// Bumped when a backing inode number is reused by a new object while
-    /// the kernel may still hold the old one: the kernel then retires its
-    /// old inode instead of mixing the two.
+    /// Tells apart objects that had the same node id (the backing reuses
+    /// numbers): from the object's birth time where the backing keeps one
+    /// (`sys::birth_generation`: the same in every mount, as file handles
+    /// need), else bumped when a number is reused while the kernel may
+    /// still hold the old object. The kernel then retires its old inode
+    /// instead of mixing the two, and a file handle of it answers ESTALE.
     pub generation: u64,
     /// The object is gone (removed through us); its number may be reused.
     pub dead: std::sync::atomic::AtomicBool,
@@ -677,6 +680,11 @@ impl InodeTable {
         self.get(ROOT_ID)
     }
 
+    /// Every inode the table holds now.
+    pub fn all(&self) -> Vec<Arc<Inode>> {
+        self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -750,39 +758,58 @@ impl InodeTable {
                 // new generation; the lookups the kernel holds on the old
                 // one carry over, since its forget will come to this id.
                 let held = cur.lookups.load(Ordering::Acquire);
+                let generation = born_in(parent, name)
+                    .filter(|&g| g != cur.generation)
+                    .unwrap_or(cur.generation + 1);
                 let ino = Arc::new(Self::make(
                     nodeid,
                     parent,
                     name,
                     st,
                     in_area,
-                    cur.generation + 1,
+                    generation,
                     held + 1,
                 ));
                 e.insert(ino.clone());
                 ino
             }
             Entry::Vacant(v) => {
-                let ino = Arc::new(Self::make(nodeid, parent, name, st, in_area, 0, 1));
+                let generation = born_in(parent, name).unwrap_or(0);
+                let ino = Arc::new(Self::make(nodeid, parent, name, st, in_area, generation, 1));
                 v.insert(ino.clone());
                 ino
             }
         }
     }
 
-    /// Registers an object without a name (`O_TMPFILE`), reached through
+    /// Registers an object without a name (`O_TMPFILE`, or found again by a
+    /// file handle), reached through
     /// its own descriptor `fd`, adding one kernel reference.
     pub fn remember_nameless(&self, fd: OwnedFd, st: &libc::stat, in_area: bool) -> Arc<Inode> {
         let nodeid = self.nodeid_for(st.st_dev, st.st_ino);
+        let born = sys::birth_generation(fd.as_raw_fd(), c"");
         let mut ino = Inode::held(nodeid, fd, st, in_area);
+        ino.generation = born.unwrap_or(0);
         ino.private = false;
         ino.lookups = AtomicU64::new(1);
         match self.map.entry(nodeid) {
+            // Known already (a directory reached again as a parent): the
+            // same inode, one more reference.
+            Entry::Occupied(e)
+                if e.get().same(st)
+                    && e.get().fmt == ino.fmt
+                    && !e.get().dead.load(Ordering::Acquire) =>
+            {
+                e.get().lookups.fetch_add(1, Ordering::Relaxed);
+                e.get().clone()
+            }
             // A number reused while the kernel holds the old object: as in
             // `remember`.
             Entry::Occupied(mut e) => {
                 let cur = e.get();
-                ino.generation = cur.generation + 1;
+                if born.is_none_or(|g| g == cur.generation) {
+                    ino.generation = cur.generation + 1;
+                }
                 *ino.lookups.get_mut() += cur.lookups.load(Ordering::Acquire);
                 let ino = Arc::new(ino);
                 e.insert(ino.clone());
@@ -895,6 +922,12 @@ impl InodeTable {
         parts.reverse();
         parts.join(&b'/')
     }
+}
+
+/// The birth generation (`sys::birth_generation`) of `name` in `parent`.
+fn born_in(parent: &Inode, name: &CStr) -> Option<u64> {
+    let dir = parent.path_fd().ok()?;
+    sys::birth_generation(dir.as_raw_fd(), name)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod creds;
 pub mod daemon;
 pub mod detach;
+pub mod exports;
 pub mod fault;
 pub mod fs;
 pub mod fstype;

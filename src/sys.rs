@@ -283,6 +283,29 @@ fn stat_flags(dir: RawFd, name: &CStr, flags: i32) -> Res<libc::stat> {
     Ok(st)
 }
 
+/// A generation number for the object `name` in `dir` (`dir` itself for an
+/// empty name), from its birth time: a number the backing reuses for a new
+/// object gets another generation, and the same object gets the same one
+/// in every mount, which is what file handles need to tell them apart.
+/// None where the backing keeps no birth times. Asked of the backing's
+/// cache (a FUSE backing answers without a round trip).
+pub fn birth_generation(dir: RawFd, name: &CStr) -> Option<u64> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    let rc = unsafe { libc::statx(dir, name.as_ptr(), flags, libc::STATX_BTIME, &mut stx) };
+    if rc != 0 || stx.stx_mask & libc::STATX_BTIME == 0 {
+        return None;
+    }
+    let ns = (stx.stx_btime.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(stx.stx_btime.tv_nsec as u64);
+    // The kernel keeps 32 bits of it.
+    Some(ns & 0xffff_ffff)
+}
+
 /// `fstat` that also works on `O_PATH` descriptors.
 pub fn fstat(fd: RawFd) -> Res<libc::stat> {
     stat_flags(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)

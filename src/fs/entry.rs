@@ -70,6 +70,12 @@ impl CasaFs {
     }
 
     pub(super) fn do_lookup(&self, parent: u64, name: &OsStr) -> Res<(Arc<Inode>, libc::stat)> {
+        // Sent only by the kernel's file-handle code (export.rs).
+        match name.as_encoded_bytes() {
+            b"." => return self.lookup_self(parent),
+            b".." => return self.lookup_parent(parent),
+            _ => {}
+        }
         let p = self.inodes.get(parent)?;
         let name = cname(name)?;
         if parent == ROOT_ID && super::is_reserved_root_name(&name) {

@@ -7,6 +7,7 @@ mod attr;
 mod control;
 mod dir;
 mod entry;
+mod export;
 mod file;
 mod made;
 pub mod ops;
@@ -46,6 +47,8 @@ pub struct CasaFs {
     /// Areas, rules' areas, redirects: routing.rs.
     routing: routing::Routing,
     graveyard: Graveyard,
+    /// Backing handles of objects the kernel let go of (export.rs).
+    exports: crate::exports::Exports,
     stats: Arc<Stats>,
     /// Unlinks of open files go through the graveyard.
     defer_unlink: bool,
@@ -121,6 +124,7 @@ impl CasaFs {
         let root = Inode::new_held(ROOT_ID, p.root_fd, &st, false);
         let root_raw = root.dir_fd()?;
         let (graveyard, cleaned) = Graveyard::open(root_raw.as_raw_fd())?;
+        let exports = crate::exports::load(&p.settings.source);
         if cleaned > 0 {
             tracing::info!("emptied {cleaned} graveyard entries left by a stopped daemon");
         }
@@ -192,6 +196,7 @@ impl CasaFs {
             inodes,
             handles: HandleTable::default(),
             graveyard,
+            exports,
             defer_unlink,
             flush_on_close: crate::fstype::reports_errors_at_close(root_ftype),
             passthrough: AtomicBool::new(false),
@@ -219,6 +224,7 @@ impl CasaFs {
     /// The connection ended (or never started): pending deferred unlinks
     /// are finished and the graveyard let go of.
     pub fn destroy(&self) {
+        crate::creds::as_root(|| self.save_exports());
         if let Ok(fd) = self.root_fd() {
             self.graveyard.close(fd.as_raw_fd());
         }

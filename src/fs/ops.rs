@@ -83,6 +83,10 @@ impl CasaFs {
         }
         let t = self.stats.start(Op::Lookup);
         match self.do_lookup(parent, name) {
+            Ok((i, st)) if i.nodeid == ROOT_ID => {
+                self.stats.finish(t, None);
+                reply.root_entry(&self.attr(i.nodeid, &st), self.ttl_attr(), self.ttl_entry())
+            }
             Ok((i, st)) => {
                 self.stats.finish(t, None);
                 reply.entry(
@@ -114,8 +118,10 @@ impl CasaFs {
     pub fn op_forget(&self, ino: u64, nlookup: u64) {
         let t = self.stats.start(Op::Forget);
         if !is_control(ino) {
-            self.inodes
-                .forget(ino, nlookup, |inode| self.kernel_let_go(inode));
+            self.inodes.forget(ino, nlookup, |inode| {
+                self.kernel_let_go(inode);
+                crate::creds::as_root(|| self.keep_handle(inode));
+            });
         }
         self.stats.finish(t, None);
     }

@@ -19,6 +19,19 @@ pub trait EmptyReply: Reply {
 
 pub trait EntryReply: Reply {
     fn entry(self, attr: &FileAttr, ttl_attr: Duration, ttl_entry: Duration, generation: u64);
+
+    /// The root as an entry (reached as a parent by the kernel's file-handle
+    /// code): its node id is ROOT_ID while `attr` keeps its inode number.
+    /// Where the transport cannot tell the two apart, the attributes carry
+    /// the node id until they are next asked for.
+    fn root_entry(self, attr: &FileAttr, ttl_attr: Duration, ttl_entry: Duration)
+    where
+        Self: Sized,
+    {
+        let mut a = *attr;
+        a.ino = fuser::INodeNo(crate::inode::ROOT_ID);
+        self.entry(&a, ttl_attr, ttl_entry, 0)
+    }
 }
 
 pub trait AttrReply: Reply {

@@ -161,6 +161,8 @@ impl MountBuilder {
             cmd.arg("-o").arg(o);
         }
         cmd.args(&self.args);
+        // The table of file handles kept at unmount goes with the test.
+        cmd.env("CASAFS_STATE_DIR", tmp.path().join("state"));
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env(
             "RUST_LOG",

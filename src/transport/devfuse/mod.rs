@@ -76,8 +76,12 @@ impl Filesystem for Dispatch {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_AUTO_INVAL_DATA,
             InitFlags::FUSE_CACHE_SYMLINKS,
+            // File handles (NFS export, open_by_handle_at): fs/export.rs.
+            InitFlags::FUSE_EXPORT_SUPPORT,
         ] {
-            let _ = config.add_capabilities(f);
+            if let Err(f) = config.add_capabilities(f) {
+                tracing::debug!("the kernel does not offer {f:?}");
+            }
         }
         // KILLPRIV_V2 spares a GETXATTR of security.capability before
         // writes: casafs writes as the writer, so the backing clears set-ID

@@ -117,6 +117,12 @@ impl EntryReply for RingReply<'_> {
     fn entry(self, attr: &FileAttr, ttl_attr: Duration, ttl_entry: Duration, generation: u64) {
         self.answer_pod(&abi::entry_out(attr, ttl_attr, ttl_entry, generation))
     }
+
+    fn root_entry(self, attr: &FileAttr, ttl_attr: Duration, ttl_entry: Duration) {
+        let mut out = abi::entry_out(attr, ttl_attr, ttl_entry, 0);
+        out.nodeid = crate::inode::ROOT_ID;
+        self.answer_pod(&out)
+    }
 }
 
 impl AttrReply for RingReply<'_> {

@@ -1,0 +1,165 @@
+//! What the kernel asks of an exportable filesystem (FUSE_EXPORT_SUPPORT):
+//! the object of a node id it has forgotten (a lookup of "."), and the
+//! parent of a directory (a lookup of ".."). The table of backing handles
+//! that makes the first possible is `crate::exports`.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use super::CasaFs;
+use crate::creds;
+use crate::exports::{self, BackingHandle};
+use crate::inode::{Anchor, Inode, ROOT_ID};
+use crate::sys::{self, Errno, Res};
+
+/// `..` of `dir` (`O_PATH`), refused with EXDEV where it would cross into
+/// another mount.
+fn open_parent_here(dir: std::os::fd::RawFd) -> Res<OwnedFd> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_XDEV: u64 = 0x01;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_XDEV,
+    };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            c"..".as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(sys::last_errno());
+    }
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
+impl CasaFs {
+    /// The object of `nodeid`, which the kernel may have forgotten: known
+    /// still, or opened again by the backing handle kept when the kernel
+    /// let go of it. Anything else (a node id casafs never handed out, one
+    /// of another filesystem, an object since removed) is ESTALE.
+    pub(super) fn lookup_self(&self, nodeid: u64) -> Res<(Arc<Inode>, libc::stat)> {
+        if let Ok(i) = self.inodes.get(nodeid) {
+            if !i.dead.load(std::sync::atomic::Ordering::Acquire) {
+                let st = i.stat()?;
+                if i.same(&st) {
+                    i.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok((i, st));
+                }
+            }
+            return Err(Errno::ESTALE);
+        }
+        let h = self.exports.get(nodeid).ok_or(Errno::ESTALE)?;
+        let root = self.root_fd()?;
+        let fd = creds::as_root(|| {
+            // open_by_handle_at takes no O_PATH descriptor for its mount.
+            let mount = sys::open_at(
+                libc::AT_FDCWD,
+                &sys::proc_path(root.as_raw_fd()),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK,
+                0,
+            )?;
+            h.open(mount.as_raw_fd())
+        })?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        // The handle names what it named when kept; the node id must still
+        // be that object's (the backing's own generation already turned a
+        // reused number away).
+        if st.st_dev != self.root.dev || self.inodes.nodeid_for(st.st_dev, st.st_ino) != nodeid {
+            return Err(Errno::ESTALE);
+        }
+        let inode = self.inodes.remember_nameless(fd, &st, false);
+        Ok((inode, st))
+    }
+
+    /// The parent of directory `nodeid`, through its descriptor; the root
+    /// is its own parent (the kernel never asks beyond it).
+    pub(super) fn lookup_parent(&self, nodeid: u64) -> Res<(Arc<Inode>, libc::stat)> {
+        let dir = self.inodes.get(nodeid)?;
+        if !dir.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let root = self.inodes.root()?;
+        if nodeid == ROOT_ID {
+            let st = root.stat()?;
+            root.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok((root, st));
+        }
+        let dfd = dir.dir_fd()?;
+        // casafs's own step, through a descriptor it holds: the kernel asks
+        // for the way back up, which is not an access of the caller's. Never
+        // into another mount: mounted over itself, the way up from a
+        // directory at the top would land on this very mount, whose
+        // requests this thread may be the one to serve.
+        let up = creds::as_root(|| open_parent_here(dfd.as_raw_fd()));
+        let up = match up {
+            Err(Errno::EXDEV) if self.settings.source == self.settings.mountpoint => {
+                let st = root.stat()?;
+                root.lookups
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok((root, st));
+            }
+            r => r?,
+        };
+        let st = sys::fstat(up.as_raw_fd())?;
+        if root.same(&st) {
+            let st = root.stat()?;
+            root.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok((root, st));
+        }
+        if st.st_dev != self.root.dev {
+            return Err(Errno::ESTALE);
+        }
+        Ok((self.inodes.remember_nameless(up, &st, dir.in_area), st))
+    }
+
+    /// The kernel let go of `inode`: its backing handle is kept, so that a
+    /// file handle of it still finds it. Only objects of the tree's own
+    /// filesystem, whose node ids stay theirs across remounts.
+    pub(super) fn keep_handle(&self, inode: &Inode) {
+        if inode.dead.load(std::sync::atomic::Ordering::Acquire)
+            || inode.dev != self.root.dev
+            || inode.nodeid == ROOT_ID
+            || inode.private
+            || self.inodes.nodeid_for(inode.dev, inode.ino) != inode.nodeid
+        {
+            return;
+        }
+        let h = match inode.anchor() {
+            Ok(Anchor::Fd(fd)) => BackingHandle::of(fd.as_raw_fd(), c""),
+            Ok(Anchor::At(dir, name)) => BackingHandle::of(dir.as_raw_fd(), &name),
+            Err(e) => Err(e),
+        };
+        if let Ok(h) = h {
+            self.exports.keep(inode.nodeid, h);
+        }
+    }
+
+    /// At unmount: every object the kernel still held gets its handle kept
+    /// too, and the table is written for the next mount.
+    pub(super) fn save_exports(&self) {
+        for inode in self.inodes.all() {
+            self.keep_handle(&inode);
+        }
+        if self.exports.is_empty() {
+            return;
+        }
+        if let Err(e) = exports::save(&self.settings.source, &self.exports) {
+            tracing::warn!(
+                "file handles: the table could not be kept for the next mount ({}); handles of forgotten objects will answer ESTALE",
+                std::io::Error::from_raw_os_error(e.code())
+            );
+        }
+    }
+}

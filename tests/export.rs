@@ -1,0 +1,106 @@
+//! File handles: `name_to_handle_at`/`open_by_handle_at` on the mount, as
+//! NFS export uses them, after the kernel forgot the object, across a
+//! remount, for a removed object, and for a handle someone made up.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const HANDLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/export/handles.py");
+
+fn py(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(HANDLES)
+        .args(args)
+        .output()
+        .unwrap();
+    ok(&out).trim().to_string()
+}
+
+fn handle_of(p: &Path) -> String {
+    py(&["get", p.to_str().unwrap()])
+}
+
+fn read_by(m: &Mount, h: &str) -> String {
+    py(&["read", m.mnt.to_str().unwrap(), h])
+}
+
+/// The kernel lets go of every inode it can (those of this mount among
+/// them), which then comes back only through casafs.
+fn forget_all(m: &Mount) {
+    let before = op_count(&m.stats(), "forget");
+    fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+    eventually("the kernel forgot inodes of the mount", || {
+        op_count(&m.stats(), "forget") > before
+    });
+}
+
+#[test]
+fn handles_find_objects_after_forget_and_remount_and_go_stale_when_removed() {
+    let tmp = TempDir::new("handles");
+    let tree = tmp.path().join("tree");
+    // casafs's state directory (/var/lib/casafs), kept across the remount.
+    let state = TempDir::new("handles-state");
+    let state_dir = state.path().to_str().unwrap();
+    let mut m = Mount::builder("handles")
+        .env("CASAFS_STATE_DIR", state_dir)
+        .source(&tree, tmp)
+        .start();
+    fs::create_dir_all(m.p("obs/run1")).unwrap();
+    fs::write(m.p("obs/run1/data"), b"visibilities").unwrap();
+    fs::write(m.p("obs/gone"), b"soon removed").unwrap();
+    let file = handle_of(&m.p("obs/run1/data"));
+    let dir = handle_of(&m.p("obs/run1"));
+    let gone = handle_of(&m.p("obs/gone"));
+    assert_eq!(read_by(&m, &file), "visibilities");
+
+    forget_all(&m);
+    assert_eq!(
+        read_by(&m, &file),
+        "visibilities",
+        "after the kernel forgot it"
+    );
+    assert_eq!(read_by(&m, &dir), "data");
+
+    // Remounted (the backing keeps its inode numbers): the same handles.
+    assert!(m.stop().is_some_and(|s| s.success()));
+    let m2 = Mount::builder("handles2")
+        .env("CASAFS_STATE_DIR", state_dir)
+        .source(&tree, TempDir::new("handles2"))
+        .start();
+    let kept = names(state.path());
+    assert_eq!(kept.len(), 1, "one table, in the state directory: {kept:?}");
+
+    assert_eq!(read_by(&m2, &file), "visibilities", "after a remount");
+    assert_eq!(read_by(&m2, &dir), "data");
+    // The object of a handle is the one a path reaches: a write by one
+    // shows through the other.
+    fs::write(m2.p("obs/run1/data"), b"rewritten").unwrap();
+    assert_eq!(read_by(&m2, &file), "rewritten");
+
+    // Removed: its handle names nothing, even once the number is reused.
+    fs::remove_file(m2.p("obs/gone")).unwrap();
+    forget_all(&m2);
+    for i in 0..50 {
+        fs::write(m2.p(&format!("obs/new{i}")), b"someone else's").unwrap();
+    }
+    assert_eq!(read_by(&m2, &gone), "ESTALE");
+}
+
+/// A handle made up by root for an object casafs never handed out (a file
+/// outside the tree on the same filesystem) names nothing.
+#[test]
+fn a_made_up_handle_names_nothing() {
+    let m = Mount::over_itself("forged");
+    fs::write(m.p("mine"), b"x").unwrap();
+    let real = handle_of(&m.p("mine"));
+    let outside = m.tmp.path().join("outside");
+    fs::write(&outside, b"not in the tree").unwrap();
+    let ino = stat(&outside).st_ino.to_string();
+    let answer = py(&["forge", m.mnt.to_str().unwrap(), &real, &ino]);
+    assert_eq!(answer, "ESTALE");
+}
