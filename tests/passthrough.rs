@@ -1169,10 +1169,13 @@ print(st.st_nlink, oct(st.st_mode & 0o7777), os.listdir('.'))\n";
 /// bits of a file root made writable by all, as natively.
 #[test]
 fn an_unprivileged_direct_write_clears_set_id_bits_as_natively() {
+    // The mode is looked at first, as `ls -l` before a write would.
     let write = "import os, mmap\n\
+os.stat('f')\n\
 buf = mmap.mmap(-1, 4096); buf.write(b'x' * 4096)\n\
-fd = os.open('f', os.O_WRONLY | os.O_DIRECT); os.write(fd, buf); os.close(fd)\n\
-print(oct(os.stat('f').st_mode & 0o7777))\n";
+fd = os.open('f', os.O_WRONLY | os.O_DIRECT); os.write(fd, buf); os.close(fd)\n";
+    // Asked for the mode alone (as `ls -l` and `stat -c %A` ask): a stat
+    // asking for the size too would have refreshed everything.
     let (uid, gid) = user_ids("tests");
     let run = |dir: &Path| {
         let f = dir.join("f");
@@ -1182,14 +1185,31 @@ print(oct(os.stat('f').st_mode & 0o7777))\n";
             uid,
             gid,
             dir,
-            &format!("/usr/bin/python3 -c \"{write}\""),
+            &format!("/usr/bin/python3 -c \"{write}\" && stat -c %a f"),
         ))
     };
     let native = TempDir::new("dio-native");
     let want = run(native.path());
-    assert_eq!(want.trim(), "0o777", "natively");
+    assert_eq!(want.trim(), "777", "natively");
     let m = Mount::over_itself("dio");
     assert_eq!(run(&m.mnt), want);
+    // The writer's own file, set-group-ID without group execute (which a
+    // write keeps): what stat shows at once is what the disk holds.
+    let own = |dir: &Path| {
+        let f = dir.join("f");
+        fs::write(&f, b"this is a test").unwrap();
+        std::os::unix::fs::chown(&f, Some(uid), Some(gid)).unwrap();
+        chmod(&f, 0o6644);
+        ok(&sh_as(
+            uid,
+            gid,
+            dir,
+            &format!("/usr/bin/python3 -c \"{write}\" && stat -c %a f"),
+        ))
+    };
+    let want = own(native.path());
+    assert_eq!(want.trim(), "2644", "natively");
+    assert_eq!(own(&m.mnt), want);
 }
 
 /// `open(O_TMPFILE)` makes a file without a name, owned by its maker with

@@ -251,6 +251,20 @@ impl CasaFs {
         self.live.attr_timeout()
     }
 
+    /// How long the kernel may keep `st`. Never for a set-ID file: a write
+    /// by an unprivileged user clears the bits on the backing (as the
+    /// writer), which the kernel does not learn of by itself after an
+    /// O_DIRECT or cached write.
+    fn ttl_attr_of(&self, st: &libc::stat) -> Duration {
+        if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        {
+            Duration::ZERO
+        } else {
+            self.ttl_attr()
+        }
+    }
+
     fn ttl_entry(&self) -> Duration {
         self.live.entry_timeout()
     }

@@ -85,13 +85,17 @@ impl CasaFs {
         match self.do_lookup(parent, name) {
             Ok((i, st)) if i.nodeid == ROOT_ID => {
                 self.stats.finish(t, None);
-                reply.root_entry(&self.attr(i.nodeid, &st), self.ttl_attr(), self.ttl_entry())
+                reply.root_entry(
+                    &self.attr(i.nodeid, &st),
+                    self.ttl_attr_of(&st),
+                    self.ttl_entry(),
+                )
             }
             Ok((i, st)) => {
                 self.stats.finish(t, None);
                 reply.entry(
                     &self.attr(i.nodeid, &st),
-                    self.ttl_attr(),
+                    self.ttl_attr_of(&st),
                     self.ttl_entry(),
                     i.generation,
                 )
@@ -137,7 +141,7 @@ impl CasaFs {
             Op::Getattr,
             reply,
             self.do_getattr(ino, fh).map_err(|e| self.lost(ino, e)),
-            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr())
+            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr_of(&st))
         )
     }
 
@@ -148,7 +152,7 @@ impl CasaFs {
             reply,
             self.do_setattr(ino, a.mode, a.uid, a.gid, a.size, a.atime, a.mtime, a.fh)
                 .map_err(|e| self.lost(ino, e)),
-            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr())
+            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr_of(&st))
         )
     }
 
@@ -165,7 +169,7 @@ impl CasaFs {
     fn reply_entry(&self, reply: impl EntryReply, i: &crate::inode::Inode, st: &libc::stat) {
         reply.entry(
             &self.attr(i.nodeid, st),
-            self.ttl_attr(),
+            self.ttl_attr_of(st),
             self.ttl_entry(),
             i.generation,
         )
@@ -477,16 +481,10 @@ impl CasaFs {
             self.do_create(made, parent, name, flags),
             |o| {
                 let attr = self.attr(o.inode.nodeid, &o.st);
+                let ttl = self.ttl_entry().min(self.ttl_attr_of(&o.st));
                 let generation = o.inode.generation;
                 let (fh, backing) = self.register(o, flags);
-                reply.created(
-                    &attr,
-                    self.ttl_entry(),
-                    generation,
-                    fh,
-                    FopenFlags::empty(),
-                    backing,
-                )
+                reply.created(&attr, ttl, generation, fh, FopenFlags::empty(), backing)
             }
         )
     }
@@ -509,16 +507,10 @@ impl CasaFs {
             self.do_tmpfile(made, parent, flags),
             |o| {
                 let attr = self.attr(o.inode.nodeid, &o.st);
+                let ttl = self.ttl_entry().min(self.ttl_attr_of(&o.st));
                 let generation = o.inode.generation;
                 let (fh, backing) = self.register(o, flags);
-                reply.created(
-                    &attr,
-                    self.ttl_entry(),
-                    generation,
-                    fh,
-                    FopenFlags::empty(),
-                    backing,
-                )
+                reply.created(&attr, ttl, generation, fh, FopenFlags::empty(), backing)
             }
         )
     }
@@ -655,7 +647,7 @@ impl CasaFs {
                 return sent(full, known.attrs_sent_ns());
             }
             let (st, ttl, since) = match sys::stat_at(dfd.as_raw_fd(), e.name) {
-                Ok(st) => (st, ttl, now),
+                Ok(st) => (st, ttl.min(self.ttl_attr_of(&st)), now),
                 // Gone since getdents: skip it like a later readdir would.
                 Err(Errno::ENOENT) => return Ok(Some(u64::MAX)),
                 // One entry the backing cannot stat (a damaged record on
