@@ -73,7 +73,7 @@ build_xfstests() {
     [ -x "$out/xfstests/check" ] && [ -f "$out/xfstests/.built" ] && return 0
     unpack xfstests "${XFSTESTS_SRC:-}" || return $?
     need_pkgs xfslibs-dev uuid-dev libtool-bin automake autoconf make gcc libacl1-dev libaio-dev \
-        libgdbm-dev libcap-dev liburing-dev xfsprogs attr acl quota bc psmisc fio e2fsprogs
+        libgdbm-dev libcap-dev liburing-dev xfsprogs attr acl quota bc psmisc fio e2fsprogs gawk
     rm -rf "$out/xfstests" && cp -a "$out/xfstests-src" "$out/xfstests"
     # xfstests reports a mount of type fuse.<subtype> as that type, which
     # its `check` then refuses as not the FSTYP it was given (fuse).

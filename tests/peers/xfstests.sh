@@ -40,6 +40,8 @@ if [ -z "${CASAFS_XFSTESTS_NS:-}" ]; then
     done
     getent group fsgqa >/dev/null || groupadd fsgqa
     work=$(mktemp -d /var/tmp/casafs-xfstests.XXXXXX)
+    # The test users reach the mounts through it.
+    chmod 0755 "$work"
     rc=0
     CASAFS_XFSTESTS_NS="$work" CASAFS="$(realpath "$casafs")" \
         unshare -m --propagation private "$0" "$@" || rc=$?
@@ -108,7 +110,10 @@ export MOUNT_OPTIONS="-osource=$src/scratch,allow_other,default_permissions${ext
 export TEST_FS_MOUNT_OPTS="-osource=$src/test,allow_other,default_permissions${extra_test[$fs]}"
 export RESULT_BASE=$work/results-$fs
 EOF
-    (cd "$suite" && ./check "${tests[@]}") >"$results/$fs.log" 2>&1 || true
+    # Tests raise these limits for themselves, up to the hard ones (where
+    # this machine lets them be raised).
+    (cd "$suite" && { ulimit -Hn "$(cat /proc/sys/fs/nr_open)" 2>/dev/null; ulimit -Hf unlimited 2>/dev/null; } ;
+        ./check "${tests[@]}") >"$results/$fs.log" 2>&1 || true
     for m in "$mnt/test" "$mnt/scratch"; do
         mountpoint -q "$m" && umount "$m"
     done
