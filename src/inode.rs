@@ -25,7 +25,8 @@ use crate::sys::{self, Errno, Res};
 // The node-id space, all of it:
 //   ROOT_ID                           the tree's root
 //   below SYNTHETIC_BASE              objects of the tree's own filesystem: their inode number
-//   SYNTHETIC_BASE up                 objects elsewhere (an area on its own disk), numbered as met
+//   SYNTHETIC_BASE up                 objects elsewhere (an area on its own disk), numbered as met,
+//                                     and directories seen through an area's own path in the tree
 //   area_id(i) = u64::MAX - 64 - i    area i's directory
 //   CONTROL_DIR_ID up                 the control directory, then its files
 //   GRAVEYARD_ID                      the graveyard's directory
@@ -118,6 +119,12 @@ pub struct Inode {
     pub fmt: u32,
     /// Inside a target area: names here are never routed again.
     pub in_area: bool,
+    /// Reached through an area's own path inside the tree (the area seen as
+    /// a directory of the tree), not through the name it was routed from.
+    /// A routed directory is one object with two paths; the kernel allows a
+    /// directory only one, so the area's path shows it under a node id of
+    /// its own (as a bind mount would) and neither path moves the other.
+    pub area_view: bool,
     /// A directory of casafs's own (an area, the graveyard), open to root
     /// alone: what is in it is reached through descriptors of its own,
     /// opened by casafs, never by name as a caller (see `anchor`).
@@ -336,6 +343,7 @@ impl Inode {
             ino: st.st_ino,
             fmt: st.st_mode & libc::S_IFMT,
             in_area,
+            area_view: false,
             private: in_area,
             lookups: AtomicU64::new(0),
             generation: 0,
@@ -645,6 +653,8 @@ impl Inode {
 pub struct InodeTable {
     map: DashMap<u64, Arc<Inode>>,
     foreign: DashMap<(u64, u64), u64>,
+    /// Node ids of directories seen through an area's path (`area_view`).
+    aliases: DashMap<(u64, u64), u64>,
     next_synthetic: AtomicU64,
     pub root_dev: u64,
     pub root_ino: u64,
@@ -659,6 +669,7 @@ impl InodeTable {
         InodeTable {
             map,
             foreign: DashMap::new(),
+            aliases: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             root_dev,
             root_ino,
@@ -741,8 +752,15 @@ impl InodeTable {
         st: &libc::stat,
         in_area: bool,
     ) -> Arc<Inode> {
-        let nodeid = self.nodeid_for(st.st_dev, st.st_ino);
         let fmt = st.st_mode & libc::S_IFMT;
+        let nodeid = if parent.area_view && fmt == libc::S_IFDIR {
+            *self
+                .aliases
+                .entry((st.st_dev, st.st_ino))
+                .or_insert_with(|| self.next_synthetic.fetch_add(1, Ordering::Relaxed))
+        } else {
+            self.nodeid_for(st.st_dev, st.st_ino)
+        };
         match self.map.entry(nodeid) {
             Entry::Occupied(mut e) => {
                 let cur = e.get();
@@ -839,6 +857,7 @@ impl InodeTable {
             ino: st.st_ino,
             fmt: st.st_mode & libc::S_IFMT,
             in_area: t,
+            area_view: (t && !parent.in_area) || parent.area_view,
             // An area's own directory, seen through the tree.
             private: t && !parent.in_area,
             lookups: AtomicU64::new(lookups),
@@ -888,10 +907,12 @@ impl InodeTable {
         let removed = self.map.remove_if(&nodeid, |_, i| {
             i.lookups.load(Ordering::Acquire) == 0 && Arc::strong_count(i) == 1
         });
-        if let Some((_, i)) = removed
-            && !(i.dev == self.root_dev && i.ino < SYNTHETIC_BASE && i.ino != ROOT_ID)
-        {
-            self.foreign.remove_if(&(i.dev, i.ino), |_, v| *v == nodeid);
+        if let Some((_, i)) = removed {
+            if i.area_view && i.is_dir() {
+                self.aliases.remove_if(&(i.dev, i.ino), |_, v| *v == nodeid);
+            } else if !(i.dev == self.root_dev && i.ino < SYNTHETIC_BASE && i.ino != ROOT_ID) {
+                self.foreign.remove_if(&(i.dev, i.ino), |_, v| *v == nodeid);
+            }
         }
     }
 

@@ -1222,3 +1222,57 @@ fn a_routed_symlink_survives_a_remount() {
         Path::new("../shared/casa.log")
     );
 }
+
+/// A routed table is reachable by its own path and, with the scratch area
+/// inside the tree, by the area's path too. Using both at once (an operator
+/// listing the area while CASA works in the table) moves neither: a process
+/// working in the table keeps its own path, `..` leads back where it came
+/// from, and neither path answers ESTALE.
+#[test]
+fn a_table_used_through_its_path_and_the_areas_at_once_stays_put() {
+    let m = Mount::over_itself("twopaths");
+    fs::create_dir_all(m.p("obs/run1/TMPPOINTING1")).unwrap();
+    fs::write(m.p("obs/run1/TMPPOINTING1/table.f0"), b"rows").unwrap();
+    let area = m.p("state/scratch/tmppointing");
+    let routed = names(&area);
+    assert_eq!(routed.len(), 1, "{routed:?}");
+    let script = format!(
+        r#"import os, threading
+os.chdir("obs/run1/TMPPOINTING1")
+area = "{area}/{name}"
+before = os.getcwd()
+errors = []
+def operator():
+    for _ in range(300):
+        try:
+            for n in os.listdir(area):
+                os.stat(os.path.join(area, n))
+        except OSError as e:
+            errors.append(("area", e.errno))
+t = threading.Thread(target=operator)
+t.start()
+for i in range(300):
+    try:
+        with open(f"t{{i}}", "w") as f:
+            f.write("x")
+        os.listdir(".")
+        os.stat("{orig}/table.f0")
+    except OSError as e:
+        errors.append(("table", e.errno))
+t.join()
+after = os.getcwd()
+os.chdir("..")
+print(before == after, after, os.getcwd(), sorted(set(errors)), len(os.listdir(area)))
+"#,
+        area = area.display(),
+        name = routed[0],
+        orig = m.p("obs/run1/TMPPOINTING1").display(),
+    );
+    let out = ok(&sh(&m.mnt, &format!("python3 - <<'PY'\n{script}PY")));
+    let want = format!(
+        "True {} {} [] 301",
+        m.p("obs/run1/TMPPOINTING1").display(),
+        m.p("obs/run1").display()
+    );
+    assert_eq!(out.trim(), want);
+}
