@@ -1,5 +1,6 @@
 //! The casafs benchmark suite: every workload on the native directory, on
-//! casafs mounted over itself, and on bindfs and mergerfs when installed,
+//! casafs mounted over itself, and on bindfs, mergerfs and libfuse's
+//! passthrough_hp when installed (passthrough_hp: `tests/peers/build.sh`),
 //! interleaved (each repetition runs every filesystem once, in a shuffled
 //! order) so that drift of the machine hits all of them alike. Reported as
 //! the median ratio of wall time to the native directory, with min-max.
@@ -212,6 +213,38 @@ fn targets(base: &Path, also: &[String], also_bin: &[String]) -> Vec<Target> {
             mount: Some(m),
         });
     }
+    // libfuse's own example, as it is meant to run: FUSE over io_uring and
+    // kernel passthrough, other users let in.
+    let peers = std::env::var_os("CASAFS_PEERS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/peers"),
+        PathBuf::from,
+    );
+    let hp = peers.join("passthrough_hp");
+    if hp.exists() {
+        let src = base.join("passthrough_hp-src");
+        let mnt = base.join("passthrough_hp-mnt");
+        fs::create_dir_all(&src).expect("create peer source");
+        fs::create_dir_all(&mnt).expect("create peer mount point");
+        let m = Mounted::start(
+            Command::new(&hp)
+                .arg("--foreground")
+                .arg("-o")
+                .arg("io_uring,allow_other")
+                .arg(&src)
+                .arg(&mnt),
+            &mnt,
+        );
+        v.push(Target {
+            name: "passthrough_hp".into(),
+            dir: mnt,
+            mount: Some(m),
+        });
+    } else {
+        eprintln!(
+            "passthrough_hp is not built ({}; tests/peers/build.sh passthrough_hp): its column is left out",
+            hp.display()
+        );
+    }
     for (name, tool) in [("bindfs", "bindfs"), ("mergerfs", "mergerfs")] {
         if !have(tool) {
             eprintln!("{tool} is not installed: its column is left out");
@@ -389,6 +422,34 @@ fn two_clients(d: &Path) -> f64 {
     secs(t.elapsed())
 }
 
+/// The daemon's request counts by operation, from the control file.
+fn op_counts(d: &Path) -> Vec<(String, u64)> {
+    let text = fs::read_to_string(d.join(".casafs/stats.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v.get("operations")
+        .and_then(|o| o.as_object())
+        .map(|o| {
+            o.iter()
+                .map(|(k, x)| (k.clone(), x["count"].as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Requests between two counts: their sum, and by operation, most first.
+fn diff_counts(a: &[(String, u64)], b: &[(String, u64)]) -> (u64, Vec<(String, u64)>) {
+    let mut by: Vec<(String, u64)> = b
+        .iter()
+        .map(|(k, n)| {
+            let was = a.iter().find(|(ka, _)| ka == k).map_or(0, |x| x.1);
+            (k.clone(), n - was.min(*n))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    by.sort_by(|x, y| y.1.cmp(&x.1));
+    (by.iter().map(|x| x.1).sum(), by)
+}
+
 /// A source tree of ~5,000 files in ~250 directories, as a tar archive made
 /// once on the native disk.
 fn make_archive(base: &Path) -> PathBuf {
@@ -474,6 +535,121 @@ fn source_tree(d: &Path, tar: &Path) -> [f64; 4] {
     [unpack, stat_walk, scan, remove]
 }
 
+/// The Python this machine has (Debian's), whose standard library is the
+/// real source tree: (interpreter, its stdlib directory, "X.Y").
+fn python() -> Option<(PathBuf, PathBuf, String)> {
+    let py = PathBuf::from("/usr/bin/python3");
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg("import sys, sysconfig; print(sysconfig.get_paths()['stdlib']); print('%d.%d' % sys.version_info[:2])")
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let mut lines = text.lines();
+    let lib = PathBuf::from(lines.next()?);
+    let ver = lines.next()?.to_string();
+    (out.status.success() && lib.is_dir() && have("git")).then_some((py, lib, ver))
+}
+
+/// A real source tree: CPython's standard library as this machine's Python
+/// ships it, every module compiled (`__pycache__`), committed to a git
+/// repository; laid out as a Python home (`lib/pythonX.Y`) so the
+/// interpreter can import from it. As a tar archive made once.
+fn make_stdlib_archive(base: &Path) -> Option<PathBuf> {
+    let (py, lib, ver) = python()?;
+    let tar = base.join("stdlib.tar");
+    if tar.exists() {
+        return Some(tar);
+    }
+    let gen_dir = base.join("stdlib-gen");
+    let home = gen_dir.join("lib");
+    fs::create_dir_all(&home).expect("mkdir");
+    let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+    let dest = home.join(format!("python{ver}"));
+    assert!(
+        ok(Command::new("cp").arg("-a").arg(&lib).arg(&dest)),
+        "cp stdlib"
+    );
+    for p in ["site-packages", "dist-packages"] {
+        let _ = fs::remove_dir_all(dest.join(p));
+    }
+    // Some test modules do not compile on purpose: the status is not ours.
+    let _ = Command::new(&py)
+        .args(["-m", "compileall", "-q", "-j0"])
+        .arg(&dest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let git = |args: &[&str]| {
+        ok(Command::new("git")
+            .arg("-C")
+            .arg(&gen_dir)
+            .args(["-c", "user.name=bench", "-c", "user.email=bench@casafs"])
+            .args(args)
+            .stdout(Stdio::null()))
+    };
+    assert!(git(&["init", "-q"]) && git(&["add", "-A"]) && git(&["commit", "-qm", "stdlib"]));
+    assert!(
+        ok(Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&gen_dir)
+            .arg(".")),
+        "tar stdlib"
+    );
+    fs::remove_dir_all(&gen_dir).expect("remove generated stdlib");
+    Some(tar)
+}
+
+/// The modules a data-reduction script starts with, imported from the tree.
+const IMPORTS: &str = "import json, email.parser, http.client, xml.dom.minidom, unittest, \
+    asyncio, logging.handlers, argparse, decimal, csv, tarfile, zipfile, urllib.request, \
+    multiprocessing, concurrent.futures, sqlite3, typing, dataclasses, pathlib, shutil";
+
+/// Unpack (tar), stat walk (find), git status, Python imports, remove (rm -r)
+/// of the real tree; one time per phase.
+fn stdlib_tree(d: &Path, tar: &Path) -> [f64; 5] {
+    let dest = d.join("stdlib");
+    fs::create_dir_all(&dest).expect("mkdir");
+    let run = |c: &mut Command, what: &str| {
+        let t = Instant::now();
+        let st = c.stdout(Stdio::null()).status().expect(what);
+        assert!(st.success(), "{what} failed in {}", dest.display());
+        secs(t.elapsed())
+    };
+    let unpack = run(
+        command("tar").arg("-xf").arg(tar).arg("-C").arg(&dest),
+        "tar -x",
+    );
+    let walk = run(command("find").arg(&dest).arg("-ls"), "find -ls");
+    // The index learns the new inode numbers once (as after a checkout);
+    // `git status` then is the scan a developer repeats.
+    let _ = command("git")
+        .arg("-C")
+        .arg(&dest)
+        .args(["update-index", "-q", "--refresh"])
+        .stdout(Stdio::null())
+        .status();
+    let status = run(
+        command("git")
+            .arg("-C")
+            .arg(&dest)
+            .args(["status", "--porcelain"]),
+        "git status",
+    );
+    let imports = run(
+        command("/usr/bin/python3")
+            .env("PYTHONHOME", &dest)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .arg("-c")
+            .arg(IMPORTS),
+        "python imports",
+    );
+    let remove = run(command("rm").arg("-rf").arg(&dest), "rm -r");
+    [unpack, walk, status, imports, remove]
+}
+
 const TABLE_FILES: usize = 300;
 const TABLE_FILE_SIZE: u64 = 256 << 10;
 
@@ -523,7 +699,15 @@ const WORKLOADS: &[&str] = &[
     "tree: all four phases",
     "small random writes (300 files)",
     "two clients, metadata x5000 each",
+    "stdlib: unpack (tar x)",
+    "stdlib: stat walk (find -ls)",
+    "stdlib: git status",
+    "stdlib: python imports",
+    "stdlib: remove (rm -r)",
 ];
+
+/// The first row of the real tree's phases.
+const STDLIB: usize = 11;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -613,6 +797,12 @@ fn chmod_for_all(p: &Path) {
 
 fn run_table(base: &Path, o: &Opts) {
     let tar = make_archive(base);
+    let stdlib = make_stdlib_archive(base);
+    if stdlib.is_none() {
+        eprintln!(
+            "no /usr/bin/python3 with its standard library, or no git: the stdlib rows are left out"
+        );
+    }
     let ts = targets(base, &o.also, &o.also_bin);
     for t in &ts {
         prepare_big(&t.dir, o.gib);
@@ -623,11 +813,16 @@ fn run_table(base: &Path, o: &Opts) {
     }
     if o.as_user.is_some() {
         chmod_for_all(&tar);
+        if let Some(t) = &stdlib {
+            chmod_for_all(t);
+        }
     }
     take_ids(o.as_user);
     let gib_label = |s: &str| s.replace("1 GiB", &format!("{} GiB", o.gib));
     // times[workload][target][rep]
     let mut times = vec![vec![Vec::new(); ts.len()]; WORKLOADS.len()];
+    // Requests casafs received per workload run: requests[workload][rep].
+    let mut requests: Vec<Vec<(u64, Vec<(String, u64)>)>> = vec![Vec::new(); WORKLOADS.len()];
     let want = |w: usize| {
         o.only
             .as_ref()
@@ -648,6 +843,7 @@ fn run_table(base: &Path, o: &Opts) {
             let d = &ts[ti].dir;
             // Write-back left by the previous filesystem is not this one's.
             let settle = || unsafe { libc::sync() };
+            let counted = ti == 1;
             let mut put = |w: usize, v: f64| times[w][ti].push(v);
             if want(0) {
                 settle();
@@ -661,13 +857,25 @@ fn run_table(base: &Path, o: &Opts) {
                 settle();
                 put(2, seq_read_cold(d));
             }
+            let count = |counts: &mut Vec<Vec<(u64, Vec<(String, u64)>)>>,
+                         w: usize,
+                         a: Option<Vec<(String, u64)>>| {
+                if let Some(a) = a {
+                    counts[w].push(diff_counts(&a, &op_counts(d)));
+                }
+            };
+            let at = || counted.then(|| op_counts(d));
             if want(3) {
                 settle();
+                let a = at();
                 put(3, meta_loop(d));
+                count(&mut requests, 3, a);
             }
             if (4..=8).any(want) {
                 settle();
+                let a = at();
                 let ph = source_tree(d, &tar);
+                count(&mut requests, 8, a);
                 for (i, v) in ph.iter().enumerate() {
                     put(4 + i, *v);
                 }
@@ -680,6 +888,16 @@ fn run_table(base: &Path, o: &Opts) {
             if want(10) {
                 settle();
                 put(10, two_clients(d));
+            }
+            if let Some(tar) = stdlib.as_ref().filter(|_| (STDLIB..STDLIB + 5).any(want)) {
+                settle();
+                let a = at();
+                let ph = stdlib_tree(d, tar);
+                // One count for the five phases together.
+                count(&mut requests, STDLIB, a);
+                for (i, v) in ph.iter().enumerate() {
+                    put(STDLIB + i, *v);
+                }
             }
         }
     }
@@ -755,6 +973,31 @@ fn run_table(base: &Path, o: &Opts) {
                 .collect();
             let (m, lo, hi) = summary(&v);
             println!("| {n} | {m:.2} [{lo:.2}-{hi:.2}] |");
+        }
+    }
+    if requests.iter().any(|r| !r.is_empty()) {
+        println!(
+            "\nRequests casafs received per run (median over the repetitions), by operation \
+             (of the first run):\n"
+        );
+        for (w, runs) in requests.iter().enumerate() {
+            if runs.is_empty() {
+                continue;
+            }
+            let label = match w {
+                8 => "generated tree, four phases",
+                STDLIB => "stdlib, five phases",
+                _ => WORKLOADS[w],
+            };
+            let mut totals: Vec<f64> = runs.iter().map(|r| r.0 as f64).collect();
+            let med = median(&mut totals);
+            let by: Vec<String> = runs[0]
+                .1
+                .iter()
+                .take(10)
+                .map(|(op, n)| format!("{op} {n}"))
+                .collect();
+            println!("- {label}: {med:.0} requests ({})", by.join(", "));
         }
     }
     if let Some(m) = ts[1].mount.as_ref() {

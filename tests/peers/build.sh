@@ -4,8 +4,9 @@
 #   target/peers/xfstests/        xfstests, ready to run on FUSE
 # Usage: tests/peers/build.sh [passthrough_hp|xfstests|all]
 # Sources: $LIBFUSE_SRC / $XFSTESTS_SRC (a directory or a .tar.gz), else the
-# snapshots in ../shared/vendor/ next to the repository. Without a source,
-# says so and exits 77 (skipped), never 0.
+# snapshots in $CASAFS_VENDOR, ../shared/vendor/ next to the repository, or
+# /work/shared/vendor. Without a source, says so and exits 77 (skipped),
+# never 0.
 # Needs root for apt-get (the build dependencies of a fresh Debian).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -32,7 +33,11 @@ unpack() {
     if [ -n "$given" ]; then
         src=$given
     else
-        src=$(ls "$root"/../shared/vendor/"$name"-*.tar.gz 2>/dev/null | head -1 || true)
+        src=""
+        for dir in ${CASAFS_VENDOR:-} "$root/../shared/vendor" /work/shared/vendor; do
+            src=$(ls "$dir/$name"-*.tar.gz 2>/dev/null | head -1 || true)
+            [ -z "$src" ] || break
+        done
     fi
     if [ -z "$src" ] || [ ! -e "$src" ]; then
         say "skipped $name: no source (set ${name^^}_SRC to a directory or .tar.gz)"
