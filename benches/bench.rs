@@ -422,6 +422,9 @@ fn two_clients(d: &Path) -> f64 {
     secs(t.elapsed())
 }
 
+/// Requests of one run: in all, and by operation.
+type Counted = (u64, Vec<(String, u64)>);
+
 /// The daemon's request counts by operation, from the control file.
 fn op_counts(d: &Path) -> Vec<(String, u64)> {
     let text = fs::read_to_string(d.join(".casafs/stats.json")).unwrap_or_default();
@@ -437,7 +440,7 @@ fn op_counts(d: &Path) -> Vec<(String, u64)> {
 }
 
 /// Requests between two counts: their sum, and by operation, most first.
-fn diff_counts(a: &[(String, u64)], b: &[(String, u64)]) -> (u64, Vec<(String, u64)>) {
+fn diff_counts(a: &[(String, u64)], b: &[(String, u64)]) -> Counted {
     let mut by: Vec<(String, u64)> = b
         .iter()
         .map(|(k, n)| {
@@ -446,7 +449,7 @@ fn diff_counts(a: &[(String, u64)], b: &[(String, u64)]) -> (u64, Vec<(String, u
         })
         .filter(|(_, n)| *n > 0)
         .collect();
-    by.sort_by(|x, y| y.1.cmp(&x.1));
+    by.sort_by_key(|x| std::cmp::Reverse(x.1));
     (by.iter().map(|x| x.1).sum(), by)
 }
 
@@ -822,7 +825,7 @@ fn run_table(base: &Path, o: &Opts) {
     // times[workload][target][rep]
     let mut times = vec![vec![Vec::new(); ts.len()]; WORKLOADS.len()];
     // Requests casafs received per workload run: requests[workload][rep].
-    let mut requests: Vec<Vec<(u64, Vec<(String, u64)>)>> = vec![Vec::new(); WORKLOADS.len()];
+    let mut requests: Vec<Vec<Counted>> = vec![Vec::new(); WORKLOADS.len()];
     let want = |w: usize| {
         o.only
             .as_ref()
@@ -857,13 +860,12 @@ fn run_table(base: &Path, o: &Opts) {
                 settle();
                 put(2, seq_read_cold(d));
             }
-            let count = |counts: &mut Vec<Vec<(u64, Vec<(String, u64)>)>>,
-                         w: usize,
-                         a: Option<Vec<(String, u64)>>| {
-                if let Some(a) = a {
-                    counts[w].push(diff_counts(&a, &op_counts(d)));
-                }
-            };
+            let count =
+                |counts: &mut Vec<Vec<Counted>>, w: usize, a: Option<Vec<(String, u64)>>| {
+                    if let Some(a) = a {
+                        counts[w].push(diff_counts(&a, &op_counts(d)));
+                    }
+                };
             let at = || counted.then(|| op_counts(d));
             if want(3) {
                 settle();
