@@ -232,6 +232,37 @@ fn open_state_dir(make: bool) -> Option<OwnedFd> {
     (mine && st.st_mode & 0o022 == 0).then_some(fd)
 }
 
+/// The lock a mount of `source` holds from its start until its table is
+/// written: a remount right after an unmount (`umount; mount`) would
+/// otherwise read the table before the stopping daemon wrote it. Waited for
+/// up to 10 s (a daemon that hangs while stopping costs its handles, not
+/// the mount).
+pub fn hold(source: &std::path::Path) -> Option<OwnedFd> {
+    let dir = open_state_dir(true)?;
+    let name =
+        std::ffi::CString::new(format!("{}.lock", file_name(source).to_string_lossy())).ok()?;
+    let fd = sys::open_at(
+        dir.as_raw_fd(),
+        &name,
+        libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW,
+        0o600,
+    )
+    .ok()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Some(fd);
+        }
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(
+                "file handles: another casafs of this tree did not finish stopping in 10 s; handles of objects it let go of will answer ESTALE"
+            );
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Reads the table kept for `source`; an empty one when there is none or it
 /// is not whole (its handles then answer ESTALE).
 pub fn load(source: &std::path::Path) -> Exports {

@@ -16,6 +16,9 @@
 //!   stuck in a hung backing would (the watchdog and `casafs check` must
 //!   notice).
 //!
+//! - `CASAFS_FAULT_SLOW_STOP=MS`: a daemon that stops waits MS ms before
+//!   writing its table of file handles, as one on a slow disk would.
+//!
 //! Read once; unset (production), each check is a load and a compare.
 
 use std::sync::OnceLock;
@@ -29,6 +32,7 @@ struct Faults {
     rename_name: Option<Vec<u8>>,
     stall_name: Option<Vec<u8>>,
     stall: Duration,
+    slow_stop: Option<Duration>,
 }
 
 fn faults() -> &'static Faults {
@@ -37,6 +41,10 @@ fn faults() -> &'static Faults {
         queue: std::env::var("CASAFS_FAULT_QUEUE")
             .ok()
             .and_then(|v| v.parse().ok()),
+        slow_stop: std::env::var("CASAFS_FAULT_SLOW_STOP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
         panic_name: std::env::var_os("CASAFS_FAULT_PANIC")
             .map(std::os::unix::ffi::OsStringExt::into_vec),
         create_stat_name: std::env::var_os("CASAFS_FAULT_CREATE_STAT")
@@ -101,4 +109,11 @@ pub fn rename_onto(name: &[u8]) -> crate::sys::Res<()> {
         return Err(crate::sys::Errno::EIO);
     }
     Ok(())
+}
+
+/// Before a stopping daemon writes its table of file handles.
+pub fn stopping() {
+    if let Some(d) = faults().slow_stop {
+        std::thread::sleep(d);
+    }
 }

@@ -155,6 +155,7 @@ impl CasaFs {
         if self.exports.is_empty() {
             return;
         }
+        crate::fault::stopping();
         if let Err(e) = exports::save(&self.settings.source, &self.exports) {
             tracing::warn!(
                 "file handles: the table could not be kept for the next mount ({}); handles of forgotten objects will answer ESTALE",

@@ -49,6 +49,8 @@ pub struct CasaFs {
     graveyard: Graveyard,
     /// Backing handles of objects the kernel let go of (export.rs).
     exports: crate::exports::Exports,
+    /// Held until the table is written at unmount (`exports::hold`).
+    _exports_lock: Option<OwnedFd>,
     stats: Arc<Stats>,
     /// Unlinks of open files go through the graveyard.
     defer_unlink: bool,
@@ -124,6 +126,7 @@ impl CasaFs {
         let root = Inode::new_held(ROOT_ID, p.root_fd, &st, false);
         let root_raw = root.dir_fd()?;
         let (graveyard, cleaned) = Graveyard::open(root_raw.as_raw_fd())?;
+        let exports_lock = crate::exports::hold(&p.settings.source);
         let exports = crate::exports::load(&p.settings.source);
         if cleaned > 0 {
             tracing::info!("emptied {cleaned} graveyard entries left by a stopped daemon");
@@ -197,6 +200,7 @@ impl CasaFs {
             handles: HandleTable::default(),
             graveyard,
             exports,
+            _exports_lock: exports_lock,
             defer_unlink,
             flush_on_close: crate::fstype::reports_errors_at_close(root_ftype),
             passthrough: AtomicBool::new(false),
