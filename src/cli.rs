@@ -314,6 +314,15 @@ fn mount(mut args: MountArgs) -> i32 {
         eprintln!("casafs: error: option 'log_level': {e}");
         return 2;
     }
+    if settings.remount {
+        return match daemon::remount(&settings) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("casafs: error: {e}");
+                2
+            }
+        };
+    }
     // A reload reads the same config file again, wherever the daemon is.
     args.config = settings.config_file.clone();
     daemon::raise_nofile();

@@ -60,6 +60,9 @@ pub struct Settings {
     pub textfile: Option<PathBuf>,
     pub mount_flags: Vec<MountOption>,
     pub config_file: Option<PathBuf>,
+    /// `-o remount`: change the kernel flags of the mount in place
+    /// (`mount -o remount,ro`), nothing else.
+    pub remount: bool,
 }
 
 /// A bad input: one line naming the culprit. The CLI prints it and exits 2.
@@ -105,6 +108,7 @@ struct Raw {
     kv: Vec<(String, String)>,
     flags: Vec<MountOption>,
     allow_other: Option<bool>,
+    remount: bool,
 }
 
 /// Options that mount(8), fstab and systemd pass along but that mean nothing
@@ -130,6 +134,11 @@ fn is_ignored_mount_keyword(k: &str) -> bool {
             | "silent"
             | "loud"
     ) || k.starts_with("x-")
+        // FUSE's own mount data, which casafs sets itself and mount(8)
+        // hands back on a remount from the mount table.
+        || ["user_id=", "group_id=", "rootmode=", "max_read=", "blksize="]
+            .iter()
+            .any(|p| k.starts_with(p))
         || k.starts_with("comment=")
 }
 
@@ -160,7 +169,9 @@ fn parse_o(opts: &[String], raw: &mut Raw) -> Result<(), BadInput> {
                 Some((k, v)) => (k, Some(v)),
                 None => (item, None),
             };
-            if k == "allow_other" && v.is_none() {
+            if k == "remount" && v.is_none() {
+                raw.remount = true;
+            } else if k == "allow_other" && v.is_none() {
                 raw.allow_other = Some(true);
             } else if k == "noallow_other" && v.is_none() {
                 raw.allow_other = Some(false);
@@ -392,6 +403,7 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         textfile: None,
         mount_flags: raw.flags.clone(),
         config_file: config_file.clone(),
+        remount: raw.remount,
     };
     s.fsname = match given_source {
         Some(_) => args.source.to_string_lossy().into_owned(),

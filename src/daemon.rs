@@ -273,24 +273,7 @@ fn mount_fuse(s: &Settings, root_mode: u32) -> std::io::Result<OwnedFd> {
         return Err(std::io::Error::last_os_error());
     }
     let dev = unsafe { OwnedFd::from_raw_fd(dev) };
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-    for f in &s.mount_flags {
-        match f {
-            MountOption::RO => flags |= libc::MS_RDONLY,
-            MountOption::RW => flags &= !libc::MS_RDONLY,
-            MountOption::NoExec => flags |= libc::MS_NOEXEC,
-            MountOption::Exec => flags &= !libc::MS_NOEXEC,
-            MountOption::NoAtime => flags |= libc::MS_NOATIME,
-            MountOption::Sync => flags |= libc::MS_SYNCHRONOUS,
-            MountOption::DirSync => flags |= libc::MS_DIRSYNC,
-            MountOption::Suid => flags &= !libc::MS_NOSUID,
-            MountOption::NoSuid => flags |= libc::MS_NOSUID,
-            MountOption::Dev => flags &= !libc::MS_NODEV,
-            MountOption::NoDev => flags |= libc::MS_NODEV,
-            MountOption::CUSTOM(w) => flags |= crate::atime::ms_flag(w),
-            _ => {}
-        }
-    }
+    let flags = kernel_flags(s);
     let mut data = format!(
         "fd={},rootmode={:o},user_id={},group_id={},default_permissions",
         dev.as_raw_fd(),
@@ -317,6 +300,58 @@ fn mount_fuse(s: &Settings, root_mode: u32) -> std::io::Result<OwnedFd> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(dev)
+}
+
+/// The kernel flags of the mount: `nosuid,nodev` unless told otherwise.
+fn kernel_flags(s: &Settings) -> libc::c_ulong {
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    for f in &s.mount_flags {
+        match f {
+            MountOption::RO => flags |= libc::MS_RDONLY,
+            MountOption::RW => flags &= !libc::MS_RDONLY,
+            MountOption::NoExec => flags |= libc::MS_NOEXEC,
+            MountOption::Exec => flags &= !libc::MS_NOEXEC,
+            MountOption::NoAtime => flags |= libc::MS_NOATIME,
+            MountOption::Sync => flags |= libc::MS_SYNCHRONOUS,
+            MountOption::DirSync => flags |= libc::MS_DIRSYNC,
+            MountOption::Suid => flags &= !libc::MS_NOSUID,
+            MountOption::NoSuid => flags |= libc::MS_NOSUID,
+            MountOption::Dev => flags &= !libc::MS_NODEV,
+            MountOption::NoDev => flags |= libc::MS_NODEV,
+            MountOption::CUSTOM(w) => flags |= crate::atime::ms_flag(w),
+            _ => {}
+        }
+    }
+    flags
+}
+
+/// `-o remount`: the kernel flags of a live casafs mount changed in place
+/// (`mount -o remount,ro`). Exit status as for a mount.
+pub fn remount(s: &Settings) -> Result<(), BadInput> {
+    let mp = &s.mountpoint;
+    if crate::health::fstype_at(mp).as_deref() != Some("fuse.casafs") {
+        return Err(BadInput(format!(
+            "remount: {} is not a casafs mount",
+            mp.display()
+        )));
+    }
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c(mp).as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | kernel_flags(s),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(BadInput(format!(
+            "remount {}: {}",
+            mp.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
 }
 
 /// `sd_notify`: tells systemd (Type=notify) how the service is doing.

@@ -328,6 +328,11 @@ const FLAGS: &[(&str, &str, &str)] = &[
         "`nosuid,nodev`",
     ),
     (
+        "`remount`",
+        "with `ro`/`rw` and the kernel flags: changes them on a live mount in place (`mount -o remount,ro MOUNTPOINT`); the other options are left as mounted",
+        "",
+    ),
+    (
         "`noatime relatime strictatime nodiratime` (and `atime diratime norelatime`)",
         "access times on the backing, kept as a native mount with these options keeps them (casafs reaches the tree through a private copy of the backing's mount with this mode; needs root); `ro` changes none; without any, the backing's own mount decides. That copy does not see mounts made beneath the source after casafs started",
         "the backing's",
@@ -356,6 +361,7 @@ pub fn help() -> String {
     out.push_str(
         "  noatime, relatime, strictatime, nodiratime   access times on the backing, as natively\n",
     );
+    out.push_str("  remount (with ro, rw ...)     change the kernel flags of a live mount\n");
     out.push_str("fstab keywords (defaults, nofail, _netdev, noauto, x-systemd.*) are accepted and ignored.\n");
     out.push_str("Any other option is an error.");
     out

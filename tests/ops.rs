@@ -665,3 +665,53 @@ fn access_time_options_act_as_on_a_native_mount() {
         }
     }
 }
+
+/// `mount -o remount,ro` (mount.fuse3 runs `casafs SOURCE MOUNTPOINT -o
+/// remount,ro,...` with what the mount table says): the mount turns
+/// read-only in place and back, the daemon and its mount stay.
+#[test]
+fn remount_read_only_and_back() {
+    let m = Mount::over_itself("remount");
+    fs::write(m.p("before"), b"x").unwrap();
+    let remount = |opts: &str| {
+        Command::new(BIN)
+            .arg(&m.source)
+            .arg(&m.mnt)
+            .arg("-o")
+            .arg(opts)
+            .output()
+            .unwrap()
+    };
+    let out =
+        remount("remount,ro,nosuid,nodev,user_id=0,group_id=0,default_permissions,allow_other");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(errno_of(fs::write(m.p("after"), b"y")), libc::EROFS);
+    assert_eq!(fs::read(m.p("before")).unwrap(), b"x");
+    let out = remount("remount,rw");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(m.p("after"), b"y").unwrap();
+    assert_eq!(m.stats()["pid"].as_u64(), Some(m.pid() as u64));
+    // Not a casafs mount: one line, exit 2.
+    let plain = TempDir::new("remount-plain");
+    let out = Command::new(BIN)
+        .arg(plain.path())
+        .arg(plain.path())
+        .arg("-o")
+        .arg("remount,ro")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a casafs mount") && err.lines().count() == 1,
+        "{err}"
+    );
+}
