@@ -130,6 +130,14 @@ for fs in "${fss[@]}"; do
 done
 
 failed() { grep -E '^Failures:' "$results/$1.log" | sed 's/^Failures://' | tr ' ' '\n' | grep . | sort -u || true; }
+# A run that never got to its tests (a mount that failed, an interrupted
+# check) counts as failed, not as passed.
+for fs in "${fss[@]}"; do
+    if ! grep -q '^Ran: ' "$results/$fs.log" || grep -q '^Interrupted' "$results/$fs.log"; then
+        echo "== $fs: the run did not complete (see $results/$fs.log)"
+        exit 1
+    fi
+done
 if [ ${#fss[@]} = 2 ]; then
     only_casafs=$(comm -23 <(failed casafs) <(failed passthrough_hp) | tr '\n' ' ')
     echo "== failing on casafs only: ${only_casafs:-none}"
