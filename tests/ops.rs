@@ -85,6 +85,7 @@ fn daemonizes_once_mounted_and_umount_ends_it() {
         .spawn()
         .unwrap();
     let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let _guard = MountedHere(src.clone());
     assert!(child.wait().unwrap().success());
     // Mounted by the time the command returned.
     assert_eq!(fstype_at(&src).as_deref(), Some("fuse.casafs"));

@@ -507,6 +507,19 @@ impl Drop for Bind {
     }
 }
 
+/// A casafs mount a test made itself without `Mount` (the daemonized
+/// forms): unmounted on drop, also when an assertion fails first, if casafs
+/// still serves there.
+pub struct MountedHere(pub PathBuf);
+
+impl Drop for MountedHere {
+    fn drop(&mut self) {
+        if fstype_at(&self.0).as_deref() == Some("fuse.casafs") && umount(&self.0, false) != 0 {
+            umount(&self.0, true);
+        }
+    }
+}
+
 /// A stand-in user of files: a shell script in the background that holds
 /// them open or works in a directory, then sleeps. Killed on drop, also
 /// when a test fails.
