@@ -304,7 +304,12 @@ fn mount_fuse(s: &Settings, root_mode: u32) -> std::io::Result<OwnedFd> {
 
 /// The kernel flags of the mount: `nosuid,nodev` unless told otherwise.
 fn kernel_flags(s: &Settings) -> libc::c_ulong {
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    with_words(libc::MS_NOSUID | libc::MS_NODEV, s)
+}
+
+/// `flags` with the mount's flag words applied, the last word of a kind
+/// winning.
+fn with_words(mut flags: libc::c_ulong, s: &Settings) -> libc::c_ulong {
     for f in &s.mount_flags {
         match f {
             MountOption::RO => flags |= libc::MS_RDONLY,
@@ -312,6 +317,7 @@ fn kernel_flags(s: &Settings) -> libc::c_ulong {
             MountOption::NoExec => flags |= libc::MS_NOEXEC,
             MountOption::Exec => flags &= !libc::MS_NOEXEC,
             MountOption::NoAtime => flags |= libc::MS_NOATIME,
+            MountOption::Atime => flags &= !libc::MS_NOATIME,
             MountOption::Sync => flags |= libc::MS_SYNCHRONOUS,
             MountOption::DirSync => flags |= libc::MS_DIRSYNC,
             MountOption::Suid => flags &= !libc::MS_NOSUID,
@@ -335,12 +341,36 @@ pub fn remount(s: &Settings) -> Result<(), BadInput> {
             mp.display()
         )));
     }
+    // A remount sets every flag of the mount: start from the ones it has,
+    // and change only what was asked.
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c(mp).as_ptr(), &mut sv) } != 0 {
+        return Err(BadInput(format!(
+            "remount {}: {}",
+            mp.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    let now = [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_SYNCHRONOUS, libc::MS_SYNCHRONOUS),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+        (0x2000, 0x100), // ST_NOSYMFOLLOW, MS_NOSYMFOLLOW
+    ]
+    .iter()
+    .filter(|(st, _)| sv.f_flag & st != 0)
+    .fold(0, |acc, (_, ms)| acc | ms);
     let rc = unsafe {
         libc::mount(
             std::ptr::null(),
             c(mp).as_ptr(),
             std::ptr::null(),
-            libc::MS_REMOUNT | kernel_flags(s),
+            libc::MS_REMOUNT | with_words(now, s),
             std::ptr::null(),
         )
     };

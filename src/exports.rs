@@ -147,10 +147,13 @@ impl Exports {
         self.len() == 0
     }
 
-    /// The table as bytes, oldest first.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The table of the tree `id` (its root's device and inode) as bytes,
+    /// oldest first.
+    pub fn to_bytes(&self, id: (u64, u64)) -> Vec<u8> {
         let t = self.inner.lock();
         let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&id.0.to_le_bytes());
+        out.extend_from_slice(&id.1.to_le_bytes());
         for id in &t.order {
             if let Some(h) = t.map.get(id) {
                 out.extend_from_slice(&id.to_le_bytes());
@@ -162,9 +165,17 @@ impl Exports {
         out
     }
 
-    /// A table read back; None for anything that is not one whole.
-    pub fn from_bytes(b: &[u8]) -> Option<Exports> {
-        let mut rest = b.strip_prefix(MAGIC)?;
+    /// A table read back; None for anything that is not one whole table
+    /// of the tree `id`.
+    pub fn from_bytes(b: &[u8], id: (u64, u64)) -> Option<Exports> {
+        let rest = b.strip_prefix(MAGIC)?;
+        if rest.len() < 16
+            || u64::from_le_bytes(rest[..8].try_into().ok()?) != id.0
+            || u64::from_le_bytes(rest[8..16].try_into().ok()?) != id.1
+        {
+            return None;
+        }
+        let mut rest = &rest[16..];
         let e = Exports::default();
         while !rest.is_empty() {
             if rest.len() < 13 {
@@ -199,13 +210,31 @@ fn state_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| "/var/lib/casafs".into())
 }
 
-fn file_name(source: &std::path::Path) -> std::ffi::CString {
-    let escaped: String = source
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c == '/' { '_' } else { c })
-        .collect();
-    std::ffi::CString::new(format!("handles{escaped}")).unwrap_or_default()
+/// Which tree a table belongs to: its file's name (from the tree's
+/// canonical path) and the tree root's device and inode number, which the
+/// table carries and must match when read back.
+pub struct Tree {
+    name: String,
+    id: (u64, u64),
+}
+
+impl Tree {
+    pub fn of(source: &std::path::Path, root: &libc::stat) -> Tree {
+        let path = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+        // FNV-1a: a short fixed name for any path.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in path.as_os_str().as_encoded_bytes() {
+            h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        Tree {
+            name: format!("handles-{h:016x}"),
+            id: (root.st_dev, root.st_ino),
+        }
+    }
+
+    fn file(&self, suffix: &str) -> std::ffi::CString {
+        std::ffi::CString::new(format!("{}{suffix}", self.name)).unwrap_or_default()
+    }
 }
 
 /// casafs's state directory, made if missing, and only if no one but its
@@ -237,10 +266,9 @@ fn open_state_dir(make: bool) -> Option<OwnedFd> {
 /// otherwise read the table before the stopping daemon wrote it. Waited for
 /// up to 10 s (a daemon that hangs while stopping costs its handles, not
 /// the mount).
-pub fn hold(source: &std::path::Path) -> Option<OwnedFd> {
+pub fn hold(tree: &Tree) -> Option<OwnedFd> {
     let dir = open_state_dir(true)?;
-    let name =
-        std::ffi::CString::new(format!("{}.lock", file_name(source).to_string_lossy())).ok()?;
+    let name = tree.file(".lock");
     let fd = sys::open_at(
         dir.as_raw_fd(),
         &name,
@@ -265,12 +293,12 @@ pub fn hold(source: &std::path::Path) -> Option<OwnedFd> {
 
 /// Reads the table kept for `source`; an empty one when there is none or it
 /// is not whole (its handles then answer ESTALE).
-pub fn load(source: &std::path::Path) -> Exports {
+pub fn load(tree: &Tree) -> Exports {
     let read = || -> Option<Exports> {
         let dir = open_state_dir(false)?;
         let fd = sys::open_at(
             dir.as_raw_fd(),
-            &file_name(source),
+            &tree.file(""),
             libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
             0,
         )
@@ -279,25 +307,26 @@ pub fn load(source: &std::path::Path) -> Exports {
         // Only a regular file of its own, no bigger than a full table.
         if st.st_mode & libc::S_IFMT != libc::S_IFREG
             || st.st_uid != unsafe { libc::geteuid() }
-            || st.st_size as usize > MAX_ENTRIES * (13 + MAX_HANDLE_SZ) + MAGIC.len()
+            || st.st_size as usize > MAX_ENTRIES * (13 + MAX_HANDLE_SZ) + MAGIC.len() + 16
         {
             return None;
         }
         let mut f = std::fs::File::from(fd);
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut f, &mut b).ok()?;
-        Exports::from_bytes(&b)
+        Exports::from_bytes(&b, tree.id)
     };
     read().unwrap_or_default()
 }
 
-/// Writes the table for `source`, replacing the one kept in one step.
-pub fn save(source: &std::path::Path, e: &Exports) -> Res<()> {
+/// Writes the table of `tree`, replacing the one kept in one step.
+pub fn save(tree: &Tree, e: &Exports) -> Res<()> {
     let dir = open_state_dir(true).ok_or(Errno::EACCES)?;
     let dir = dir.as_raw_fd();
-    let name = file_name(source);
-    let tmp = std::ffi::CString::new(format!("{}.new", name.to_string_lossy()))
-        .map_err(|_| Errno::EINVAL)?;
+    let name = tree.file("");
+    // Its own temporary name: another daemon of the same tree may be
+    // writing too.
+    let tmp = tree.file(&format!(".new.{}", std::process::id()));
     let _ = sys::unlink_at(dir, &tmp, 0);
     let fd = sys::open_at(
         dir,
@@ -306,7 +335,8 @@ pub fn save(source: &std::path::Path, e: &Exports) -> Res<()> {
         0o600,
     )?;
     let mut f = std::fs::File::from(fd);
-    let written = std::io::Write::write_all(&mut f, &e.to_bytes()).and_then(|_| f.sync_all());
+    let written =
+        std::io::Write::write_all(&mut f, &e.to_bytes(tree.id)).and_then(|_| f.sync_all());
     if written.is_err() {
         let _ = sys::unlink_at(dir, &tmp, 0);
         return Err(Errno::EIO);
@@ -334,13 +364,16 @@ mod tests {
         // The oldest went first.
         assert_eq!(e.get(2), None);
         let last = MAX_ENTRIES as u64 + 11;
-        let back = Exports::from_bytes(&e.to_bytes()).unwrap();
+        let id = (7, 11);
+        let back = Exports::from_bytes(&e.to_bytes(id), id).unwrap();
         assert_eq!(back.len(), MAX_ENTRIES);
         assert_eq!(back.get(last), e.get(last));
         // A cut table is no table.
-        let b = e.to_bytes();
-        assert!(Exports::from_bytes(&b[..b.len() - 1]).is_none());
-        assert!(Exports::from_bytes(b"casafs-handles-0\n").is_none());
+        let b = e.to_bytes(id);
+        assert!(Exports::from_bytes(&b[..b.len() - 1], id).is_none());
+        assert!(Exports::from_bytes(b"casafs-handles-0\n", id).is_none());
+        // Another tree's table is no table of this one.
+        assert!(Exports::from_bytes(&b, (7, 12)).is_none());
     }
 
     #[test]

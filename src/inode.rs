@@ -25,13 +25,20 @@ use crate::sys::{self, Errno, Res};
 // The node-id space, all of it:
 //   ROOT_ID                           the tree's root
 //   below SYNTHETIC_BASE              objects of the tree's own filesystem: their inode number
-//   SYNTHETIC_BASE up                 objects elsewhere (an area on its own disk), numbered as met,
-//                                     and directories seen through an area's own path in the tree
+//   ALIAS_BASE up                     directories seen through an area's own path in the tree
+//                                     (they show their own inode number)
+//   SYNTHETIC_BASE up                 objects elsewhere (an area on its own disk), numbered as met
 //   area_id(i) = u64::MAX - 64 - i    area i's directory
 //   CONTROL_DIR_ID up                 the control directory, then its files
 //   GRAVEYARD_ID                      the graveyard's directory
 pub const ROOT_ID: u64 = 1;
 const SYNTHETIC_BASE: u64 = 1 << 62;
+const ALIAS_BASE: u64 = 1 << 61;
+
+/// A node id of a directory seen through an area's path (`area_view`).
+pub fn is_alias(nodeid: u64) -> bool {
+    (ALIAS_BASE..SYNTHETIC_BASE).contains(&nodeid)
+}
 pub const CONTROL_DIR_ID: u64 = u64::MAX - 16;
 pub const GRAVEYARD_ID: u64 = u64::MAX - 8;
 
@@ -125,6 +132,10 @@ pub struct Inode {
     /// directory only one, so the area's path shows it under a node id of
     /// its own (as a bind mount would) and neither path moves the other.
     pub area_view: bool,
+    /// Reached through its own descriptor only, having no name casafs knows
+    /// (`O_TMPFILE`, found by a file handle) until a lookup or link gives
+    /// it one: then it is reached by that name and the descriptor goes.
+    nameless: std::sync::atomic::AtomicBool,
     /// A directory of casafs's own (an area, the graveyard), open to root
     /// alone: what is in it is reached through descriptors of its own,
     /// opened by casafs, never by name as a caller (see `anchor`).
@@ -344,6 +355,7 @@ impl Inode {
             fmt: st.st_mode & libc::S_IFMT,
             in_area,
             area_view: false,
+            nameless: std::sync::atomic::AtomicBool::new(false),
             private: in_area,
             lookups: AtomicU64::new(0),
             generation: 0,
@@ -423,6 +435,16 @@ impl Inode {
     /// a freed inode number (ntfs-3g reuses MFT records at once): either
     /// way descriptors we cached for the old place must go.
     pub fn relocate(&self, parent: &Arc<Inode>, name: &CStr) {
+        if self.nameless.swap(false, Ordering::AcqRel) {
+            *self.loc.lock() = Loc::At {
+                parent: parent.clone(),
+                name: name.to_owned(),
+            };
+            // Held, not cached: it was never counted among the cached
+            // directory descriptors.
+            self.fd.lock().take();
+            return;
+        }
         let moved = match &*self.loc.lock() {
             Loc::Anchor => return,
             Loc::At { parent: p, name: n } => !(p.same_as(parent) && n.as_c_str() == name),
@@ -655,6 +677,7 @@ pub struct InodeTable {
     foreign: DashMap<(u64, u64), u64>,
     /// Node ids of directories seen through an area's path (`area_view`).
     aliases: DashMap<(u64, u64), u64>,
+    next_alias: AtomicU64,
     next_synthetic: AtomicU64,
     pub root_dev: u64,
     pub root_ino: u64,
@@ -670,6 +693,7 @@ impl InodeTable {
             map,
             foreign: DashMap::new(),
             aliases: DashMap::new(),
+            next_alias: AtomicU64::new(ALIAS_BASE),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             root_dev,
             root_ino,
@@ -710,7 +734,7 @@ impl InodeTable {
             if ino == self.root_ino {
                 return ROOT_ID;
             }
-            if ino != ROOT_ID && ino < SYNTHETIC_BASE {
+            if ino != ROOT_ID && ino < ALIAS_BASE {
                 return ino;
             }
         }
@@ -724,7 +748,7 @@ impl InodeTable {
     /// id of casafs's own making (one on another filesystem than the
     /// root's), if casafs knows it.
     pub fn backing_ino(&self, nodeid: u64) -> Option<u64> {
-        if !(SYNTHETIC_BASE..CONTROL_DIR_ID).contains(&nodeid) {
+        if !(ALIAS_BASE..CONTROL_DIR_ID).contains(&nodeid) {
             return None;
         }
         self.map.get(&nodeid).map(|i| i.ino)
@@ -733,7 +757,7 @@ impl InodeTable {
     /// The node id the kernel sees, without allocating one for an object it
     /// does not know (readdir's `d_ino` of foreign entries).
     pub fn peek_nodeid(&self, dev: u64, ino: u64) -> u64 {
-        if dev == self.root_dev && ino != ROOT_ID && ino < SYNTHETIC_BASE {
+        if dev == self.root_dev && ino != ROOT_ID && ino < ALIAS_BASE {
             if ino == self.root_ino {
                 return ROOT_ID;
             }
@@ -757,7 +781,7 @@ impl InodeTable {
             *self
                 .aliases
                 .entry((st.st_dev, st.st_ino))
-                .or_insert_with(|| self.next_synthetic.fetch_add(1, Ordering::Relaxed))
+                .or_insert_with(|| self.next_alias.fetch_add(1, Ordering::Relaxed))
         } else {
             self.nodeid_for(st.st_dev, st.st_ino)
         };
@@ -803,18 +827,28 @@ impl InodeTable {
     /// Registers an object without a name (`O_TMPFILE`, or found again by a
     /// file handle), reached through
     /// its own descriptor `fd`, adding one kernel reference.
-    pub fn remember_nameless(&self, fd: OwnedFd, st: &libc::stat, in_area: bool) -> Arc<Inode> {
+    /// `fresh`: just made, so an inode the table holds under its number is
+    /// an old object's, removed behind casafs's back.
+    pub fn remember_nameless(
+        &self,
+        fd: OwnedFd,
+        st: &libc::stat,
+        in_area: bool,
+        fresh: bool,
+    ) -> Arc<Inode> {
         let nodeid = self.nodeid_for(st.st_dev, st.st_ino);
         let born = sys::birth_generation(fd.as_raw_fd(), c"");
         let mut ino = Inode::held(nodeid, fd, st, in_area);
         ino.generation = born.unwrap_or(0);
         ino.private = false;
+        ino.nameless = std::sync::atomic::AtomicBool::new(true);
         ino.lookups = AtomicU64::new(1);
         match self.map.entry(nodeid) {
             // Known already (a directory reached again as a parent): the
             // same inode, one more reference.
             Entry::Occupied(e)
-                if e.get().same(st)
+                if !fresh
+                    && e.get().same(st)
                     && e.get().fmt == ino.fmt
                     && !e.get().dead.load(Ordering::Acquire) =>
             {
@@ -858,6 +892,7 @@ impl InodeTable {
             fmt: st.st_mode & libc::S_IFMT,
             in_area: t,
             area_view: (t && !parent.in_area) || parent.area_view,
+            nameless: std::sync::atomic::AtomicBool::new(false),
             // An area's own directory, seen through the tree.
             private: t && !parent.in_area,
             lookups: AtomicU64::new(lookups),
@@ -910,7 +945,7 @@ impl InodeTable {
         if let Some((_, i)) = removed {
             if i.area_view && i.is_dir() {
                 self.aliases.remove_if(&(i.dev, i.ino), |_, v| *v == nodeid);
-            } else if !(i.dev == self.root_dev && i.ino < SYNTHETIC_BASE && i.ino != ROOT_ID) {
+            } else if !(i.dev == self.root_dev && i.ino < ALIAS_BASE && i.ino != ROOT_ID) {
                 self.foreign.remove_if(&(i.dev, i.ino), |_, v| *v == nodeid);
             }
         }

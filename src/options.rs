@@ -329,7 +329,7 @@ const FLAGS: &[(&str, &str, &str)] = &[
     ),
     (
         "`remount`",
-        "with `ro`/`rw` and the kernel flags: changes them on a live mount in place (`mount -o remount,ro MOUNTPOINT`); the other options are left as mounted",
+        "with `ro`/`rw` and the kernel flags: changes those given on a live mount in place (`mount -o remount,ro MOUNTPOINT`); the other flags, and every other option, stay as mounted (the access-time copy of the backing keeps the mode it was mounted with)",
         "",
     ),
     (

@@ -1287,3 +1287,39 @@ fn a_program_others_may_run_but_not_read_runs() {
     );
     assert_eq!(ok(&out).trim(), "ran\nunreadable");
 }
+
+/// An O_TMPFILE file that a link has named is reached by that name, like
+/// any other file: casafs keeps no descriptor of it (hundreds of them
+/// would otherwise hold as many of the daemon's descriptors for as long as
+/// the kernel caches their names).
+#[test]
+fn named_tmpfiles_hold_no_descriptor_of_the_daemon() {
+    let m = Mount::over_itself("tmpfile-fds");
+    let fds = || {
+        fs::read_dir(format!("/proc/{}/fd", m.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let script = r#"python3 - <<'PY'
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+for i in range(300):
+    fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o644)
+    os.write(fd, b"x")
+    if libc.linkat(fd, b"", -100, f"t{i}".encode(), 0x1000) != 0:
+        raise OSError(ctypes.get_errno(), "linkat")
+    os.close(fd)
+print(len(os.listdir(".")))
+PY"#;
+    assert_eq!(ok(&sh(&m.mnt, script)).trim(), "301");
+    // Still cached by the kernel: stat them all.
+    for i in 0..300 {
+        fs::metadata(m.p(&format!("t{i}"))).unwrap();
+    }
+    let after = fds();
+    assert!(
+        after < before + 30,
+        "daemon descriptors {before} -> {after}"
+    );
+}

@@ -77,7 +77,7 @@ impl CasaFs {
         if st.st_dev != self.root.dev || self.inodes.nodeid_for(st.st_dev, st.st_ino) != nodeid {
             return Err(Errno::ESTALE);
         }
-        let inode = self.inodes.remember_nameless(fd, &st, false);
+        let inode = self.inodes.remember_nameless(fd, &st, false, false);
         Ok((inode, st))
     }
 
@@ -87,6 +87,13 @@ impl CasaFs {
         let dir = self.inodes.get(nodeid)?;
         if !dir.is_dir() {
             return Err(Errno::ENOTDIR);
+        }
+        // The way up from an area's directory or casafs's own leads where
+        // the tree does not show (a routed table's backing parent is the
+        // area, not the directory it was routed from): no handle of those
+        // reconnects.
+        if dir.private || dir.in_area {
+            return Err(Errno::ESTALE);
         }
         let root = self.inodes.root()?;
         if nodeid == ROOT_ID {
@@ -121,7 +128,7 @@ impl CasaFs {
         if st.st_dev != self.root.dev {
             return Err(Errno::ESTALE);
         }
-        Ok((self.inodes.remember_nameless(up, &st, dir.in_area), st))
+        Ok((self.inodes.remember_nameless(up, &st, false, false), st))
     }
 
     /// The kernel let go of `inode`: its backing handle is kept, so that a
@@ -130,6 +137,9 @@ impl CasaFs {
     pub(super) fn keep_handle(&self, inode: &Inode) {
         if inode.dead.load(std::sync::atomic::Ordering::Acquire)
             || inode.dev != self.root.dev
+            // A number of casafs's making (not the backing's) changes
+            // between mounts.
+            || inode.nodeid != inode.ino
             || inode.nodeid == ROOT_ID
             || inode.private
             || self.inodes.nodeid_for(inode.dev, inode.ino) != inode.nodeid
@@ -152,11 +162,14 @@ impl CasaFs {
         for inode in self.inodes.all() {
             self.keep_handle(&inode);
         }
+        // The next mount of the tree waits for this lock: let go of it once
+        // the table is written, whatever happens.
+        let _lock = self.exports_lock.lock().take();
         if self.exports.is_empty() {
             return;
         }
         crate::fault::stopping();
-        if let Err(e) = exports::save(&self.settings.source, &self.exports) {
+        if let Err(e) = exports::save(&self.exports_tree, &self.exports) {
             tracing::warn!(
                 "file handles: the table could not be kept for the next mount ({}); handles of forgotten objects will answer ESTALE",
                 std::io::Error::from_raw_os_error(e.code())

@@ -116,7 +116,7 @@ impl CasaFs {
             libc::O_PATH,
             0,
         )?;
-        let inode = self.inodes.remember_nameless(anchor, &st, p.in_area);
+        let inode = self.inodes.remember_nameless(anchor, &st, p.in_area, true);
         Ok(Opened {
             inode,
             fd,

@@ -49,8 +49,10 @@ pub struct CasaFs {
     graveyard: Graveyard,
     /// Backing handles of objects the kernel let go of (export.rs).
     exports: crate::exports::Exports,
-    /// Held until the table is written at unmount (`exports::hold`).
-    _exports_lock: Option<OwnedFd>,
+    /// The tree the table is kept for, and the lock held until it is
+    /// written at unmount (`exports::hold`).
+    exports_tree: crate::exports::Tree,
+    exports_lock: parking_lot::Mutex<Option<OwnedFd>>,
     stats: Arc<Stats>,
     /// Unlinks of open files go through the graveyard.
     defer_unlink: bool,
@@ -126,8 +128,9 @@ impl CasaFs {
         let root = Inode::new_held(ROOT_ID, p.root_fd, &st, false);
         let root_raw = root.dir_fd()?;
         let (graveyard, cleaned) = Graveyard::open(root_raw.as_raw_fd())?;
-        let exports_lock = crate::exports::hold(&p.settings.source);
-        let exports = crate::exports::load(&p.settings.source);
+        let exports_tree = crate::exports::Tree::of(&p.settings.source, &st);
+        let exports_lock = crate::exports::hold(&exports_tree);
+        let exports = crate::exports::load(&exports_tree);
         if cleaned > 0 {
             tracing::info!("emptied {cleaned} graveyard entries left by a stopped daemon");
         }
@@ -200,7 +203,8 @@ impl CasaFs {
             handles: HandleTable::default(),
             graveyard,
             exports,
-            _exports_lock: exports_lock,
+            exports_tree,
+            exports_lock: parking_lot::Mutex::new(exports_lock),
             defer_unlink,
             flush_on_close: crate::fstype::reports_errors_at_close(root_ftype),
             passthrough: AtomicBool::new(false),
@@ -275,7 +279,7 @@ impl CasaFs {
 
     /// The `st_ino` the kernel sees for a node id.
     pub fn attr_ino(&self, nodeid: u64, backing_ino: u64) -> u64 {
-        if nodeid == ROOT_ID {
+        if nodeid == ROOT_ID || crate::inode::is_alias(nodeid) {
             backing_ino
         } else {
             nodeid

@@ -83,22 +83,9 @@ impl CasaFs {
         }
         let t = self.stats.start(Op::Lookup);
         match self.do_lookup(parent, name) {
-            Ok((i, st)) if i.nodeid == ROOT_ID => {
-                self.stats.finish(t, None);
-                reply.root_entry(
-                    &self.attr(i.nodeid, &st),
-                    self.ttl_attr_of(&st),
-                    self.ttl_entry(),
-                )
-            }
             Ok((i, st)) => {
                 self.stats.finish(t, None);
-                reply.entry(
-                    &self.attr(i.nodeid, &st),
-                    self.ttl_attr_of(&st),
-                    self.ttl_entry(),
-                    i.generation,
-                )
+                self.reply_entry(reply, &i, &st)
             }
             Err(e) if e == Errno::ENOENT => {
                 self.stats.finish(t, Some(e.code()));
@@ -166,13 +153,17 @@ impl CasaFs {
         )
     }
 
+    /// An object's entry: its node id, and its attributes with the inode
+    /// number the user sees (which differs for the root and the
+    /// directories seen through an area's path).
     fn reply_entry(&self, reply: impl EntryReply, i: &crate::inode::Inode, st: &libc::stat) {
-        reply.entry(
-            &self.attr(i.nodeid, st),
-            self.ttl_attr_of(st),
-            self.ttl_entry(),
-            i.generation,
-        )
+        let attr = self.attr(i.nodeid, st);
+        let (ttl_attr, ttl_entry) = (self.ttl_attr_of(st), self.ttl_entry());
+        if attr.ino.0 == i.nodeid {
+            reply.entry(&attr, ttl_attr, ttl_entry, i.generation)
+        } else {
+            reply.entry_node(i.nodeid, &attr, ttl_attr, ttl_entry, i.generation)
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -479,14 +470,17 @@ impl CasaFs {
             Op::Create,
             reply,
             self.do_create(made, parent, name, flags),
-            |o| {
-                let attr = self.attr(o.inode.nodeid, &o.st);
-                let ttl = self.ttl_entry().min(self.ttl_attr_of(&o.st));
-                let generation = o.inode.generation;
-                let (fh, backing) = self.register(o, flags);
-                reply.created(&attr, ttl, generation, fh, FopenFlags::empty(), backing)
-            }
+            |o| self.reply_created(o, flags, reply)
         )
+    }
+
+    /// A created file's entry and its open handle.
+    fn reply_created(&self, o: super::file::Opened, flags: i32, reply: impl CreateReply) {
+        let attr = self.attr(o.inode.nodeid, &o.st);
+        let ttl = self.ttl_entry().min(self.ttl_attr_of(&o.st));
+        let generation = o.inode.generation;
+        let (fh, backing) = self.register(o, flags);
+        reply.created(&attr, ttl, generation, fh, FopenFlags::empty(), backing)
     }
 
     /// `open(O_TMPFILE)`, counted as a create.
@@ -505,13 +499,7 @@ impl CasaFs {
             Op::Create,
             reply,
             self.do_tmpfile(made, parent, flags),
-            |o| {
-                let attr = self.attr(o.inode.nodeid, &o.st);
-                let ttl = self.ttl_entry().min(self.ttl_attr_of(&o.st));
-                let generation = o.inode.generation;
-                let (fh, backing) = self.register(o, flags);
-                reply.created(&attr, ttl, generation, fh, FopenFlags::empty(), backing)
-            }
+            |o| self.reply_created(o, flags, reply)
         )
     }
 
@@ -693,7 +681,18 @@ impl CasaFs {
             let in_area = dir.in_area || self.routing.is_area_root(&st);
             let inode = self.inodes.remember(&dir, e.name, &st, in_area);
             let attr = self.attr(inode.nodeid, &st);
-            let full = reply.add(e.off as u64, name, ttl, &attr, inode.generation);
+            let full = if attr.ino.0 == inode.nodeid {
+                reply.add(e.off as u64, name, ttl, &attr, inode.generation)
+            } else {
+                reply.add_node(
+                    inode.nodeid,
+                    e.off as u64,
+                    name,
+                    ttl,
+                    &attr,
+                    inode.generation,
+                )
+            };
             if full {
                 // Not sent after all: the kernel's copy is as old as it was.
                 inode.attrs_not_sent();

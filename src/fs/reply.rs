@@ -20,17 +20,23 @@ pub trait EmptyReply: Reply {
 pub trait EntryReply: Reply {
     fn entry(self, attr: &FileAttr, ttl_attr: Duration, ttl_entry: Duration, generation: u64);
 
-    /// The root as an entry (reached as a parent by the kernel's file-handle
-    /// code): its node id is ROOT_ID while `attr` keeps its inode number.
-    /// Where the transport cannot tell the two apart, the attributes carry
-    /// the node id until they are next asked for.
-    fn root_entry(self, attr: &FileAttr, ttl_attr: Duration, ttl_entry: Duration)
-    where
+    /// An entry whose node id is not its inode number (the root reached as
+    /// a parent, a directory seen through an area's path): `attr` keeps the
+    /// inode number. Where the transport cannot tell the two apart, the
+    /// attributes carry the node id until they are next asked for.
+    fn entry_node(
+        self,
+        nodeid: u64,
+        attr: &FileAttr,
+        ttl_attr: Duration,
+        ttl_entry: Duration,
+        generation: u64,
+    ) where
         Self: Sized,
     {
         let mut a = *attr;
-        a.ino = fuser::INodeNo(crate::inode::ROOT_ID);
-        self.entry(&a, ttl_attr, ttl_entry, 0)
+        a.ino = fuser::INodeNo(nodeid);
+        self.entry(&a, ttl_attr, ttl_entry, generation)
     }
 }
 
@@ -96,5 +102,20 @@ pub trait DirPlusReply: Reply {
     /// and leaves its caches as they are, as for a plain readdir). `None`
     /// where the transport cannot say so: the caller adds a full entry.
     fn add_name_only(&mut self, ino: u64, off: u64, kind: FileType, name: &OsStr) -> Option<bool>;
+    /// `add` for an entry whose node id is not its inode number (as
+    /// `EntryReply::entry_node`).
+    fn add_node(
+        &mut self,
+        nodeid: u64,
+        off: u64,
+        name: &OsStr,
+        ttl: Duration,
+        attr: &FileAttr,
+        generation: u64,
+    ) -> bool {
+        let mut a = *attr;
+        a.ino = fuser::INodeNo(nodeid);
+        self.add(off, name, ttl, &a, generation)
+    }
     fn ok(self);
 }

@@ -118,9 +118,16 @@ impl EntryReply for RingReply<'_> {
         self.answer_pod(&abi::entry_out(attr, ttl_attr, ttl_entry, generation))
     }
 
-    fn root_entry(self, attr: &FileAttr, ttl_attr: Duration, ttl_entry: Duration) {
-        let mut out = abi::entry_out(attr, ttl_attr, ttl_entry, 0);
-        out.nodeid = crate::inode::ROOT_ID;
+    fn entry_node(
+        self,
+        nodeid: u64,
+        attr: &FileAttr,
+        ttl_attr: Duration,
+        ttl_entry: Duration,
+        generation: u64,
+    ) {
+        let mut out = abi::entry_out(attr, ttl_attr, ttl_entry, generation);
+        out.nodeid = nodeid;
         self.answer_pod(&out)
     }
 }
@@ -248,6 +255,26 @@ impl DirPlusReply for RingReply<'_> {
     ) -> bool {
         let name = name.as_bytes();
         let e = abi::entry_out(attr, ttl, ttl, generation);
+        let d = abi::Dirent {
+            ino: attr.ino.0,
+            off,
+            namelen: name.len() as u32,
+            typ: abi::type_bits(attr.kind) >> 12,
+        };
+        !self.dirent(&[abi::bytes(&e), abi::bytes(&d)], name)
+    }
+    fn add_node(
+        &mut self,
+        nodeid: u64,
+        off: u64,
+        name: &OsStr,
+        ttl: Duration,
+        attr: &FileAttr,
+        generation: u64,
+    ) -> bool {
+        let name = name.as_bytes();
+        let mut e = abi::entry_out(attr, ttl, ttl, generation);
+        e.nodeid = nodeid;
         let d = abi::Dirent {
             ino: attr.ino.0,
             off,
