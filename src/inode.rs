@@ -435,7 +435,8 @@ impl Inode {
     /// a freed inode number (ntfs-3g reuses MFT records at once): either
     /// way descriptors we cached for the old place must go.
     pub fn relocate(&self, parent: &Arc<Inode>, name: &CStr) {
-        if self.nameless.swap(false, Ordering::AcqRel) {
+        // Read first: every lookup of a known object comes here.
+        if self.nameless.load(Ordering::Relaxed) && self.nameless.swap(false, Ordering::AcqRel) {
             *self.loc.lock() = Loc::At {
                 parent: parent.clone(),
                 name: name.to_owned(),
