@@ -253,15 +253,7 @@ impl DirPlusReply for RingReply<'_> {
         attr: &FileAttr,
         generation: u64,
     ) -> bool {
-        let name = name.as_bytes();
-        let e = abi::entry_out(attr, ttl, ttl, generation);
-        let d = abi::Dirent {
-            ino: attr.ino.0,
-            off,
-            namelen: name.len() as u32,
-            typ: abi::type_bits(attr.kind) >> 12,
-        };
-        !self.dirent(&[abi::bytes(&e), abi::bytes(&d)], name)
+        self.add_node(attr.ino.0, off, name, ttl, attr, generation)
     }
     fn add_node(
         &mut self,
