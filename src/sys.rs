@@ -204,23 +204,23 @@ pub fn open_at(dir: RawFd, name: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Opens a path strictly beneath `dir` with `openat2(RESOLVE_BENEATH |
-/// RESOLVE_NO_SYMLINKS)`: no component can be a planted symlink nor `..`
-/// out of it. Falls back to plain `openat` on kernels without openat2.
-pub fn open_beneath(dir: RawFd, path: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {
+pub const RESOLVE_NO_XDEV: u64 = 0x01;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// `openat2(2)` with the `resolve` restrictions.
+pub fn openat2(dir: RawFd, path: &CStr, flags: i32, mode: u32, resolve: u64) -> Res<OwnedFd> {
     #[repr(C)]
     struct OpenHow {
         flags: u64,
         mode: u64,
         resolve: u64,
     }
-    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-    const RESOLVE_BENEATH: u64 = 0x08;
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: mode as u64,
-        resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH,
+        resolve,
     };
     let rc = unsafe {
         libc::syscall(
@@ -231,14 +231,21 @@ pub fn open_beneath(dir: RawFd, path: &CStr, flags: i32, mode: u32) -> Res<Owned
             std::mem::size_of::<OpenHow>(),
         )
     };
-    if rc >= 0 {
-        return Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) });
+    if rc < 0 {
+        return Err(last_errno());
     }
-    let e = last_errno();
-    if e == Errno::ENOSYS {
-        return open_at(dir, path, flags | libc::O_NOFOLLOW, mode);
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// Opens a path strictly beneath `dir` with `openat2(RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS)`: no component can be a planted symlink nor `..`
+/// out of it. Falls back to plain `openat` on kernels without openat2.
+pub fn open_beneath(dir: RawFd, path: &CStr, flags: i32, mode: u32) -> Res<OwnedFd> {
+    let resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH;
+    match openat2(dir, path, flags, mode, resolve) {
+        Err(Errno::ENOSYS) => open_at(dir, path, flags | libc::O_NOFOLLOW, mode),
+        r => r,
     }
-    Err(e)
 }
 
 pub fn stat_at(dir: RawFd, name: &CStr) -> Res<libc::stat> {

@@ -3,7 +3,7 @@
 //! parent of a directory (a lookup of ".."). The table of backing handles
 //! that makes the first possible is `crate::exports`.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use super::CasaFs;
@@ -11,36 +11,6 @@ use crate::creds;
 use crate::exports::{self, BackingHandle};
 use crate::inode::{Anchor, Inode, ROOT_ID};
 use crate::sys::{self, Errno, Res};
-
-/// `..` of `dir` (`O_PATH`), refused with EXDEV where it would cross into
-/// another mount.
-fn open_parent_here(dir: std::os::fd::RawFd) -> Res<OwnedFd> {
-    #[repr(C)]
-    struct OpenHow {
-        flags: u64,
-        mode: u64,
-        resolve: u64,
-    }
-    const RESOLVE_NO_XDEV: u64 = 0x01;
-    let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_NO_XDEV,
-    };
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            c"..".as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(sys::last_errno());
-    }
-    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
-}
 
 impl CasaFs {
     /// The object of `nodeid`, which the kernel may have forgotten: known
@@ -108,7 +78,15 @@ impl CasaFs {
         // into another mount: mounted over itself, the way up from a
         // directory at the top would land on this very mount, whose
         // requests this thread may be the one to serve.
-        let up = creds::as_root(|| open_parent_here(dfd.as_raw_fd()));
+        let up = creds::as_root(|| {
+            sys::openat2(
+                dfd.as_raw_fd(),
+                c"..",
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+                sys::RESOLVE_NO_XDEV,
+            )
+        });
         let up = match up {
             Err(Errno::EXDEV) if self.settings.source == self.settings.mountpoint => {
                 let st = root.stat()?;

@@ -35,21 +35,19 @@ const FMODE_EXEC: i32 = 0x20;
 fn open_to_execute(inode: &Inode, a: &Anchor) -> Res<OwnedFd> {
     creds::as_root(|| {
         let obj = match a {
-            Anchor::Fd(fd) => sys::open_at(
-                libc::AT_FDCWD,
-                &sys::proc_path(fd.as_raw_fd()),
-                libc::O_PATH,
+            Anchor::Fd(fd) => fd.clone(),
+            Anchor::At(dir, name) => Arc::new(sys::open_at(
+                dir.as_raw_fd(),
+                name,
+                libc::O_PATH | libc::O_NOFOLLOW,
                 0,
-            )?,
-            Anchor::At(dir, name) => {
-                sys::open_at(dir.as_raw_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?
-            }
+            )?),
         };
         let st = sys::fstat(obj.as_raw_fd())?;
         if !inode.same(&st) || st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Errno::EACCES);
         }
-        Anchor::Fd(Arc::new(obj)).open(libc::O_RDONLY)
+        Anchor::Fd(obj).open(libc::O_RDONLY)
     })
 }
 
