@@ -360,10 +360,52 @@ pub fn rename_noreplace(odir: RawFd, oname: &CStr, ndir: RawFd, nname: &CStr) ->
         Err(Errno::EINVAL) => {}
         r => return r,
     }
-    match stat_at(ndir, nname) {
-        Ok(_) => Err(Errno::EEXIST),
-        Err(Errno::ENOENT) => rename_at2(odir, oname, ndir, nname, 0),
-        Err(e) => Err(e),
+    rename_by_placeholder(odir, oname, ndir, nname)
+}
+
+/// A rename that never replaces, where the filesystem has no
+/// `RENAME_NOREPLACE` (ntfs-3g, NFS): the new name is taken first by an
+/// empty placeholder made with `O_EXCL` or `mkdir`, which fail on a taken
+/// name atomically on every filesystem, shared ones across hosts too; the
+/// rename then replaces only that placeholder. (A look at the name and
+/// then a rename would let another host take the name in between, and the
+/// rename replace its object.)
+pub fn rename_by_placeholder(odir: RawFd, oname: &CStr, ndir: RawFd, nname: &CStr) -> Res<()> {
+    rename_taking(odir, oname, ndir, nname, &|| {})
+}
+
+/// `rename_by_placeholder`, with `between` run once the name is taken and
+/// before the rename (where a test lets another host race it).
+fn rename_taking(
+    odir: RawFd,
+    oname: &CStr,
+    ndir: RawFd,
+    nname: &CStr,
+    between: &dyn Fn(),
+) -> Res<()> {
+    let st = stat_at(odir, oname)?;
+    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    if is_dir {
+        mkdir_at(ndir, nname, 0)?;
+    } else {
+        let flags = libc::O_RDONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        drop(open_at(ndir, nname, flags, 0)?);
+    }
+    between();
+    let placeholder = stat_at(ndir, nname).map(|p| (p.st_dev, p.st_ino));
+    match rename_at2(odir, oname, ndir, nname, 0) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Only our placeholder goes: whatever else has the name now
+            // is someone else's.
+            if let Ok(ours) = placeholder
+                && stat_at(ndir, nname).is_ok_and(|n| (n.st_dev, n.st_ino) == ours)
+            {
+                let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+                let _ = unlink_at(ndir, nname, flag);
+            }
+            Err(e)
+        }
     }
 }
 
@@ -603,4 +645,65 @@ pub fn borrow(fd: RawFd) -> BorrowedFd<'static> {
 
 pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two hosts rename their own file onto one free name at the same
+    /// moment, on a backing without RENAME_NOREPLACE: one wins, the other
+    /// is told EEXIST, and neither file is lost.
+    #[test]
+    fn two_renames_onto_one_name_never_replace_each_other() {
+        let base =
+            std::env::temp_dir().join(format!("casafs-sys-noreplace-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("area")).unwrap();
+        std::fs::create_dir_all(base.join("a/TMPPOINTINGx")).unwrap();
+        std::fs::write(base.join("a/TMPPOINTINGx/table.f0"), b"host a").unwrap();
+        std::fs::write(base.join("b"), b"host b").unwrap();
+        let c = std::ffi::CString::new(base.as_os_str().as_encoded_bytes()).unwrap();
+        let root = open_at(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        let r = root.as_raw_fd();
+        let area = open_at(r, c"area", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        let ar = area.as_raw_fd();
+        std::fs::create_dir_all(base.join("c")).unwrap();
+        for (from, to) in [(c"a/TMPPOINTINGx", c"TMPPOINTING1"), (c"b", c"casa-1.log")] {
+            std::fs::write(base.join("c/mine"), b"host c").unwrap();
+            let barrier = std::sync::Barrier::new(2);
+            let results: Vec<Res<()>> = std::thread::scope(|s| {
+                // One host is still between taking the name and renaming
+                // when the other one looks.
+                let first = s.spawn(|| {
+                    rename_taking(r, from, ar, to, &|| {
+                        barrier.wait();
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    })
+                });
+                let second = s.spawn(|| {
+                    barrier.wait();
+                    rename_taking(r, c"c/mine", ar, to, &|| {})
+                });
+                vec![first.join().unwrap(), second.join().unwrap()]
+            });
+            assert_eq!(results[0], Ok(()), "{to:?}");
+            assert_eq!(results[1], Err(Errno::EEXIST), "{to:?}");
+            assert_eq!(
+                std::fs::read(base.join("c/mine")).unwrap(),
+                b"host c",
+                "kept"
+            );
+            std::fs::remove_file(base.join("c/mine")).unwrap();
+        }
+        assert_eq!(
+            std::fs::read(base.join("area/TMPPOINTING1/table.f0")).unwrap(),
+            b"host a"
+        );
+        assert_eq!(
+            std::fs::read(base.join("area/casa-1.log")).unwrap(),
+            b"host b"
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }
