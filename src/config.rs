@@ -52,6 +52,11 @@ pub struct Settings {
     pub allow_other: bool,
     pub foreground: bool,
     pub fsname: String,
+    /// This daemon's host identity (`-o host=`).
+    pub host: String,
+    /// How long another host's daemon counts as alive after renewing its
+    /// lease.
+    pub host_lease: Duration,
     /// Log filter (`info`, `debug`, `casafs=debug`...); None: `RUST_LOG`,
     /// or info.
     pub log_level: Option<String>,
@@ -399,6 +404,8 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         allow_other: raw.allow_other.or(file.allow_other).unwrap_or(true),
         foreground: args.foreground,
         fsname: String::new(),
+        host: crate::hosts::this_host(),
+        host_lease: Duration::from_secs(300),
         log_level: None,
         textfile: None,
         mount_flags: raw.flags.clone(),

@@ -505,6 +505,7 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
         std::process::id()
     ));
     crate::health::start_watchdog(&mountpoint);
+    crate::fs::start_lease(std::sync::Arc::downgrade(&fs));
     if let Some(t) = fs.settings().textfile.clone() {
         crate::health::start_textfile(t, std::sync::Arc::downgrade(&fs));
     }

@@ -19,7 +19,9 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use crate::hosts::NEW_PREFIX;
 use crate::inode::Inode;
 use crate::sys::{self, Res};
 
@@ -30,31 +32,23 @@ pub struct Graveyard {
     /// This mount's own subdirectory.
     pub dir: Arc<Inode>,
     pub name: String,
+    /// This daemon's host identity.
+    pub host: String,
+    /// How long another host's daemon counts as alive after its lease.
+    pub lease: std::time::Duration,
     counter: AtomicU64,
-    /// Holds the flock that tells other daemons this one is alive.
-    _lock: OwnedFd,
+    /// Holds the flock that tells other daemons this one is alive; its
+    /// modification time is this daemon's lease.
+    lock: OwnedFd,
 }
 
-/// Names of subdirectories not yet locked by the daemon making them.
-const NEW_PREFIX: &str = ".new.";
-
-/// Whether a daemon still holds `fd`'s directory. Where the filesystem has
-/// no locks, falls back to whether `pid` lives on this host.
+/// Whether a daemon of this host still holds `fd`'s directory. Where the
+/// filesystem has no locks, falls back to whether `pid` lives.
 fn held_by_a_daemon(fd: &OwnedFd, pid: i32) -> bool {
     if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return false;
     }
     sys::last_errno() == sys::Errno::EAGAIN || pid_alive(pid)
-}
-
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).replace(['.', '/'], "_")
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -63,28 +57,26 @@ fn pid_alive(pid: i32) -> bool {
 
 pub use crate::tree::{list_dir, remove_tree_at};
 
-/// Empties and removes the graveyards left by dead daemons of `host` in
-/// the graveyard base directory; returns the number of entries removed.
-fn clean_stale(base: &OwnedFd, host: &str) -> u64 {
+/// Empties and removes the graveyards left by dead daemons in the
+/// graveyard base directory: of this host (`host`) when no daemon holds
+/// them, of another host only once its daemon neither holds its lock nor
+/// renewed its lease for `lease` (`now`: this daemon's lease, just
+/// renewed). Returns the number of entries removed.
+fn clean_stale(base: &OwnedFd, host: &str, now: Option<i128>, lease: std::time::Duration) -> u64 {
     let mut cleaned = 0;
     for entry in list_dir(base).unwrap_or_default() {
         let s = String::from_utf8_lossy(entry.to_bytes()).into_owned();
-        let (starting, id) = match s.strip_prefix(NEW_PREFIX) {
-            Some(id) => (true, id),
-            None => (false, s.as_str()),
-        };
-        let mut parts = id.rsplitn(3, '.');
-        let (_start, pid, h) = (parts.next(), parts.next(), parts.next());
-        let Some(pid) = pid.and_then(|p| p.parse::<i32>().ok()) else {
+        let Some((starting, h, pid)) = crate::hosts::parse_daemon(&s) else {
             continue;
         };
-        if h != Some(host) {
+        let ours = h == host;
+        if !ours && crate::hosts::other_alive(base, &entry, now, lease) {
             continue;
         }
         if starting {
             // Still empty: a daemon that died while starting left it,
             // or one is starting right now (and its pid lives).
-            if !pid_alive(pid) {
+            if !ours || !pid_alive(pid) {
                 let _ = sys::unlink_at(base.as_raw_fd(), &entry, libc::AT_REMOVEDIR);
             }
             continue;
@@ -95,7 +87,7 @@ fn clean_stale(base: &OwnedFd, host: &str) -> u64 {
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         ) {
-            if held_by_a_daemon(&fd, pid) {
+            if ours && held_by_a_daemon(&fd, pid) {
                 continue;
             }
             let names = list_dir(&fd).unwrap_or_default();
@@ -108,10 +100,11 @@ fn clean_stale(base: &OwnedFd, host: &str) -> u64 {
             {
                 let freed = remove_tree_at(fd.as_raw_fd(), n).unwrap_or(0);
                 tracing::info!(
-                    "graveyard: removed {}/{}/{} left by a stopped daemon ({freed} bytes)",
+                    "graveyard: removed {}/{}/{} left by a stopped daemon{} ({freed} bytes)",
                     GRAVEYARD_DIR,
                     s,
-                    n.to_string_lossy()
+                    n.to_string_lossy(),
+                    if ours { "" } else { " of another host" }
                 );
                 cleaned += 1;
             }
@@ -125,27 +118,37 @@ impl Graveyard {
     /// Creates this mount's graveyard below the source root and empties the
     /// ones left by dead daemons of this host. Returns the graveyard and
     /// the number of stale entries removed.
-    pub fn open(root_fd: RawFd) -> Res<(Graveyard, u64)> {
-        Self::open_between(root_fd, &|| {})
+    pub fn open(root_fd: RawFd, host: &str, lease: Duration) -> Res<(Graveyard, u64)> {
+        Self::open_between(root_fd, host, lease, &|| {})
     }
 
     /// `open`, with `meanwhile` run between finding the base directory and
     /// making this mount's graveyard in it (where a test plays the daemon
     /// that stops).
-    fn open_between(root_fd: RawFd, meanwhile: &dyn Fn()) -> Res<(Graveyard, u64)> {
+    fn open_between(
+        root_fd: RawFd,
+        host: &str,
+        lease: Duration,
+        meanwhile: &dyn Fn(),
+    ) -> Res<(Graveyard, u64)> {
         // A daemon that stops removes the base directory once it holds no
         // graveyard (`close`): one stopping while this one starts (a
         // remount, another host) can take it away between our steps.
         let mut tries = 0;
         loop {
-            match Self::open_once(root_fd, meanwhile) {
+            match Self::open_once(root_fd, host, lease, meanwhile) {
                 Err(sys::Errno::ENOENT) if tries < 20 => tries += 1,
                 r => return r,
             }
         }
     }
 
-    fn open_once(root_fd: RawFd, meanwhile: &dyn Fn()) -> Res<(Graveyard, u64)> {
+    fn open_once(
+        root_fd: RawFd,
+        host: &str,
+        lease: Duration,
+        meanwhile: &dyn Fn(),
+    ) -> Res<(Graveyard, u64)> {
         match sys::mkdir_at(root_fd, GRAVEYARD_CNAME, 0o700) {
             Ok(()) | Err(sys::Errno::EEXIST) => {}
             Err(e) => return Err(e),
@@ -166,8 +169,6 @@ impl Graveyard {
                 return Err(sys::Errno::EPERM);
             }
         }
-        let host = hostname();
-        let cleaned = clean_stale(&base, &host);
         meanwhile();
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -195,6 +196,9 @@ impl Graveyard {
             tracing::debug!("graveyard: no flock here ({:?})", sys::last_errno());
         }
         sys::rename_noreplace(base.as_raw_fd(), &new, base.as_raw_fd(), &cname)?;
+        // Only now, with a lease of its own to measure others' against.
+        let now = crate::hosts::renew(lock.as_raw_fd());
+        let cleaned = clean_stale(&base, host, now, lease);
         let fd = sys::open_at(
             base.as_raw_fd(),
             &cname,
@@ -207,8 +211,10 @@ impl Graveyard {
             Graveyard {
                 dir,
                 name,
+                host: host.to_string(),
+                lease,
                 counter: AtomicU64::new(0),
-                _lock: lock,
+                lock,
             },
             cleaned,
         ))
@@ -270,6 +276,32 @@ impl Graveyard {
         })
     }
 
+    /// Renews this daemon's lease (see `hosts`).
+    pub fn renew_lease(&self) {
+        crate::creds::as_root(|| crate::hosts::renew(self.lock.as_raw_fd()));
+    }
+
+    /// Whether a daemon of `host` (another host's identity) is alive: any
+    /// of its graveyards is held or has a lease younger than `lease`.
+    pub fn host_alive(&self, root_fd: RawFd, host: &str) -> bool {
+        crate::creds::as_root(|| {
+            let Ok(base) = sys::open_at(
+                root_fd,
+                GRAVEYARD_CNAME,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            ) else {
+                return false;
+            };
+            let now = crate::hosts::renew(self.lock.as_raw_fd());
+            list_dir(&base).unwrap_or_default().iter().any(|n| {
+                let s = String::from_utf8_lossy(n.to_bytes());
+                crate::hosts::parse_daemon(&s).is_some_and(|(_, h, _)| h == host)
+                    && crate::hosts::other_alive(&base, n, now, self.lease)
+            })
+        })
+    }
+
     /// Empties and removes this mount's graveyard (clean shutdown).
     pub fn close(&self, root_fd: RawFd) {
         crate::creds::as_root(|| self.close_now(root_fd))
@@ -286,7 +318,8 @@ impl Graveyard {
             let _ = remove_tree_at(base.as_raw_fd(), &c);
             // Once more for those left by dead daemons: one that could not
             // be emptied at start (a grave still open) may be now.
-            clean_stale(&base, &hostname());
+            let now = crate::hosts::renew(self.lock.as_raw_fd());
+            clean_stale(&base, &self.host, now, self.lease);
             // The base directory goes too when no other mount uses it.
             drop(base);
             let _ = sys::unlink_at(root_fd, GRAVEYARD_CNAME, libc::AT_REMOVEDIR);
@@ -316,7 +349,8 @@ mod tests {
                 sys::unlink_at(root.as_raw_fd(), GRAVEYARD_CNAME, libc::AT_REMOVEDIR).unwrap();
             }
         };
-        let opened = Graveyard::open_between(root.as_raw_fd(), &stopping);
+        let opened =
+            Graveyard::open_between(root.as_raw_fd(), "h", Duration::from_secs(300), &stopping);
         assert!(removed.load(Ordering::Relaxed));
         let (g, _) = opened.unwrap();
         g.close(root.as_raw_fd());
@@ -334,7 +368,8 @@ mod tests {
         std::fs::write(base.join("open.ms"), b"12345").unwrap();
         let c = CString::new(base.as_os_str().as_encoded_bytes()).unwrap();
         let root = sys::open_at(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
-        let (g, cleaned) = Graveyard::open(root.as_raw_fd()).unwrap();
+        let (g, cleaned) =
+            Graveyard::open(root.as_raw_fd(), "h", Duration::from_secs(300)).unwrap();
         assert_eq!(cleaned, 0);
 
         let grave = g.bury(root.as_raw_fd(), c"open.ms").unwrap();
@@ -350,6 +385,50 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert!(left.is_empty(), "{left:?}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// Another host's graveyard is left alone while its daemon holds its
+    /// lock or renewed its lease, and emptied once both lapsed.
+    #[test]
+    fn another_hosts_graveyard_goes_only_once_its_lock_and_lease_lapsed() {
+        let base = std::env::temp_dir().join(format!("casafs-gy-hosts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let gy = base.join(GRAVEYARD_DIR);
+        for d in ["b.99.0", "c.98.0"] {
+            std::fs::create_dir_all(gy.join(d)).unwrap();
+            std::fs::write(gy.join(d).join("0"), b"open elsewhere").unwrap();
+        }
+        let c = CString::new(base.as_os_str().as_encoded_bytes()).unwrap();
+        let root = sys::open_at(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        // c's daemon is alive and holds its lock.
+        let cpath = CString::new(gy.join("c.98.0").as_os_str().as_encoded_bytes()).unwrap();
+        let clock = sys::open_at(
+            libc::AT_FDCWD,
+            &cpath,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            unsafe { libc::flock(clock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
+        let lease = Duration::from_secs(1);
+        let (g, cleaned) = Graveyard::open(root.as_raw_fd(), "a", lease).unwrap();
+        assert_eq!(cleaned, 0, "fresh leases");
+        assert!(g.host_alive(root.as_raw_fd(), "b") && g.host_alive(root.as_raw_fd(), "c"));
+        g.close(root.as_raw_fd());
+        assert!(gy.join("b.99.0/0").exists());
+        std::thread::sleep(Duration::from_millis(1200));
+        let (g, cleaned) = Graveyard::open(root.as_raw_fd(), "a", lease).unwrap();
+        assert_eq!(cleaned, 1, "b lapsed");
+        assert!(!gy.join("b.99.0").exists());
+        assert!(gy.join("c.98.0/0").exists(), "c holds its lock");
+        assert!(!g.host_alive(root.as_raw_fd(), "b"));
+        assert!(g.host_alive(root.as_raw_fd(), "c"));
+        g.close(root.as_raw_fd());
+        drop(clock);
         let _ = std::fs::remove_dir_all(&base);
     }
 }

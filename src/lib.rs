@@ -19,6 +19,7 @@ pub mod fstype;
 pub mod graveyard;
 pub mod handle;
 pub mod health;
+pub mod hosts;
 pub mod inode;
 pub mod live;
 pub mod logsink;

@@ -285,6 +285,38 @@ pub const OPTIONS: &[Opt] = &[
         show: |s| Some(format!("{:?}", s.fsname)),
     },
     Opt {
+        key: "host",
+        value: "NAME",
+        help: "this daemon's host identity on a tree several hosts mount (letters, digits, - and _)",
+        doc: "this daemon's host identity where several hosts mount one shared tree: recorded on what it routes, in its graveyard's name and lease, and in its statistics. Two daemons on one machine with two names stand for two hosts. Letters, digits, `-` and `_`",
+        default: "the machine's host name",
+        live: false,
+        not_empty: true,
+        set: |s, v, _| {
+            s.host = crate::hosts::check_name(v)?;
+            Ok(())
+        },
+        show: |s| Some(format!("{:?}", s.host)),
+    },
+    Opt {
+        key: "host_lease",
+        value: "DURATION",
+        help: "how long another host's daemon counts as alive after its last sign of life",
+        doc: "how long another host's daemon counts as alive after it last renewed its lease on the shared tree (it renews a quarter of this, at most every 30 s); only then, and once it no longer holds its lock, are its graveyard emptied and its routed objects left to this host's retention",
+        default: "5m",
+        live: false,
+        not_empty: true,
+        set: |s, v, _| {
+            let d = duration(v)?;
+            if d < Duration::from_secs(1) {
+                return Err(format!("invalid value '{v}' (at least 1s)"));
+            }
+            s.host_lease = d;
+            Ok(())
+        },
+        show: |s| show_duration(s.host_lease),
+    },
+    Opt {
         key: "log_level",
         value: "FILTER",
         help: "what is logged: error, warn, info, debug, or a RUST_LOG filter (a reload changes it)",

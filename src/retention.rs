@@ -51,6 +51,9 @@ pub trait Mounted: Send + Sync {
     fn mount_dev(&self) -> Option<u64>;
     /// The mount's rule `index` as it routes now (None: turned off).
     fn rule_now(&self, index: usize) -> Option<Rule>;
+    /// Whether `host` is another host whose daemon is alive: what it
+    /// routed is its own retention's (its processes are not seen here).
+    fn routed_elsewhere_alive(&self, host: &str) -> bool;
 }
 
 /// Starts the thread if any rule has an area. Which rules keep a
@@ -168,7 +171,17 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
         if (r.rule.kind == Kind::File && is_dir) || (r.rule.kind == Kind::Dir && !is_dir) {
             continue;
         }
-        let by = crate::redirect::routed_by(&area, &name).unwrap_or((st.st_uid, st.st_gid));
+        let record = crate::redirect::record_of(&area, &name);
+        let by = record.as_ref().map_or((st.st_uid, st.st_gid), |r| r.by);
+        if let Some(host) = record.and_then(|r| r.host)
+            && fs.routed_elsewhere_alive(&host)
+        {
+            tracing::debug!(
+                "retention: {} was routed by host {host}, which is alive: kept",
+                r.area_path.join(name.to_string_lossy().as_ref()).display()
+            );
+            continue;
+        }
         let mut x = Expired {
             name,
             is_dir,
@@ -270,7 +283,8 @@ fn survey(area: RawFd, st: &libc::stat, x: &mut Expired) -> i64 {
 }
 
 /// Everything open, mapped or used as a working directory by any process.
-/// The daemon's own O_PATH descriptors (its inode cache) are not opens.
+/// casafs daemons' own O_PATH descriptors (their inode caches) are not
+/// opens.
 struct Held {
     /// Inode numbers of what is held on the area's own filesystem (its
     /// mount, or its device as `stat` or the mount table gives it, which
@@ -310,6 +324,7 @@ fn mount_id(fd: RawFd) -> Option<u64> {
 
 fn held_inodes(fs: &dyn Mounted, area: RawFd) -> Held {
     let me = std::process::id().to_string();
+    let my_exe = fs::read_link("/proc/self/exe").ok();
     let mount_dev = fs.mount_dev();
     let devs = mount_devices();
     let area_mnt = mount_id(area);
@@ -347,11 +362,15 @@ fn held_inodes(fs: &dyn Mounted, area: RawFd) -> Held {
         let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
         };
+        // This daemon, or another one over the same tree (a second mount,
+        // or on a shared tree the stand-in for another host).
+        let daemon =
+            pid == me || (my_exe.is_some() && fs::read_link(dir.join("exe")).ok() == my_exe);
         for fd in fds.flatten() {
             // fdinfo gives the inode and its mount without a stat that
             // could hang on a dead network mount.
             let info = fd_info(&dir, &fd.file_name());
-            if pid == me && info.flags & libc::O_PATH as i64 != 0 {
+            if daemon && info.flags & libc::O_PATH as i64 != 0 {
                 continue;
             }
             let on_area = info.mnt.is_some() && info.mnt == area_mnt;

@@ -211,6 +211,8 @@ pub struct Extra {
     pub passthrough_enabled: bool,
     pub mountpoint: String,
     pub source: String,
+    /// This daemon's host identity.
+    pub host: String,
 }
 
 fn errno_name(e: usize) -> String {
@@ -310,6 +312,7 @@ impl Stats {
             "pid": std::process::id(),
             "source": x.source,
             "mountpoint": x.mountpoint,
+            "host": x.host,
             "started_unix": started,
             "uptime_seconds": self.uptime_secs(),
             "operations": ops,
@@ -361,8 +364,9 @@ impl Stats {
         );
         let _ = writeln!(
             o,
-            "casafs_build_info{{{l},version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+            "casafs_build_info{{{l},version=\"{}\",host=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            escape_label(&x.host)
         );
         family(
             &mut o,
@@ -737,10 +741,12 @@ mod tests {
             passthrough_enabled: false,
             mountpoint: "/m".into(),
             source: "/s".into(),
+            host: "node-1".into(),
         };
         let j = s.to_json(&x);
         assert_eq!(j["operations"]["lookup"]["count"], 11);
         assert_eq!(j["errors"]["ENOENT"], 1);
+        assert_eq!(j["host"], "node-1");
         assert!(j["latency_us"]["lookup"]["p50"].as_f64().is_some());
         let p = s.to_prometheus(&x);
         assert!(p.contains("casafs_operations_total{mountpoint=\"/m\",op=\"lookup\"} 11"));

@@ -49,10 +49,11 @@ fn human_secs(s: f64) -> String {
 pub fn summary(j: &Value) -> String {
     let mut o = String::new();
     o.push_str(&format!(
-        "casafs {} on {} (source {}), up {}\n",
+        "casafs {} on {} (source {}, host {}), up {}\n",
         j["version"].as_str().unwrap_or("?"),
         j["mountpoint"].as_str().unwrap_or("?"),
         j["source"].as_str().unwrap_or("?"),
+        j["host"].as_str().unwrap_or("?"),
         human_secs(j["uptime_seconds"].as_f64().unwrap_or(0.0))
     ));
     if let Some(b) = j["backing_fs"].as_object() {

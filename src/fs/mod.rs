@@ -127,7 +127,11 @@ impl CasaFs {
         let root_ftype = sys::fstatfs_type(p.root_fd.as_raw_fd())?;
         let root = Inode::new_held(ROOT_ID, p.root_fd, &st, false);
         let root_raw = root.dir_fd()?;
-        let (graveyard, cleaned) = Graveyard::open(root_raw.as_raw_fd())?;
+        let (graveyard, cleaned) = Graveyard::open(
+            root_raw.as_raw_fd(),
+            &p.settings.host,
+            p.settings.host_lease,
+        )?;
         let exports_tree = crate::exports::Tree::of(&p.settings.source, &st);
         let exports_lock = crate::exports::hold(&exports_tree);
         let exports = crate::exports::load(&exports_tree);
@@ -323,6 +327,7 @@ impl CasaFs {
             dir_fds_cached: crate::inode::cached_dir_fds(),
             passthrough_enabled: self.passthrough.load(Ordering::Relaxed),
             mountpoint: self.settings.mountpoint.to_string_lossy().into_owned(),
+            host: self.settings.host.clone(),
             source: self.settings.source.to_string_lossy().into_owned(),
         }
     }
@@ -363,7 +368,37 @@ pub fn kind_of(mode: u32) -> FileType {
     }
 }
 
+/// Renews this daemon's lease on the shared tree (see `hosts`) for as
+/// long as the filesystem lives.
+pub fn start_lease(fs: std::sync::Weak<CasaFs>) {
+    let Some(every) = fs
+        .upgrade()
+        .map(|f| crate::hosts::renew_every(f.settings.host_lease))
+    else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("casafs-lease".into())
+        .spawn(move || {
+            while let Some(f) = fs.upgrade() {
+                f.graveyard.renew_lease();
+                drop(f);
+                std::thread::sleep(every);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("no lease on the shared tree: cannot start its thread: {e}");
+    }
+}
+
 impl crate::retention::Mounted for CasaFs {
+    fn routed_elsewhere_alive(&self, host: &str) -> bool {
+        host != self.settings.host
+            && self
+                .root_fd()
+                .is_ok_and(|fd| self.graveyard.host_alive(fd.as_raw_fd(), host))
+    }
+
     fn area_dir(&self, area: usize) -> Option<Arc<OwnedFd>> {
         self.routing.area_now(area)
     }
