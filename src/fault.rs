@@ -19,6 +19,9 @@
 //! - `CASAFS_FAULT_SLOW_STOP=MS`: a daemon that stops waits MS ms before
 //!   writing its table of file handles, as one on a slow disk would.
 //!
+//! - `CASAFS_FAULT_NO_TRUSTED_XATTRS=1`: the backing keeps no `trusted.*`
+//!   xattrs, as NFS keeps none: origin records go to `user.*`.
+//!
 //! Read once; unset (production), each check is a load and a compare.
 
 use std::sync::OnceLock;
@@ -33,6 +36,7 @@ struct Faults {
     stall_name: Option<Vec<u8>>,
     stall: Duration,
     slow_stop: Option<Duration>,
+    no_trusted: bool,
 }
 
 fn faults() -> &'static Faults {
@@ -41,6 +45,7 @@ fn faults() -> &'static Faults {
         queue: std::env::var("CASAFS_FAULT_QUEUE")
             .ok()
             .and_then(|v| v.parse().ok()),
+        no_trusted: std::env::var_os("CASAFS_FAULT_NO_TRUSTED_XATTRS").is_some(),
         slow_stop: std::env::var("CASAFS_FAULT_SLOW_STOP")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -116,4 +121,9 @@ pub fn stopping() {
     if let Some(d) = faults().slow_stop {
         std::thread::sleep(d);
     }
+}
+
+/// Whether `trusted.*` xattrs are to be taken as unsupported.
+pub fn no_trusted_xattrs() -> bool {
+    faults().no_trusted
 }

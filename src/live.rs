@@ -59,6 +59,16 @@ impl Live {
             .map(|(i, _)| *i)
     }
 
+    /// Every rule that routes `name`, of either kind (files, directories).
+    pub fn rules_naming(&self, name: &[u8]) -> Vec<usize> {
+        let rules = self.rules.read().clone();
+        rules
+            .iter()
+            .filter(|(_, r)| r.matches_name(name))
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
     /// The mount's rule `index` as it routes now (None: turned off).
     pub fn rule(&self, index: usize) -> Option<Rule> {
         let rules = self.rules.read().clone();

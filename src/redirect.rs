@@ -22,22 +22,153 @@ use crate::sys;
 
 /// The origin path, relative to the source root.
 pub const ORIGIN_XATTR: &CStr = c"trusted.casafs.origin";
-/// Who routed the object: "uid gid" (for retention, which removes with
-/// that user's rights).
+/// Who routed the object and on which host: "uid gid host" (for
+/// retention, which removes with that user's rights, and leaves what a
+/// live daemon of another host routed to that host).
 pub const BY_XATTR: &CStr = c"trusted.casafs.by";
-/// Where a daemon that is not root (which serves its own user alone and
-/// cannot set `trusted.*`) records the origin; never read by one that is.
+/// Where the origin is recorded where `trusted.*` cannot be: by a daemon
+/// that is not root (which serves its own user alone), and on filesystems
+/// that keep only `user.*` xattrs (NFS 4.2). The object's owner can change
+/// these, so a daemon that is root takes from them nothing the owner could
+/// not do anyway (see `Record::trusted`).
 pub const ORIGIN_XATTR_USER: &CStr = c"user.casafs.origin";
+/// "uid gid host", beside `ORIGIN_XATTR_USER`; its uid and gid are never
+/// believed, only its host.
+pub const BY_XATTR_USER: &CStr = c"user.casafs.by";
+/// Which directory the object came from: its inode number, and birth
+/// time where the filesystem keeps one (`DirId`). A path alone would let a
+/// new directory made under a removed one's name inherit its objects.
+pub const DIR_XATTR: &CStr = c"trusted.casafs.dir";
+pub const DIR_XATTR_USER: &CStr = c"user.casafs.dir";
 /// casafs's records, hidden through the mount.
-pub const ORIGIN_XATTRS: [&CStr; 3] = [ORIGIN_XATTR, BY_XATTR, ORIGIN_XATTR_USER];
+pub const ORIGIN_XATTRS: [&CStr; 6] = [
+    ORIGIN_XATTR,
+    BY_XATTR,
+    DIR_XATTR,
+    ORIGIN_XATTR_USER,
+    BY_XATTR_USER,
+    DIR_XATTR_USER,
+];
 
-/// The xattr this daemon records origins in.
-fn origin_xattr() -> &'static CStr {
-    if crate::creds::enabled() {
-        ORIGIN_XATTR
-    } else {
-        ORIGIN_XATTR_USER
+/// A directory as every host of a shared filesystem sees it: its inode
+/// number (the same on every client of NFS, Lustre, CephFS) and, where the
+/// filesystem keeps one, its birth time (told apart from a new directory
+/// that got a removed one's number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirId {
+    pub ino: u64,
+    pub born: Option<u64>,
+}
+
+impl DirId {
+    /// The directory open as `fd`.
+    pub fn of(fd: RawFd) -> Option<DirId> {
+        let st = sys::fstat(fd).ok()?;
+        Some(DirId {
+            ino: st.st_ino,
+            born: sys::birth_generation(fd, c""),
+        })
     }
+
+    fn text(&self) -> String {
+        match self.born {
+            Some(b) => format!("{} {b}", self.ino),
+            None => self.ino.to_string(),
+        }
+    }
+
+    fn parse(b: &[u8]) -> Option<DirId> {
+        let t = std::str::from_utf8(b).ok()?;
+        let mut it = t.split(' ');
+        let ino = it.next()?.parse().ok()?;
+        let born = it.next().and_then(|v| v.parse().ok());
+        Some(DirId { ino, born })
+    }
+
+    /// What a removed directory's objects record: no directory.
+    pub const GONE: DirId = DirId { ino: 0, born: None };
+
+    /// The same directory, as far as both know.
+    pub fn same(&self, other: &DirId) -> bool {
+        self.ino == other.ino
+            && match (self.born, other.born) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+/// What casafs recorded on a routed object.
+pub struct Record {
+    /// The origin path, relative to the source root.
+    pub origin: Vec<u8>,
+    /// Whose rights act on the object (retention, restoring its path): as
+    /// recorded where only root could record it, else its owner.
+    pub by: (u32, u32),
+    /// The host that routed it, where recorded.
+    pub host: Option<String>,
+    /// The directory it came from, where recorded.
+    pub dir: Option<DirId>,
+    /// Set by casafs as root (`trusted.*`); otherwise the owner could have
+    /// written it, and it is believed only as far as the owner's rights go.
+    pub trusted: bool,
+}
+
+fn get_xattr(anchor: &Anchor, name: &CStr) -> Option<Vec<u8>> {
+    if name.to_bytes().starts_with(b"trusted.") && crate::fault::no_trusted_xattrs() {
+        return None;
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = anchor.getxattr(name, &mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// "uid gid host" as recorded: the ids, and the host where given.
+fn parse_by(text: &[u8]) -> Option<((u32, u32), Option<String>)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut it = text.splitn(3, ' ');
+    let uid = it.next()?.parse().ok()?;
+    let gid = it.next()?.parse().ok()?;
+    Some(((uid, gid), it.next().map(str::to_string)))
+}
+
+/// The record on the object `tname` in the area directory `area`.
+pub fn record_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<Record> {
+    let anchor = Anchor::At(area.clone(), tname.to_owned());
+    if crate::creds::enabled()
+        && let Some(origin) = get_xattr(&anchor, ORIGIN_XATTR)
+    {
+        let by = get_xattr(&anchor, BY_XATTR).and_then(|b| parse_by(&b));
+        let owner = || {
+            sys::stat_at(area.as_raw_fd(), tname)
+                .map(|st| (st.st_uid, st.st_gid))
+                .unwrap_or((u32::MAX, u32::MAX))
+        };
+        let (ids, host) = match by {
+            Some((ids, host)) => (ids, host),
+            None => (owner(), None),
+        };
+        return Some(Record {
+            origin,
+            by: ids,
+            host,
+            dir: get_xattr(&anchor, DIR_XATTR).and_then(|d| DirId::parse(&d)),
+            trusted: true,
+        });
+    }
+    let origin = get_xattr(&anchor, ORIGIN_XATTR_USER)?;
+    let st = sys::stat_at(area.as_raw_fd(), tname).ok()?;
+    let host = get_xattr(&anchor, BY_XATTR_USER)
+        .and_then(|b| parse_by(&b))
+        .and_then(|(_, h)| h);
+    Some(Record {
+        origin,
+        by: (st.st_uid, st.st_gid),
+        host,
+        dir: get_xattr(&anchor, DIR_XATTR_USER).and_then(|d| DirId::parse(&d)),
+        trusted: false,
+    })
 }
 
 /// A target area: a directory that routed objects are placed in.
@@ -162,7 +293,11 @@ impl RedirectTable {
                 continue;
             };
             for tname in crate::graveyard::list_dir(&list).unwrap_or_default() {
-                let Some((origin, parent, name, created)) = origin_of(&afd, &tname) else {
+                let Some(record) = record_of(&afd, &tname) else {
+                    continue;
+                };
+                let Some((origin, parent, name, created)) = origin_of(&afd, &tname, record.origin)
+                else {
                     continue;
                 };
                 // Only under a name casafs gives it there: a copy or a
@@ -185,7 +320,7 @@ impl RedirectTable {
                 // could create in: reached strictly beneath the tree, with
                 // that user's rights. A record naming anywhere else is not
                 // one casafs made.
-                let (uid, gid) = routed_by(&afd, &tname).unwrap_or((st.st_uid, st.st_gid));
+                let (uid, gid) = record.by;
                 let reach = || -> Option<Option<OwnedFd>> {
                     let pfd = if parent.is_empty() {
                         None
@@ -210,6 +345,13 @@ impl RedirectTable {
                 };
                 let praw = pfd.as_ref().map_or(root, |f| f.as_raw_fd());
                 if sys::stat_at(praw, &name).is_ok() {
+                    continue;
+                }
+                // A new directory under a removed one's name is not where
+                // the object came from.
+                if let (Some(was), Some(now)) = (&record.dir, DirId::of(praw))
+                    && !was.same(&now)
+                {
                     continue;
                 }
                 let Ok(pst) = sys::fstat(praw) else {
@@ -262,18 +404,18 @@ impl RedirectTable {
     /// Drops the redirects of a removed directory: they are not live any
     /// more, and a new directory that gets its number must not inherit
     /// them.
-    pub fn forget_dir(&self, dev: u64, ino: u64) {
-        if self.dirs.remove(&(dev, ino)).is_some() {
-            let keys: Vec<Key> = self
-                .map
-                .iter()
-                .filter(|e| (e.key().0, e.key().1) == (dev, ino))
-                .map(|e| e.key().clone())
-                .collect();
-            for k in &keys {
-                self.remove_key(k);
-            }
+    /// Returns them.
+    pub fn forget_dir(&self, dev: u64, ino: u64) -> Vec<Redirect> {
+        if self.dirs.remove(&(dev, ino)).is_none() {
+            return Vec::new();
         }
+        let keys: Vec<Key> = self
+            .map
+            .iter()
+            .filter(|e| (e.key().0, e.key().1) == (dev, ino))
+            .map(|e| e.key().clone())
+            .collect();
+        keys.iter().filter_map(|k| self.remove_key(k)).collect()
     }
 
     /// Drops the redirects whose object is no longer in its area (removed
@@ -329,7 +471,7 @@ impl RedirectTable {
         }
         for (area, tname, origin) in changed {
             if let Some(a) = areas.get(area) {
-                tag_origin(a, &tname, &origin, None);
+                tag_origin(a, &tname, &origin, None, None);
             }
         }
     }
@@ -426,30 +568,79 @@ fn named_for(tname: &[u8], name: &[u8]) -> bool {
 }
 
 /// The origin path recorded on the object `tname` in the area directory
-/// `area`, as recorded.
-pub fn recorded_origin(area: &Arc<OwnedFd>, tname: &CStr) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 4096];
+/// `area`, and the directory it came from where recorded.
+pub fn recorded_place(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(Vec<u8>, Option<DirId>)> {
     let anchor = Anchor::At(area.clone(), tname.to_owned());
-    let n = anchor.getxattr(origin_xattr(), &mut buf).ok()?;
-    buf.truncate(n);
-    Some(buf)
+    let (origin, dir) = match get_xattr(&anchor, ORIGIN_XATTR).filter(|_| crate::creds::enabled()) {
+        Some(o) => (o, DIR_XATTR),
+        None => (get_xattr(&anchor, ORIGIN_XATTR_USER)?, DIR_XATTR_USER),
+    };
+    Some((
+        origin,
+        get_xattr(&anchor, dir).and_then(|d| DirId::parse(&d)),
+    ))
 }
 
-/// Who routed the object `tname` in the area, as recorded.
-pub fn routed_by(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(u32, u32)> {
-    let mut buf = [0u8; 64];
-    let anchor = Anchor::At(area.clone(), tname.to_owned());
-    let n = anchor.getxattr(BY_XATTR, &mut buf).ok()?;
-    let text = std::str::from_utf8(&buf[..n]).ok()?;
-    let mut it = text.split(' ').map(|v| v.parse::<u32>().ok());
-    Some((it.next()??, it.next()??))
+/// The origin path recorded on the object `tname` in the area directory
+/// `area`, as recorded.
+pub fn recorded_origin(area: &Arc<OwnedFd>, tname: &CStr) -> Option<Vec<u8>> {
+    recorded_place(area, tname).map(|(o, _)| o)
+}
+
+/// The last name of an origin path.
+pub fn last_name(origin: &[u8]) -> &[u8] {
+    origin.rsplit(|&b| b == b'/').next().unwrap_or(origin)
+}
+
+/// The object in the area `area` routed from `name` in the directory
+/// `dir` (whose path is `origin`): named `name` or one of its candidates
+/// there, recording that directory (or, for a record without one, that
+/// path); its attributes and its record. Looked for by listing the area:
+/// any daemon of any host may have routed it.
+pub fn find_recorded(
+    area: &Arc<OwnedFd>,
+    name: &CStr,
+    origin: &[u8],
+    dir: Option<DirId>,
+) -> Option<(CString, libc::stat, Record)> {
+    let list = sys::open_at(
+        area.as_raw_fd(),
+        c".",
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )
+    .ok()?;
+    let mut names: Vec<CString> = crate::tree::list_dir(&list)
+        .ok()?
+        .into_iter()
+        .filter(|t| named_for(t.to_bytes(), name.to_bytes()))
+        .collect();
+    // The first one routed from there, should two hosts have made one each.
+    names.sort_by_key(|t| (t.to_bytes().len(), t.clone()));
+    names.into_iter().find_map(|t| {
+        let record = record_of(area, &t)?;
+        let from_here = match (&record.dir, &dir) {
+            (Some(r), _) if *r == DirId::GONE => false,
+            // Where the directory was moved since, its objects follow.
+            (Some(r), Some(d)) => r.same(d) && last_name(&record.origin) == name.to_bytes(),
+            _ => record.origin == origin,
+        };
+        if !from_here {
+            return None;
+        }
+        let st = sys::stat_at(area.as_raw_fd(), &t).ok()?;
+        Some((t, st, record))
+    })
 }
 
 /// The origin recorded on an object in an area: the whole relative path, its
 /// directory part, its name, and the object's change time.
 #[allow(clippy::type_complexity)]
-fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(Vec<u8>, Vec<u8>, CString, SystemTime)> {
-    let origin = recorded_origin(area, tname)?;
+fn origin_of(
+    area: &Arc<OwnedFd>,
+    tname: &CStr,
+    origin: Vec<u8>,
+) -> Option<(Vec<u8>, Vec<u8>, CString, SystemTime)> {
     let (parent, name) = match origin.iter().rposition(|&b| b == b'/') {
         Some(i) => (&origin[..i], &origin[i + 1..]),
         None => (&origin[..0], &origin[..]),
@@ -467,17 +658,45 @@ fn origin_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(Vec<u8>, Vec<u8>, CSt
     ))
 }
 
-/// Records the origin on the object (and, with `by`, who routed it), as
-/// root; filesystems without such xattrs simply do not carry it.
-pub fn tag_origin(area: &Area, tname: &CStr, origin: &[u8], by: Option<(u32, u32)>) {
-    if let Ok(dir) = area.dir().dir_fd() {
-        let anchor = Anchor::At(dir, tname.to_owned());
+/// Records the origin on the object (with `by`, who routed it and on which
+/// host; with `dir`, the directory it came from), as root in `trusted.*`;
+/// where the filesystem keeps only `user.*` xattrs (NFS), or the daemon is
+/// not root, in `user.*`. Filesystems without xattrs simply do not carry
+/// it.
+pub fn tag_origin(
+    area: &Area,
+    tname: &CStr,
+    origin: &[u8],
+    by: Option<(u32, u32, &str)>,
+    dir: Option<DirId>,
+) {
+    if let Ok(adir) = area.dir().dir_fd() {
+        let anchor = Anchor::At(adir, tname.to_owned());
+        let by = by.map(|(uid, gid, host)| format!("{uid} {gid} {host}"));
+        let dir = dir.map(|d| d.text());
+        let write = |names: [&CStr; 3]| {
+            if let Some(by) = &by {
+                let _ = anchor.setxattr(names[1], by.as_bytes(), 0);
+            }
+            if let Some(dir) = &dir {
+                let _ = anchor.setxattr(names[2], dir.as_bytes(), 0);
+            }
+        };
         crate::creds::as_root(|| {
-            let _ = anchor.setxattr(origin_xattr(), origin, 0);
-            if let Some((uid, gid)) = by
-                && crate::creds::enabled()
-            {
-                let _ = anchor.setxattr(BY_XATTR, format!("{uid} {gid}").as_bytes(), 0);
+            if crate::creds::enabled() {
+                let trusted = if crate::fault::no_trusted_xattrs() {
+                    Err(sys::Errno::EOPNOTSUPP)
+                } else {
+                    anchor.setxattr(ORIGIN_XATTR, origin, 0)
+                };
+                match trusted {
+                    Ok(()) => return write([ORIGIN_XATTR, BY_XATTR, DIR_XATTR]),
+                    Err(sys::Errno::EOPNOTSUPP) => {}
+                    Err(_) => return,
+                }
+            }
+            if anchor.setxattr(ORIGIN_XATTR_USER, origin, 0).is_ok() {
+                write([ORIGIN_XATTR_USER, BY_XATTR_USER, DIR_XATTR_USER]);
             }
         });
     }

@@ -47,6 +47,11 @@ impl CasaFs {
                 {
                     self.routing.redirects.remove(dir, name);
                 }
+                // Renamed or removed through another host, which recorded
+                // its new origin on the object: not this name's any more.
+                Ok(_) if self.moved_elsewhere(&afd, &r, dir, name) => {
+                    self.routing.redirects.remove(dir, name);
+                }
                 Ok(st) => {
                     return Ok(Located {
                         dir: adir.clone(),
@@ -60,6 +65,9 @@ impl CasaFs {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(found) = self.routed_elsewhere(dir, name)? {
+            return Ok(found);
         }
         Ok(Located {
             dir: dir.clone(),

@@ -223,18 +223,23 @@ impl CasaFs {
         // An object that took a routed name's place in an area is that
         // name's object from now on, also after a remount, which finds
         // origins on the objects.
-        let arrived = [Some(&dst), exchange.then_some(&src)];
-        for r in arrived
+        let arrived = [Some((&dst, &np)), exchange.then_some((&src, &p))];
+        for (r, from) in arrived
             .into_iter()
             .flatten()
-            .filter_map(|l| l.redirect.as_ref())
+            .filter_map(|(l, from)| Some((l.redirect.as_ref()?, from)))
         {
             let by = creds::request_caller();
+            let dir = from
+                .dir_fd()
+                .ok()
+                .and_then(|d| redirect::DirId::of(d.as_raw_fd()));
             redirect::tag_origin(
                 &self.routing.areas[r.area],
                 &r.tname,
                 &r.origin,
-                Some((by.uid, by.gid)),
+                Some((by.uid, by.gid, self.settings.host.as_str())),
+                dir,
             );
         }
         Ok(())
@@ -436,9 +441,7 @@ impl CasaFs {
             && dstat.st_mode & libc::S_IFMT == libc::S_IFDIR
             && (dstat.st_dev, dstat.st_ino) != (sst.st_dev, sst.st_ino)
         {
-            self.routing
-                .redirects
-                .forget_dir(dstat.st_dev, dstat.st_ino);
+            self.origin_dir_gone(dstat);
         }
         self.moved(sst, &dst.dir, &dst.name);
         if exchange && let Some(dstat) = &dst_st {

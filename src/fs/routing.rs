@@ -300,7 +300,12 @@ impl CasaFs {
         let origin = self.origin_of(p, name);
         let area = &self.routing.areas[area_idx];
         let by = creds::request_caller();
-        redirect::tag_origin(area, tname, &origin, Some((by.uid, by.gid)));
+        let host = self.settings.host.as_str();
+        let dir = p
+            .dir_fd()
+            .ok()
+            .and_then(|d| redirect::DirId::of(d.as_raw_fd()));
+        redirect::tag_origin(area, tname, &origin, Some((by.uid, by.gid, host)), dir);
         tracing::info!(
             "rule {}: {} -> {}",
             self.routing.rule_names[rule],
@@ -320,6 +325,101 @@ impl CasaFs {
             },
         );
         self.stats.rules[rule].routed.fetch_add(1, Relaxed);
+    }
+
+    /// A name no redirect of this daemon knows, looked for in the origin
+    /// records on the backing: another daemon (another host on a shared
+    /// tree) may have routed it. Only for names a rule routes that are not
+    /// in the directory itself, so other names cost one rule match.
+    pub(super) fn routed_elsewhere(
+        &self,
+        dir: &Arc<Inode>,
+        name: &CStr,
+    ) -> Res<Option<super::entry::Located>> {
+        let rules = self.live.rules_naming(name.to_bytes());
+        if rules.is_empty()
+            || self.routing.route(&self.live, dir, name, true).is_none()
+                && self.routing.route(&self.live, dir, name, false).is_none()
+        {
+            return Ok(None);
+        }
+        let dfd = dir.dir_fd()?;
+        match sys::stat_at(dfd.as_raw_fd(), name) {
+            Err(Errno::ENOENT) => {}
+            _ => return Ok(None),
+        }
+        let origin = self.origin_of(dir, name);
+        let here = redirect::DirId::of(dfd.as_raw_fd());
+        let mut areas: Vec<(usize, usize)> = rules
+            .iter()
+            .filter_map(|&rule| Some((*self.routing.rule_area.get(rule)?, rule)))
+            .collect();
+        areas.dedup_by_key(|(a, _)| *a);
+        for (area_idx, rule) in areas {
+            let found = creds::as_root(|| {
+                let afd = self.routing.area_now(area_idx)?;
+                redirect::find_recorded(&afd, name, &origin, here)
+            });
+            let Some((tname, st, record)) = found else {
+                continue;
+            };
+            // A record shows the object only where the one who routed it
+            // could have made it (as restoring one after a restart): an
+            // owner can write a `user.*` record, and anyone with root on
+            // the backing a `trusted.*` one naming anybody.
+            let (uid, gid) = record.by;
+            let w = || sys::access_at(dfd.as_raw_fd(), c"", libc::W_OK | libc::X_OK).ok();
+            if creds::as_user(uid, gid, w).flatten().is_none() {
+                continue;
+            }
+            let created =
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(st.st_ctime.max(0) as u64);
+            let r = Redirect {
+                area: area_idx,
+                rule,
+                tname: tname.clone(),
+                origin: origin.clone(),
+                created,
+                ino: st.st_ino,
+            };
+            self.routing.redirects.insert(dir, name, r.clone());
+            return Ok(Some(super::entry::Located {
+                dir: self.routing.areas[area_idx].dir(),
+                name: tname,
+                redirect: Some(r),
+                st: Some(st),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Whether the routed object of `r` (in the area open as `afd`), the
+    /// redirect of `name` in `dir`, now records another origin: another
+    /// daemon renamed it. (A directory moved on the way does not count.)
+    pub(super) fn moved_elsewhere(
+        &self,
+        afd: &Arc<OwnedFd>,
+        r: &Redirect,
+        dir: &Inode,
+        name: &CStr,
+    ) -> bool {
+        creds::as_root(|| redirect::recorded_place(afd, &r.tname)).is_some_and(|(origin, d)| {
+            redirect::last_name(&origin) != name.to_bytes()
+                || d.is_some_and(|d| d.ino != dir.ino)
+                || (d.is_none() && origin != r.origin)
+        })
+    }
+
+    /// The directory `st` was removed or replaced: its redirects end, and
+    /// their objects' records say so, so that no directory made under its
+    /// name later, on any host, takes them (where the backing keeps no
+    /// birth times, its inode number may come back).
+    pub(super) fn origin_dir_gone(&self, st: &libc::stat) {
+        for r in self.routing.redirects.forget_dir(st.st_dev, st.st_ino) {
+            if let Some(area) = self.routing.areas.get(r.area) {
+                redirect::tag_origin(area, &r.tname, &r.origin, None, Some(redirect::DirId::GONE));
+            }
+        }
     }
 
     /// The path of `name` in `p` relative to the source root, as origins

@@ -205,7 +205,7 @@ impl CasaFs {
             Some(_) => creds::as_root(remove)?,
             None => remove()?,
         };
-        self.routing.redirects.forget_dir(st.st_dev, st.st_ino);
+        self.origin_dir_gone(&st);
         // A removed directory's number may come back for a new one.
         if let Some(i) = known {
             i.mark_dead();
