@@ -108,7 +108,13 @@ fn clean_stale(base: &OwnedFd, host: &str, now: Option<i128>, lease: std::time::
                 );
                 cleaned += 1;
             }
-            let _ = sys::unlink_at(base.as_raw_fd(), &entry, libc::AT_REMOVEDIR);
+            // Only the directory judged dead: the name may stand for
+            // another one by now.
+            let judged = sys::fstat(fd.as_raw_fd()).map(|st| (st.st_dev, st.st_ino));
+            let named = sys::stat_at(base.as_raw_fd(), &entry).map(|st| (st.st_dev, st.st_ino));
+            if judged.is_ok() && judged == named {
+                let _ = sys::unlink_at(base.as_raw_fd(), &entry, libc::AT_REMOVEDIR);
+            }
         }
     }
     cleaned
@@ -191,11 +197,21 @@ impl Graveyard {
             Ok(()) | Err(sys::Errno::EPERM) => {}
             Err(e) => return Err(e),
         }
-        // Where the filesystem has no locks, the pid check stands in.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            tracing::debug!("graveyard: no flock here ({:?})", sys::last_errno());
+        // Where the filesystem has no locks (NFS has none on a directory),
+        // the pid check stands in on this host and the lease on others.
+        // Another daemon may be probing it this instant: once more then.
+        for tries in 0.. {
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
+            let e = sys::last_errno();
+            if e != sys::Errno::EAGAIN || tries == 50 {
+                tracing::debug!("graveyard: no flock here ({e:?})");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        sys::rename_noreplace(base.as_raw_fd(), &new, base.as_raw_fd(), &cname)?;
+        sys::rename_unique(base.as_raw_fd(), &new, base.as_raw_fd(), &cname)?;
         // Only now, with a lease of its own to measure others' against.
         let now = crate::hosts::renew(lock.as_raw_fd());
         let cleaned = clean_stale(&base, host, now, lease);
@@ -229,7 +245,7 @@ impl Graveyard {
         loop {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
             let gname = CString::new(format!("{n:x}")).map_err(|_| sys::Errno::EINVAL)?;
-            match sys::rename_noreplace(parent, name, gdir.as_raw_fd(), &gname) {
+            match sys::rename_unique(parent, name, gdir.as_raw_fd(), &gname) {
                 Ok(()) => return Ok(gname),
                 Err(sys::Errno::EEXIST) => continue,
                 Err(e) => return Err(e),

@@ -3,15 +3,17 @@
 //!
 //! Every daemon has a subdirectory of its own in the tree's graveyard base
 //! (`graveyard.rs`), named `<host>.<pid>.<start>`, which it holds an flock
-//! on for its whole life and whose modification time it renews (its lease)
-//! every quarter of `host_lease`, at most every 30 s. Another host's daemon
-//! is alive while it holds its lock or its lease is younger than
-//! `host_lease`: both must have lapsed before anything of its is touched,
-//! because an flock is seen across hosts only where the shared filesystem
-//! says so (NFS and CephFS do; Lustre mounted with `localflock` does not),
+//! on for its whole life where the filesystem allows one, and whose
+//! modification time it renews (its lease) every quarter of `host_lease`,
+//! at most every 30 s. Another host's daemon is alive while it holds its
+//! lock or its lease is younger than `host_lease`: both must have lapsed
+//! before anything of its is touched. The lock is seen across hosts only
+//! where the shared filesystem says so (CephFS does; Lustre only with
+//! `-o flock`; NFS locks no directory, so there the lease alone decides),
 //! and a lease alone could lapse on a host that only stalled. Ages are
-//! measured against this daemon's own lease, renewed just before, so the
-//! shared filesystem's clock decides and the hosts' clocks need not agree.
+//! measured against this daemon's own lease, renewed just before and read
+//! past any attribute cache, so the shared filesystem's clock decides and
+//! the hosts' clocks need not agree.
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -91,11 +93,7 @@ pub fn renew(own: RawFd) -> Option<i128> {
         tv_nsec: libc::UTIME_NOW,
     }; 2];
     let _ = unsafe { libc::futimens(own, now.as_ptr()) };
-    sys::fstat(own).ok().map(|st| mtime_ns(&st))
-}
-
-fn mtime_ns(st: &libc::stat) -> i128 {
-    st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128
+    synced_mtime(own)
 }
 
 /// Whether the daemon whose subdirectory is `name` in the graveyard base
@@ -108,15 +106,29 @@ pub fn other_alive(base: &OwnedFd, name: &CStr, now: Option<i128>, lease: Durati
         // Gone meanwhile, or not a directory: nothing of a live daemon.
         return false;
     };
-    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0
+    // A daemon still starting takes its lock any moment: a probe of it
+    // could make it fail to (it is judged by its lease alone).
+    let starting = name.to_bytes().starts_with(NEW_PREFIX.as_bytes());
+    if !starting
+        && unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0
         && sys::last_errno() == sys::Errno::EAGAIN
     {
         return true;
     }
-    let (Some(now), Ok(st)) = (now, sys::fstat(fd.as_raw_fd())) else {
+    let (Some(now), Some(then)) = (now, synced_mtime(fd.as_raw_fd())) else {
         return true;
     };
-    now - mtime_ns(&st) < lease.as_nanos() as i128
+    now - then < lease.as_nanos() as i128
+}
+
+/// The modification time of `fd` as the filesystem has it now, not as a
+/// client of a network filesystem last cached it (NFS may keep a
+/// directory's attributes for up to a minute).
+fn synced_mtime(fd: RawFd) -> Option<i128> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC;
+    let rc = unsafe { libc::statx(fd, c"".as_ptr(), flags, libc::STATX_MTIME, &mut stx) };
+    (rc == 0).then(|| stx.stx_mtime.tv_sec as i128 * 1_000_000_000 + stx.stx_mtime.tv_nsec as i128)
 }
 
 #[cfg(test)]

@@ -183,10 +183,55 @@ pub struct Area {
     /// before mounting: a path could lead through the mount itself, and a
     /// request that waits on the mount can wait on itself.
     pub parent: Option<(OwnedFd, CString)>,
+    /// The names in the area, as last listed (see `Listing`).
+    pub listing: Listing,
     /// Held while a free name is found and taken: where the backing has no
     /// RENAME_NOREPLACE (ntfs-3g) that is a stat and then a rename, and two
     /// routed objects must never take one name.
     pub place_lock: parking_lot::Mutex<()>,
+}
+
+/// The names in an area, listed again only once the area's directory
+/// changed: a lookup of a routed name this daemon does not know looks for
+/// its record among them (`find_recorded`), and a user looking up many such
+/// names must not make casafs list a large area each time.
+#[derive(Default)]
+pub struct Listing(parking_lot::Mutex<Option<(Stamp, Arc<Vec<CString>>)>>);
+
+/// A directory's inode number, modification and change times, as the
+/// filesystem has them now (past a network filesystem's attribute cache).
+type Stamp = (u64, i128, i128);
+
+fn stamp(fd: RawFd) -> Option<Stamp> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC;
+    let mask = libc::STATX_INO | libc::STATX_MTIME | libc::STATX_CTIME;
+    let rc = unsafe { libc::statx(fd, c"".as_ptr(), flags, mask, &mut stx) };
+    let ns = |t: libc::statx_timestamp| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
+    (rc == 0).then(|| (stx.stx_ino, ns(stx.stx_mtime), ns(stx.stx_ctime)))
+}
+
+impl Listing {
+    /// The names in the area open as `area`.
+    pub fn names(&self, area: &Arc<OwnedFd>) -> Option<Arc<Vec<CString>>> {
+        // Taken before listing: a change meanwhile lists again next time.
+        let now = stamp(area.as_raw_fd())?;
+        if let Some((was, names)) = &*self.0.lock()
+            && *was == now
+        {
+            return Some(names.clone());
+        }
+        let list = sys::open_at(
+            area.as_raw_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .ok()?;
+        let names = Arc::new(crate::tree::list_dir(&list).ok()?);
+        *self.0.lock() = Some((now, names.clone()));
+        Some(names)
+    }
 }
 
 impl Area {
@@ -599,21 +644,16 @@ pub fn last_name(origin: &[u8]) -> &[u8] {
 /// any daemon of any host may have routed it.
 pub fn find_recorded(
     area: &Arc<OwnedFd>,
+    listing: &Listing,
     name: &CStr,
     origin: &[u8],
     dir: Option<DirId>,
 ) -> Option<(CString, libc::stat, Record)> {
-    let list = sys::open_at(
-        area.as_raw_fd(),
-        c".",
-        libc::O_RDONLY | libc::O_DIRECTORY,
-        0,
-    )
-    .ok()?;
-    let mut names: Vec<CString> = crate::tree::list_dir(&list)
-        .ok()?
-        .into_iter()
+    let mut names: Vec<CString> = listing
+        .names(area)?
+        .iter()
         .filter(|t| named_for(t.to_bytes(), name.to_bytes()))
+        .cloned()
         .collect();
     // The first one routed from there, should two hosts have made one each.
     names.sort_by_key(|t| (t.to_bytes().len(), t.clone()));
@@ -621,8 +661,14 @@ pub fn find_recorded(
         let record = record_of(area, &t)?;
         let from_here = match (&record.dir, &dir) {
             (Some(r), _) if *r == DirId::GONE => false,
-            // Where the directory was moved since, its objects follow.
-            (Some(r), Some(d)) => r.same(d) && last_name(&record.origin) == name.to_bytes(),
+            // Where the directory was moved since, its objects follow; but
+            // without birth times a new directory may have a removed one's
+            // number, so there the path must be the same too.
+            (Some(r), Some(d)) => {
+                r.same(d)
+                    && last_name(&record.origin) == name.to_bytes()
+                    && ((r.born.is_some() && d.born.is_some()) || record.origin == origin)
+            }
             _ => record.origin == origin,
         };
         if !from_here {
@@ -705,6 +751,31 @@ pub fn tag_origin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An area is listed again only once it changed: a user looking up
+    /// name after name makes casafs read its directory once.
+    #[test]
+    fn an_area_is_listed_again_only_once_it_changed() {
+        let base = std::env::temp_dir().join(format!("casafs-listing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("casa-1.log"), b"").unwrap();
+        let c = CString::new(base.as_os_str().as_encoded_bytes()).unwrap();
+        let fd = Arc::new(
+            sys::open_at(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap(),
+        );
+        let listing = Listing::default();
+        let first = listing.names(&fd).unwrap();
+        assert_eq!(first.as_slice(), [c"casa-1.log".to_owned()]);
+        for _ in 0..100 {
+            assert!(Arc::ptr_eq(&first, &listing.names(&fd).unwrap()));
+        }
+        std::fs::write(base.join("casa-2.log"), b"").unwrap();
+        let again = listing.names(&fd).unwrap();
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(again.len(), 2);
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn candidates_keep_the_extension() {

@@ -150,6 +150,8 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
     };
     let now = SystemTime::now();
     let mut expired = Vec::new();
+    // Asked once per host and pass: each answer lists the graveyards.
+    let mut alive = std::collections::HashMap::new();
     for name in tree::list_dir(&list).unwrap_or_default() {
         // The rule's objects: by their name in the area, or, for one that
         // got a suffix there (`tmp12-2.ms` next to `tmp12.ms`), by the name
@@ -174,7 +176,9 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
         let record = crate::redirect::record_of(&area, &name);
         let by = record.as_ref().map_or((st.st_uid, st.st_gid), |r| r.by);
         if let Some(host) = record.and_then(|r| r.host)
-            && fs.routed_elsewhere_alive(&host)
+            && *alive
+                .entry(host.clone())
+                .or_insert_with(|| fs.routed_elsewhere_alive(&host))
         {
             tracing::debug!(
                 "retention: {} was routed by host {host}, which is alive: kept",
@@ -326,7 +330,7 @@ fn held_inodes(fs: &dyn Mounted, area: RawFd) -> Held {
     let me = std::process::id().to_string();
     let my_exe = fs::read_link("/proc/self/exe").ok();
     let mount_dev = fs.mount_dev();
-    let devs = mount_devices();
+    let (devs, casafs_devs) = mount_devices();
     let area_mnt = mount_id(area);
     let mut area_devs: Vec<u64> = area_mnt
         .and_then(|m| devs.get(&m).copied())
@@ -340,7 +344,9 @@ fn held_inodes(fs: &dyn Mounted, area: RawFd) -> Held {
     };
     let mut hold = |dev: u64, ino: u64, on_area: bool| {
         // Without the mount's device, anything could be held through it.
-        if mount_dev.is_none_or(|m| m == dev) {
+        // Through another casafs mount (of this tree or one sharing its
+        // areas) it shows the backing's numbers too.
+        if mount_dev.is_none_or(|m| m == dev) || casafs_devs.contains(&dev) {
             held.through_mount
                 .insert(fs.backing_ino(ino).unwrap_or(ino));
         }
@@ -387,16 +393,27 @@ fn held_inodes(fs: &dyn Mounted, area: RawFd) -> Held {
 }
 
 /// The device of each mount, by mount id (this process's mount table).
-fn mount_devices() -> std::collections::HashMap<u64, u64> {
+fn mount_devices() -> (std::collections::HashMap<u64, u64>, HashSet<u64>) {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let id = f.next()?.parse().ok()?;
-            let (major, minor) = f.nth(1)?.split_once(':')?;
-            Some((id, libc::makedev(major.parse().ok()?, minor.parse().ok()?)))
-        })
-        .collect()
+    let mut devs = std::collections::HashMap::new();
+    let mut casafs = HashSet::new();
+    for l in text.lines() {
+        let mut f = l.split(' ');
+        let (Some(id), Some(dev)) = (f.next().and_then(|v| v.parse().ok()), f.nth(1)) else {
+            continue;
+        };
+        let Some(dev) = dev
+            .split_once(':')
+            .and_then(|(a, b)| Some(libc::makedev(a.parse().ok()?, b.parse().ok()?)))
+        else {
+            continue;
+        };
+        devs.insert(id, dev);
+        if l.split(" - ").nth(1).and_then(|r| r.split(' ').next()) == Some("fuse.casafs") {
+            casafs.insert(dev);
+        }
+    }
+    (devs, casafs)
 }
 
 /// What fdinfo says of a descriptor.

@@ -363,6 +363,17 @@ pub fn rename_noreplace(odir: RawFd, oname: &CStr, ndir: RawFd, nname: &CStr) ->
     rename_by_placeholder(odir, oname, ndir, nname)
 }
 
+/// A rename onto a name nobody else makes (a daemon's own, unique name in
+/// its own graveyard): `RENAME_NOREPLACE` where the filesystem has it, else
+/// a plain rename. No placeholder, which would stand under the name,
+/// unlocked and empty, for a moment.
+pub fn rename_unique(odir: RawFd, oname: &CStr, ndir: RawFd, nname: &CStr) -> Res<()> {
+    match rename_at2(odir, oname, ndir, nname, libc::RENAME_NOREPLACE) {
+        Err(Errno::EINVAL) => rename_at2(odir, oname, ndir, nname, 0),
+        r => r,
+    }
+}
+
 /// A rename that never replaces, where the filesystem has no
 /// `RENAME_NOREPLACE` (ntfs-3g, NFS): the new name is taken first by an
 /// empty placeholder made with `O_EXCL` or `mkdir`, which fail on a taken
@@ -395,6 +406,9 @@ fn rename_taking(
     let placeholder = stat_at(ndir, nname).map(|p| (p.st_dev, p.st_ino));
     match rename_at2(odir, oname, ndir, nname, 0) {
         Ok(()) => Ok(()),
+        // Something was put inside a directory placeholder meanwhile (a
+        // backing without modes lets anyone): the name is taken.
+        Err(Errno::ENOTEMPTY) => Err(Errno::EEXIST),
         Err(e) => {
             // Only our placeholder goes: whatever else has the name now
             // is someone else's.

@@ -358,3 +358,34 @@ fn retention_leaves_a_live_hosts_log_and_takes_a_gone_hosts() {
     });
     assert!(b.log_text().contains("retention (casa-logs): removed"));
 }
+
+/// Two mounts of one host: retention on one keeps a table a process works
+/// in through the other (which shows it under the backing's numbers),
+/// though it no longer counts the other daemon's own descriptors as uses.
+#[test]
+fn retention_keeps_a_table_in_use_through_another_mount_of_this_host() {
+    let tmp = TempDir::new("hosts-two-mounts");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let scratch = tree.join("state/scratch/tmppointing");
+    let cfg = tmp.path().join("retention.toml");
+    fs::write(
+        &cfg,
+        "[[rule]]\nname = \"tmppointing\"\nretention = \"1s\"\n",
+    )
+    .unwrap();
+    let a = host("same", &tree, &[], None);
+    let b = host("same", &tree, &[], Some(&cfg));
+    fs::create_dir_all(a.p("w/TMPPOINTING9")).unwrap();
+    fs::write(a.p("w/TMPPOINTING9/table.f0"), b"in use").unwrap();
+    let worker = Holder::sh(&format!(
+        "cd {} && exec sleep 600",
+        a.p("w/TMPPOINTING9").display()
+    ));
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(scratch.join("TMPPOINTING9").exists(), "{}", b.log_text());
+    drop(worker);
+    eventually_within("the table nobody uses is removed", 20, || {
+        !scratch.join("TMPPOINTING9").exists()
+    });
+}

@@ -158,6 +158,7 @@ impl CasaFs {
                 inode: parking_lot::RwLock::new(Inode::new_held(nodeid, fd, &st, true)),
                 fs_type: ft,
                 parent,
+                listing: Default::default(),
                 place_lock: parking_lot::Mutex::new(()),
             });
         }

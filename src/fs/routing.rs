@@ -358,7 +358,8 @@ impl CasaFs {
         for (area_idx, rule) in areas {
             let found = creds::as_root(|| {
                 let afd = self.routing.area_now(area_idx)?;
-                redirect::find_recorded(&afd, name, &origin, here)
+                let listing = &self.routing.areas.get(area_idx)?.listing;
+                redirect::find_recorded(&afd, listing, name, &origin, here)
             });
             let Some((tname, st, record)) = found else {
                 continue;
@@ -518,6 +519,7 @@ mod tests {
             )),
             fs_type: 0,
             parent,
+            listing: Default::default(),
             place_lock: parking_lot::Mutex::new(()),
         };
         let routing = Routing::new(vec![area], vec![0], vec!["tmppointing".into()]);
