@@ -43,6 +43,9 @@ pub fn where_is(path: &Path) -> i32 {
         println!("{shown}: not under a casafs mount");
         return 1;
     };
+    // Looked up first: an object another host routed is known here only
+    // once a lookup has found its record.
+    let _ = std::fs::symlink_metadata(path);
     let redirects = std::fs::read_to_string(mnt.join(".casafs/redirects")).unwrap_or_default();
     if let Some((origin, target, rule)) = routed(&redirects, &rel) {
         let inside = rel.strip_prefix(&origin).unwrap_or(Path::new(""));

@@ -202,6 +202,15 @@ fn two_hosts_share_one_tree(tree: &Path, logs: &Path, scratch: &Path, opts: &[St
     let dirs = storm(&[(&a, "a"), (&b, "b")], 24);
     each_once(logs, scratch, &dirs);
     every_path_from_every_host(&[&a, &b], &dirs);
+    // Where did it go? Asked of the other host, before anything there
+    // looked at it.
+    fs::write(a.p("a05/casa-20261206-130000.log"), b"new").unwrap();
+    let asked = b.p("a05/casa-20261206-130000.log");
+    let said = ok(&sh(
+        Path::new("/"),
+        &format!("{} where {}", bin(), asked.display()),
+    ));
+    assert!(said.contains("routed by rule casa-logs"), "{said}");
     // The original directories stay clean.
     assert_eq!(names(&tree.join("a00")), Vec::<String>::new());
 
@@ -320,30 +329,38 @@ fn two_hosts_as_on_nfs_lose_nothing_and_see_everything() {
     assert!(!text.contains("trusted."), "{text}");
 }
 
-/// Retention on one host leaves a log another host routed while that
-/// host is alive (its processes are not seen from here), and removes it
-/// once that host is gone: neither its lock nor its lease renewed.
+/// Retention on one host leaves a table and a log another host routed
+/// while that host is alive (its processes are not seen from here), and
+/// removes them once that host is gone: neither its lock nor its lease
+/// renewed.
 #[test]
-fn retention_leaves_a_live_hosts_log_and_takes_a_gone_hosts() {
+fn retention_leaves_a_live_hosts_objects_and_takes_a_gone_hosts() {
     let tmp = TempDir::new("hosts-retention");
     let tree = tmp.path().join("tree");
     fs::create_dir_all(&tree).unwrap();
     let logs = tree.join("state/logs/casa");
+    let scratch = tree.join("state/scratch/tmppointing");
     let cfg = tmp.path().join("retention.toml");
-    fs::write(&cfg, "[[rule]]\nname = \"casa-logs\"\nretention = \"1s\"\n").unwrap();
+    fs::write(
+        &cfg,
+        "[[rule]]\nname = \"casa-logs\"\nretention = \"1s\"\n\
+         [[rule]]\nname = \"tmppointing\"\nretention = \"1s\"\n",
+    )
+    .unwrap();
     let opts = ["host_lease=2s".to_string()];
     let mut a = host("alpha", &tree, &opts, None);
     let b = host("beta", &tree, &opts, Some(&cfg));
 
-    fs::create_dir_all(a.p("w")).unwrap();
+    fs::create_dir_all(a.p("w/TMPPOINTING7")).unwrap();
+    fs::write(a.p("w/TMPPOINTING7/table.f0"), b"alpha's table").unwrap();
     fs::write(a.p("w/casa-1.log"), b"alpha's log").unwrap();
-    fs::create_dir_all(b.p("v")).unwrap();
+    fs::create_dir_all(b.p("v/TMPPOINTING8")).unwrap();
     fs::write(b.p("v/casa-2.log"), b"beta's log").unwrap();
-    // beta's retention runs: its own log goes...
-    eventually_within("beta's own log is removed", 20, || {
-        !logs.join("casa-2.log").exists()
+    // beta's retention runs: its own objects go...
+    eventually_within("beta's own objects are removed", 20, || {
+        !logs.join("casa-2.log").exists() && !scratch.join("TMPPOINTING8").exists()
     });
-    // ...and, a few passes later, alpha's is still there.
+    // ...and, a few passes later, alpha's are still there.
     std::thread::sleep(std::time::Duration::from_secs(4));
     assert_eq!(
         read(&b.p("w/casa-1.log")),
@@ -351,12 +368,15 @@ fn retention_leaves_a_live_hosts_log_and_takes_a_gone_hosts() {
         "{}",
         b.log_text()
     );
+    assert_eq!(read(&b.p("w/TMPPOINTING7/table.f0")), "alpha's table");
 
     a.kill9();
-    eventually_within("alpha's log goes once alpha is gone", 30, || {
-        !logs.join("casa-1.log").exists()
+    eventually_within("alpha's objects go once alpha is gone", 30, || {
+        !logs.join("casa-1.log").exists() && !scratch.join("TMPPOINTING7").exists()
     });
-    assert!(b.log_text().contains("retention (casa-logs): removed"));
+    let log = b.log_text();
+    assert!(log.contains("retention (casa-logs): removed"), "{log}");
+    assert!(log.contains("retention (tmppointing): removed"), "{log}");
 }
 
 /// Two mounts of one host: retention on one keeps a table a process works

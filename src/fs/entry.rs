@@ -66,9 +66,6 @@ impl CasaFs {
                 Err(e) => return Err(e),
             }
         }
-        if let Some(found) = self.routed_elsewhere(dir, name)? {
-            return Ok(found);
-        }
         Ok(Located {
             dir: dir.clone(),
             name: name.to_owned(),
@@ -89,10 +86,23 @@ impl CasaFs {
         if parent == ROOT_ID && super::is_reserved_root_name(&name) {
             return Err(Errno::ENOENT);
         }
-        let loc = self.locate(&p, &name)?;
+        let mut loc = self.locate(&p, &name)?;
         let st = match loc.st {
             Some(st) => st,
-            None => sys::stat_at(loc.dir.dir_fd()?.as_raw_fd(), &loc.name)?,
+            None => match sys::stat_at(loc.dir.dir_fd()?.as_raw_fd(), &loc.name) {
+                Ok(st) => st,
+                // Another daemon (another host) may have routed it: only
+                // a name that is not there costs a look at the rules.
+                Err(Errno::ENOENT) => match self.routed_elsewhere(&p, &name)? {
+                    Some(found) => {
+                        let st = found.st.ok_or(Errno::ENOENT)?;
+                        loc = found;
+                        st
+                    }
+                    None => return Err(Errno::ENOENT),
+                },
+                Err(e) => return Err(e),
+            },
         };
         let in_area = loc.dir.in_area || self.routing.is_area_root(&st);
         Ok((self.inodes.remember(&loc.dir, &loc.name, &st, in_area), st))

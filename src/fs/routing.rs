@@ -171,7 +171,7 @@ impl CasaFs {
         if p.nodeid == ROOT_ID && super::is_reserved_root_name(name) {
             return Err(Errno::EPERM);
         }
-        if self.locate(p, name)?.redirect.is_some() {
+        if self.locate(p, name)?.redirect.is_some() || self.routed_elsewhere(p, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
         let pfd = p.dir_fd()?;
