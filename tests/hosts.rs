@@ -9,43 +9,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-/// A 256 MiB NTFS image mounted with ntfs-3g; unmounted on drop (after
-/// anything stacked on it).
-struct Ntfs {
-    _tmp: TempDir,
-    dir: PathBuf,
-}
-
-impl Ntfs {
-    fn new(tag: &str) -> Ntfs {
-        let tmp = TempDir::new(tag);
-        let img = tmp.path().join("vol.img");
-        let dir = tmp.path().join("vol");
-        fs::create_dir_all(&dir).unwrap();
-        ok(&sh(
-            tmp.path(),
-            &format!(
-                "truncate -s 256M {img} && mkntfs -F -q -f {img} >/dev/null 2>&1 && ntfs-3g {img} {dir}",
-                img = img.display(),
-                dir = dir.display(),
-            ),
-        ));
-        assert_eq!(fstype_at(&dir).as_deref(), Some("fuse"), "ntfs-3g mounted");
-        Ntfs { _tmp: tmp, dir }
-    }
-}
-
-impl Drop for Ntfs {
-    fn drop(&mut self) {
-        if umount(&self.dir, false) != 0 {
-            umount(&self.dir, true);
-        }
-    }
-}
 
 /// One "host": casafs over `tree` on a mount point of its own.
 fn host(name: &str, tree: &Path, opts: &[String], config: Option<&Path>) -> Mount {

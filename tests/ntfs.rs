@@ -7,53 +7,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-/// A 256 MiB NTFS image mounted with ntfs-3g; unmounted on drop.
-struct Ntfs {
-    _tmp: TempDir,
-    dir: PathBuf,
-}
-
-impl Ntfs {
-    fn new(tag: &str) -> Ntfs {
-        Self::with_options(tag, "")
-    }
-
-    /// `opts`: extra ntfs-3g options, e.g. `-o permissions` for POSIX
-    /// modes and owners.
-    fn with_options(tag: &str, opts: &str) -> Ntfs {
-        let tmp = TempDir::new(tag);
-        let img = tmp.path().join("vol.img");
-        let dir = tmp.path().join("vol");
-        fs::create_dir_all(&dir).unwrap();
-        ok(&sh(
-            tmp.path(),
-            &format!(
-                "truncate -s 256M {img} && mkntfs -F -q -f {img} >/dev/null 2>&1 && ntfs-3g {opts} {img} {dir}",
-                img = img.display(),
-                dir = dir.display(),
-                opts = opts
-            ),
-        ));
-        assert_eq!(fstype_at(&dir).as_deref(), Some("fuse"), "ntfs-3g mounted");
-        Ntfs { _tmp: tmp, dir }
-    }
-}
-
-impl Drop for Ntfs {
-    fn drop(&mut self) {
-        // Anything stacked on the volume goes first.
-        while fstype_at(&self.dir).as_deref() == Some("fuse.casafs") {
-            umount(&self.dir, true);
-        }
-        if umount(&self.dir, false) != 0 {
-            umount(&self.dir, true);
-        }
-    }
-}
 
 /// Names in a directory of the raw volume that are unlink debris.
 fn debris(dir: &Path) -> Vec<String> {
@@ -573,7 +529,7 @@ fn cpython_shutil_and_tempfile_suites_pass_with_tmpdir_on_casafs_over_ntfs() {
 #[test]
 fn ntfs3g_killed_underneath_gives_errors_and_the_daemon_keeps_serving() {
     let v = Ntfs::new("killed");
-    let img = v._tmp.path().join("vol.img");
+    let img = v.tmp.path().join("vol.img");
     let mut m = on_ntfs(&v);
     fs::write(m.p("kept"), b"on disk").unwrap();
     File::open(m.p("kept")).unwrap().sync_all().unwrap();

@@ -618,3 +618,49 @@ for f in p(sys.stdin.read()):\n    print(f.name, f.type, len(f.samples))";
         .unwrap();
     ok(&child.wait_with_output().unwrap())
 }
+
+/// A 256 MiB NTFS image mounted with ntfs-3g (the users' own backing);
+/// unmounted on drop, after anything stacked on it.
+pub struct Ntfs {
+    /// Holds the image.
+    pub tmp: TempDir,
+    pub dir: PathBuf,
+}
+
+impl Ntfs {
+    pub fn new(tag: &str) -> Ntfs {
+        Self::with_options(tag, "")
+    }
+
+    /// `opts`: extra ntfs-3g options, e.g. `-o permissions` for POSIX
+    /// modes and owners.
+    pub fn with_options(tag: &str, opts: &str) -> Ntfs {
+        let tmp = TempDir::new(tag);
+        let img = tmp.path().join("vol.img");
+        let dir = tmp.path().join("vol");
+        std::fs::create_dir_all(&dir).unwrap();
+        ok(&sh(
+            tmp.path(),
+            &format!(
+                "truncate -s 256M {img} && mkntfs -F -q -f {img} >/dev/null 2>&1 && ntfs-3g {opts} {img} {dir}",
+                img = img.display(),
+                dir = dir.display(),
+                opts = opts
+            ),
+        ));
+        assert_eq!(fstype_at(&dir).as_deref(), Some("fuse"), "ntfs-3g mounted");
+        Ntfs { tmp, dir }
+    }
+}
+
+impl Drop for Ntfs {
+    fn drop(&mut self) {
+        // Anything stacked on the volume goes first.
+        while fstype_at(&self.dir).as_deref() == Some("fuse.casafs") {
+            umount(&self.dir, true);
+        }
+        if umount(&self.dir, false) != 0 {
+            umount(&self.dir, true);
+        }
+    }
+}
