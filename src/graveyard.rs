@@ -35,7 +35,7 @@ pub struct Graveyard {
     /// This daemon's host identity.
     pub host: String,
     /// How long another host's daemon counts as alive after its lease.
-    pub lease: std::time::Duration,
+    pub lease: Duration,
     counter: AtomicU64,
     /// Holds the flock that tells other daemons this one is alive; its
     /// modification time is this daemon's lease.
@@ -62,7 +62,7 @@ pub use crate::tree::{list_dir, remove_tree_at};
 /// them, of another host only once its daemon neither holds its lock nor
 /// renewed its lease for `lease` (`now`: this daemon's lease, just
 /// renewed). Returns the number of entries removed.
-fn clean_stale(base: &OwnedFd, host: &str, now: Option<i128>, lease: std::time::Duration) -> u64 {
+fn clean_stale(base: &OwnedFd, host: &str, now: Option<i128>, lease: Duration) -> u64 {
     let mut cleaned = 0;
     for entry in list_dir(base).unwrap_or_default() {
         let s = String::from_utf8_lossy(entry.to_bytes()).into_owned();
@@ -408,15 +408,13 @@ mod tests {
     /// lock or renewed its lease, and emptied once both lapsed.
     #[test]
     fn another_hosts_graveyard_goes_only_once_its_lock_and_lease_lapsed() {
-        let base = std::env::temp_dir().join(format!("casafs-gy-hosts-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let gy = base.join(GRAVEYARD_DIR);
+        let dir = sys::TestDir::new("gy-hosts");
+        let gy = dir.0.join(GRAVEYARD_DIR);
         for d in ["b.99.0", "c.98.0"] {
             std::fs::create_dir_all(gy.join(d)).unwrap();
             std::fs::write(gy.join(d).join("0"), b"open elsewhere").unwrap();
         }
-        let c = CString::new(base.as_os_str().as_encoded_bytes()).unwrap();
-        let root = sys::open_at(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        let root = dir.open("", libc::O_RDONLY | libc::O_DIRECTORY);
         // c's daemon is alive and holds its lock.
         let cpath = CString::new(gy.join("c.98.0").as_os_str().as_encoded_bytes()).unwrap();
         let clock = sys::open_at(
@@ -445,6 +443,5 @@ mod tests {
         assert!(g.host_alive(root.as_raw_fd(), "c"));
         g.close(root.as_raw_fd());
         drop(clock);
-        let _ = std::fs::remove_dir_all(&base);
     }
 }

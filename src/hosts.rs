@@ -121,14 +121,9 @@ pub fn other_alive(base: &OwnedFd, name: &CStr, now: Option<i128>, lease: Durati
     now - then < lease.as_nanos() as i128
 }
 
-/// The modification time of `fd` as the filesystem has it now, not as a
-/// client of a network filesystem last cached it (NFS may keep a
-/// directory's attributes for up to a minute).
+/// The modification time of `fd` as the filesystem has it now.
 fn synced_mtime(fd: RawFd) -> Option<i128> {
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC;
-    let rc = unsafe { libc::statx(fd, c"".as_ptr(), flags, libc::STATX_MTIME, &mut stx) };
-    (rc == 0).then(|| stx.stx_mtime.tv_sec as i128 * 1_000_000_000 + stx.stx_mtime.tv_nsec as i128)
+    sys::statx_synced(fd, libc::STATX_MTIME).map(|stx| sys::statx_ns(stx.stx_mtime))
 }
 
 #[cfg(test)]
@@ -150,12 +145,10 @@ mod tests {
 
     #[test]
     fn a_lapsed_lease_of_an_unlocked_daemon_is_dead_and_a_locked_one_alive() {
-        let base = std::env::temp_dir().join(format!("casafs-hosts-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(base.join("b.1.0")).unwrap();
-        std::fs::create_dir_all(base.join("me.2.0")).unwrap();
-        let c = std::ffi::CString::new(base.as_os_str().as_encoded_bytes()).unwrap();
-        let bfd = sys::open_at(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        let dir = sys::TestDir::new("hosts");
+        std::fs::create_dir_all(dir.0.join("b.1.0")).unwrap();
+        std::fs::create_dir_all(dir.0.join("me.2.0")).unwrap();
+        let bfd = dir.open("", libc::O_RDONLY | libc::O_DIRECTORY);
         let own = sys::open_at(bfd.as_raw_fd(), c"me.2.0", libc::O_RDONLY, 0).unwrap();
         let lease = Duration::from_secs(2);
         let now = renew(own.as_raw_fd());
@@ -173,6 +166,5 @@ mod tests {
             "lapsed, but locked"
         );
         assert!(!other_alive(&bfd, c"gone.3.0", now, lease));
-        let _ = std::fs::remove_dir_all(&base);
     }
 }

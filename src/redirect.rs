@@ -4,10 +4,11 @@
 //!
 //! Lookups of the original name consult this table first, which is what
 //! keeps the original path working while the original directory's listing
-//! stays clean. The origin is also written on the object itself so that it
-//! survives a remount, with who routed it, as `trusted.*` xattrs: only root
-//! can set those, so a user cannot forge one on an object of theirs (a
-//! `user.*` one is never trusted).
+//! stays clean. The origin is also written on the object itself, with who
+//! routed it on which host and from which directory, so that it survives a
+//! remount and any host of a shared tree finds it: as `trusted.*` xattrs,
+//! which only root can set, or `user.*` ones where the filesystem keeps no
+//! others, believed only as far as the object's owner's rights go.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -30,7 +31,7 @@ pub const BY_XATTR: &CStr = c"trusted.casafs.by";
 /// that is not root (which serves its own user alone), and on filesystems
 /// that keep only `user.*` xattrs (NFS 4.2). The object's owner can change
 /// these, so a daemon that is root takes from them nothing the owner could
-/// not do anyway (see `Record::trusted`).
+/// not do anyway (see `Record::by`).
 pub const ORIGIN_XATTR_USER: &CStr = c"user.casafs.origin";
 /// "uid gid host", beside `ORIGIN_XATTR_USER`; its uid and gid are never
 /// believed, only its host.
@@ -109,9 +110,39 @@ pub struct Record {
     pub host: Option<String>,
     /// The directory it came from, where recorded.
     pub dir: Option<DirId>,
-    /// Set by casafs as root (`trusted.*`); otherwise the owner could have
-    /// written it, and it is believed only as far as the owner's rights go.
-    pub trusted: bool,
+}
+
+/// The three xattrs of a record, in one namespace.
+struct Names {
+    origin: &'static CStr,
+    by: &'static CStr,
+    dir: &'static CStr,
+    /// Only root can set them: the ids recorded are believed.
+    trusted: bool,
+}
+
+const TRUSTED: Names = Names {
+    origin: ORIGIN_XATTR,
+    by: BY_XATTR,
+    dir: DIR_XATTR,
+    trusted: true,
+};
+const USER: Names = Names {
+    origin: ORIGIN_XATTR_USER,
+    by: BY_XATTR_USER,
+    dir: DIR_XATTR_USER,
+    trusted: false,
+};
+
+/// Where the object's record is, and its origin: `trusted.*` for a daemon
+/// that is root where the filesystem has it, else `user.*`.
+fn record_names(anchor: &Anchor) -> Option<(&'static Names, Vec<u8>)> {
+    if crate::creds::enabled()
+        && let Some(origin) = get_xattr(anchor, TRUSTED.origin)
+    {
+        return Some((&TRUSTED, origin));
+    }
+    Some((&USER, get_xattr(anchor, USER.origin)?))
 }
 
 fn get_xattr(anchor: &Anchor, name: &CStr) -> Option<Vec<u8>> {
@@ -136,38 +167,21 @@ fn parse_by(text: &[u8]) -> Option<((u32, u32), Option<String>)> {
 /// The record on the object `tname` in the area directory `area`.
 pub fn record_of(area: &Arc<OwnedFd>, tname: &CStr) -> Option<Record> {
     let anchor = Anchor::At(area.clone(), tname.to_owned());
-    if crate::creds::enabled()
-        && let Some(origin) = get_xattr(&anchor, ORIGIN_XATTR)
-    {
-        let by = get_xattr(&anchor, BY_XATTR).and_then(|b| parse_by(&b));
-        let owner = || {
-            sys::stat_at(area.as_raw_fd(), tname)
-                .map(|st| (st.st_uid, st.st_gid))
-                .unwrap_or((u32::MAX, u32::MAX))
-        };
-        let (ids, host) = match by {
-            Some((ids, host)) => (ids, host),
-            None => (owner(), None),
-        };
-        return Some(Record {
-            origin,
-            by: ids,
-            host,
-            dir: get_xattr(&anchor, DIR_XATTR).and_then(|d| DirId::parse(&d)),
-            trusted: true,
-        });
-    }
-    let origin = get_xattr(&anchor, ORIGIN_XATTR_USER)?;
-    let st = sys::stat_at(area.as_raw_fd(), tname).ok()?;
-    let host = get_xattr(&anchor, BY_XATTR_USER)
-        .and_then(|b| parse_by(&b))
-        .and_then(|(_, h)| h);
+    let (names, origin) = record_names(&anchor)?;
+    let by = get_xattr(&anchor, names.by).and_then(|b| parse_by(&b));
+    let host = by.as_ref().and_then(|(_, h)| h.clone());
+    let ids = match by {
+        Some((ids, _)) if names.trusted => ids,
+        _ => {
+            let st = sys::stat_at(area.as_raw_fd(), tname).ok()?;
+            (st.st_uid, st.st_gid)
+        }
+    };
     Some(Record {
         origin,
-        by: (st.st_uid, st.st_gid),
+        by: ids,
         host,
-        dir: get_xattr(&anchor, DIR_XATTR_USER).and_then(|d| DirId::parse(&d)),
-        trusted: false,
+        dir: get_xattr(&anchor, names.dir).and_then(|d| DirId::parse(&d)),
     })
 }
 
@@ -203,12 +217,13 @@ pub struct Listing(parking_lot::Mutex<Option<(Stamp, Arc<Vec<CString>>)>>);
 type Stamp = (u64, i128, i128);
 
 fn stamp(fd: RawFd) -> Option<Stamp> {
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC;
     let mask = libc::STATX_INO | libc::STATX_MTIME | libc::STATX_CTIME;
-    let rc = unsafe { libc::statx(fd, c"".as_ptr(), flags, mask, &mut stx) };
-    let ns = |t: libc::statx_timestamp| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
-    (rc == 0).then(|| (stx.stx_ino, ns(stx.stx_mtime), ns(stx.stx_ctime)))
+    let stx = sys::statx_synced(fd, mask)?;
+    Some((
+        stx.stx_ino,
+        sys::statx_ns(stx.stx_mtime),
+        sys::statx_ns(stx.stx_ctime),
+    ))
 }
 
 impl Listing {
@@ -616,20 +631,9 @@ fn named_for(tname: &[u8], name: &[u8]) -> bool {
 /// `area`, and the directory it came from where recorded.
 pub fn recorded_place(area: &Arc<OwnedFd>, tname: &CStr) -> Option<(Vec<u8>, Option<DirId>)> {
     let anchor = Anchor::At(area.clone(), tname.to_owned());
-    let (origin, dir) = match get_xattr(&anchor, ORIGIN_XATTR).filter(|_| crate::creds::enabled()) {
-        Some(o) => (o, DIR_XATTR),
-        None => (get_xattr(&anchor, ORIGIN_XATTR_USER)?, DIR_XATTR_USER),
-    };
-    Some((
-        origin,
-        get_xattr(&anchor, dir).and_then(|d| DirId::parse(&d)),
-    ))
-}
-
-/// The origin path recorded on the object `tname` in the area directory
-/// `area`, as recorded.
-pub fn recorded_origin(area: &Arc<OwnedFd>, tname: &CStr) -> Option<Vec<u8>> {
-    recorded_place(area, tname).map(|(o, _)| o)
+    let (names, origin) = record_names(&anchor)?;
+    let dir = get_xattr(&anchor, names.dir).and_then(|d| DirId::parse(&d));
+    Some((origin, dir))
 }
 
 /// The last name of an origin path.
@@ -720,12 +724,12 @@ pub fn tag_origin(
         let anchor = Anchor::At(adir, tname.to_owned());
         let by = by.map(|(uid, gid, host)| format!("{uid} {gid} {host}"));
         let dir = dir.map(|d| d.text());
-        let write = |names: [&CStr; 3]| {
+        let write = |names: &Names| {
             if let Some(by) = &by {
-                let _ = anchor.setxattr(names[1], by.as_bytes(), 0);
+                let _ = anchor.setxattr(names.by, by.as_bytes(), 0);
             }
             if let Some(dir) = &dir {
-                let _ = anchor.setxattr(names[2], dir.as_bytes(), 0);
+                let _ = anchor.setxattr(names.dir, dir.as_bytes(), 0);
             }
         };
         crate::creds::as_root(|| {
@@ -733,16 +737,16 @@ pub fn tag_origin(
                 let trusted = if crate::fault::no_trusted_xattrs() {
                     Err(sys::Errno::EOPNOTSUPP)
                 } else {
-                    anchor.setxattr(ORIGIN_XATTR, origin, 0)
+                    anchor.setxattr(TRUSTED.origin, origin, 0)
                 };
                 match trusted {
-                    Ok(()) => return write([ORIGIN_XATTR, BY_XATTR, DIR_XATTR]),
+                    Ok(()) => return write(&TRUSTED),
                     Err(sys::Errno::EOPNOTSUPP) => {}
                     Err(_) => return,
                 }
             }
-            if anchor.setxattr(ORIGIN_XATTR_USER, origin, 0).is_ok() {
-                write([ORIGIN_XATTR_USER, BY_XATTR_USER, DIR_XATTR_USER]);
+            if anchor.setxattr(USER.origin, origin, 0).is_ok() {
+                write(&USER);
             }
         });
     }
@@ -756,14 +760,10 @@ mod tests {
     /// name after name makes casafs read its directory once.
     #[test]
     fn an_area_is_listed_again_only_once_it_changed() {
-        let base = std::env::temp_dir().join(format!("casafs-listing-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
+        let dir = sys::TestDir::new("listing");
+        let base = &dir.0;
         std::fs::write(base.join("casa-1.log"), b"").unwrap();
-        let c = CString::new(base.as_os_str().as_encoded_bytes()).unwrap();
-        let fd = Arc::new(
-            sys::open_at(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap(),
-        );
+        let fd = Arc::new(dir.open("", libc::O_PATH | libc::O_DIRECTORY));
         let listing = Listing::default();
         let first = listing.names(&fd).unwrap();
         assert_eq!(first.as_slice(), [c"casa-1.log".to_owned()]);
@@ -774,7 +774,6 @@ mod tests {
         let again = listing.names(&fd).unwrap();
         assert!(!Arc::ptr_eq(&first, &again));
         assert_eq!(again.len(), 2);
-        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

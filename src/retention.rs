@@ -253,8 +253,8 @@ fn remove(area: RawFd, x: &Expired) -> sys::Res<()> {
 
 /// The last component of the origin casafs recorded on a routed object.
 fn origin_name(area: &Arc<OwnedFd>, name: &CStr) -> Option<Vec<u8>> {
-    let origin = crate::redirect::recorded_origin(area, name)?;
-    origin.rsplit(|&b| b == b'/').next().map(<[u8]>::to_vec)
+    let (origin, _) = crate::redirect::recorded_place(area, name)?;
+    Some(crate::redirect::last_name(&origin).to_vec())
 }
 
 /// Size, newest change time (nanoseconds since 1970) and inode numbers of

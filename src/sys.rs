@@ -313,6 +313,21 @@ pub fn birth_generation(dir: RawFd, name: &CStr) -> Option<u64> {
     Some(ns & 0xffff_ffff)
 }
 
+/// The attributes of `fd` that `mask` asks for, as the filesystem has them
+/// now: past a network filesystem's attribute cache (NFS may keep a
+/// directory's for up to a minute), where another host's change shows.
+pub fn statx_synced(fd: RawFd, mask: u32) -> Option<libc::statx> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC;
+    let rc = unsafe { libc::statx(fd, c"".as_ptr(), flags, mask, &mut stx) };
+    (rc == 0).then_some(stx)
+}
+
+/// A statx time in nanoseconds since 1970.
+pub fn statx_ns(t: libc::statx_timestamp) -> i128 {
+    t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+}
+
 /// `fstat` that also works on `O_PATH` descriptors.
 pub fn fstat(fd: RawFd) -> Res<libc::stat> {
     stat_flags(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
@@ -661,6 +676,34 @@ pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
 }
 
+/// A unit test's scratch directory, removed on drop (also when the test
+/// fails).
+#[cfg(test)]
+pub struct TestDir(pub std::path::PathBuf);
+
+#[cfg(test)]
+impl TestDir {
+    pub fn new(tag: &str) -> TestDir {
+        let p = std::env::temp_dir().join(format!("casafs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TestDir(p)
+    }
+
+    /// `rel` beneath it (`""`: itself), opened with `flags`.
+    pub fn open(&self, rel: &str, flags: i32) -> OwnedFd {
+        let c = CString::new(self.0.join(rel).as_os_str().as_encoded_bytes()).unwrap();
+        open_at(libc::AT_FDCWD, &c, flags, 0).unwrap()
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,15 +713,13 @@ mod tests {
     /// is told EEXIST, and neither file is lost.
     #[test]
     fn two_renames_onto_one_name_never_replace_each_other() {
-        let base =
-            std::env::temp_dir().join(format!("casafs-sys-noreplace-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let dir = TestDir::new("sys-noreplace");
+        let base = &dir.0;
         std::fs::create_dir_all(base.join("area")).unwrap();
         std::fs::create_dir_all(base.join("a/TMPPOINTINGx")).unwrap();
         std::fs::write(base.join("a/TMPPOINTINGx/table.f0"), b"host a").unwrap();
         std::fs::write(base.join("b"), b"host b").unwrap();
-        let c = std::ffi::CString::new(base.as_os_str().as_encoded_bytes()).unwrap();
-        let root = open_at(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        let root = dir.open("", libc::O_RDONLY | libc::O_DIRECTORY);
         let r = root.as_raw_fd();
         let area = open_at(r, c"area", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
         let ar = area.as_raw_fd();
@@ -718,6 +759,5 @@ mod tests {
             std::fs::read(base.join("area/casa-1.log")).unwrap(),
             b"host b"
         );
-        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -130,8 +130,13 @@ impl Routing {
             return None;
         }
         let rule = live.route(name.to_bytes(), is_dir)?;
+        self.routes_in(dir).then_some(rule)
+    }
+
+    /// Whether names made in `dir` may be routed: it is in no area.
+    pub(super) fn routes_in(&self, dir: &Inode) -> bool {
         if self.is_area_dir(dir) {
-            return None;
+            return false;
         }
         let mut up = dir.parent_name();
         // Bounded all the same: a chain of stale parents must not loop.
@@ -140,11 +145,11 @@ impl Routing {
                 break;
             };
             if self.is_area_dir(&p) {
-                return None;
+                return false;
             }
             up = p.parent_name();
         }
-        Some(rule)
+        true
     }
 }
 
@@ -329,25 +334,21 @@ impl CasaFs {
 
     /// A name no redirect of this daemon knows, looked for in the origin
     /// records on the backing: another daemon (another host on a shared
-    /// tree) may have routed it. Only for names a rule routes that are not
-    /// in the directory itself, so other names cost one rule match.
+    /// tree) may have routed it. Asked when a lookup found nothing, and
+    /// before a name is made; a name no rule routes costs one rule match.
     pub(super) fn routed_elsewhere(
         &self,
         dir: &Arc<Inode>,
         name: &CStr,
     ) -> Res<Option<super::entry::Located>> {
+        if dir.nodeid == ROOT_ID && is_reserved_root_name(name) {
+            return Ok(None);
+        }
         let rules = self.live.rules_naming(name.to_bytes());
-        if rules.is_empty()
-            || self.routing.route(&self.live, dir, name, true).is_none()
-                && self.routing.route(&self.live, dir, name, false).is_none()
-        {
+        if rules.is_empty() || !self.routing.routes_in(dir) {
             return Ok(None);
         }
         let dfd = dir.dir_fd()?;
-        match sys::stat_at(dfd.as_raw_fd(), name) {
-            Err(Errno::ENOENT) => {}
-            _ => return Ok(None),
-        }
         let origin = self.origin_of(dir, name);
         let here = redirect::DirId::of(dfd.as_raw_fd());
         let mut areas: Vec<(usize, usize)> = rules
