@@ -32,6 +32,10 @@ pub enum CrossDevice {
     InPlace,
 }
 
+/// `auto` as a cache time: long where casafs sees every change made
+/// beneath the mount, short elsewhere (`crate::fs`, `crate::watch`).
+pub const AUTO_CACHE_TIME: Duration = Duration::MAX;
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub source: PathBuf,
@@ -398,8 +402,8 @@ fn build_inner(args: &MountArgs, config_text: Option<&str>) -> Result<Settings, 
         passthrough: true,
         io_uring: true,
         handoff: true,
-        attr_timeout: Duration::from_secs(1),
-        entry_timeout: Duration::from_secs(1),
+        attr_timeout: AUTO_CACHE_TIME,
+        entry_timeout: AUTO_CACHE_TIME,
         threads: default_threads(),
         allow_other: raw.allow_other.or(file.allow_other).unwrap_or(true),
         foreground: args.foreground,

@@ -506,6 +506,7 @@ pub fn run(p: Prepared, args: crate::config::MountArgs) -> Result<(), MountError
     ));
     crate::health::start_watchdog(&mountpoint);
     crate::fs::start_lease(std::sync::Arc::downgrade(&fs));
+    crate::fs::start_watch(std::sync::Arc::downgrade(&fs));
     if let Some(t) = fs.settings().textfile.clone() {
         crate::health::start_textfile(t, std::sync::Arc::downgrade(&fs));
     }

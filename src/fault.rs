@@ -37,6 +37,7 @@ struct Faults {
     stall: Duration,
     slow_stop: Option<Duration>,
     no_trusted: bool,
+    no_watch: bool,
 }
 
 fn faults() -> &'static Faults {
@@ -46,6 +47,7 @@ fn faults() -> &'static Faults {
             .ok()
             .and_then(|v| v.parse().ok()),
         no_trusted: std::env::var_os("CASAFS_FAULT_NO_TRUSTED_XATTRS").is_some(),
+        no_watch: std::env::var_os("CASAFS_FAULT_NO_WATCH").is_some(),
         slow_stop: std::env::var("CASAFS_FAULT_SLOW_STOP")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -121,6 +123,12 @@ pub fn stopping() {
     if let Some(d) = faults().slow_stop {
         std::thread::sleep(d);
     }
+}
+
+/// Whether the kernel is to be taken as offering no watch of the
+/// filesystems beneath (`crate::watch`).
+pub fn no_watch() -> bool {
+    faults().no_watch
 }
 
 /// Whether `trusted.*` xattrs are to be taken as unsupported.

@@ -59,6 +59,24 @@ pub fn fs_type_name(f_type: i64) -> String {
     }
 }
 
+/// The type and source of the filesystem on device `dev` as its mount
+/// says (`fuseblk` and `/dev/sdb1`, `ext4`, `nfs4` and `host:/export`),
+/// from /proc/self/mountinfo.
+pub fn mount_of_dev(dev: u64) -> Option<(String, String)> {
+    let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (a, b) = line.split_once(" - ")?;
+        if a.split(' ').nth(2)? != want {
+            return None;
+        }
+        let mut it = b.split(' ');
+        let kind = it.next()?.to_string();
+        let source = it.next()?.replace("\\040", " ");
+        Some((kind, source))
+    })
+}
+
 /// The type of the filesystem at `path` as an operator knows it
 /// (`fuseblk`, `fuse.ntfs-3g`, `ext4`).
 pub fn type_at(path: &std::path::Path, f_type: i64) -> String {

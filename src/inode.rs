@@ -167,6 +167,12 @@ pub struct Inode {
     /// Since when the names of this directory's last complete listing are
     /// fresh in the kernel (0: no such listing).
     listed: AtomicU64,
+    /// A directory whose changes made beneath the mount casafs hears of
+    /// (`crate::watch`).
+    pub names_watched: std::sync::atomic::AtomicBool,
+    /// Changes beneath the mount to this object's name and attributes are
+    /// heard of: it was last found in a directory with watched names.
+    pub watched: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inode {
@@ -367,6 +373,8 @@ impl Inode {
             open: Mutex::new(OpenState::default()),
             attrs_sent: AtomicU64::new(0),
             listed: AtomicU64::new(0),
+            names_watched: std::sync::atomic::AtomicBool::new(false),
+            watched: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -793,6 +801,10 @@ impl InodeTable {
                     cur.lookups.fetch_add(1, Ordering::Relaxed);
                     cur.attrs_sent
                         .store(sys::coarse_now_ns(), Ordering::Relaxed);
+                    cur.watched.store(
+                        !in_area && parent.names_watched.load(Ordering::Relaxed),
+                        Ordering::Relaxed,
+                    );
                     cur.relocate(parent, name);
                     return cur.clone();
                 }
@@ -909,6 +921,10 @@ impl InodeTable {
             open: Mutex::new(OpenState::default()),
             attrs_sent: AtomicU64::new(sys::coarse_now_ns()),
             listed: AtomicU64::new(0),
+            names_watched: std::sync::atomic::AtomicBool::new(false),
+            watched: std::sync::atomic::AtomicBool::new(
+                !t && parent.names_watched.load(Ordering::Relaxed),
+            ),
         }
     }
 

@@ -35,3 +35,4 @@ pub mod sweep;
 pub mod sys;
 pub mod transport;
 pub mod tree;
+pub mod watch;

@@ -37,14 +37,32 @@ pub struct Applied {
     pub needs_remount: Vec<String>,
 }
 
+/// A cache time as kept: `auto` as u64::MAX, every other one in
+/// nanoseconds (up to some 584 years).
+fn nanos(d: Duration) -> u64 {
+    if d == crate::config::AUTO_CACHE_TIME {
+        u64::MAX
+    } else {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+}
+
+fn duration(n: u64) -> Duration {
+    if n == u64::MAX {
+        crate::config::AUTO_CACHE_TIME
+    } else {
+        Duration::from_nanos(n)
+    }
+}
+
 impl Live {
     pub fn new(s: &Settings) -> Live {
         Live {
             rules: RwLock::new(Arc::new(
                 s.rules.rules.iter().cloned().enumerate().collect(),
             )),
-            attr_nanos: AtomicU64::new(s.attr_timeout.as_nanos() as u64),
-            entry_nanos: AtomicU64::new(s.entry_timeout.as_nanos() as u64),
+            attr_nanos: AtomicU64::new(nanos(s.attr_timeout)),
+            entry_nanos: AtomicU64::new(nanos(s.entry_timeout)),
             current: RwLock::new(Arc::new(s.clone())),
         }
     }
@@ -79,11 +97,11 @@ impl Live {
     }
 
     pub fn attr_timeout(&self) -> Duration {
-        Duration::from_nanos(self.attr_nanos.load(Relaxed))
+        duration(self.attr_nanos.load(Relaxed))
     }
 
     pub fn entry_timeout(&self) -> Duration {
-        Duration::from_nanos(self.entry_nanos.load(Relaxed))
+        duration(self.entry_nanos.load(Relaxed))
     }
 
     pub fn current(&self) -> Arc<Settings> {
@@ -129,10 +147,8 @@ impl Live {
         *self.rules.write() = Arc::new(rules);
 
         if new.attr_timeout != old.attr_timeout || new.entry_timeout != old.entry_timeout {
-            self.attr_nanos
-                .store(new.attr_timeout.as_nanos() as u64, Relaxed);
-            self.entry_nanos
-                .store(new.entry_timeout.as_nanos() as u64, Relaxed);
+            self.attr_nanos.store(nanos(new.attr_timeout), Relaxed);
+            self.entry_nanos.store(nanos(new.entry_timeout), Relaxed);
             effective.attr_timeout = new.attr_timeout;
             effective.entry_timeout = new.entry_timeout;
             done.changed.push("cache times".into());

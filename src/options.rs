@@ -57,6 +57,23 @@ fn duration(v: &str) -> Result<Duration, String> {
     parse_duration(v)
 }
 
+/// A cache time: `auto` (`config::AUTO_CACHE_TIME`) or a duration.
+fn cache_time(v: &str) -> Result<Duration, String> {
+    if v == "auto" {
+        Ok(crate::config::AUTO_CACHE_TIME)
+    } else {
+        duration(v)
+    }
+}
+
+fn show_cache_time(d: Duration) -> Option<String> {
+    if d == crate::config::AUTO_CACHE_TIME {
+        Some("\"auto\"".into())
+    } else {
+        show_duration(d)
+    }
+}
+
 fn show_duration(d: Duration) -> Option<String> {
     Some(format!("\"{}s\"", d.as_secs_f64()))
 }
@@ -208,31 +225,31 @@ pub const OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "attr_timeout",
-        value: "DUR",
-        help: "attribute cache time, e.g. 1s (a reload changes it)",
-        doc: "kernel attribute cache time (casafs owns the tree it is mounted over); a directory's listing is kept for the shorter of the two cache times (`0` for either: never); a reload changes it",
-        default: "1s",
+        value: "auto|DUR",
+        help: "attribute cache time: auto, or e.g. 1s (a reload changes it)",
+        doc: "kernel attribute cache time. `auto`: an hour where casafs sees every change made beneath the mount (it watches local filesystems and tells the kernel what changed), a second where it cannot (network filesystems, the areas); a duration applies everywhere. A directory's listing is kept for the shorter of the two cache times (`0` for either: never); a reload changes it",
+        default: "auto",
         live: true,
         not_empty: false,
         set: |s, v, _| {
-            s.attr_timeout = duration(v)?;
+            s.attr_timeout = cache_time(v)?;
             Ok(())
         },
-        show: |s| show_duration(s.attr_timeout),
+        show: |s| show_cache_time(s.attr_timeout),
     },
     Opt {
         key: "entry_timeout",
-        value: "DUR",
-        help: "name cache time (a reload changes it)",
-        doc: "kernel name cache time; a reload changes it",
-        default: "1s",
+        value: "auto|DUR",
+        help: "name cache time: auto, or e.g. 1s (a reload changes it)",
+        doc: "kernel name cache time (negative entries too), `auto` as for attr_timeout; a reload changes it",
+        default: "auto",
         live: true,
         not_empty: false,
         set: |s, v, _| {
-            s.entry_timeout = duration(v)?;
+            s.entry_timeout = cache_time(v)?;
             Ok(())
         },
-        show: |s| show_duration(s.entry_timeout),
+        show: |s| show_cache_time(s.entry_timeout),
     },
     Opt {
         key: "threads",

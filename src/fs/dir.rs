@@ -167,7 +167,7 @@ impl CasaFs {
     /// the mount after a removal, nor when an operator asked for no caching
     /// (a zero timeout).
     fn listing_cache(&self, dir: &Inode) -> ListingCache {
-        let ttl = self.ttl_attr().min(self.ttl_entry());
+        let ttl = self.ttl_attr_in(dir).min(self.ttl_names(dir));
         if dir.in_area || self.routing.is_area_dir(dir) || ttl.is_zero() {
             ListingCache::Off
         } else if dir.listed_within(ttl) {
@@ -203,12 +203,7 @@ impl CasaFs {
 
     /// The entry's object when the kernel holds it and got its attributes
     /// from us less than `ttl` ago: a listing can leave them out.
-    pub(super) fn recently_listed(
-        &self,
-        dir: &Inode,
-        e: &RawEnt<'_>,
-        ttl: std::time::Duration,
-    ) -> Option<Arc<Inode>> {
+    pub(super) fn recently_listed(&self, dir: &Inode, e: &RawEnt<'_>) -> Option<Arc<Inode>> {
         let known = self
             .inodes
             .get(self.inodes.peek_nodeid(dir.dev, e.ino))
@@ -217,8 +212,11 @@ impl CasaFs {
         // directory's number, not the mounted root's. Same type: a number
         // reused by another kind of object is not the one we know.
         let same_type = e.dtype == libc::DT_UNKNOWN || u32::from(e.dtype) << 12 == known.fmt;
-        (known.dev == dir.dev && known.ino == e.ino && same_type && known.attrs_sent_within(ttl))
-            .then_some(known)
+        (known.dev == dir.dev
+            && known.ino == e.ino
+            && same_type
+            && known.attrs_sent_within(self.attr_time(&known)))
+        .then_some(known)
     }
 
     /// The `d_ino` the kernel should see: what `stat` reports for the entry.

@@ -4,6 +4,7 @@
 
 mod acl;
 mod attr;
+mod beneath;
 mod control;
 mod dir;
 mod entry;
@@ -34,6 +35,7 @@ use crate::stats::{Extra, Stats};
 use crate::sys::{self, Res};
 
 pub use crate::creds::Caller;
+pub use beneath::start_watch;
 pub use control::CONTROL_NAME;
 use routing::name_in_parent;
 
@@ -69,6 +71,9 @@ pub struct CasaFs {
     /// The mount's device number, once retention asked for it.
     mount_dev: std::sync::OnceLock<u64>,
     root: Arc<Inode>,
+    /// Changes made beneath the mount (`beneath.rs`), where the kernel
+    /// offers a watch.
+    watch: Option<Arc<crate::watch::Watch>>,
 }
 
 /// Everything the daemon prepared before mounting.
@@ -218,6 +223,7 @@ impl CasaFs {
             control: control::Snapshots::default(),
             mount_dev: std::sync::OnceLock::new(),
             root,
+            watch: crate::watch::Watch::new().map(Arc::new),
             settings,
         };
         let restored = fs.routing.redirects.restore(
@@ -260,26 +266,74 @@ impl CasaFs {
         self.root.dir_fd()
     }
 
-    fn ttl_attr(&self) -> Duration {
-        self.live.attr_timeout()
+    /// How long the kernel may keep what casafs tells it, for a cache time
+    /// `set` by the operator: `auto` is long where changes made beneath the
+    /// mount are heard of (`watched`), short elsewhere.
+    fn cache_time(set: Duration, watched: bool) -> Duration {
+        const WATCHED: Duration = Duration::from_secs(3600);
+        const UNWATCHED: Duration = Duration::from_secs(1);
+        match set {
+            crate::config::AUTO_CACHE_TIME if watched => WATCHED,
+            crate::config::AUTO_CACHE_TIME => UNWATCHED,
+            d => d,
+        }
     }
 
-    /// How long the kernel may keep `st`. Never for a set-ID file: a write
-    /// by an unprivileged user clears the bits on the backing (as the
-    /// writer), which the kernel does not learn of by itself after an
-    /// O_DIRECT or cached write.
-    fn ttl_attr_of(&self, st: &libc::stat) -> Duration {
+    /// How long the kernel may keep the attributes `st` of `node`. Never
+    /// for a set-ID file: a write by an unprivileged user clears the bits
+    /// on the backing (as the writer), which the kernel does not learn of
+    /// by itself after an O_DIRECT or cached write.
+    fn ttl_attr_of(&self, node: &Inode, st: &libc::stat) -> Duration {
         if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0
             && st.st_mode & libc::S_IFMT == libc::S_IFREG
         {
             Duration::ZERO
         } else {
-            self.ttl_attr()
+            self.attr_time(node)
         }
     }
 
-    fn ttl_entry(&self) -> Duration {
-        self.live.entry_timeout()
+    /// How long the kernel may keep the attributes of `node`, set-ID bits
+    /// aside.
+    fn attr_time(&self, node: &Inode) -> Duration {
+        // A directory's own changes are reported to a watch on it, not on
+        // its parent.
+        let watched = if node.is_dir() {
+            self.names_watched(node)
+        } else {
+            self.watched(node)
+        };
+        Self::cache_time(self.live.attr_timeout(), watched)
+    }
+
+    /// `ttl_attr_of` for node id `ino`.
+    fn ttl_attr_of_id(&self, ino: u64, st: &libc::stat) -> Duration {
+        match self.inodes.get(ino) {
+            Ok(i) => self.ttl_attr_of(&i, st),
+            Err(_) => Self::cache_time(self.live.attr_timeout(), false),
+        }
+    }
+
+    /// How long the kernel may keep the name by which it found `node`.
+    fn ttl_entry_of(&self, node: &Inode) -> Duration {
+        Self::cache_time(self.live.entry_timeout(), self.watched(node))
+    }
+
+    /// How long the kernel may keep a name in `dir` that casafs has no
+    /// node for (a negative entry), and listings of `dir`.
+    fn ttl_names(&self, dir: &Inode) -> Duration {
+        Self::cache_time(self.live.entry_timeout(), self.names_watched(dir))
+    }
+
+    /// How long attributes of what is in `dir` may be kept, for a listing.
+    fn ttl_attr_in(&self, dir: &Inode) -> Duration {
+        Self::cache_time(self.live.attr_timeout(), self.names_watched(dir))
+    }
+
+    /// A cache time for what casafs itself makes up (the control files'
+    /// names): as where nothing is watched.
+    fn ttl_own(&self) -> Duration {
+        Self::cache_time(self.live.entry_timeout(), false)
     }
 
     /// The `st_ino` the kernel sees for a node id.

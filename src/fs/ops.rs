@@ -73,7 +73,7 @@ impl CasaFs {
         crate::fault::stall_on_lookup(name.as_bytes());
         if let Some(r) = self.control_lookup(parent, name.as_bytes()) {
             // Control files change on every read: never cache their attributes.
-            let ttl = self.ttl_entry();
+            let ttl = self.ttl_own();
             return serve!(self, Op::Lookup, reply, r, |a| reply.entry(
                 &a,
                 Duration::ZERO,
@@ -81,6 +81,12 @@ impl CasaFs {
                 0
             ));
         }
+        // Watched before the name is looked for: a change made beneath the
+        // mount after this is heard of.
+        let negative = match self.inodes.get(parent) {
+            Ok(p) => self.ttl_names(&p),
+            Err(_) => Duration::ZERO,
+        };
         let t = self.stats.start(Op::Lookup);
         match self.do_lookup(parent, name) {
             Ok((i, st)) => {
@@ -95,7 +101,7 @@ impl CasaFs {
                 reply.entry(
                     &self.attr(0, &sys::zeroed_stat()),
                     Duration::ZERO,
-                    self.ttl_entry(),
+                    negative,
                     0,
                 )
             }
@@ -128,7 +134,7 @@ impl CasaFs {
             Op::Getattr,
             reply,
             self.do_getattr(ino, fh).map_err(|e| self.lost(ino, e)),
-            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr_of(&st))
+            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr_of_id(ino, &st))
         )
     }
 
@@ -139,7 +145,7 @@ impl CasaFs {
             reply,
             self.do_setattr(ino, a.mode, a.uid, a.gid, a.size, a.atime, a.mtime, a.fh)
                 .map_err(|e| self.lost(ino, e)),
-            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr_of(&st))
+            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr_of_id(ino, &st))
         )
     }
 
@@ -158,7 +164,7 @@ impl CasaFs {
     /// directories seen through an area's path).
     fn reply_entry(&self, reply: impl EntryReply, i: &crate::inode::Inode, st: &libc::stat) {
         let attr = self.attr(i.nodeid, st);
-        let (ttl_attr, ttl_entry) = (self.ttl_attr_of(st), self.ttl_entry());
+        let (ttl_attr, ttl_entry) = (self.ttl_attr_of(i, st), self.ttl_entry_of(i));
         if attr.ino.0 == i.nodeid {
             reply.entry(&attr, ttl_attr, ttl_entry, i.generation)
         } else {
@@ -477,7 +483,9 @@ impl CasaFs {
     /// A created file's entry and its open handle.
     fn reply_created(&self, o: super::file::Opened, flags: i32, reply: impl CreateReply) {
         let attr = self.attr(o.inode.nodeid, &o.st);
-        let ttl = self.ttl_entry().min(self.ttl_attr_of(&o.st));
+        let ttl = self
+            .ttl_entry_of(&o.inode)
+            .min(self.ttl_attr_of(&o.inode, &o.st));
         let generation = o.inode.generation;
         let (fh, backing) = self.register(o, flags);
         reply.created(&attr, ttl, generation, fh, FopenFlags::empty(), backing)
@@ -583,8 +591,8 @@ impl CasaFs {
 
     fn readdirplus_into(&self, fh: u64, offset: u64, reply: &mut impl DirPlusReply) -> Res<()> {
         let h = self.handles.get(fh)?;
-        let ttl = self.ttl_entry();
         if matches!(h.body, Body::ControlDir) {
+            let ttl = self.ttl_own();
             for (i, (ino, _kind, name)) in self
                 .control_entries()
                 .into_iter()
@@ -600,9 +608,9 @@ impl CasaFs {
         }
         let dir = h.inode.clone();
         drop(h);
+        let ttl = self.ttl_names(&dir);
         let dfd = dir.dir_fd()?;
         use std::os::fd::AsRawFd;
-        let fresh = self.ttl_attr();
         let now = sys::coarse_now_ns();
         let sent = |full: bool, since: u64| Ok((!full).then_some(since));
         self.walk_dir(fh, offset, &mut |e| {
@@ -624,7 +632,7 @@ impl CasaFs {
             // Listed again while the kernel still has the attributes (rm
             // opens every directory twice): no stat, which on a FUSE or
             // network backing is a round trip per entry.
-            if let Some(known) = self.recently_listed(&dir, e, fresh)
+            if let Some(known) = self.recently_listed(&dir, e)
                 && let Some(full) = reply.add_name_only(
                     self.attr_ino(known.nodeid, known.ino),
                     e.off as u64,
@@ -634,8 +642,8 @@ impl CasaFs {
             {
                 return sent(full, known.attrs_sent_ns());
             }
-            let (st, ttl, since) = match sys::stat_at(dfd.as_raw_fd(), e.name) {
-                Ok(st) => (st, ttl.min(self.ttl_attr_of(&st)), now),
+            let (st, cap, since) = match sys::stat_at(dfd.as_raw_fd(), e.name) {
+                Ok(st) => (st, ttl, now),
                 // Gone since getdents: skip it like a later readdir would.
                 Err(Errno::ENOENT) => return Ok(Some(u64::MAX)),
                 // One entry the backing cannot stat (a damaged record on
@@ -681,6 +689,9 @@ impl CasaFs {
             let in_area = dir.in_area || self.routing.is_area_root(&st);
             let inode = self.inodes.remember(&dir, e.name, &st, in_area);
             let attr = self.attr(inode.nodeid, &st);
+            let ttl = cap
+                .min(self.ttl_entry_of(&inode))
+                .min(self.ttl_attr_of(&inode, &st));
             let full = if attr.ino.0 == inode.nodeid {
                 reply.add(e.off as u64, name, ttl, &attr, inode.generation)
             } else {

@@ -272,6 +272,9 @@ impl CasaFs {
     /// The kernel let go of `inode`: nothing maps it any more, and graves
     /// kept for a mapping go if no handle is left.
     pub(super) fn kernel_let_go(&self, inode: &Arc<Inode>) {
+        if inode.lookups.load(Relaxed) == 0 {
+            self.unwatch(inode);
+        }
         let mut open = inode.open.lock();
         // Looked up again since (the table's count is not held meanwhile):
         // the kernel holds it after all.

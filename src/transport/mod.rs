@@ -50,6 +50,8 @@ impl Server {
 /// the reply object is dropped on the way out, which answers EIO, and the
 /// thread goes on serving. None: it panicked.
 pub fn panic_guard<R>(f: impl FnOnce() -> R) -> Option<R> {
+    // What this thread does, the kernel asked for and sees.
+    crate::watch::serving_thread();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(_) => {
