@@ -59,10 +59,10 @@ pub fn fs_type_name(f_type: i64) -> String {
     }
 }
 
-/// The type and source of the filesystem on device `dev` as its mount
-/// says (`fuseblk` and `/dev/sdb1`, `ext4`, `nfs4` and `host:/export`),
+/// The type, source and superblock options of the filesystem on device
+/// `dev` as its mount says (`fuseblk`, `/dev/sdb1`, `rw,user_id=0,...`),
 /// from /proc/self/mountinfo.
-pub fn mount_of_dev(dev: u64) -> Option<(String, String)> {
+pub fn mount_of_dev(dev: u64) -> Option<(String, String, String)> {
     let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     text.lines().find_map(|line| {
@@ -73,7 +73,8 @@ pub fn mount_of_dev(dev: u64) -> Option<(String, String)> {
         let mut it = b.split(' ');
         let kind = it.next()?.to_string();
         let source = it.next()?.replace("\\040", " ");
-        Some((kind, source))
+        let options = it.next().unwrap_or_default().to_string();
+        Some((kind, source, options))
     })
 }
 

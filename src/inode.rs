@@ -173,6 +173,14 @@ pub struct Inode {
     /// Changes beneath the mount to this object's name and attributes are
     /// heard of: it was last found in a directory with watched names.
     pub watched: std::sync::atomic::AtomicBool,
+    /// Routed into an area through a rename: where it lives now, casafs
+    /// acts unseen by the kernel, so it is never watched again.
+    pub routed: std::sync::atomic::AtomicBool,
+    /// The thread that last opened it for writing through casafs, and when
+    /// a handle of it was last closed: a write event of that thread then
+    /// is one the kernel saw (kernel passthrough writes from the caller).
+    pub last_writer: std::sync::atomic::AtomicU32,
+    pub closed_at: AtomicU64,
 }
 
 impl Drop for Inode {
@@ -374,6 +382,9 @@ impl Inode {
             attrs_sent: AtomicU64::new(0),
             listed: AtomicU64::new(0),
             names_watched: std::sync::atomic::AtomicBool::new(false),
+            routed: std::sync::atomic::AtomicBool::new(false),
+            last_writer: std::sync::atomic::AtomicU32::new(0),
+            closed_at: AtomicU64::new(0),
             watched: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -802,7 +813,9 @@ impl InodeTable {
                     cur.attrs_sent
                         .store(sys::coarse_now_ns(), Ordering::Relaxed);
                     cur.watched.store(
-                        !in_area && parent.names_watched.load(Ordering::Relaxed),
+                        !in_area
+                            && st.st_dev == parent.dev
+                            && parent.names_watched.load(Ordering::Relaxed),
                         Ordering::Relaxed,
                     );
                     cur.relocate(parent, name);
@@ -922,8 +935,11 @@ impl InodeTable {
             attrs_sent: AtomicU64::new(sys::coarse_now_ns()),
             listed: AtomicU64::new(0),
             names_watched: std::sync::atomic::AtomicBool::new(false),
+            routed: std::sync::atomic::AtomicBool::new(false),
+            last_writer: std::sync::atomic::AtomicU32::new(0),
+            closed_at: AtomicU64::new(0),
             watched: std::sync::atomic::AtomicBool::new(
-                !t && parent.names_watched.load(Ordering::Relaxed),
+                !t && st.st_dev == parent.dev && parent.names_watched.load(Ordering::Relaxed),
             ),
         }
     }

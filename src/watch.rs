@@ -17,9 +17,10 @@
 //! them without any local event.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
@@ -32,19 +33,25 @@ const MASK: u64 = NAMES | ATTRS | libc::FAN_ONDIR;
 
 /// What an event says changed, in terms of the node ids casafs gave the
 /// kernel.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Change<'a> {
     /// `name` in directory `dir` was made, removed, or renamed.
     Name { dir: u64, name: &'a CStr },
-    /// The attributes (or contents) of `name` in `dir` changed; `written`:
-    /// by a write alone.
-    Attrs {
-        dir: u64,
+    /// An object's attributes changed (a name of it made or removed
+    /// changes its link count; `written`: its contents, by a write). It
+    /// is `object` where the filesystem can open what events name, else
+    /// `name` in `dir` (`.`: `dir` itself).
+    Object {
+        object: Option<OwnedFd>,
+        dir: Option<u64>,
         name: &'a CStr,
         written: bool,
+        /// The thread that made the change.
+        by: u32,
     },
-    /// The attributes of directory `dir` itself changed.
-    Dir(u64),
+    /// A name casafs changed in a way the kernel did not see (it routed
+    /// an object there): to be asked for again.
+    Expire { dir: u64, name: CString },
     /// Events were lost: nothing cached can be trusted.
     Lost,
 }
@@ -60,16 +67,42 @@ enum Mode {
     No,
 }
 
+#[derive(Clone)]
+struct Dev {
+    mode: Mode,
+    fsid: [u8; 8],
+}
+
 pub struct Watch {
     fan: OwnedFd,
+    /// Wakes the reading thread for deferred expiries.
+    wake: OwnedFd,
+    deferred: Mutex<Vec<(u64, CString)>>,
     /// Per device: how it is watched, and its fsid (how events name it).
-    devs: Mutex<HashMap<u64, (Mode, [u8; 8])>>,
+    devs: RwLock<HashMap<u64, Dev>>,
+    /// A descriptor on each watched filesystem, by fsid, to open the
+    /// objects events name.
+    mounts: RwLock<HashMap<[u8; 8], Arc<OwnedFd>>>,
     /// A watched directory's file handle (fsid, type, bytes) and its node.
     dirs: DashMap<Box<[u8]>, u64>,
     keys: DashMap<u64, Box<[u8]>>,
+    /// Held while a directory is added or removed, so that a removal for
+    /// the kernel letting go never undoes an addition for a new lookup.
+    pub registry: Mutex<()>,
     /// Events are (or will be, once the thread reading them starts: they
     /// queue meanwhile) read and applied.
-    running: std::sync::atomic::AtomicBool,
+    running: AtomicBool,
+}
+
+/// Changes applied so far: a reply built from a stat taken before a change
+/// was applied may carry what the change made stale, and the kernel may
+/// have had nothing to forget yet when it was told (the reply had not
+/// arrived). Such a reply is kept short (`quiet_since_request`).
+static APPLIED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a change about to be told to the kernel.
+pub fn applying() {
+    APPLIED.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Threads that serve requests: what they do, the kernel asked for.
@@ -88,11 +121,12 @@ impl Drop for Serving {
 
 thread_local! {
     static SERVING: std::cell::OnceCell<Serving> = const { std::cell::OnceCell::new() };
+    static REQUEST_SAW: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Marks the calling thread as one that serves requests (once per thread;
-/// the mark goes with the thread).
-pub fn serving_thread() {
+/// Marks the calling thread as one that serves requests (the mark goes
+/// with the thread), at the start of a request.
+pub fn request_starts() {
     SERVING.with(|s| {
         s.get_or_init(|| {
             let tid = unsafe { libc::gettid() };
@@ -100,6 +134,13 @@ pub fn serving_thread() {
             Serving(tid)
         });
     });
+    REQUEST_SAW.with(|c| c.set(APPLIED.load(Ordering::Acquire)));
+}
+
+/// No change beneath the mount was applied since this thread's request
+/// started.
+pub fn quiet_since_request() -> bool {
+    REQUEST_SAW.with(|c| c.get()) == APPLIED.load(Ordering::Acquire)
 }
 
 fn is_serving(tid: i32) -> bool {
@@ -108,22 +149,29 @@ fn is_serving(tid: i32) -> bool {
 
 /// Filesystems that only this machine changes, and whose every change
 /// makes an event here: local disk filesystems, tmpfs, and FUSE
-/// filesystems on a local volume or image (ntfs-3g: `fuseblk` on a block
-/// device, plain `fuse` on an image file). Not network or cluster
-/// filesystems, nor FUSE filesystems of other kinds (sshfs), which other
-/// hosts or the FUSE server change behind the kernel's back.
-fn local(kind: &str, source: &str) -> bool {
-    let on_volume = || {
-        std::fs::metadata(source).is_ok_and(|m| {
-            use std::os::unix::fs::FileTypeExt;
-            source.starts_with('/') && (m.file_type().is_block_device() || m.is_file())
-        })
+/// filesystems on a local volume (ntfs-3g: `fuseblk` on a block device;
+/// plain `fuse` on an image file, which is only taken as one for the tree
+/// casafs was started on, checked before it mounts). Not network or
+/// cluster filesystems, nor other FUSE filesystems (sshfs, a user's own),
+/// which change behind the kernel's back; not ntfs-3g with `ignore_case`
+/// (an event's spelling of a name need not be the kernel's).
+fn local(kind: &str, source: &str, options: &str, first: bool) -> bool {
+    let on_image = || {
+        first
+            && source.starts_with('/')
+            && std::fs::metadata(source).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_block_device() || m.is_file()
+            })
     };
+    if options.split(',').any(|o| o == "ignore_case") {
+        return false;
+    }
     match kind {
         "ext2" | "ext3" | "ext4" | "xfs" | "btrfs" | "tmpfs" | "f2fs" | "bcachefs" | "zfs"
         | "jfs" => true,
         k if k == "fuseblk" || k.starts_with("fuseblk.") => true,
-        "fuse" | "fuse.ntfs-3g" | "fuse.ntfs" | "fuse.exfat" => on_volume(),
+        "fuse" | "fuse.ntfs-3g" | "fuse.ntfs" | "fuse.exfat" => on_image(),
         _ => false,
     }
 }
@@ -137,8 +185,10 @@ struct FileHandle {
 
 impl Watch {
     /// A watch, if the kernel offers one to this process (root, fanotify
-    /// with names: Linux 5.9 and later).
-    pub fn new() -> Option<Watch> {
+    /// with names and handles of directories: Linux 6.5 and later), with
+    /// the tree's own filesystem (`root`, a directory of it) looked at
+    /// before the mount covers it.
+    pub fn new(root: RawFd) -> Option<Watch> {
         let fd = if crate::fault::no_watch() {
             unsafe { *libc::__errno_location() = libc::ENOSYS };
             -1
@@ -147,8 +197,9 @@ impl Watch {
                 libc::fanotify_init(
                     libc::FAN_CLASS_NOTIF
                         | libc::FAN_REPORT_DFID_NAME
+                        | libc::FAN_REPORT_FID
                         | libc::FAN_REPORT_TID
-                        | libc::FAN_UNLIMITED_QUEUE
+                        | libc::FAN_NONBLOCK
                         | libc::FAN_CLOEXEC,
                     libc::O_RDONLY as u32,
                 )
@@ -161,24 +212,37 @@ impl Watch {
             );
             return None;
         }
-        Some(Watch {
-            fan: unsafe { OwnedFd::from_raw_fd(fd) },
-            devs: Mutex::new(HashMap::new()),
+        let fan = unsafe { OwnedFd::from_raw_fd(fd) };
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            return None;
+        }
+        let w = Watch {
+            fan,
+            wake: unsafe { OwnedFd::from_raw_fd(wake) },
+            deferred: Mutex::new(Vec::new()),
+            devs: RwLock::new(HashMap::new()),
+            mounts: RwLock::new(HashMap::new()),
             dirs: DashMap::new(),
             keys: DashMap::new(),
-            running: std::sync::atomic::AtomicBool::new(true),
-        })
+            registry: Mutex::new(()),
+            running: AtomicBool::new(true),
+        };
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(root, &mut st) } == 0 {
+            w.probe(st.st_dev, root, true);
+        }
+        Some(w)
     }
 
     /// Nothing more is heard of (no thread reads the events).
     pub fn stopped(&self) {
-        self.running
-            .store(false, std::sync::atomic::Ordering::Release);
+        self.running.store(false, Ordering::Release);
     }
 
     /// Whether changes are heard of at all (the watch's thread runs).
     pub fn running(&self) -> bool {
-        self.running.load(std::sync::atomic::Ordering::Acquire)
+        self.running.load(Ordering::Acquire)
     }
 
     fn mark(&self, flags: u32, mask: u64, fd: RawFd) -> bool {
@@ -193,13 +257,13 @@ impl Watch {
         }
     }
 
-    /// How device `dev` is watched, decided at its first directory `fd`.
-    fn mode(&self, dev: u64, fd: RawFd) -> (Mode, [u8; 8]) {
-        let mut devs = self.devs.lock();
-        if let Some(m) = devs.get(&dev) {
-            return *m;
+    /// Decides how device `dev` is watched, from its directory `fd`;
+    /// `first`: the tree's own, looked at before the mount.
+    fn probe(&self, dev: u64, fd: RawFd, first: bool) -> Dev {
+        if let Some(d) = self.devs.read().get(&dev) {
+            return d.clone();
         }
-        let (kind, source) = crate::fstype::mount_of_dev(dev).unwrap_or_default();
+        let (kind, source, options) = crate::fstype::mount_of_dev(dev).unwrap_or_default();
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         let fsid = if unsafe { libc::fstatfs(fd, &mut st) } == 0 {
             // fsid_t keeps its two ints private; they are its only bytes.
@@ -207,7 +271,7 @@ impl Watch {
         } else {
             [0; 8]
         };
-        let mode = if !local(&kind, &source) {
+        let mode = if !local(&kind, &source, &options, first) || handle_key(fd, fsid).is_none() {
             Mode::No
         } else if self.mark(libc::FAN_MARK_FILESYSTEM, MASK, fd) {
             Mode::Whole
@@ -215,18 +279,28 @@ impl Watch {
             Mode::PerDirectory
         };
         tracing::debug!("filesystem {kind} (device {dev:x}): watched {mode:?}");
-        devs.insert(dev, (mode, fsid));
-        (mode, fsid)
+        if mode != Mode::No {
+            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if dup >= 0 {
+                self.mounts
+                    .write()
+                    .entry(fsid)
+                    .or_insert_with(|| Arc::new(unsafe { OwnedFd::from_raw_fd(dup) }));
+            }
+        }
+        let d = Dev { mode, fsid };
+        self.devs.write().entry(dev).or_insert(d).clone()
     }
 
     /// Watches the names in directory `fd` (device `dev`), known to the
     /// kernel as node `nodeid`. False where changes there cannot be seen.
+    /// Called with `registry` held.
     pub fn add_dir(&self, nodeid: u64, dev: u64, fd: RawFd) -> bool {
-        if !self.running.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.running() {
             return false;
         }
-        let (mode, fsid) = self.mode(dev, fd);
-        match mode {
+        let d = self.probe(dev, fd, false);
+        match d.mode {
             Mode::No => return false,
             Mode::Whole => {}
             Mode::PerDirectory => {
@@ -235,7 +309,7 @@ impl Watch {
                 }
             }
         }
-        let Some(key) = handle_key(fd, fsid) else {
+        let Some(key) = handle_key(fd, d.fsid) else {
             return false;
         };
         if let Some(old) = self.keys.insert(nodeid, key.clone())
@@ -248,12 +322,19 @@ impl Watch {
     }
 
     /// The kernel let go of directory `nodeid`: its names are cached no
-    /// more. `fd` (if it is still reachable) drops its own mark.
+    /// more. `fd` (if it is still reachable) drops its own mark. Called
+    /// with `registry` held.
     pub fn remove_dir(&self, nodeid: u64, dev: u64, fd: Option<RawFd>) {
         if let Some((_, key)) = self.keys.remove(&nodeid) {
             self.dirs.remove_if(&key, |_, n| *n == nodeid);
         }
-        let per_dir = matches!(self.devs.lock().get(&dev), Some((Mode::PerDirectory, _)));
+        let per_dir = matches!(
+            self.devs.read().get(&dev),
+            Some(Dev {
+                mode: Mode::PerDirectory,
+                ..
+            })
+        );
         if let (true, Some(fd)) = (per_dir, fd) {
             unsafe {
                 libc::fanotify_mark(
@@ -267,28 +348,73 @@ impl Watch {
         }
     }
 
+    /// Has `name` in directory node `dir` asked for again by the kernel,
+    /// from the thread that reads events (never from one serving a request
+    /// on that directory, whose locks the kernel may hold).
+    pub fn expire_later(&self, dir: u64, name: &CStr) {
+        self.deferred.lock().push((dir, name.to_owned()));
+        let one: u64 = 1;
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
     /// Reads events for ever, handing each change not made by a serving
     /// thread to `apply`.
     pub fn run(&self, mut apply: impl FnMut(Change<'_>)) {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = unsafe { libc::read(self.fan.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n < 0 {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.fan.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
                 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
-                tracing::error!(
-                    "watching changes beneath the mount stopped: {}",
-                    std::io::Error::last_os_error()
-                );
-                self.running
-                    .store(false, std::sync::atomic::Ordering::Release);
-                self.dirs.clear();
-                apply(Change::Lost);
-                return;
+                return self.fail(&mut apply);
             }
-            self.parse(&buf[..n as usize], &mut apply);
+            if fds[1].revents != 0 {
+                let mut n = 0u64;
+                unsafe { libc::read(self.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+                let due = std::mem::take(&mut *self.deferred.lock());
+                for (dir, name) in due {
+                    apply(Change::Expire { dir, name });
+                }
+            }
+            loop {
+                let n =
+                    unsafe { libc::read(self.fan.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    match std::io::Error::last_os_error().raw_os_error() {
+                        Some(libc::EAGAIN) => break,
+                        Some(libc::EINTR) => continue,
+                        _ => return self.fail(&mut apply),
+                    }
+                }
+                self.parse(&buf[..n as usize], &mut apply);
+            }
+            // Events of one thread on one object merge while they wait to
+            // be read: a writer's stream of writes costs one event per
+            // pause, not one per write.
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
+    }
+
+    fn fail(&self, apply: &mut impl FnMut(Change<'_>)) {
+        tracing::error!(
+            "watching changes beneath the mount stopped: {}",
+            std::io::Error::last_os_error()
+        );
+        self.stopped();
+        self.dirs.clear();
+        apply(Change::Lost);
     }
 
     fn parse(&self, mut buf: &[u8], apply: &mut impl FnMut(Change<'_>)) {
@@ -315,40 +441,90 @@ impl Watch {
             if is_serving(tid) {
                 continue;
             }
-            let Some((key, name)) = event.get(meta_len..).and_then(dir_and_name) else {
-                continue;
-            };
-            let Some(dir) = self.dirs.get(key.as_slice()).map(|n| *n) else {
-                continue;
-            };
-            if name.is_empty() || name.to_bytes() == b"." {
-                if mask & ATTRS != 0 {
-                    apply(Change::Dir(dir));
+            let (mut dir_rec, mut obj_rec) = (None, None);
+            let mut infos = event.get(meta_len..).unwrap_or_default();
+            while let Some((rec, next)) = info_record(infos) {
+                match rec.kind {
+                    libc::FAN_EVENT_INFO_TYPE_DFID_NAME | libc::FAN_EVENT_INFO_TYPE_DFID => {
+                        dir_rec = Some(rec)
+                    }
+                    libc::FAN_EVENT_INFO_TYPE_FID => obj_rec = Some(rec),
+                    _ => {}
                 }
-                continue;
+                infos = next;
             }
-            if mask & NAMES != 0 {
-                apply(Change::Name { dir, name });
+            let dir = dir_rec
+                .as_ref()
+                .and_then(|r| self.dirs.get(r.key.as_slice()).map(|n| *n));
+            let name = dir_rec.as_ref().map(|r| r.name).unwrap_or(c"");
+            if let Some(d) = dir
+                && mask & NAMES != 0
+                && !name.is_empty()
+                && name.to_bytes() != b"."
+            {
+                apply(Change::Name { dir: d, name });
             }
-            if mask & ATTRS != 0 {
-                let written = mask & libc::FAN_ATTRIB == 0;
-                apply(Change::Attrs { dir, name, written });
+            // The object itself: by its handle where it can be opened
+            // (only when it is in a watched directory, or the event names
+            // no directory: a link count), else by its name there.
+            if dir.is_some() || dir_rec.is_none() {
+                let object = obj_rec.and_then(|r| self.open(&r.key));
+                if object.is_some() || dir.is_some() {
+                    apply(Change::Object {
+                        object,
+                        dir,
+                        name,
+                        written: mask & libc::FAN_MODIFY != 0,
+                        by: tid as u32,
+                    });
+                }
             }
         }
     }
+
+    /// Opens (O_PATH) the object whose key (fsid, type, handle) an event
+    /// gave, where its filesystem can.
+    fn open(&self, key: &[u8]) -> Option<OwnedFd> {
+        let fsid: [u8; 8] = key.get(..8)?.try_into().ok()?;
+        let mount = self.mounts.read().get(&fsid)?.clone();
+        let htype = i32::from_ne_bytes(key.get(8..12)?.try_into().ok()?);
+        let bytes = key.get(12..)?;
+        let mut fh = FileHandle {
+            handle_bytes: bytes.len() as u32,
+            handle_type: htype,
+            f_handle: [0; 128],
+        };
+        fh.f_handle.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                (&mut fh as *mut FileHandle).cast(),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+        };
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    }
 }
 
-/// The directory handle (as a key: fsid, type, bytes) and the name an
-/// event's first info record gives.
-fn dir_and_name(info: &[u8]) -> Option<(Vec<u8>, &CStr)> {
+/// One info record of an event: its type, the key (fsid, handle type,
+/// handle) of what it names, and the name that follows (DFID_NAME).
+struct Record<'a> {
+    kind: u8,
+    key: Vec<u8>,
+    name: &'a CStr,
+}
+
+/// The first info record of `info` and what follows it.
+fn info_record(info: &[u8]) -> Option<(Record<'_>, &[u8])> {
     // struct fanotify_event_info_header { u8 type; u8 pad; u16 len; },
     // then the fsid (8 bytes), then a struct file_handle, then the name.
     let kind = *info.first()?;
-    if kind != libc::FAN_EVENT_INFO_TYPE_DFID_NAME && kind != libc::FAN_EVENT_INFO_TYPE_DFID {
+    let len = u16::from_ne_bytes([*info.get(2)?, *info.get(3)?]) as usize;
+    if len < 4 {
         return None;
     }
-    let len = u16::from_ne_bytes([*info.get(2)?, *info.get(3)?]) as usize;
     let rec = info.get(..len)?;
+    let rest = info.get(len..)?;
     let fsid = rec.get(4..12)?;
     let bytes = u32::from_ne_bytes(rec.get(12..16)?.try_into().ok()?) as usize;
     let htype = rec.get(16..20)?;
@@ -362,7 +538,7 @@ fn dir_and_name(info: &[u8]) -> Option<(Vec<u8>, &CStr)> {
     } else {
         c""
     };
-    Some((key, name))
+    Some((Record { kind, key, name }, rest))
 }
 
 /// The key events use for directory `fd`: fsid, handle type, handle.

@@ -18,6 +18,9 @@ use crate::watch::Change;
 /// `fuse_notify_code`).
 const INVAL_INODE: i32 = 2;
 const INVAL_ENTRY: i32 = 3;
+/// FUSE_NOTIFY_INC_EPOCH (Linux 6.16): every cached name is to be asked
+/// for again.
+const INC_EPOCH: i32 = 8;
 
 impl CasaFs {
     /// Whether casafs hears of every change made beneath the mount to the
@@ -35,16 +38,22 @@ impl CasaFs {
             || dir.in_area
             || dir.area_view
             || dir.private
+            || dir.routed.load(Relaxed)
+            || self.dev.get().is_none()
             || self.routing.is_area_dir(dir)
             || (self.live.entry_timeout() != AUTO_CACHE_TIME
                 && self.live.attr_timeout() != AUTO_CACHE_TIME)
         {
             return false;
         }
-        let watched = crate::creds::as_root(|| {
-            dir.dir_fd()
-                .is_ok_and(|fd| w.add_dir(dir.nodeid, dir.dev, fd.as_raw_fd()))
-        });
+        let Ok(fd) = crate::creds::as_root(|| dir.dir_fd()) else {
+            return false;
+        };
+        let _held = w.registry.lock();
+        if dir.names_watched.load(Relaxed) {
+            return w.running();
+        }
+        let watched = crate::creds::as_root(|| w.add_dir(dir.nodeid, dir.dev, fd.as_raw_fd()));
         if watched {
             dir.names_watched.store(true, Relaxed);
         }
@@ -60,41 +69,124 @@ impl CasaFs {
     /// The kernel let go of `inode`: no name in it is cached any more, so
     /// changes there need not be heard of.
     pub(super) fn unwatch(&self, inode: &Inode) {
-        if let Some(w) = &self.watch
-            && inode.names_watched.swap(false, Relaxed)
-        {
+        let Some(w) = &self.watch else {
+            return;
+        };
+        if !inode.names_watched.load(Relaxed) {
+            return;
+        }
+        let fd = crate::creds::as_root(|| inode.dir_fd().ok());
+        let _held = w.registry.lock();
+        // Looked up again meanwhile: watched for that lookup.
+        if inode.lookups.load(Relaxed) > 0 && !inode.routed.load(Relaxed) {
+            return;
+        }
+        if inode.names_watched.swap(false, Relaxed) {
             crate::creds::as_root(|| {
-                let fd = inode.dir_fd().ok();
-                w.remove_dir(inode.nodeid, inode.dev, fd.as_ref().map(|f| f.as_raw_fd()));
+                w.remove_dir(inode.nodeid, inode.dev, fd.as_ref().map(|f| f.as_raw_fd()))
             });
         }
+    }
+
+    /// `st` was just routed into an area as `name` in directory node
+    /// `parent`: where it now lives, casafs itself acts (retention), unseen
+    /// by the kernel, which is to ask for it again soon.
+    pub(super) fn routed_away(&self, st: &libc::stat, parent: u64, name: &CStr) {
+        let Some(w) = &self.watch else {
+            return;
+        };
+        if let Ok(i) = self
+            .inodes
+            .get(self.inodes.nodeid_for(st.st_dev, st.st_ino))
+            && i.same(st)
+        {
+            i.watched.store(false, Relaxed);
+            i.routed.store(true, Relaxed);
+            self.unwatch(&i);
+        }
+        // The kernel keeps the name's old expiry across a rename: it is
+        // expired from the thread that reads events (the kernel holds this
+        // rename's locks until it is answered).
+        w.expire_later(parent, name);
     }
 
     /// Tells the kernel what `change` made stale.
     fn forget_stale(&self, change: Change<'_>) {
         match change {
-            Change::Name { dir, name } => self.inval_entry(dir, name),
-            Change::Attrs { dir, name, written } => {
-                let Some(node) = self.node_named(dir, name) else {
-                    return;
-                };
-                // A write through casafs goes to the backing file straight
-                // from the writer (kernel passthrough): the kernel saw it.
-                if written && node.open.lock().handles > 0 {
-                    return;
+            Change::Name { dir, name } => {
+                crate::watch::applying();
+                self.inval_entry(dir, name, false);
+                // The directory's size and times changed, and a listing the
+                // kernel kept is wrong now.
+                self.inval_inode(dir, 0);
+                if let Ok(d) = self.inodes.get(dir) {
+                    d.mark_listed(0);
                 }
-                self.inval_inode(node.nodeid);
             }
-            Change::Dir(dir) => self.inval_inode(dir),
-            Change::Lost => {
-                tracing::error!(
-                    "changes beneath the mount were lost; the kernel forgets every name and attribute casafs gave it (names it was told are missing stay so for the name cache time)"
-                );
-                for node in self.inodes.all() {
-                    self.inval_inode(node.nodeid);
-                    if let Some((parent, name)) = node.parent_name() {
-                        self.inval_entry(parent.nodeid, &name);
+            Change::Object {
+                object,
+                dir,
+                name,
+                written,
+                by,
+            } => {
+                let node = match (&object, dir) {
+                    (Some(fd), _) => sys::fstat(fd.as_raw_fd()).ok().and_then(|st| {
+                        let n = self
+                            .inodes
+                            .get(self.inodes.peek_nodeid(st.st_dev, st.st_ino))
+                            .ok()?;
+                        n.same(&st).then_some(n)
+                    }),
+                    (None, Some(d)) if name.is_empty() || name.to_bytes() == b"." => {
+                        self.inodes.get(d).ok()
                     }
+                    (None, Some(d)) => self.node_named(d, name),
+                    (None, None) => None,
+                };
+                if let Some(node) = node {
+                    // A write by the thread that last opened it for writing
+                    // through casafs, while open or a moment after (events
+                    // are read a moment after the write): the caller's own
+                    // write through kernel passthrough, which the kernel
+                    // saw. An event read later than that is applied anyway,
+                    // which costs the kernel one more look, never a stale
+                    // size.
+                    if written
+                        && node.last_writer.load(Relaxed) == by
+                        && (node.open.lock().handles > 0
+                            || sys::coarse_now_ns().saturating_sub(node.closed_at.load(Relaxed))
+                                < 200_000_000)
+                    {
+                        return;
+                    }
+                    crate::watch::applying();
+                    // A write: cached pages go too (a rewrite that keeps
+                    // size and mtime is not caught by comparing them).
+                    self.inval_inode(node.nodeid, if written { 0 } else { -1 });
+                }
+            }
+            Change::Expire { dir, name } => {
+                crate::watch::applying();
+                self.inval_entry(dir, &name, true);
+            }
+            Change::Lost => {
+                crate::watch::applying();
+                tracing::warn!(
+                    "changes beneath the mount were lost (too many at once); the kernel asks for every name and attribute again"
+                );
+                // FUSE_NOTIFY_INC_EPOCH: every name the kernel holds, the
+                // missing ones too, is asked for again.
+                if !self.notify(INC_EPOCH, &[]) {
+                    for node in self.inodes.all() {
+                        self.inval_inode(node.nodeid, -1);
+                        if let Some((parent, name)) = node.parent_name() {
+                            self.inval_entry(parent.nodeid, &name, true);
+                        }
+                    }
+                }
+                for node in self.inodes.all() {
+                    node.mark_listed(0);
                 }
             }
         }
@@ -112,34 +204,36 @@ impl CasaFs {
         node.same(&st).then_some(node)
     }
 
-    fn inval_inode(&self, nodeid: u64) {
-        // fuse_notify_inval_inode_out: the node, then offset and length;
-        // a negative offset drops the attributes only (cached contents
-        // are checked against the new mtime when the kernel next asks).
+    /// FUSE_NOTIFY_INVAL_INODE: the attributes of `nodeid`, and its cached
+    /// pages from `offset` on (none if negative; the kernel then compares
+    /// the new mtime with the pages' when it next asks).
+    fn inval_inode(&self, nodeid: u64, offset: i64) {
         let mut body = Vec::with_capacity(24);
         body.extend_from_slice(&nodeid.to_ne_bytes());
-        body.extend_from_slice(&(-1i64).to_ne_bytes());
+        body.extend_from_slice(&offset.to_ne_bytes());
         body.extend_from_slice(&0i64.to_ne_bytes());
         self.notify(INVAL_INODE, &body);
     }
 
-    fn inval_entry(&self, parent: u64, name: &CStr) {
-        // fuse_notify_inval_entry_out: the parent, the name's length, flags;
-        // then the name and its NUL.
+    /// FUSE_NOTIFY_INVAL_ENTRY: `name` in `parent` is dropped, or with
+    /// `expire_only` marked for asking again (what a mount on it keeps).
+    fn inval_entry(&self, parent: u64, name: &CStr, expire_only: bool) {
         let name = name.to_bytes_with_nul();
         let mut body = Vec::with_capacity(16 + name.len());
         body.extend_from_slice(&parent.to_ne_bytes());
         body.extend_from_slice(&((name.len() - 1) as u32).to_ne_bytes());
-        body.extend_from_slice(&0u32.to_ne_bytes());
+        body.extend_from_slice(&u32::from(expire_only).to_ne_bytes());
         body.extend_from_slice(name);
         self.notify(INVAL_ENTRY, &body);
     }
 
     /// Writes a notification to the FUSE device: a fuse_out_header whose
-    /// `unique` is 0 and whose `error` is the notification's code.
-    fn notify(&self, code: i32, body: &[u8]) {
+    /// `unique` is 0 and whose `error` is the notification's code. False if
+    /// the kernel refused it (ENOENT, it holds nothing of it, counts as
+    /// done).
+    fn notify(&self, code: i32, body: &[u8]) -> bool {
         let Some(dev) = self.dev.get() else {
-            return;
+            return false;
         };
         let len = 16 + body.len();
         let mut msg = Vec::with_capacity(len);
@@ -148,13 +242,15 @@ impl CasaFs {
         msg.extend_from_slice(&0u64.to_ne_bytes());
         msg.extend_from_slice(body);
         let rc = unsafe { libc::write(dev.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
-        // ENOENT: the kernel holds nothing of it (any more).
         if rc < 0 {
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                tracing::debug!("cannot tell the kernel of a change beneath the mount: {e}");
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return true;
             }
+            tracing::debug!("cannot tell the kernel of a change beneath the mount: {e}");
+            return false;
         }
+        true
     }
 }
 

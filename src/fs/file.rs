@@ -204,6 +204,11 @@ impl CasaFs {
     pub(super) fn register(&self, o: Opened, flags: i32) -> (u64, Option<u32>) {
         let is_reg = o.st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let mut backing = None;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            o.inode
+                .last_writer
+                .store(creds::request_caller().pid, Relaxed);
+        }
         {
             let mut open = o.inode.open.lock();
             if !o.counted {

@@ -223,7 +223,7 @@ impl CasaFs {
             control: control::Snapshots::default(),
             mount_dev: std::sync::OnceLock::new(),
             root,
-            watch: crate::watch::Watch::new().map(Arc::new),
+            watch: crate::watch::Watch::new(root_raw.as_raw_fd()).map(Arc::new),
             settings,
         };
         let restored = fs.routing.redirects.restore(
@@ -273,7 +273,11 @@ impl CasaFs {
         const WATCHED: Duration = Duration::from_secs(3600);
         const UNWATCHED: Duration = Duration::from_secs(1);
         match set {
-            crate::config::AUTO_CACHE_TIME if watched => WATCHED,
+            // Not if a change beneath was applied while this request was
+            // served: the reply may carry what it made stale.
+            crate::config::AUTO_CACHE_TIME if watched && crate::watch::quiet_since_request() => {
+                WATCHED
+            }
             crate::config::AUTO_CACHE_TIME => UNWATCHED,
             d => d,
         }
@@ -288,6 +292,9 @@ impl CasaFs {
             && st.st_mode & libc::S_IFMT == libc::S_IFREG
         {
             Duration::ZERO
+        } else if st.st_nlink > 1 && node.fmt != libc::S_IFDIR {
+            // Another name of it may be in a directory nobody watches.
+            Self::cache_time(self.live.attr_timeout(), false)
         } else {
             self.attr_time(node)
         }

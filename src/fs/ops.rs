@@ -84,6 +84,9 @@ impl CasaFs {
         // Watched before the name is looked for: a change made beneath the
         // mount after this is heard of.
         let negative = match self.inodes.get(parent) {
+            // A name a rule routes may appear through another mount or
+            // host routing it, with no change to this directory.
+            Ok(_) if !self.live.rules_naming(name.as_bytes()).is_empty() => self.ttl_own(),
             Ok(p) => self.ttl_names(&p),
             Err(_) => Duration::ZERO,
         };

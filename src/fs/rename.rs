@@ -187,6 +187,7 @@ impl CasaFs {
                     }
                     self.record_redirect(&np, &newname, rule, area_idx, &tname, sst.st_ino);
                     self.moved(&sst, &self.routing.areas[area_idx].dir(), &tname);
+                    self.routed_away(&sst, np.nodeid, &newname);
                     return Ok(());
                 }
                 Err(e) if existing.is_some() => {

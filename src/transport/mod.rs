@@ -51,7 +51,7 @@ impl Server {
 /// thread goes on serving. None: it panicked.
 pub fn panic_guard<R>(f: impl FnOnce() -> R) -> Option<R> {
     // What this thread does, the kernel asked for and sees.
-    crate::watch::serving_thread();
+    crate::watch::request_starts();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(_) => {
