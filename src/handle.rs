@@ -52,6 +52,8 @@ pub struct Handle {
     /// Kernel passthrough serves this handle's I/O.
     pub passthrough: bool,
     pub append: bool,
+    /// Open for writing with kernel passthrough (`OpenState::writers`).
+    pub writer: bool,
 }
 
 impl Handle {

@@ -115,6 +115,9 @@ pub struct OpenState {
     /// open; cleared when the kernel lets go of the inode (a mapping holds
     /// the inode, so no forget comes while one lives).
     pub mapped: bool,
+    /// Handles open for writing with kernel passthrough, whose writes the
+    /// kernel makes straight to the backing file as the caller.
+    pub writers: u32,
 }
 
 pub struct Inode {
@@ -173,12 +176,10 @@ pub struct Inode {
     /// Changes beneath the mount to this object's name and attributes are
     /// heard of: it was last found in a directory with watched names.
     pub watched: std::sync::atomic::AtomicBool,
-    /// Routed into an area through a rename: where it lives now, casafs
-    /// acts unseen by the kernel, so it is never watched again.
-    pub routed: std::sync::atomic::AtomicBool,
-    /// The thread that last opened it for writing through casafs, and when
-    /// a handle of it was last closed: a write event of that thread then
-    /// is one the kernel saw (kernel passthrough writes from the caller).
+    /// The thread that last opened it for writing with kernel passthrough,
+    /// and when such a handle was last closed: a write event of that
+    /// thread then is one the kernel saw (passthrough writes come from the
+    /// caller).
     pub last_writer: std::sync::atomic::AtomicU32,
     pub closed_at: AtomicU64,
 }
@@ -382,7 +383,6 @@ impl Inode {
             attrs_sent: AtomicU64::new(0),
             listed: AtomicU64::new(0),
             names_watched: std::sync::atomic::AtomicBool::new(false),
-            routed: std::sync::atomic::AtomicBool::new(false),
             last_writer: std::sync::atomic::AtomicU32::new(0),
             closed_at: AtomicU64::new(0),
             watched: std::sync::atomic::AtomicBool::new(false),
@@ -935,7 +935,6 @@ impl InodeTable {
             attrs_sent: AtomicU64::new(sys::coarse_now_ns()),
             listed: AtomicU64::new(0),
             names_watched: std::sync::atomic::AtomicBool::new(false),
-            routed: std::sync::atomic::AtomicBool::new(false),
             last_writer: std::sync::atomic::AtomicU32::new(0),
             closed_at: AtomicU64::new(0),
             watched: std::sync::atomic::AtomicBool::new(

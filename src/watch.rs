@@ -46,12 +46,17 @@ pub enum Change<'a> {
         dir: Option<u64>,
         name: &'a CStr,
         written: bool,
+        /// Nothing but a write (no attribute change merged into it).
+        only_written: bool,
         /// The thread that made the change.
         by: u32,
     },
     /// A name casafs changed in a way the kernel did not see (it routed
     /// an object there): to be asked for again.
     Expire { dir: u64, name: CString },
+    /// The attributes of node `node`, told once already while the kernel
+    /// may not have had it yet: told again.
+    Again(u64),
     /// Events were lost: nothing cached can be trusted.
     Lost,
 }
@@ -67,6 +72,12 @@ enum Mode {
     No,
 }
 
+/// What the reading thread is to do at its next turn.
+enum Deferred {
+    Expire(u64, CString),
+    Again(u64),
+}
+
 #[derive(Clone)]
 struct Dev {
     mode: Mode,
@@ -77,7 +88,7 @@ pub struct Watch {
     fan: OwnedFd,
     /// Wakes the reading thread for deferred expiries.
     wake: OwnedFd,
-    deferred: Mutex<Vec<(u64, CString)>>,
+    deferred: Mutex<Vec<Deferred>>,
     /// Per device: how it is watched, and its fsid (how events name it).
     devs: RwLock<HashMap<u64, Dev>>,
     /// A descriptor on each watched filesystem, by fsid, to open the
@@ -92,7 +103,23 @@ pub struct Watch {
     /// Events are (or will be, once the thread reading them starts: they
     /// queue meanwhile) read and applied.
     running: AtomicBool,
+    /// Since when the reading thread works on a batch (0: waiting).
+    busy_since: AtomicU64,
+    /// When events were last lost.
+    lost_at: AtomicU64,
+    /// Directory marks held (on filesystems watched a directory at a time).
+    marks: AtomicU64,
 }
+
+/// A reading thread that has not come back from a batch for this long is
+/// taken as stuck: cache times are short until it does.
+const STUCK_NS: u64 = 1_000_000_000;
+/// Cache times stay short this long after events were lost.
+const LOST_HOLD_NS: u64 = 5_000_000_000;
+/// At most this many directory marks (they count against root's fanotify
+/// marks, shared with every other watcher root runs): past it, directories
+/// keep short cache times.
+const MAX_MARKS: u64 = 262_144;
 
 /// Changes applied so far: a reply built from a stat taken before a change
 /// was applied may carry what the change made stale, and the kernel may
@@ -227,6 +254,9 @@ impl Watch {
             keys: DashMap::new(),
             registry: Mutex::new(()),
             running: AtomicBool::new(true),
+            busy_since: AtomicU64::new(0),
+            lost_at: AtomicU64::new(0),
+            marks: AtomicU64::new(0),
         };
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(root, &mut st) } == 0 {
@@ -240,9 +270,32 @@ impl Watch {
         self.running.store(false, Ordering::Release);
     }
 
-    /// Whether changes are heard of at all (the watch's thread runs).
+    /// Whether changes are heard of now: the watch's thread runs, is not
+    /// stuck telling the kernel (a notice can wait on a directory a hung
+    /// request holds), and lost no events lately.
     pub fn running(&self) -> bool {
+        let now = crate::sys::coarse_now_ns();
+        let busy = self.busy_since.load(Ordering::Acquire);
         self.running.load(Ordering::Acquire)
+            && (busy == 0 || now.saturating_sub(busy) < STUCK_NS)
+            && now.saturating_sub(self.lost_at.load(Ordering::Acquire)) >= LOST_HOLD_NS
+    }
+
+    fn busy(&self, on: bool) {
+        let v = if on {
+            crate::sys::coarse_now_ns().max(1)
+        } else {
+            0
+        };
+        self.busy_since.store(v, Ordering::Release);
+    }
+
+    /// Events were lost: what is cached is to be asked for again, once a
+    /// second at most, and cache times stay short for a while.
+    pub fn lost(&self) -> bool {
+        let now = crate::sys::coarse_now_ns();
+        let last = self.lost_at.swap(now, Ordering::AcqRel);
+        now.saturating_sub(last) >= 1_000_000_000
     }
 
     fn mark(&self, flags: u32, mask: u64, fd: RawFd) -> bool {
@@ -304,10 +357,16 @@ impl Watch {
             Mode::No => return false,
             Mode::Whole => {}
             Mode::PerDirectory => {
-                if !self.mark(0, MASK | libc::FAN_EVENT_ON_CHILD, fd) {
+                if self.marks.load(Ordering::Relaxed) >= MAX_MARKS
+                    || !self.mark(0, MASK | libc::FAN_EVENT_ON_CHILD, fd)
+                {
                     return false;
                 }
+                self.marks.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        if d.mode == Mode::Whole && case_folded(fd) {
+            return false;
         }
         let Some(key) = handle_key(fd, d.fsid) else {
             return false;
@@ -335,6 +394,9 @@ impl Watch {
                 ..
             })
         );
+        if per_dir {
+            self.marks.fetch_sub(1, Ordering::Relaxed);
+        }
         if let (true, Some(fd)) = (per_dir, fd) {
             unsafe {
                 libc::fanotify_mark(
@@ -352,7 +414,17 @@ impl Watch {
     /// from the thread that reads events (never from one serving a request
     /// on that directory, whose locks the kernel may hold).
     pub fn expire_later(&self, dir: u64, name: &CStr) {
-        self.deferred.lock().push((dir, name.to_owned()));
+        self.defer(Deferred::Expire(dir, name.to_owned()));
+    }
+
+    /// Tells the kernel again, at the reading thread's next turn, that the
+    /// attributes of `node` changed.
+    pub fn again_later(&self, node: u64) {
+        self.defer(Deferred::Again(node));
+    }
+
+    fn defer(&self, d: Deferred) {
+        self.deferred.lock().push(d);
         let one: u64 = 1;
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
@@ -383,9 +455,14 @@ impl Watch {
             if fds[1].revents != 0 {
                 let mut n = 0u64;
                 unsafe { libc::read(self.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
-                let due = std::mem::take(&mut *self.deferred.lock());
-                for (dir, name) in due {
-                    apply(Change::Expire { dir, name });
+            }
+            // Retries wait one turn: the reply they wait for is on its way.
+            let due = std::mem::take(&mut *self.deferred.lock());
+            self.busy(true);
+            for d in due {
+                match d {
+                    Deferred::Expire(dir, name) => apply(Change::Expire { dir, name }),
+                    Deferred::Again(node) => apply(Change::Again(node)),
                 }
             }
             loop {
@@ -400,6 +477,7 @@ impl Watch {
                 }
                 self.parse(&buf[..n as usize], &mut apply);
             }
+            self.busy(false);
             // Events of one thread on one object merge while they wait to
             // be read: a writer's stream of writes costs one event per
             // pause, not one per write.
@@ -467,7 +545,8 @@ impl Watch {
             // The object itself: by its handle where it can be opened
             // (only when it is in a watched directory, or the event names
             // no directory: a link count), else by its name there.
-            if dir.is_some() || dir_rec.is_none() {
+            let self_event = name.is_empty() || name.to_bytes() == b".";
+            if dir.is_some() || dir_rec.is_none() || self_event {
                 let object = obj_rec.and_then(|r| self.open(&r.key));
                 if object.is_some() || dir.is_some() {
                     apply(Change::Object {
@@ -475,6 +554,8 @@ impl Watch {
                         dir,
                         name,
                         written: mask & libc::FAN_MODIFY != 0,
+                        only_written: mask & (libc::FAN_MODIFY | libc::FAN_ATTRIB | NAMES)
+                            == libc::FAN_MODIFY,
                         by: tid as u32,
                     });
                 }
@@ -539,6 +620,27 @@ fn info_record(info: &[u8]) -> Option<(Record<'_>, &[u8])> {
         c""
     };
     Some((Record { kind, key, name }, rest))
+}
+
+/// Whether directory `fd` looks names up without regard to case (ext4,
+/// f2fs, tmpfs `+F`): an event's spelling of a name need not be the one
+/// the kernel keeps.
+fn case_folded(fd: RawFd) -> bool {
+    const FS_CASEFOLD_FL: libc::c_long = 0x4000_0000;
+    let d = unsafe {
+        libc::openat(
+            fd,
+            c".".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if d < 0 {
+        return false;
+    }
+    let d = unsafe { OwnedFd::from_raw_fd(d) };
+    let mut flags: libc::c_long = 0;
+    let rc = unsafe { libc::ioctl(d.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    rc == 0 && flags & FS_CASEFOLD_FL != 0
 }
 
 /// The key events use for directory `fd`: fsid, handle type, handle.

@@ -5,7 +5,7 @@
 
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Weak};
 
 use super::CasaFs;
@@ -38,7 +38,6 @@ impl CasaFs {
             || dir.in_area
             || dir.area_view
             || dir.private
-            || dir.routed.load(Relaxed)
             || self.dev.get().is_none()
             || self.routing.is_area_dir(dir)
             || (self.live.entry_timeout() != AUTO_CACHE_TIME
@@ -77,20 +76,27 @@ impl CasaFs {
         }
         let fd = crate::creds::as_root(|| inode.dir_fd().ok());
         let _held = w.registry.lock();
-        // Looked up again meanwhile: watched for that lookup.
-        if inode.lookups.load(Relaxed) > 0 && !inode.routed.load(Relaxed) {
+        // Unwatched first, then looked at again: a lookup that came
+        // meanwhile either finds it unwatched (and watches it again, after
+        // this) or is seen here and keeps it watched.
+        if !inode.names_watched.swap(false, SeqCst) {
             return;
         }
-        if inode.names_watched.swap(false, Relaxed) {
-            crate::creds::as_root(|| {
-                w.remove_dir(inode.nodeid, inode.dev, fd.as_ref().map(|f| f.as_raw_fd()))
-            });
+        if inode.lookups.load(SeqCst) > 0 {
+            inode.names_watched.store(true, SeqCst);
+            return;
         }
+        crate::creds::as_root(|| {
+            w.remove_dir(inode.nodeid, inode.dev, fd.as_ref().map(|f| f.as_raw_fd()))
+        });
     }
 
     /// `st` was just routed into an area as `name` in directory node
-    /// `parent`: where it now lives, casafs itself acts (retention), unseen
-    /// by the kernel, which is to ask for it again soon.
+    /// `parent`: its attributes now change where casafs acts (retention,
+    /// and users through the area), and the kernel, which keeps the name's
+    /// old expiry across a rename, is to ask for it again soon. A routed
+    /// directory stays watched: what changes in it beneath (retention, a
+    /// user in the scratch area) is heard of.
     pub(super) fn routed_away(&self, st: &libc::stat, parent: u64, name: &CStr) {
         let Some(w) = &self.watch else {
             return;
@@ -101,12 +107,9 @@ impl CasaFs {
             && i.same(st)
         {
             i.watched.store(false, Relaxed);
-            i.routed.store(true, Relaxed);
-            self.unwatch(&i);
         }
-        // The kernel keeps the name's old expiry across a rename: it is
-        // expired from the thread that reads events (the kernel holds this
-        // rename's locks until it is answered).
+        // From the thread that reads events: the kernel holds this
+        // rename's locks until it is answered.
         w.expire_later(parent, name);
     }
 
@@ -128,6 +131,7 @@ impl CasaFs {
                 dir,
                 name,
                 written,
+                only_written,
                 by,
             } => {
                 let node = match (&object, dir) {
@@ -144,27 +148,39 @@ impl CasaFs {
                     (None, Some(d)) => self.node_named(d, name),
                     (None, None) => None,
                 };
-                if let Some(node) = node {
-                    // A write by the thread that last opened it for writing
-                    // through casafs, while open or a moment after (events
-                    // are read a moment after the write): the caller's own
-                    // write through kernel passthrough, which the kernel
-                    // saw. An event read later than that is applied anyway,
-                    // which costs the kernel one more look, never a stale
-                    // size.
-                    if written
-                        && node.last_writer.load(Relaxed) == by
-                        && (node.open.lock().handles > 0
-                            || sys::coarse_now_ns().saturating_sub(node.closed_at.load(Relaxed))
-                                < 200_000_000)
-                    {
-                        return;
-                    }
-                    crate::watch::applying();
-                    // A write: cached pages go too (a rewrite that keeps
-                    // size and mtime is not caught by comparing them).
-                    self.inval_inode(node.nodeid, if written { 0 } else { -1 });
+                let Some(node) = node else {
+                    return;
+                };
+                // Nothing but a write, by the thread that opened it for
+                // writing with kernel passthrough, while that handle is
+                // open or a moment after (events are read a moment after
+                // the write): the caller's own write, which the kernel saw.
+                // An event read later than that is applied anyway, which
+                // costs the kernel one more look, never a stale size.
+                if only_written
+                    && by != 0
+                    && node.last_writer.load(Relaxed) == by
+                    && (node.open.lock().writers > 0
+                        || sys::coarse_now_ns().saturating_sub(node.closed_at.load(Relaxed))
+                            < 200_000_000)
+                {
+                    return;
                 }
+                crate::watch::applying();
+                // A write: cached pages go too (a rewrite that keeps size
+                // and mtime is not caught by comparing them).
+                let told = self.inval_inode(node.nodeid, if written { 0 } else { -1 });
+                // Not held by the kernel (yet?): a reply with what the
+                // change made stale may be on its way; told again then.
+                if told == Told::NotHeld
+                    && let Some(w) = &self.watch
+                {
+                    w.again_later(node.nodeid);
+                }
+            }
+            Change::Again(node) => {
+                crate::watch::applying();
+                self.inval_inode(node, -1);
             }
             Change::Expire { dir, name } => {
                 crate::watch::applying();
@@ -172,21 +188,21 @@ impl CasaFs {
             }
             Change::Lost => {
                 crate::watch::applying();
+                if !self.watch.as_ref().is_some_and(|w| w.lost()) {
+                    return;
+                }
                 tracing::warn!(
                     "changes beneath the mount were lost (too many at once); the kernel asks for every name and attribute again"
                 );
                 // FUSE_NOTIFY_INC_EPOCH: every name the kernel holds, the
                 // missing ones too, is asked for again.
-                if !self.notify(INC_EPOCH, &[]) {
-                    for node in self.inodes.all() {
-                        self.inval_inode(node.nodeid, -1);
-                        if let Some((parent, name)) = node.parent_name() {
-                            self.inval_entry(parent.nodeid, &name, true);
-                        }
-                    }
-                }
+                let epoch = self.notify(INC_EPOCH, &[]) == Told::Done;
                 for node in self.inodes.all() {
+                    self.inval_inode(node.nodeid, -1);
                     node.mark_listed(0);
+                    if !epoch && let Some((parent, name)) = node.parent_name() {
+                        self.inval_entry(parent.nodeid, &name, true);
+                    }
                 }
             }
         }
@@ -207,12 +223,12 @@ impl CasaFs {
     /// FUSE_NOTIFY_INVAL_INODE: the attributes of `nodeid`, and its cached
     /// pages from `offset` on (none if negative; the kernel then compares
     /// the new mtime with the pages' when it next asks).
-    fn inval_inode(&self, nodeid: u64, offset: i64) {
+    fn inval_inode(&self, nodeid: u64, offset: i64) -> Told {
         let mut body = Vec::with_capacity(24);
         body.extend_from_slice(&nodeid.to_ne_bytes());
         body.extend_from_slice(&offset.to_ne_bytes());
         body.extend_from_slice(&0i64.to_ne_bytes());
-        self.notify(INVAL_INODE, &body);
+        self.notify(INVAL_INODE, &body)
     }
 
     /// FUSE_NOTIFY_INVAL_ENTRY: `name` in `parent` is dropped, or with
@@ -228,12 +244,10 @@ impl CasaFs {
     }
 
     /// Writes a notification to the FUSE device: a fuse_out_header whose
-    /// `unique` is 0 and whose `error` is the notification's code. False if
-    /// the kernel refused it (ENOENT, it holds nothing of it, counts as
-    /// done).
-    fn notify(&self, code: i32, body: &[u8]) -> bool {
+    /// `unique` is 0 and whose `error` is the notification's code.
+    fn notify(&self, code: i32, body: &[u8]) -> Told {
         let Some(dev) = self.dev.get() else {
-            return false;
+            return Told::Failed;
         };
         let len = 16 + body.len();
         let mut msg = Vec::with_capacity(len);
@@ -241,17 +255,25 @@ impl CasaFs {
         msg.extend_from_slice(&code.to_ne_bytes());
         msg.extend_from_slice(&0u64.to_ne_bytes());
         msg.extend_from_slice(body);
-        let rc = unsafe { libc::write(dev.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENOENT) {
-                return true;
-            }
-            tracing::debug!("cannot tell the kernel of a change beneath the mount: {e}");
-            return false;
+        if unsafe { libc::write(dev.as_raw_fd(), msg.as_ptr().cast(), msg.len()) } >= 0 {
+            return Told::Done;
         }
-        true
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Told::NotHeld;
+        }
+        tracing::debug!("cannot tell the kernel of a change beneath the mount: {e}");
+        Told::Failed
     }
+}
+
+/// What became of a notification.
+#[derive(PartialEq, Eq)]
+enum Told {
+    Done,
+    /// The kernel holds nothing of it (ENOENT).
+    NotHeld,
+    Failed,
 }
 
 /// Starts hearing of changes made beneath the mount, once the kernel is

@@ -176,6 +176,7 @@ impl CasaFs {
             inode: root,
             body: Body::Control { data, reader },
             passthrough: false,
+            writer: false,
             append: false,
             opener: crate::creds::request_caller(),
         }))
@@ -188,6 +189,7 @@ impl CasaFs {
             inode: root,
             body: Body::ControlDir,
             passthrough: false,
+            writer: false,
             append: false,
             opener: crate::creds::request_caller(),
         }))

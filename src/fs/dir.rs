@@ -137,6 +137,7 @@ impl CasaFs {
                 names_fresh_since: u64::MAX,
             })),
             passthrough: false,
+            writer: false,
             append: false,
             opener: crate::creds::request_caller(),
         });

@@ -204,11 +204,7 @@ impl CasaFs {
     pub(super) fn register(&self, o: Opened, flags: i32) -> (u64, Option<u32>) {
         let is_reg = o.st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let mut backing = None;
-        if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            o.inode
-                .last_writer
-                .store(creds::request_caller().pid, Relaxed);
-        }
+        let writer;
         {
             let mut open = o.inode.open.lock();
             if !o.counted {
@@ -241,6 +237,12 @@ impl CasaFs {
             // otherwise): files written through write-only opens, as
             // unpacked or copied ones, are unlinked at once.
             open.mapped |= backing.is_some() && flags & libc::O_ACCMODE != libc::O_WRONLY;
+            let pid = creds::request_caller().pid;
+            writer = backing.is_some() && flags & libc::O_ACCMODE != libc::O_RDONLY && pid != 0;
+            if writer {
+                o.inode.last_writer.store(pid, Relaxed);
+                open.writers += 1;
+            }
         }
         self.stats.open_handles.fetch_add(1, Relaxed);
         if backing.is_some() {
@@ -251,6 +253,7 @@ impl CasaFs {
             body: Body::File(o.fd),
             passthrough: backing.is_some(),
             append: flags & libc::O_APPEND != 0,
+            writer,
             opener: crate::creds::request_caller(),
         });
         (fh, backing)
@@ -335,6 +338,11 @@ impl CasaFs {
         }
         let inode = h.inode.clone();
         let is_file = matches!(h.body, Body::File(_));
+        if h.writer {
+            let mut open = inode.open.lock();
+            open.writers = open.writers.saturating_sub(1);
+            inode.closed_at.store(sys::coarse_now_ns(), Relaxed);
+        }
         drop(h);
         if is_file {
             self.handle_closed(&inode);

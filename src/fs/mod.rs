@@ -306,7 +306,10 @@ impl CasaFs {
         // A directory's own changes are reported to a watch on it, not on
         // its parent.
         let watched = if node.is_dir() {
-            self.names_watched(node)
+            // Watched only now, after the stat this reply carries: a change
+            // made in between went unheard.
+            let before = node.names_watched.load(Ordering::Relaxed);
+            self.names_watched(node) && before
         } else {
             self.watched(node)
         };

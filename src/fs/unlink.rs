@@ -219,7 +219,6 @@ impl CasaFs {
     /// One handle of `inode` less; after its last, what waited for it: the
     /// kernel passthrough, the pin, the graves.
     pub(super) fn handle_closed(&self, inode: &Arc<Inode>) {
-        inode.closed_at.store(sys::coarse_now_ns(), Relaxed);
         let mut open = inode.open.lock();
         open.handles = open.handles.saturating_sub(1);
         if open.handles > 0 {
