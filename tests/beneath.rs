@@ -41,6 +41,20 @@ fn listings_served(m: &Mount) -> u64 {
     op_count(&s, "readdir") + op_count(&s, "readdirplus")
 }
 
+/// The one object in the default logs area (in the source tree) whose
+/// name holds `part`.
+fn routed_log(m: &Mount, part: &str) -> PathBuf {
+    let logs = m.source.join("state/logs/casa");
+    let found: Vec<PathBuf> = fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(part))
+        .collect();
+    assert_eq!(found.len(), 1, "{part} routed to {}", logs.display());
+    found[0].clone()
+}
+
 fn exists(p: &PathBuf) -> bool {
     fs::symlink_metadata(p).is_ok()
 }
@@ -175,19 +189,11 @@ fn a_routed_object_removed_in_its_area_goes_from_its_original_path() {
     let m = Mount::separate("beneath-area");
     fs::create_dir(m.p("d")).unwrap();
     fs::write(m.p("d/casa-1.log"), b"log").unwrap();
-    // The default logs area lies in the source tree.
-    let logs_dir = m.source.join("state/logs/casa");
-    let in_area: Vec<PathBuf> = fs::read_dir(&logs_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().contains("casa-1"))
-        .collect();
-    assert_eq!(in_area.len(), 1, "routed to {}", logs_dir.display());
+    let in_area = routed_log(&m, "casa-1");
     // Looked up afresh by its original name, in a watched directory.
     std::thread::sleep(PAST_SHORT);
     assert!(exists(&m.p("d/casa-1.log")));
-    fs::remove_file(&in_area[0]).unwrap();
+    fs::remove_file(&in_area).unwrap();
     eventually_within("gone from its original path", 2, || {
         !exists(&m.p("d/casa-1.log"))
     });
@@ -206,15 +212,8 @@ fn a_file_renamed_into_its_area_is_asked_for_again() {
     assert_eq!(cost(&m, || assert!(exists(&m.p("d/a")))), 0, "kept long");
     fs::rename(m.p("d/a"), m.p("d/casa-2.log")).unwrap();
     assert!(exists(&m.p("d/casa-2.log")));
-    let logs_dir = m.source.join("state/logs/casa");
-    let routed: Vec<PathBuf> = fs::read_dir(&logs_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().contains("casa-2"))
-        .collect();
-    assert_eq!(routed.len(), 1, "routed to {}", logs_dir.display());
-    fs::remove_file(&routed[0]).unwrap();
+    let routed = routed_log(&m, "casa-2");
+    fs::remove_file(&routed).unwrap();
     eventually_within("gone from the name it was renamed to", 3, || {
         !exists(&m.p("d/casa-2.log"))
     });
