@@ -48,17 +48,27 @@ impl BackingHandle {
     /// The handle of `name` in `dir` (or of `dir` itself for an empty
     /// name), without following a last symlink.
     pub fn of(dir: RawFd, name: &CStr) -> Res<BackingHandle> {
+        let flags = if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
+        Self::encode(dir, name, flags)
+    }
+
+    /// The handle fanotify gives for directory `dir` in its events (one
+    /// that identifies, whether or not the filesystem can open it).
+    pub fn fid_of(dir: RawFd) -> Res<BackingHandle> {
+        Self::encode(dir, c"", libc::AT_EMPTY_PATH | libc::AT_HANDLE_FID)
+    }
+
+    fn encode(dir: RawFd, name: &CStr, flags: libc::c_int) -> Res<BackingHandle> {
         let mut fh = FileHandle {
             handle_bytes: MAX_HANDLE_SZ as u32,
             handle_type: 0,
             f_handle: [0; MAX_HANDLE_SZ],
         };
         let mut mount_id: libc::c_int = 0;
-        let flags = if name.is_empty() {
-            libc::AT_EMPTY_PATH
-        } else {
-            0
-        };
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_name_to_handle_at,

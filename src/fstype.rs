@@ -72,7 +72,9 @@ pub fn mount_of_dev(dev: u64) -> Option<(String, String, String)> {
         }
         let mut it = b.split(' ');
         let kind = it.next()?.to_string();
-        let source = it.next()?.replace("\\040", " ");
+        let source = crate::health::unescape(it.next()?)
+            .to_string_lossy()
+            .into_owned();
         let options = it.next().unwrap_or_default().to_string();
         Some((kind, source, options))
     })

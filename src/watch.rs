@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
+
+use crate::exports::BackingHandle;
 use parking_lot::{Mutex, RwLock};
 
 /// Changes to the names in a directory.
@@ -203,13 +205,6 @@ fn local(kind: &str, source: &str, options: &str, first: bool) -> bool {
     }
 }
 
-#[repr(C)]
-struct FileHandle {
-    handle_bytes: u32,
-    handle_type: i32,
-    f_handle: [u8; 128],
-}
-
 impl Watch {
     /// A watch, if the kernel offers one to this process (root, fanotify
     /// with names and handles of directories: Linux 6.5 and later), with
@@ -333,12 +328,19 @@ impl Watch {
         };
         tracing::debug!("filesystem {kind} (device {dev:x}): watched {mode:?}");
         if mode != Mode::No {
-            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-            if dup >= 0 {
+            // open_by_handle_at wants a descriptor that is not O_PATH.
+            let mount = unsafe {
+                libc::openat(
+                    fd,
+                    c".".as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                )
+            };
+            if mount >= 0 {
                 self.mounts
                     .write()
                     .entry(fsid)
-                    .or_insert_with(|| Arc::new(unsafe { OwnedFd::from_raw_fd(dup) }));
+                    .or_insert_with(|| Arc::new(unsafe { OwnedFd::from_raw_fd(mount) }));
             }
         }
         let d = Dev { mode, fsid };
@@ -568,22 +570,11 @@ impl Watch {
     fn open(&self, key: &[u8]) -> Option<OwnedFd> {
         let fsid: [u8; 8] = key.get(..8)?.try_into().ok()?;
         let mount = self.mounts.read().get(&fsid)?.clone();
-        let htype = i32::from_ne_bytes(key.get(8..12)?.try_into().ok()?);
-        let bytes = key.get(12..)?;
-        let mut fh = FileHandle {
-            handle_bytes: bytes.len() as u32,
-            handle_type: htype,
-            f_handle: [0; 128],
+        let handle = BackingHandle {
+            kind: i32::from_ne_bytes(key.get(8..12)?.try_into().ok()?),
+            bytes: key.get(12..)?.into(),
         };
-        fh.f_handle.get_mut(..bytes.len())?.copy_from_slice(bytes);
-        let fd = unsafe {
-            libc::open_by_handle_at(
-                mount.as_raw_fd(),
-                (&mut fh as *mut FileHandle).cast(),
-                libc::O_PATH | libc::O_CLOEXEC,
-            )
-        };
-        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+        handle.open(mount.as_raw_fd()).ok()
     }
 }
 
@@ -645,28 +636,10 @@ fn case_folded(fd: RawFd) -> bool {
 
 /// The key events use for directory `fd`: fsid, handle type, handle.
 fn handle_key(fd: RawFd, fsid: [u8; 8]) -> Option<Box<[u8]>> {
-    let mut fh = FileHandle {
-        handle_bytes: 128,
-        handle_type: 0,
-        f_handle: [0; 128],
-    };
-    let mut mount_id = 0;
-    let rc = unsafe {
-        libc::name_to_handle_at(
-            fd,
-            c"".as_ptr(),
-            (&mut fh as *mut FileHandle).cast(),
-            &mut mount_id,
-            libc::AT_EMPTY_PATH | libc::AT_HANDLE_FID,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    let bytes = fh.f_handle.get(..fh.handle_bytes as usize)?;
-    let mut key = Vec::with_capacity(12 + bytes.len());
+    let h = BackingHandle::fid_of(fd).ok()?;
+    let mut key = Vec::with_capacity(12 + h.bytes.len());
     key.extend_from_slice(&fsid);
-    key.extend_from_slice(&fh.handle_type.to_ne_bytes());
-    key.extend_from_slice(bytes);
+    key.extend_from_slice(&h.kind.to_ne_bytes());
+    key.extend_from_slice(&h.bytes);
     Some(key.into_boxed_slice())
 }

@@ -235,3 +235,20 @@ fn a_change_through_another_hard_link_shows() {
         mode() == 0o600
     });
 }
+
+/// A hard link made beneath in a directory the kernel never looked into
+/// changes a file's link count with no name in any watched directory: the
+/// change is found by the file itself (its handle).
+#[test]
+fn a_link_made_beneath_elsewhere_shows_in_the_link_count() {
+    let m = Mount::separate("beneath-nlink");
+    fs::create_dir(m.p("d")).unwrap();
+    fs::create_dir(m.source.join("unseen")).unwrap();
+    fs::write(m.p("d/f"), b"x").unwrap();
+    let links = || stat(&m.p("d/f")).st_nlink;
+    assert_eq!(links(), 1);
+    std::thread::sleep(PAST_SHORT);
+    assert_eq!(cost(&m, || assert_eq!(links(), 1)), 0, "kept long");
+    fs::hard_link(m.source.join("d/f"), m.source.join("unseen/g")).unwrap();
+    eventually_within("the new link counts", 3, || links() == 2);
+}

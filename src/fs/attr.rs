@@ -2,6 +2,7 @@
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use fuser::TimeOrNow;
@@ -11,14 +12,17 @@ use crate::inode::{Anchor, Inode};
 use crate::sys::{self, Errno, Res};
 
 impl CasaFs {
-    pub(super) fn do_getattr(&self, ino: u64, fh: Option<u64>) -> Res<libc::stat> {
+    /// The attributes of `ino`, and the inode (for how long they may be
+    /// kept).
+    pub(super) fn do_getattr(&self, ino: u64, fh: Option<u64>) -> Res<(libc::stat, Arc<Inode>)> {
         if let Some(fh) = fh
             && let Ok(h) = self.handles.get(fh)
             && let Ok(fd) = h.fd()
         {
-            return sys::fstat(fd);
+            return Ok((sys::fstat(fd)?, h.inode.clone()));
         }
-        self.inodes.get(ino)?.stat()
+        let inode = self.inodes.get(ino)?;
+        Ok((inode.stat()?, inode))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -32,7 +36,7 @@ impl CasaFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         fh: Option<u64>,
-    ) -> Res<libc::stat> {
+    ) -> Res<(libc::stat, Arc<Inode>)> {
         let inode = self.inodes.get(ino)?;
         let handle = fh.and_then(|fh| self.handles.get(fh).ok());
         let hfd = handle.as_ref().and_then(|h| h.fd().ok());
@@ -120,12 +124,13 @@ impl CasaFs {
             || size.is_some()
             || atime.is_some()
             || mtime.is_some();
-        match (hfd, changed) {
+        let st = match (hfd, changed) {
             (Some(fd), true) => sys::fstat_cached(fd),
             (Some(fd), false) => sys::fstat(fd),
             (None, true) => inode.stat_cached(),
             (None, false) => inode.stat(),
-        }
+        }?;
+        Ok((st, inode))
     }
 
     /// Confirms a by-name anchor still names this inode.

@@ -316,14 +316,6 @@ impl CasaFs {
         Self::cache_time(self.live.attr_timeout(), watched)
     }
 
-    /// `ttl_attr_of` for node id `ino`.
-    fn ttl_attr_of_id(&self, ino: u64, st: &libc::stat) -> Duration {
-        match self.inodes.get(ino) {
-            Ok(i) => self.ttl_attr_of(&i, st),
-            Err(_) => Self::cache_time(self.live.attr_timeout(), false),
-        }
-    }
-
     /// How long the kernel may keep the name by which it found `node`.
     fn ttl_entry_of(&self, node: &Inode) -> Duration {
         Self::cache_time(self.live.entry_timeout(), self.watched(node))

@@ -84,9 +84,6 @@ impl CasaFs {
         // Watched before the name is looked for: a change made beneath the
         // mount after this is heard of.
         let negative = match self.inodes.get(parent) {
-            // A name a rule routes may appear through another mount or
-            // host routing it, with no change to this directory.
-            Ok(_) if !self.live.rules_naming(name.as_bytes()).is_empty() => self.ttl_own(),
             Ok(p) => self.ttl_names(&p),
             Err(_) => Duration::ZERO,
         };
@@ -101,12 +98,14 @@ impl CasaFs {
                 // Node id 0 is a negative entry the kernel keeps for the
                 // entry timeout: PATH and import searches stop costing a
                 // round trip each.
-                reply.entry(
-                    &self.attr(0, &sys::zeroed_stat()),
-                    Duration::ZERO,
-                    negative,
-                    0,
-                )
+                // A name a rule routes may appear through another mount or
+                // host routing it, with no change to this directory.
+                let ttl = if self.live.rules_naming(name.as_bytes()).is_empty() {
+                    negative
+                } else {
+                    negative.min(self.ttl_own())
+                };
+                reply.entry(&self.attr(0, &sys::zeroed_stat()), Duration::ZERO, ttl, 0)
             }
             Err(e) => {
                 self.stats.finish(t, Some(e.code()));
@@ -137,7 +136,7 @@ impl CasaFs {
             Op::Getattr,
             reply,
             self.do_getattr(ino, fh).map_err(|e| self.lost(ino, e)),
-            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr_of_id(ino, &st))
+            |(st, i)| reply.attr(&self.attr(ino, &st), self.ttl_attr_of(&i, &st))
         )
     }
 
@@ -148,7 +147,7 @@ impl CasaFs {
             reply,
             self.do_setattr(ino, a.mode, a.uid, a.gid, a.size, a.atime, a.mtime, a.fh)
                 .map_err(|e| self.lost(ino, e)),
-            |st| reply.attr(&self.attr(ino, &st), self.ttl_attr_of_id(ino, &st))
+            |(st, i)| reply.attr(&self.attr(ino, &st), self.ttl_attr_of(&i, &st))
         )
     }
 
