@@ -92,7 +92,7 @@ pub fn renew(own: RawFd) -> Option<i128> {
         tv_sec: 0,
         tv_nsec: libc::UTIME_NOW,
     }; 2];
-    let _ = unsafe { libc::futimens(own, now.as_ptr()) };
+    let _ = crate::sys::futimens(own, &now);
     synced_mtime(own)
 }
 

@@ -135,24 +135,32 @@ const USER: Names = Names {
 };
 
 /// Where the object's record is, and its origin: `trusted.*` for a daemon
-/// that is root where the filesystem has it, else `user.*`.
+/// that is root, `user.*` only where the filesystem keeps no `trusted.*`
+/// (there its owner could have written it, which its readers allow for):
+/// where it keeps them, a `user.*` record is anyone's forgery.
 fn record_names(anchor: &Anchor) -> Option<(&'static Names, Vec<u8>)> {
-    if crate::creds::enabled()
-        && let Some(origin) = get_xattr(anchor, TRUSTED.origin)
-    {
-        return Some((&TRUSTED, origin));
+    if crate::creds::enabled() {
+        match read_xattr(anchor, TRUSTED.origin) {
+            Ok(origin) => return Some((&TRUSTED, origin)),
+            Err(sys::Errno::EOPNOTSUPP) => {}
+            Err(_) => return None,
+        }
     }
     Some((&USER, get_xattr(anchor, USER.origin)?))
 }
 
 fn get_xattr(anchor: &Anchor, name: &CStr) -> Option<Vec<u8>> {
+    read_xattr(anchor, name).ok()
+}
+
+fn read_xattr(anchor: &Anchor, name: &CStr) -> sys::Res<Vec<u8>> {
     if name.to_bytes().starts_with(b"trusted.") && crate::fault::no_trusted_xattrs() {
-        return None;
+        return Err(sys::Errno::EOPNOTSUPP);
     }
     let mut buf = vec![0u8; 4096];
-    let n = anchor.getxattr(name, &mut buf).ok()?;
+    let n = anchor.getxattr(name, &mut buf)?;
     buf.truncate(n);
-    Some(buf)
+    Ok(buf)
 }
 
 /// "uid gid host" as recorded: the ids, and the host where given.

@@ -409,7 +409,13 @@ fn mount_devices() -> (std::collections::HashMap<u64, u64>, HashSet<u64>) {
             continue;
         };
         devs.insert(id, dev);
-        if l.split(" - ").nth(1).and_then(|r| r.split(' ').next()) == Some("fuse.casafs") {
+        // Only root's: a user can name a FUSE mount of their own casafs.
+        let mut sb = l.split(" - ").nth(1).unwrap_or_default().split(' ');
+        if sb.next() == Some("fuse.casafs")
+            && sb
+                .nth(1)
+                .is_some_and(|o| o.split(',').any(|o| o == "user_id=0"))
+        {
             casafs.insert(dev);
         }
     }
