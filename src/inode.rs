@@ -514,7 +514,11 @@ impl Inode {
         if self.pinned.lock().is_some() {
             return Ok(());
         }
-        let fd = self.path_fd()?;
+        self.pin_with(self.path_fd()?)
+    }
+
+    /// `pin` with `fd`, a descriptor already verified to be this object.
+    pub fn pin_with(&self, fd: Arc<OwnedFd>) -> Res<()> {
         let uid = crate::creds::request_caller().uid;
         let mut slot = self.pinned.lock();
         if slot.is_none() {

@@ -832,6 +832,41 @@ fn descriptors_outlive_their_names() {
     }
 }
 
+/// As natively, a file removed while a process holds only a path
+/// descriptor of it (no open file) lives on for that holder, who can still
+/// open it through the descriptor; its space is freed once it lets go.
+#[test]
+fn a_deleted_file_only_a_path_descriptor_holds_reopens_through_it() {
+    let m = Mount::over_itself("opath-only");
+    let f = m.p("f");
+    // Made beneath: no handle of it is open (or still being released)
+    // through the mount.
+    fs::write(m.backing("f"), b"old data!").unwrap();
+    let held = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(&f)
+        .unwrap();
+    fs::remove_file(&f).unwrap();
+    for i in 0..8 {
+        fs::write(m.p(&format!("g{i}")), b"NEW").unwrap();
+    }
+    let st = held.metadata().unwrap();
+    assert_eq!((st.len(), st.nlink()), (9, 0));
+    let reopened = fs::read(format!("/proc/self/fd/{}", held.as_raw_fd()));
+    assert_eq!(reopened.unwrap(), b"old data!");
+    drop(held);
+    let pid = m.pid();
+    eventually("the deleted file's space is freed", || {
+        let fds = ok(&sh(
+            &m.backing(""),
+            &format!("ls -l /proc/{pid}/fd | grep -c '/f (deleted)' || true"),
+        ));
+        let files = ok(&sh(&m.backing(""), "find . -type f | xargs -r cat"));
+        fds.trim() == "0" && files == "NEW".repeat(8)
+    });
+}
+
 #[test]
 fn a_deleted_file_held_by_a_path_descriptor_is_never_another_file() {
     for defer in ["never", "always"] {

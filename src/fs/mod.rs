@@ -58,6 +58,11 @@ pub struct CasaFs {
     stats: Arc<Stats>,
     /// Unlinks of open files go through the graveyard.
     defer_unlink: bool,
+    /// Devices (the tree's, areas') of local filesystems, where a
+    /// descriptor keeps an unlinked object whole, reachable and invisible
+    /// until it is closed (not FUSE or network filesystems, which show it
+    /// as debris or lose it with its name).
+    holds_unlinked: Vec<u64>,
     /// FUSE flush requests are answered (close(dup(fd)) on the backing file)
     /// only where close reports errors; elsewhere the first flush answers
     /// ENOSYS and the kernel stops sending them.
@@ -188,7 +193,14 @@ impl CasaFs {
             DeferUnlink::Never => false,
             DeferUnlink::Auto => crate::fstype::leaves_unlink_debris(root_ftype),
         };
+        let mut holds_unlinked = Vec::new();
+        if !crate::fstype::leaves_unlink_debris(root_ftype) {
+            holds_unlinked.push(st.st_dev);
+        }
         for a in &areas {
+            if !crate::fstype::leaves_unlink_debris(a.fs_type) {
+                holds_unlinked.push(a.dir().dev);
+            }
             // The graveyard lives on the source's filesystem: an open file
             // unlinked in an area elsewhere is unlinked as there.
             if a.dir().dev != st.st_dev && crate::fstype::leaves_unlink_debris(a.fs_type) {
@@ -216,6 +228,7 @@ impl CasaFs {
             exports_tree,
             exports_lock: parking_lot::Mutex::new(exports_lock),
             defer_unlink,
+            holds_unlinked,
             flush_on_close: crate::fstype::reports_errors_at_close(root_ftype),
             passthrough: AtomicBool::new(false),
             backing_types,

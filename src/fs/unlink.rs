@@ -104,12 +104,20 @@ impl CasaFs {
     /// leave debris), or pinned so its handles and attributes keep working.
     pub(super) fn remove_file(&self, dir: &Arc<Inode>, name: &CStr) -> Res<()> {
         let dfd = dir.dir_fd()?;
+        // The object itself, held: what pins it if the kernel still holds
+        // it once the name is gone.
+        let fd = Arc::new(sys::open_at(
+            dfd.as_raw_fd(),
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )?);
         // Which object it is, from the backing's cache: on ntfs-3g a fresh
         // stat is one more round trip per unlink. Its link count is as
         // fresh as ntfs-3g's own cache, as with any stat there, except
         // after a link made through casafs: ntfs-3g caches per name, and
         // the other names' counts lag behind.
-        let st = sys::stat_cached_at(dfd.as_raw_fd(), name)?;
+        let st = sys::fstat_cached(fd.as_raw_fd())?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno::EISDIR);
         }
@@ -142,7 +150,18 @@ impl CasaFs {
                 self.stats.direct_unlinks_open.fetch_add(1, Relaxed);
                 return Ok(());
             }
+            let held = v.lookups.load(Relaxed) > 0;
             if st.st_nlink <= 1 {
+                // The kernel holds the object until its forget, and may ask
+                // about it until then: where the backing keeps an unlinked
+                // object for a descriptor, it stays reachable by the one
+                // taken here, as it would natively. The backing then frees
+                // the file at that forget, not inside this unlink: the
+                // caller does not wait for its blocks to be freed, and its
+                // number is not reused while the kernel may still show it.
+                if held && self.holds_unlinked.contains(&st.st_dev) {
+                    let _ = v.pin_with(fd);
+                }
                 sys::unlink_at(dfd.as_raw_fd(), name, 0)?;
                 v.mark_dead();
                 return Ok(());
@@ -150,7 +169,7 @@ impl CasaFs {
             // Its other names live on, but the kernel knows it by this one:
             // keep it reachable whatever name survives, while the kernel
             // holds it.
-            if v.lookups.load(Relaxed) > 0 {
+            if held {
                 let _ = v.pin();
             }
         }
