@@ -586,8 +586,18 @@ impl CasaFs {
             if reply.add(ino, e.off as u64, kind, name) {
                 return Ok(None);
             }
-            // A plain listing refreshes none of the kernel's names.
-            Ok(Some(if is_dot(e) { u64::MAX } else { 0 }))
+            // A plain listing refreshes none of the kernel's names: each is
+            // as fresh as the kernel's own copy of it, if it has one. (The
+            // kernel lists the rest of a large directory this way once its
+            // names were not looked up: counted as stale, such a directory
+            // would be listed afresh every time.)
+            if is_dot(e) {
+                return Ok(Some(u64::MAX));
+            }
+            Ok(Some(
+                self.recently_listed(&dir, e)
+                    .map_or(0, |known| known.attrs_sent_ns()),
+            ))
         })
     }
 
