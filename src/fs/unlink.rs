@@ -15,6 +15,11 @@ use crate::creds::{self};
 use crate::inode::{Inode, OpenState, ROOT_ID};
 use crate::sys::{self, Errno, Res, cname};
 
+/// The largest file (in 512-byte blocks on the backing: 256 KiB) whose
+/// blocks the backing frees when the kernel lets go of it rather than in
+/// the unlink itself.
+const FREED_AT_FORGET_BLOCKS: i64 = 512;
+
 impl CasaFs {
     /// Whether an open file's last name on device `dev` goes to the
     /// graveyard rather than to unlink(2). Only the graveyard's own
@@ -156,10 +161,14 @@ impl CasaFs {
                 // about it until then: where the backing keeps an unlinked
                 // object for a descriptor, it stays reachable by the one
                 // taken here, as it would natively. The backing then frees
-                // the file at that forget, not inside this unlink: the
-                // caller does not wait for its blocks to be freed, and its
-                // number is not reused while the kernel may still show it.
-                if held && self.holds_unlinked.contains(&st.st_dev) {
+                // a small file at that forget, not inside this unlink: the
+                // caller does not wait for it, and its number is not reused
+                // while the kernel may still show it. A large file's space
+                // is freed at once, as natively.
+                if held
+                    && st.st_blocks <= FREED_AT_FORGET_BLOCKS
+                    && self.holds_unlinked.contains(&st.st_dev)
+                {
                     let _ = v.pin_with(fd);
                 }
                 sys::unlink_at(dfd.as_raw_fd(), name, 0)?;
