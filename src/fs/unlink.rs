@@ -109,20 +109,21 @@ impl CasaFs {
     /// leave debris), or pinned so its handles and attributes keep working.
     pub(super) fn remove_file(&self, dir: &Arc<Inode>, name: &CStr) -> Res<()> {
         let dfd = dir.dir_fd()?;
-        // The object itself, held: what pins it if the kernel still holds
-        // it once the name is gone.
-        let fd = Arc::new(sys::open_at(
-            dfd.as_raw_fd(),
-            name,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )?);
         // Which object it is, from the backing's cache: on ntfs-3g a fresh
         // stat is one more round trip per unlink. Its link count is as
         // fresh as ntfs-3g's own cache, as with any stat there, except
         // after a link made through casafs: ntfs-3g caches per name, and
-        // the other names' counts lag behind.
-        let st = sys::fstat_cached(fd.as_raw_fd())?;
+        // the other names' counts lag behind. Where an unlinked object can
+        // be held (`holds_unlinked`), it is looked at through a descriptor
+        // of it, which then keeps it if the kernel still holds it once
+        // the name is gone. (Only there: an fstat, unlike a stat by name,
+        // asks a FUSE backing again whatever the flags say.)
+        let (st, fd) = if self.holds_unlinked.contains(&dir.dev) {
+            let fd = sys::open_at(dfd.as_raw_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            (sys::fstat_cached(fd.as_raw_fd())?, Some(Arc::new(fd)))
+        } else {
+            (sys::stat_cached_at(dfd.as_raw_fd(), name)?, None)
+        };
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno::EISDIR);
         }
@@ -165,7 +166,8 @@ impl CasaFs {
                 // caller does not wait for it, and its number is not reused
                 // while the kernel may still show it. A large file's space
                 // is freed at once, as natively.
-                if held
+                if let Some(fd) = fd
+                    && held
                     && st.st_blocks <= FREED_AT_FORGET_BLOCKS
                     && self.holds_unlinked.contains(&st.st_dev)
                 {
