@@ -856,11 +856,7 @@ fn a_deleted_file_only_a_path_descriptor_holds_reopens_through_it() {
     // Made beneath: no handle of it is open (or still being released)
     // through the mount.
     fs::write(m.backing("f"), b"old data!").unwrap();
-    let held = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH)
-        .open(&f)
-        .unwrap();
+    let held = path_descriptor(&f);
     fs::remove_file(&f).unwrap();
     for i in 0..8 {
         fs::write(m.p(&format!("g{i}")), b"NEW").unwrap();
@@ -870,15 +866,7 @@ fn a_deleted_file_only_a_path_descriptor_holds_reopens_through_it() {
     let reopened = fs::read(format!("/proc/self/fd/{}", held.as_raw_fd()));
     assert_eq!(reopened.unwrap(), b"old data!");
     drop(held);
-    let pid = m.pid();
-    eventually("the deleted file's space is freed", || {
-        let fds = ok(&sh(
-            &m.backing(""),
-            &format!("ls -l /proc/{pid}/fd | grep -c '/f (deleted)' || true"),
-        ));
-        let files = ok(&sh(&m.backing(""), "find . -type f | xargs -r cat"));
-        fds.trim() == "0" && files == "NEW".repeat(8)
-    });
+    deleted_f_is_freed(&m);
 }
 
 #[test]
@@ -890,11 +878,7 @@ fn a_deleted_file_held_by_a_path_descriptor_is_never_another_file() {
         let f = m.p("f");
         let mut w = File::create(&f).unwrap();
         w.write_all(b"old data!").unwrap();
-        let held = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(&f)
-            .unwrap();
+        let held = path_descriptor(&f);
         fs::remove_file(&f).unwrap();
         drop(w);
         // The last close is served; ext4 hands the freed inode number to
@@ -919,18 +903,32 @@ fn a_deleted_file_held_by_a_path_descriptor_is_never_another_file() {
             }
         }
         drop(held);
-        // Gone from the backing once its holder lets go: no grave, and the
-        // daemon holds no descriptor of it.
-        let pid = m.pid();
-        eventually("the deleted file's space is freed", || {
-            let fds = ok(&sh(
-                &m.backing(""),
-                &format!("ls -l /proc/{pid}/fd | grep -c '/f (deleted)' || true"),
-            ));
-            let files = ok(&sh(&m.backing(""), "find . -type f | xargs -r cat"));
-            fds.trim() == "0" && files == "NEW".repeat(8)
-        });
+        deleted_f_is_freed(&m);
     }
+}
+
+/// An `O_PATH` descriptor of `p`: it holds the object, opens nothing.
+fn path_descriptor(p: &std::path::Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(p)
+        .unwrap()
+}
+
+/// The deleted file `f` is gone from the backing once its holder let go:
+/// no grave, no descriptor of it in the daemon, only the eight new files
+/// written after it.
+fn deleted_f_is_freed(m: &Mount) {
+    let pid = m.pid();
+    eventually("the deleted file's space is freed", || {
+        let fds = ok(&sh(
+            &m.backing(""),
+            &format!("ls -l /proc/{pid}/fd | grep -c '/f (deleted)' || true"),
+        ));
+        let files = ok(&sh(&m.backing(""), "find . -type f | xargs -r cat"));
+        fds.trim() == "0" && files == "NEW".repeat(8)
+    });
 }
 
 #[test]
