@@ -115,8 +115,8 @@ impl CasaFs {
         // after a link made through casafs: ntfs-3g caches per name, and
         // the other names' counts lag behind. Where an unlinked object can
         // be held (`holds_unlinked`), it is looked at through a descriptor
-        // of it, which then keeps it if the kernel still holds it once
-        // the name is gone. (Only there: an fstat, unlike a stat by name,
+        // of it, which then pins it if the kernel still holds it once the
+        // name is gone (no second open by name). (Only there: an fstat, unlike a stat by name,
         // asks a FUSE backing again whatever the flags say.)
         let (st, fd) = if self.holds_unlinked.contains(&dir.dev) {
             let fd = sys::open_at(dfd.as_raw_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
@@ -151,7 +151,7 @@ impl CasaFs {
                         Err(e) => self.graveyard_refused(dir, name, e, "unlinking"),
                     }
                 }
-                let _ = v.pin();
+                let _ = fd.map_or_else(|| v.pin(), |fd| v.pin_with(fd));
                 sys::unlink_at(dfd.as_raw_fd(), name, 0)?;
                 self.stats.direct_unlinks_open.fetch_add(1, Relaxed);
                 return Ok(());
@@ -181,7 +181,7 @@ impl CasaFs {
             // keep it reachable whatever name survives, while the kernel
             // holds it.
             if held {
-                let _ = v.pin();
+                let _ = fd.map_or_else(|| v.pin(), |fd| v.pin_with(fd));
             }
         }
         sys::unlink_at(dfd.as_raw_fd(), name, 0)
