@@ -74,21 +74,6 @@ pub struct HandleTable {
     per_user: DashMap<u32, usize>,
 }
 
-/// The share of the daemon's descriptors one user's handles may hold: an
-/// eighth of its limit, so that no user can leave the others without.
-fn per_user_limit() -> usize {
-    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
-        let n = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-            rl.rlim_cur as usize
-        } else {
-            8192
-        };
-        (n / 8).max(1024)
-    })
-}
-
 impl HandleTable {
     /// Whether `uid` may open one more handle (root always may: it is the
     /// operator's).
@@ -97,7 +82,7 @@ impl HandleTable {
             && self
                 .per_user
                 .get(&uid)
-                .is_some_and(|n| *n >= per_user_limit())
+                .is_some_and(|n| *n >= crate::fdbudget::handles_per_user())
         {
             return Err(Errno::EMFILE);
         }

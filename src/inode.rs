@@ -8,7 +8,7 @@
 //!
 //! Descriptors stay bounded: a regular file holds no descriptor at all, only
 //! its parent and name; directories keep an `O_PATH` descriptor while fewer
-//! than `MAX_CACHED_DIR_FDS` are cached, and are reopened through their
+//! than `fdbudget::cached_dirs()` are cached, and are reopened through their
 //! parent when they are not.
 
 use std::ffi::{CStr, CString};
@@ -47,11 +47,11 @@ pub fn area_id(i: usize) -> u64 {
 }
 
 static CACHED_DIR_FDS: AtomicUsize = AtomicUsize::new(0);
+/// Objects kept reachable without a name (each costs a descriptor, shared
+/// out by `crate::fdbudget`), and those of them kept only to be freed at
+/// the kernel's forget.
 static PINS: AtomicUsize = AtomicUsize::new(0);
-/// How many objects without a name casafs keeps a descriptor of, in all
-/// and for the requests of one user.
-const MAX_PINS: usize = 65_536;
-const MAX_PINS_PER_USER: usize = MAX_PINS / 8;
+static PINS_UNTIL_FORGET: AtomicUsize = AtomicUsize::new(0);
 
 /// Pins by the uid whose request made them.
 fn pins_by_user() -> &'static DashMap<u32, usize> {
@@ -59,33 +59,66 @@ fn pins_by_user() -> &'static DashMap<u32, usize> {
     BY.get_or_init(DashMap::new)
 }
 
-/// A pin counted against `uid`, or None past a bound.
-fn take_pin(uid: u32) -> Option<()> {
-    if PINS.load(Ordering::Relaxed) >= MAX_PINS {
-        return None;
-    }
-    let mut n = pins_by_user().entry(uid).or_default();
-    if uid != 0 && *n >= MAX_PINS_PER_USER {
-        return None;
-    }
-    *n += 1;
-    PINS.fetch_add(1, Ordering::Relaxed);
-    Some(())
+/// Below `bound`, one more in `count`.
+fn take_one(count: &AtomicUsize, bound: usize) -> bool {
+    count
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < bound).then_some(n + 1)
+        })
+        .is_ok()
 }
 
-fn give_pin(uid: u32) {
+/// A pin counted against `uid`, or None past a bound.
+fn take_pin(uid: u32, until_forget: bool) -> Option<()> {
+    if until_forget && !take_one(&PINS_UNTIL_FORGET, crate::fdbudget::freed_at_forget()) {
+        return None;
+    }
+    let taken = take_one(&PINS, crate::fdbudget::pins()) && {
+        let mut n = pins_by_user().entry(uid).or_default();
+        let ok = uid == 0 || *n < crate::fdbudget::pins_per_user();
+        if ok {
+            *n += 1;
+        } else {
+            PINS.fetch_sub(1, Ordering::Relaxed);
+        }
+        ok
+    };
+    if !taken && until_forget {
+        PINS_UNTIL_FORGET.fetch_sub(1, Ordering::Relaxed);
+    }
+    taken.then_some(())
+}
+
+fn give_pin(pin: &Pin) {
     PINS.fetch_sub(1, Ordering::Relaxed);
-    if let dashmap::mapref::entry::Entry::Occupied(mut e) = pins_by_user().entry(uid) {
+    if pin.until_forget {
+        PINS_UNTIL_FORGET.fetch_sub(1, Ordering::Relaxed);
+    }
+    if let dashmap::mapref::entry::Entry::Occupied(mut e) = pins_by_user().entry(pin.uid) {
         *e.get_mut() = e.get().saturating_sub(1);
         if *e.get() == 0 {
             e.remove();
         }
     }
 }
-pub const MAX_CACHED_DIR_FDS: usize = 16_384;
+
+/// A descriptor of an object whose last name went away while the kernel
+/// may still ask about it.
+struct Pin {
+    fd: Arc<OwnedFd>,
+    /// Whose request pinned it.
+    uid: u32,
+    /// Kept only so that the backing frees it at the kernel's forget.
+    until_forget: bool,
+}
+
 /// How many directories without a descriptor `Inode::path_fd` opens on its
 /// way down to one object.
 const MAX_UNHELD_ANCESTORS: usize = 512;
+
+pub fn pinned_objects() -> usize {
+    PINS.load(Ordering::Relaxed)
+}
 
 pub fn cached_dir_fds() -> usize {
     CACHED_DIR_FDS.load(Ordering::Relaxed)
@@ -159,10 +192,8 @@ pub struct Inode {
     pub linked: std::sync::atomic::AtomicBool,
     pub loc: Mutex<Loc>,
     fd: Mutex<Option<Arc<OwnedFd>>>,
-    /// A descriptor of the object itself, taken when its last name goes
-    /// away while the kernel may still ask about it.
-    /// With the uid whose request pinned it (see `pin`).
-    pinned: Mutex<Option<(Arc<OwnedFd>, u32)>>,
+    /// See `pin`.
+    pinned: Mutex<Option<Pin>>,
     pub open: Mutex<OpenState>,
     /// When the kernel last got the object's attributes with a reference
     /// (`sys::coarse_now_ns`).
@@ -186,8 +217,8 @@ pub struct Inode {
 
 impl Drop for Inode {
     fn drop(&mut self) {
-        if let Some((_, uid)) = self.pinned.get_mut().take() {
-            give_pin(uid);
+        if let Some(pin) = self.pinned.get_mut().take() {
+            give_pin(&pin);
         }
         let mut next = self.let_go_of_parent();
         // A chain of parents that only this inode held goes one at a time:
@@ -505,7 +536,7 @@ impl Inode {
     /// Keeps a descriptor of the object so that it stays reachable after its
     /// name is gone (unlinked while open).
     ///
-    /// Pins are bounded (`MAX_PINS`): each is a descriptor of the daemon's,
+    /// Pins are bounded (`fdbudget::pins`): each is a descriptor of the daemon's,
     /// and a user who made unlinked-but-held objects by the thousand must
     /// not use up the descriptors every other user's opens need. Past the
     /// bound an object is not pinned, and may answer ENOENT once its last
@@ -519,11 +550,27 @@ impl Inode {
 
     /// `pin` with `fd`, a descriptor already verified to be this object.
     pub fn pin_with(&self, fd: Arc<OwnedFd>) -> Res<()> {
+        self.pin_as(fd, false)
+    }
+
+    /// `pin_with` for an object kept only so that the backing frees it
+    /// when the kernel lets go of it (`unpin` at the forget), not inside
+    /// the unlink; bounded more tightly than other pins
+    /// (`fdbudget::freed_at_forget`).
+    pub fn pin_until_forget(&self, fd: Arc<OwnedFd>) -> Res<()> {
+        self.pin_as(fd, true)
+    }
+
+    fn pin_as(&self, fd: Arc<OwnedFd>, until_forget: bool) -> Res<()> {
         let uid = crate::creds::request_caller().uid;
         let mut slot = self.pinned.lock();
         if slot.is_none() {
-            take_pin(uid).ok_or(Errno::EMFILE)?;
-            *slot = Some((fd, uid));
+            take_pin(uid, until_forget).ok_or(Errno::EMFILE)?;
+            *slot = Some(Pin {
+                fd,
+                uid,
+                until_forget,
+            });
         }
         Ok(())
     }
@@ -544,8 +591,8 @@ impl Inode {
     }
 
     pub fn unpin(&self) {
-        if let Some((_, uid)) = self.pinned.lock().take() {
-            give_pin(uid);
+        if let Some(pin) = self.pinned.lock().take() {
+            give_pin(&pin);
         }
     }
 
@@ -554,7 +601,7 @@ impl Inode {
         if let Some(fd) = self.fd.lock().as_ref() {
             return Some(fd.clone());
         }
-        self.pinned.lock().as_ref().map(|(fd, _)| fd.clone())
+        self.pinned.lock().as_ref().map(|p| p.fd.clone())
     }
 
     /// An `O_PATH` descriptor of the object itself, verified to be the same
@@ -610,7 +657,7 @@ impl Inode {
         }
         let fd = Arc::new(fd);
         let keep = self.is_dir() || parent.private;
-        if keep && CACHED_DIR_FDS.load(Ordering::Relaxed) < MAX_CACHED_DIR_FDS {
+        if keep && CACHED_DIR_FDS.load(Ordering::Relaxed) < crate::fdbudget::cached_dirs() {
             let mut slot = self.fd.lock();
             if slot.is_none() {
                 CACHED_DIR_FDS.fetch_add(1, Ordering::Relaxed);
@@ -633,7 +680,7 @@ impl Inode {
     /// name in the parent.
     pub fn anchor(&self) -> Res<Anchor> {
         if let Some(fd) = self.pinned.lock().as_ref() {
-            return Ok(Anchor::Fd(fd.0.clone()));
+            return Ok(Anchor::Fd(fd.fd.clone()));
         }
         if self.is_dir() || matches!(*self.loc.lock(), Loc::Anchor) {
             return Ok(Anchor::Fd(self.path_fd()?));
@@ -686,9 +733,9 @@ impl Inode {
         }
         if let Some(fd) = self.pinned.lock().as_ref() {
             return if cached {
-                sys::fstat_cached(fd.0.as_raw_fd())
+                sys::fstat_cached(fd.fd.as_raw_fd())
             } else {
-                sys::fstat(fd.0.as_raw_fd())
+                sys::fstat(fd.fd.as_raw_fd())
             };
         }
         Err(Errno::ENOENT)

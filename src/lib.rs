@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod detach;
 pub mod exports;
 pub mod fault;
+pub mod fdbudget;
 pub mod fs;
 pub mod fstype;
 pub mod graveyard;

@@ -208,6 +208,8 @@ pub struct Extra {
     pub redirects_live: usize,
     pub inodes_cached: usize,
     pub dir_fds_cached: usize,
+    /// Objects without a name kept reachable by a descriptor.
+    pub objects_pinned: usize,
     pub passthrough_enabled: bool,
     pub mountpoint: String,
     pub source: String,
@@ -343,6 +345,7 @@ impl Stats {
             "latency_us": lat,
             "inodes_cached": x.inodes_cached,
             "dir_fds_cached": x.dir_fds_cached,
+            "objects_pinned": x.objects_pinned,
             "backing_fs": backing,
         })
     }
@@ -611,6 +614,13 @@ impl Stats {
         let _ = writeln!(o, "casafs_inodes_cached{{{l}}} {}", x.inodes_cached);
         family(
             &mut o,
+            "objects_pinned",
+            "gauge",
+            "Objects without a name kept reachable by a descriptor.",
+        );
+        let _ = writeln!(o, "casafs_objects_pinned{{{l}}} {}", x.objects_pinned);
+        family(
+            &mut o,
             "operation_latency_microseconds",
             "summary",
             "Request latency in the daemon, by operation.",
@@ -738,6 +748,7 @@ mod tests {
             redirects_live: 0,
             inodes_cached: 1,
             dir_fds_cached: 0,
+            objects_pinned: 0,
             passthrough_enabled: false,
             mountpoint: "/m".into(),
             source: "/s".into(),

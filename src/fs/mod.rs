@@ -395,6 +395,7 @@ impl CasaFs {
             redirects_live: self.routing.redirects.len(),
             inodes_cached: self.inodes.len(),
             dir_fds_cached: crate::inode::cached_dir_fds(),
+            objects_pinned: crate::inode::pinned_objects(),
             passthrough_enabled: self.passthrough.load(Ordering::Relaxed),
             mountpoint: self.settings.mountpoint.to_string_lossy().into_owned(),
             host: self.settings.host.clone(),

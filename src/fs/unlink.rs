@@ -165,13 +165,14 @@ impl CasaFs {
                 // a small file at that forget, not inside this unlink: the
                 // caller does not wait for it, and its number is not reused
                 // while the kernel may still show it. A large file's space
-                // is freed at once, as natively.
+                // is freed at once, as natively, and so is every file while
+                // many wait for their forget.
                 if let Some(fd) = fd
                     && held
                     && st.st_blocks <= FREED_AT_FORGET_BLOCKS
                     && self.holds_unlinked.contains(&st.st_dev)
                 {
-                    let _ = v.pin_with(fd);
+                    let _ = v.pin_until_forget(fd);
                 }
                 sys::unlink_at(dfd.as_raw_fd(), name, 0)?;
                 v.mark_dead();

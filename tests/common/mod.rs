@@ -114,6 +114,7 @@ pub struct MountBuilder {
     tag: String,
     source: Option<PathBuf>,
     tmp: Option<TempDir>,
+    nofile: Option<u64>,
 }
 
 impl MountBuilder {
@@ -131,6 +132,12 @@ impl MountBuilder {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+    /// Holds the daemon to `n` descriptors (soft and hard limit), as a
+    /// daemon without CAP_SYS_RESOURCE is held to its hard limit.
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
         self
     }
     /// Use an existing backing directory (e.g. a ntfs-3g volume).
@@ -178,6 +185,27 @@ impl MountBuilder {
         });
         cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            const CAP_SYS_RESOURCE: libc::c_ulong = 24;
+            let rl = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // Only system calls between fork and exec. Without
+            // CAP_SYS_RESOURCE in its bounding set, root's daemon cannot
+            // raise the limit again.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let _ = libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_RESOURCE, 0, 0, 0);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let child = cmd.spawn().expect("spawn casafs");
         let mut m = Mount {
             tmp,
@@ -205,6 +233,7 @@ impl Mount {
             tag: tag.to_string(),
             source: None,
             tmp: None,
+            nofile: None,
         }
     }
 
