@@ -197,9 +197,17 @@ fn removed_files_the_kernel_holds_never_use_up_the_daemons_descriptors() {
     fs::hard_link(dir.join("after"), dir.join("linked")).unwrap();
     assert_eq!(fs::read(dir.join("linked")).unwrap(), b"still served");
     assert_eq!(names(&dir), ["after", "linked"]);
-    let pinned = m.stats()["objects_pinned"].as_u64().unwrap();
-    assert!(pinned < 1024, "{pinned} objects pinned");
+    // Some are kept for the kernel, far fewer than it holds; all go once
+    // the kernel lets go of them.
+    let pinned = || m.stats()["objects_pinned"].as_u64().unwrap();
+    let n = pinned();
+    assert!(n > 0 && n < 1024, "{n} objects pinned");
     drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pinned() > 0 {
+        assert!(Instant::now() < deadline, "{} still pinned", pinned());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Many processes creating casa-*.log files and TMPPOINTING tables with the
