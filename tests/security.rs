@@ -266,6 +266,82 @@ fn default_acls_and_the_mask_come_out_as_natively_in_place_and_routed() {
     assert_eq!(mounted, native);
 }
 
+/// The attacker makes directories by the thousand and removes files it
+/// still holds, as fast as it can: the daemon, held to 4,096 descriptors,
+/// goes on serving another user, who can still make, write, link and list
+/// files.
+#[test]
+fn one_users_directories_and_removed_files_never_use_up_the_daemons_descriptors() {
+    let tmp = TempDir::new("sec-fds-dirs");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let tree = tmp.path().join("tree");
+    let m = Mount::builder("sec-fds-dirs")
+        .opt(&format!("logs={}", fast.0.join("logs").display()))
+        .opt(&format!("scratch={}", fast.0.join("scratch").display()))
+        .nofile(4096)
+        .source(&tree, tmp)
+        .start();
+    let (uid, gid) = attacker();
+    let dir = attackers_dir(m.p("u"));
+    let program = r#"
+import os, sys
+held, made, refused = [], 0, 0
+for i in range(5000):
+    try:
+        os.mkdir("d%d" % i)
+        made += 1
+    except OSError:
+        refused += 1
+for i in range(3000):
+    try:
+        with open("f%d" % i, "w") as f:
+            f.write("x")
+        held.append(os.open("f%d" % i, os.O_PATH))
+        os.unlink("f%d" % i)
+    except OSError:
+        refused += 1
+print(made, refused, flush=True)
+sys.stdin.read()
+"#;
+    let mut attack = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            program,
+        ])
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(attack.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    // While the attacker holds all it made, another user is served.
+    let mine = m.p("mine");
+    let served = (|| -> std::io::Result<Vec<String>> {
+        fs::create_dir(&mine)?;
+        fs::write(mine.join("a"), b"mine")?;
+        fs::hard_link(mine.join("a"), mine.join("b"))?;
+        assert_eq!(fs::read(mine.join("b"))?, b"mine");
+        Ok(names(&mine))
+    })();
+    drop(attack.stdin.take());
+    let _ = attack.wait();
+    assert_eq!(
+        served.map_err(|e| e.to_string()),
+        Ok(vec!["a".to_string(), "b".to_string()]),
+        "another user refused after the attacker made (directories made, requests refused): {}",
+        line.trim()
+    );
+}
+
 #[test]
 fn an_open_of_a_fifo_swapped_in_never_stalls_other_users() {
     // The attacker's own file, seen by the kernel as a regular file, is
