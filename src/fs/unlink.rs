@@ -116,8 +116,8 @@ impl CasaFs {
         // the other names' counts lag behind. Where an unlinked object can
         // be held (`holds_unlinked`), it is looked at through a descriptor
         // of it, which then pins it if the kernel still holds it once the
-        // name is gone (no second open by name). (Only there: an fstat, unlike a stat by name,
-        // asks a FUSE backing again whatever the flags say.)
+        // name is gone (no second open by name). Only there: on a FUSE
+        // backing a descriptor of a removed name keeps nothing.
         let (st, fd) = if self.holds_unlinked.contains(&dir.dev) {
             let fd = sys::open_at(dfd.as_raw_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
             (sys::fstat_cached(fd.as_raw_fd())?, Some(Arc::new(fd)))

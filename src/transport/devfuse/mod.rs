@@ -49,7 +49,9 @@ fn guarded(req: &Request, f: impl FnOnce()) {
 /// when casafs lets go of it (`CasaFs::remove_file`). At the normal
 /// priority the forget thread, woken on the CPU where the remover waits,
 /// runs before the request the remover sends next and holds it up; at
-/// the lowest it runs in the time that is left, yet is never starved.
+/// the lowest it runs in the time that is left. With every CPU saturated
+/// forgets then wait, seconds at worst: what waits on them is bounded
+/// (`fdbudget::freed_at_forget`, `fdbudget::cached_dirs`).
 fn forgets_yield() {
     thread_local! {
         static YIELDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
