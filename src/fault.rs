@@ -16,6 +16,9 @@
 //!   stuck in a hung backing would (the watchdog and `casafs check` must
 //!   notice).
 //!
+//! - `CASAFS_FAULT_SLOW_FSYNC=MS`: every fsync of a file waits MS ms
+//!   first, as one on a disk busy with other writes would.
+//!
 //! - `CASAFS_FAULT_SLOW_STOP=MS`: a daemon that stops waits MS ms before
 //!   writing its table of file handles, as one on a slow disk would.
 //!
@@ -36,6 +39,7 @@ struct Faults {
     stall_name: Option<Vec<u8>>,
     stall: Duration,
     slow_stop: Option<Duration>,
+    slow_fsync: Option<Duration>,
     no_trusted: bool,
     no_watch: bool,
 }
@@ -49,6 +53,10 @@ fn faults() -> &'static Faults {
         no_trusted: std::env::var_os("CASAFS_FAULT_NO_TRUSTED_XATTRS").is_some(),
         no_watch: std::env::var_os("CASAFS_FAULT_NO_WATCH").is_some(),
         slow_stop: std::env::var("CASAFS_FAULT_SLOW_STOP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
+        slow_fsync: std::env::var("CASAFS_FAULT_SLOW_FSYNC")
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
@@ -116,6 +124,13 @@ pub fn rename_onto(name: &[u8]) -> crate::sys::Res<()> {
         return Err(crate::sys::Errno::EIO);
     }
     Ok(())
+}
+
+/// As an fsync of a file starts.
+pub fn fsync_starts() {
+    if let Some(d) = faults().slow_fsync {
+        std::thread::sleep(d);
+    }
 }
 
 /// Before a stopping daemon writes its table of file handles.

@@ -250,6 +250,63 @@ fn a_queue_that_cannot_start_falls_back_to_dev_fuse() {
     );
 }
 
+/// An fsync waiting on a busy disk holds only itself: the other requests
+/// of its CPU are served meanwhile, even with two such fsyncs waiting at
+/// once on that CPU's queue.
+#[test]
+fn fsyncs_waiting_on_the_disk_do_not_hold_the_other_requests_of_their_cpu() {
+    if !io_uring_or_dev_fuse("slowfsync-devfuse") {
+        return;
+    }
+    let m = Mount::builder("slowfsync")
+        .env("CASAFS_FAULT_SLOW_FSYNC", "6000")
+        .start();
+    assert_eq!(transport(&m).0, "io_uring", "{}", m.log_text());
+    let synced = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let fsyncs: Vec<_> = (0..2)
+            .map(|i| {
+                let (f, synced) = (m.p(&format!("synced{i}")), &synced);
+                s.spawn(move || {
+                    pin_to(0);
+                    let mut w = fs::File::create(&f).unwrap();
+                    w.write_all(b"kept").unwrap();
+                    w.sync_all().unwrap();
+                    synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        // Both fsyncs are at the daemon by then (the fault holds each 6 s).
+        std::thread::sleep(Duration::from_millis(800));
+        let others = s.spawn(|| {
+            pin_to(0);
+            for k in 0..20 {
+                let f = m.p(&format!("meanwhile{k}"));
+                fs::write(&f, b"served").unwrap();
+                assert_eq!(fs::read(&f).unwrap(), b"served");
+                fs::remove_file(&f).unwrap();
+            }
+            names(&m.mnt)
+        });
+        let listed = others.join().unwrap();
+        assert_eq!(
+            synced.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the other requests waited for the fsyncs"
+        );
+        let mut listed: Vec<_> = listed
+            .into_iter()
+            .filter(|n| n.starts_with("synced"))
+            .collect();
+        listed.sort();
+        assert_eq!(listed, ["synced0", "synced1"]);
+        for t in fsyncs {
+            t.join().unwrap();
+        }
+    });
+    assert_eq!(fs::read(m.backing("synced1")).unwrap(), b"kept");
+}
+
 /// A bug that panics in a handler costs only its own request: the caller
 /// gets EIO, and the daemon goes on serving, on every transport, however
 /// many times it happens.

@@ -352,6 +352,7 @@ impl CasaFs {
 
     pub(super) fn do_fsync(&self, fh: u64, datasync: bool) -> Res<()> {
         let h = self.handles.get(fh)?;
+        crate::fault::fsync_starts();
         sys::fsync(h.fd()?, datasync)
     }
 

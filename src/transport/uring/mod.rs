@@ -13,15 +13,18 @@
 //! INTERRUPT there, and falls back to it for everything if a queue fails
 //! to register.
 //!
-//! Each thread owns one ring with one entry (`queue.rs`), so a slow request
-//! (an fsync on a busy disk) only holds its own thread: the kernel gives the
-//! next request of that CPU to another idle entry.
+//! One thread serves each queue, through a ring with a few entries
+//! (`queue.rs`): requests that arrive while it is busy wait in the other
+//! entries, and are served without a switch to another thread. A request
+//! that may wait on the disk (an fsync on a busy disk) goes to a worker
+//! (`workers.rs`), so it holds only its entry, not the CPU's queue.
 
 pub mod abi;
 mod handoff;
 mod queue;
 mod reply;
 mod serve;
+mod workers;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -33,9 +36,6 @@ use io_uring::{IoUring, cqueue, squeue};
 use parking_lot::Mutex;
 
 use crate::fs::CasaFs;
-
-/// Threads (each with one ring entry) per CPU queue.
-pub const THREADS_PER_QUEUE: usize = 2;
 
 /// How often a queue may lose a thread to an unexpected error and get a new
 /// one before casafs gives up on the connection.
@@ -126,6 +126,7 @@ pub(crate) struct Shared {
     restarts: Vec<AtomicUsize>,
     connection: Option<u32>,
     handoff: Arc<handoff::Handoff>,
+    workers: Arc<workers::Workers>,
 }
 
 impl Shared {
@@ -184,6 +185,7 @@ fn spawn_thread(
 /// The running queues.
 pub struct Queues {
     threads: Vec<std::thread::JoinHandle<()>>,
+    workers: Arc<workers::Workers>,
 }
 
 impl Queues {
@@ -191,6 +193,7 @@ impl Queues {
     /// away, for at most `limit`: a thread still inside a request is left
     /// to the process's exit.
     pub fn join(self, limit: std::time::Duration) {
+        self.workers.close();
         let deadline = std::time::Instant::now() + limit;
         while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline
         {
@@ -231,17 +234,16 @@ pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
         restarts: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         connection,
         handoff,
+        workers: Arc::default(),
     });
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
     let mut started = vec![0usize; n];
     let mut why = None;
     for qid in 0..n {
-        for _ in 0..THREADS_PER_QUEUE {
-            match spawn_thread(&shared, qid as u16, Some(tx.clone())) {
-                Ok(t) => threads.push(t),
-                Err(e) => why = Some(format!("cannot start a queue thread: {e}")),
-            }
+        match spawn_thread(&shared, qid as u16, Some(tx.clone())) {
+            Ok(t) => threads.push(t),
+            Err(e) => why = Some(format!("cannot start a queue thread: {e}")),
         }
     }
     drop(tx);
@@ -270,11 +272,12 @@ pub fn start(fs: &Arc<CasaFs>) -> Option<Queues> {
             }
             let handoff = if on { "on" } else { "off" };
             tracing::info!(
-                "serving through FUSE over io_uring: {n} CPU queues, {THREADS_PER_QUEUE} threads each, CPU handoff {handoff}"
+                "serving through FUSE over io_uring: {n} CPU queues, a thread each, CPU handoff {handoff}"
             );
         }
     }
-    Some(Queues { threads })
+    let workers = shared.workers.clone();
+    Some(Queues { threads, workers })
 }
 
 /// A registration the kernel refuses (a queue that does not exist) turns

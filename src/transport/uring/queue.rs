@@ -1,7 +1,8 @@
-//! One queue thread: its own ring with one entry (a header buffer and a
-//! payload buffer the kernel copies requests into), registered on the CPU
-//! queue it serves, then: wait for a request, serve it, commit the reply
-//! and fetch the next, until the connection goes away.
+//! One queue thread: its own ring with a few entries (each a header buffer
+//! and a payload buffer the kernel copies requests into), registered on the
+//! CPU queue it serves, then: wait for requests, serve each (or hand it to
+//! a worker if it may wait on the disk), commit the reply and fetch the
+//! next, until the connection goes away.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::sync::mpsc;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::reply::{Answer, RingReply};
-use super::{Ring, Shared, abi, handoff, serve};
+use super::{Ring, Shared, abi, handoff, serve, workers};
 
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
@@ -51,7 +52,7 @@ impl Drop for Buf {
 /// A ring entry's memory: the header and payload buffers the kernel knows
 /// by address, and a spare buffer replies are built in when the request's
 /// arguments still occupy the payload buffer.
-struct Entry {
+pub(super) struct Entry {
     header: Buf,
     payload: Buf,
     spare: Buf,
@@ -114,15 +115,35 @@ fn commit_sqe(dev: RawFd, qid: u16, commit_id: u64) -> squeue::Entry128 {
         .build()
 }
 
+/// A ring entry handed to a worker, which writes its reply into it.
+pub(super) struct EntryRef(*const Entry);
+
+// SAFETY: the entry's buffers are the worker's alone between the hand-over
+// and the commit id coming back (see `serve_loop`).
+unsafe impl Send for EntryRef {}
+
+impl EntryRef {
+    /// # Safety
+    /// Only while the entry is handed over: its queue thread neither frees
+    /// nor touches it until the worker reports it done.
+    pub(super) unsafe fn get(&self) -> &Entry {
+        unsafe { &*self.0 }
+    }
+}
+
 /// How a thread's loop ended.
 enum End {
     /// The connection went away: nothing left to serve.
     Disconnected,
-    /// The ring or entry failed while the connection lives.
+    /// The ring or an entry failed while the connection lives.
     Failed,
 }
 
-/// The thread body. `ready` hears whether the queue got its entry.
+/// The `user_data` of the read of the workers' eventfd; an entry's is its
+/// index.
+const WORKERS_DONE: u64 = u64::MAX;
+
+/// The thread body. `ready` hears whether the queue got its entries.
 pub(super) fn run(
     shared: Arc<Shared>,
     qid: u16,
@@ -130,7 +151,7 @@ pub(super) fn run(
 ) {
     super::pin(qid as usize);
     let dev = shared.dev.as_raw_fd();
-    let setup = || -> std::io::Result<(Ring, Entry)> {
+    let setup = || -> std::io::Result<(Ring, Vec<Entry>, Arc<workers::Done>)> {
         if crate::fault::queue_fails(qid) {
             return Err(std::io::Error::other(
                 "fault injected by CASAFS_FAULT_QUEUE",
@@ -141,20 +162,24 @@ pub(super) fn run(
         // (DEFER_TASKRUN) rather than interrupting it: 0.5 µs of a ~14 µs
         // round trip here. Where the flags are refused (a filter on
         // io_uring_setup), a plain ring works the same, a little slower.
+        let size = 2 * ENTRIES_PER_QUEUE as u32 + 2;
         let ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
-            .build(4)
+            .build(size)
         {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!("queue {qid}: plain ring ({e} with DEFER_TASKRUN)");
-                IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4)?
+                IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(size)?
             }
         };
-        Ok((ring, Entry::new(shared.payload_len)?))
+        let entries = (0..ENTRIES_PER_QUEUE)
+            .map(|_| Entry::new(shared.payload_len))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok((ring, entries, workers::Done::new()?))
     };
-    let (mut ring, entry) = match setup() {
+    let (mut ring, entries, done) = match setup() {
         Ok(v) => v,
         Err(e) => {
             match ready {
@@ -172,133 +197,215 @@ pub(super) fn run(
             return;
         }
     };
-    let mut entry = Some(entry);
-    let member = shared.handoff.join();
-    let ended = serve_loop(
-        &shared,
-        &mut ring,
+    let mut q = Queue {
+        shared: &shared,
         dev,
         qid,
-        &mut entry,
-        ready,
-        member.as_ref(),
-    );
+        entries,
+        at_worker: vec![false; ENTRIES_PER_QUEUE],
+        done,
+        count: Box::new(0),
+    };
+    let member = shared.handoff.join();
+    let ended = q.serve_loop(&mut ring, ready, member.as_ref());
     // Close the ring before the buffers go: the kernel copies into them
-    // until the entry is cancelled.
+    // until the entries are cancelled.
     drop(ring);
-    match ended {
-        End::Disconnected => drop(entry),
-        End::Failed => {
-            if let Some(e) = entry {
-                e.abandon();
-            }
-            shared.thread_lost(qid);
-        }
+    let handed_over = q.at_worker.iter().any(|&w| w);
+    let entries = std::mem::take(&mut q.entries);
+    if matches!(ended, End::Failed) || handed_over {
+        // The kernel may still hold the addresses of an entry it did not
+        // hand back, and a worker may still write into one.
+        entries.into_iter().for_each(Entry::abandon);
     }
+    if matches!(ended, End::Failed) {
+        shared.thread_lost(qid);
+    }
+}
+
+/// Ring entries per CPU queue: requests that arrive while the queue thread
+/// is busy, or while workers hold some entries, wait in the others.
+const ENTRIES_PER_QUEUE: usize = 4;
+
+/// A queue thread's entries and where each one is.
+struct Queue<'a> {
+    shared: &'a Arc<Shared>,
+    dev: RawFd,
+    qid: u16,
+    entries: Vec<Entry>,
+    /// Handed to a worker, whose commit id comes back through `done`.
+    at_worker: Vec<bool>,
+    done: Arc<workers::Done>,
+    /// Where the ring reads the workers' eventfd count into.
+    count: Box<u64>,
 }
 
 fn push(ring: &mut Ring, sqe: &squeue::Entry128) -> bool {
     if unsafe { ring.submission().push(sqe) }.is_ok() {
         return true;
     }
-    // Full: one entry is outstanding at most, so this does not happen;
-    // if it did, submitting makes room.
+    // Full: the ring has room for every entry and the eventfd read twice
+    // over, so this does not happen; if it did, submitting makes room.
     ring.submit().is_ok() && unsafe { ring.submission().push(sqe) }.is_ok()
 }
 
-/// Serves requests until the connection goes away or the ring fails.
-fn serve_loop(
-    shared: &Arc<Shared>,
-    ring: &mut Ring,
-    dev: RawFd,
-    qid: u16,
-    entry: &mut Option<Entry>,
-    ready: Option<mpsc::Sender<(u16, Result<(), String>)>>,
-    handoff: Option<&handoff::Member>,
-) -> End {
-    let mut ready = ready;
-    let Some(e) = entry.as_ref() else {
-        return End::Failed;
-    };
-    let mut last = register_sqe(dev, qid, e.iov.as_ptr());
-    let mut renewals = 0;
-    let submitted = if push(ring, &last) {
-        ring.submit().map(|_| ()).map_err(|e| e.to_string())
-    } else {
-        Err("cannot queue the registration".to_string())
-    };
-    if let Some(tx) = ready.take() {
-        // The kernel refuses a bad registration with a completion, handled
-        // below like any failed entry.
-        let _ = tx.send((
-            qid,
-            submitted.clone().map_err(|e| format!("queue {qid}: {e}")),
-        ));
+impl Queue<'_> {
+    fn read_done_sqe(&mut self) -> squeue::Entry128 {
+        let count: *mut u64 = &mut *self.count;
+        opcode::Read::new(types::Fd(self.done.efd.as_raw_fd()), count.cast(), 8)
+            .build()
+            .user_data(WORKERS_DONE)
+            .into()
     }
-    if submitted.is_err() {
-        return End::Failed;
+
+    fn register(&self, idx: usize) -> squeue::Entry128 {
+        register_sqe(self.dev, self.qid, self.entries[idx].iov.as_ptr()).user_data(idx as u64)
     }
-    loop {
-        match ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAGAIN | libc::EBUSY | libc::ENOMEM)
-                ) =>
-            {
-                // Short of memory or completion room for a moment.
-                std::thread::sleep(std::time::Duration::from_millis(1));
-                continue;
-            }
-            Err(e) => {
-                tracing::error!("queue {qid}: io_uring_enter: {e}");
-                return End::Failed;
-            }
-        }
-        let Some(cqe) = ring.completion().next() else {
-            continue;
-        };
-        let res = cqe.result();
-        if res >= 0 {
-            let Some(e) = entry.as_ref() else {
-                return End::Failed;
-            };
-            let commit_id = handle(shared, e);
-            shared.fs.stats().ring_requests.fetch_add(1, Relaxed);
-            last = commit_sqe(dev, qid, commit_id);
-            if let Some(m) = handoff {
-                m.before_reply();
-            }
-        } else if res == -libc::EAGAIN || res == -libc::EINTR {
-            // Registered before the kernel finished INIT: the same again.
-        } else if [libc::ENOTCONN, libc::ECONNABORTED, libc::ECANCELED].contains(&-res) {
-            return End::Disconnected;
+
+    fn commit(&self, idx: usize, commit_id: u64) -> squeue::Entry128 {
+        commit_sqe(self.dev, self.qid, commit_id).user_data(idx as u64)
+    }
+
+    /// Serves requests until the connection goes away or the ring fails.
+    fn serve_loop(
+        &mut self,
+        ring: &mut Ring,
+        ready: Option<mpsc::Sender<(u16, Result<(), String>)>>,
+        handoff: Option<&handoff::Member>,
+    ) -> End {
+        let qid = self.qid;
+        // What each entry last asked of the kernel, to ask again on EINTR.
+        let mut last: Vec<squeue::Entry128> =
+            (0..self.entries.len()).map(|i| self.register(i)).collect();
+        let mut renewals = 0;
+        let read_done = self.read_done_sqe();
+        let queued = last.iter().all(|s| push(ring, s)) && push(ring, &read_done);
+        let submitted = if queued {
+            ring.submit().map(|_| ()).map_err(|e| e.to_string())
         } else {
-            // The kernel gave this entry up (it refused the registration or
-            // the commit): a new entry in new memory, the old one abandoned.
-            tracing::error!(
-                "queue {qid}: the kernel refused the ring entry: {}",
-                std::io::Error::from_raw_os_error(-res)
-            );
-            renewals += 1;
-            if renewals > 3 {
-                shared.fs.stats().ring_queues.store(0, Relaxed);
-                return End::Failed;
-            }
-            if let Some(old) = entry.take() {
-                old.abandon();
-            }
-            let Ok(fresh) = Entry::new(shared.payload_len) else {
-                return End::Failed;
-            };
-            last = register_sqe(dev, qid, fresh.iov.as_ptr());
-            *entry = Some(fresh);
+            Err("cannot queue the registration".to_string())
+        };
+        if let Some(tx) = ready {
+            // The kernel refuses a bad registration with a completion,
+            // handled below like any failed entry.
+            let _ = tx.send((
+                qid,
+                submitted.clone().map_err(|e| format!("queue {qid}: {e}")),
+            ));
         }
-        if !push(ring, &last) {
+        if submitted.is_err() {
             return End::Failed;
         }
+        loop {
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EBUSY | libc::ENOMEM)
+                    ) =>
+                {
+                    // Short of memory or completion room for a moment.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!("queue {qid}: io_uring_enter: {e}");
+                    return End::Failed;
+                }
+            }
+            let mut replied = false;
+            loop {
+                let Some((tag, res)) = ring
+                    .completion()
+                    .next()
+                    .map(|c| (c.user_data(), c.result()))
+                else {
+                    break;
+                };
+                if tag == WORKERS_DONE {
+                    if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
+                        tracing::error!(
+                            "queue {qid}: reading the workers' eventfd: {}",
+                            std::io::Error::from_raw_os_error(-res)
+                        );
+                        return End::Failed;
+                    }
+                    for (idx, commit_id) in self.done.take() {
+                        self.at_worker[idx] = false;
+                        last[idx] = self.commit(idx, commit_id);
+                        replied |= push(ring, &last[idx]);
+                    }
+                    let again = self.read_done_sqe();
+                    if !push(ring, &again) {
+                        return End::Failed;
+                    }
+                    continue;
+                }
+                let idx = tag as usize;
+                if idx >= self.entries.len() {
+                    continue;
+                }
+                if res >= 0 {
+                    if let Some(commit_id) = self.serve_or_hand_over(idx) {
+                        last[idx] = self.commit(idx, commit_id);
+                        replied = true;
+                    } else {
+                        continue;
+                    }
+                } else if res == -libc::EAGAIN || res == -libc::EINTR {
+                    // Registered before the kernel finished INIT: the same
+                    // again.
+                } else if [libc::ENOTCONN, libc::ECONNABORTED, libc::ECANCELED].contains(&-res) {
+                    return End::Disconnected;
+                } else {
+                    // The kernel gave this entry up (it refused the
+                    // registration or the commit): a new entry in new
+                    // memory, the old one abandoned.
+                    tracing::error!(
+                        "queue {qid}: the kernel refused a ring entry: {}",
+                        std::io::Error::from_raw_os_error(-res)
+                    );
+                    renewals += 1;
+                    if renewals > 3 {
+                        self.shared.fs.stats().ring_queues.store(0, Relaxed);
+                        return End::Failed;
+                    }
+                    let Ok(fresh) = Entry::new(self.shared.payload_len) else {
+                        return End::Failed;
+                    };
+                    std::mem::replace(&mut self.entries[idx], fresh).abandon();
+                    last[idx] = self.register(idx);
+                }
+                if !push(ring, &last[idx]) {
+                    return End::Failed;
+                }
+            }
+            if replied && let Some(m) = handoff {
+                m.before_reply();
+            }
+        }
+    }
+
+    /// Serves entry `idx`'s request and returns its commit id, or hands it
+    /// to a worker (None) if it may wait on the disk.
+    fn serve_or_hand_over(&mut self, idx: usize) -> Option<u64> {
+        let e = &self.entries[idx];
+        // SAFETY: the header is the kernel's until the CQE, ours after.
+        let opcode = unsafe { e.header.ptr.add(4).cast::<u32>().read_unaligned() };
+        if workers::may_wait_long(opcode)
+            && self
+                .shared
+                .workers
+                .hand(self.shared, EntryRef(e), idx, &self.done)
+        {
+            self.at_worker[idx] = true;
+            return None;
+        }
+        let commit_id = handle(self.shared, e);
+        self.shared.fs.stats().ring_requests.fetch_add(1, Relaxed);
+        Some(commit_id)
     }
 }
 
@@ -309,7 +416,7 @@ fn serve_loop(
 /// buffer, so a request that came with arguments is answered into the spare
 /// buffer first and copied over once the handler is done. A handler that
 /// panics answers EIO, and the thread goes on serving.
-fn handle(shared: &Shared, e: &Entry) -> u64 {
+pub(super) fn handle(shared: &Shared, e: &Entry) -> u64 {
     let (header, payload, spare) = (&e.header, &e.payload, &e.spare);
     let mut head = [0u8; abi::HEADER_SIZE];
     // SAFETY: between a request's CQE and its commit the entry's buffers
