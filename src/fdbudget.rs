@@ -26,6 +26,14 @@ pub fn handles_per_user() -> usize {
     (limit() / 8).max(16)
 }
 
+/// Open files and directories of all users together (not root's): with
+/// the cached directories and the pins, at most seven eighths of the
+/// limit, the rest left for root and casafs's own work however many users
+/// hold their share.
+pub fn handles_of_users() -> usize {
+    (limit() * 3 / 8).max(handles_per_user())
+}
+
 /// Directories whose `O_PATH` descriptor is kept; the others are reopened
 /// through their parent.
 pub fn cached_dirs() -> usize {

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -72,24 +72,35 @@ pub struct HandleTable {
     next: AtomicU64,
     /// Handles each user holds.
     per_user: DashMap<u32, usize>,
+    /// Handles all users but root hold.
+    of_users: AtomicUsize,
 }
 
 impl HandleTable {
-    /// Whether `uid` may open one more handle (root always may: it is the
-    /// operator's).
+    /// Whether `uid` may open one more handle: within its own share
+    /// (`EMFILE` past it) and the users' share together (`ENFILE`, as a
+    /// full system file table). Root always may: it is the operator's.
     pub fn admit(&self, uid: u32) -> Res<()> {
-        if uid != 0
-            && self
-                .per_user
-                .get(&uid)
-                .is_some_and(|n| *n >= crate::fdbudget::handles_per_user())
+        if uid == 0 {
+            return Ok(());
+        }
+        if self
+            .per_user
+            .get(&uid)
+            .is_some_and(|n| *n >= crate::fdbudget::handles_per_user())
         {
             return Err(Errno::EMFILE);
+        }
+        if self.of_users.load(Ordering::Relaxed) >= crate::fdbudget::handles_of_users() {
+            return Err(Errno::ENFILE);
         }
         Ok(())
     }
 
     pub fn insert(&self, h: Handle) -> u64 {
+        if h.opener.uid != 0 {
+            self.of_users.fetch_add(1, Ordering::Relaxed);
+        }
         *self.per_user.entry(h.opener.uid).or_default() += 1;
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         self.map.insert(fh, Arc::new(h));
@@ -102,6 +113,9 @@ impl HandleTable {
 
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
         let h = self.map.remove(&fh).map(|(_, h)| h)?;
+        if h.opener.uid != 0 {
+            self.of_users.fetch_sub(1, Ordering::Relaxed);
+        }
         if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.per_user.entry(h.opener.uid) {
             *e.get_mut() = e.get().saturating_sub(1);
             if *e.get() == 0 {

@@ -342,6 +342,102 @@ sys.stdin.read()
     );
 }
 
+/// Eight users at once, each holding as many files open as casafs lets one
+/// user: together they never use up the daemon's descriptors (held to
+/// 1,024); past the users' share a further open gets `ENFILE`, as from a
+/// full system file table, and root is still served.
+#[test]
+fn many_users_holding_files_open_never_use_up_the_daemons_descriptors() {
+    let tmp = TempDir::new("sec-fds-users");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let tree = tmp.path().join("tree");
+    let m = Mount::builder("sec-fds-users")
+        .opt(&format!("logs={}", fast.0.join("logs").display()))
+        .opt(&format!("scratch={}", fast.0.join("scratch").display()))
+        .nofile(1024)
+        .source(&tree, tmp)
+        .start();
+    let shared = m.p("shared");
+    fs::create_dir(&shared).unwrap();
+    for i in 0..200 {
+        fs::write(shared.join(format!("f{i}")), b"x").unwrap();
+    }
+    let program = r#"
+import errno, os, sys
+held, why = [], "none"
+for i in range(200):
+    try:
+        held.append(os.open("f%d" % i, os.O_RDONLY))
+    except OSError as e:
+        why = errno.errorcode[e.errno]
+        break
+print(len(held), why, flush=True)
+sys.stdin.read()
+"#;
+    let mut users: Vec<_> = (0..8)
+        .map(|k| {
+            Command::new("setpriv")
+                .args([
+                    &format!("--reuid={}", 60101 + k),
+                    "--regid=60101",
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    "-c",
+                    program,
+                ])
+                .current_dir(&shared)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let held: Vec<String> = users
+        .iter_mut()
+        .map(|u| {
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(u.stdout.take().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            line.trim().to_string()
+        })
+        .collect();
+    // While every user holds what it could open, root is served.
+    let mine = m.p("mine");
+    let served = (|| -> std::io::Result<Vec<String>> {
+        fs::create_dir(&mine)?;
+        fs::write(mine.join("a"), b"mine")?;
+        fs::hard_link(mine.join("a"), mine.join("b"))?;
+        assert_eq!(fs::read(mine.join("b"))?, b"mine");
+        Ok(names(&mine))
+    })();
+    for u in &mut users {
+        drop(u.stdin.take());
+        let _ = u.wait();
+    }
+    assert_eq!(
+        served.map_err(|e| e.to_string()),
+        Ok(vec!["a".to_string(), "b".to_string()]),
+        "root refused while the users held (files open, why the next was refused): {held:?}"
+    );
+    let opened: usize = held
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert!(opened >= 128, "{held:?}");
+    assert!(
+        held.iter().any(|l| l.ends_with("ENFILE")),
+        "no user was refused for all users' share: {held:?}"
+    );
+    assert!(
+        held.iter()
+            .all(|l| l.ends_with("ENFILE") || l.ends_with("EMFILE")),
+        "{held:?}"
+    );
+}
+
 #[test]
 fn an_open_of_a_fifo_swapped_in_never_stalls_other_users() {
     // The attacker's own file, seen by the kernel as a regular file, is
