@@ -67,6 +67,9 @@ pub struct CasaFs {
     /// only where close reports errors; elsewhere the first flush answers
     /// ENOSYS and the kernel stops sending them.
     flush_on_close: bool,
+    /// The tree or an area is on a filesystem another process serves (a
+    /// FUSE daemon such as ntfs-3g, a network server).
+    backing_servers: bool,
     passthrough: AtomicBool,
     backing_types: Vec<(String, String)>,
     /// The FUSE connection's device, once mounted: backing ids for kernel
@@ -102,6 +105,12 @@ impl CasaFs {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// Whether requests may wait on another process: the tree or an area
+    /// is on a FUSE filesystem (ntfs-3g) or a network filesystem.
+    pub fn backing_has_servers(&self) -> bool {
+        self.backing_servers
     }
 
     /// The FUSE connection's device, once mounted: kernel passthrough
@@ -193,6 +202,10 @@ impl CasaFs {
             DeferUnlink::Never => false,
             DeferUnlink::Auto => crate::fstype::leaves_unlink_debris(root_ftype),
         };
+        let backing_servers = crate::fstype::leaves_unlink_debris(root_ftype)
+            || areas
+                .iter()
+                .any(|a| crate::fstype::leaves_unlink_debris(a.fs_type));
         let mut holds_unlinked = Vec::new();
         if !crate::fstype::leaves_unlink_debris(root_ftype) {
             holds_unlinked.push(st.st_dev);
@@ -230,6 +243,7 @@ impl CasaFs {
             defer_unlink,
             holds_unlinked,
             flush_on_close: crate::fstype::reports_errors_at_close(root_ftype),
+            backing_servers,
             passthrough: AtomicBool::new(false),
             backing_types,
             dev: std::sync::OnceLock::new(),

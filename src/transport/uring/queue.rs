@@ -162,7 +162,7 @@ pub(super) fn run(
         // (DEFER_TASKRUN) rather than interrupting it: 0.5 µs of a ~14 µs
         // round trip here. Where the flags are refused (a filter on
         // io_uring_setup), a plain ring works the same, a little slower.
-        let size = 2 * ENTRIES_PER_QUEUE as u32 + 2;
+        let size = 2 * shared.entries as u32 + 2;
         let ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -174,7 +174,7 @@ pub(super) fn run(
                 IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(size)?
             }
         };
-        let entries = (0..ENTRIES_PER_QUEUE)
+        let entries = (0..shared.entries)
             .map(|_| Entry::new(shared.payload_len))
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok((ring, entries, workers::Done::new()?))
@@ -202,7 +202,7 @@ pub(super) fn run(
         dev,
         qid,
         entries,
-        at_worker: vec![false; ENTRIES_PER_QUEUE],
+        at_worker: vec![false; shared.entries],
         done,
         count: Box::new(0),
     };
@@ -222,11 +222,6 @@ pub(super) fn run(
         shared.thread_lost(qid);
     }
 }
-
-/// Ring entries per CPU queue: requests that arrive while the queue thread
-/// is busy, or while workers hold some entries, wait in the others. Eight,
-/// as libfuse: four measured the same within the noise (1.00-1.04).
-const ENTRIES_PER_QUEUE: usize = 8;
 
 /// A queue thread's entries and where each one is.
 struct Queue<'a> {
