@@ -41,6 +41,11 @@ impl Shape {
 }
 
 fn production(tag: &str, extra: &[&str]) -> Shape {
+    production_held_to(tag, extra, None)
+}
+
+/// The production shape with the daemon held to `nofile` descriptors.
+fn production_held_to(tag: &str, extra: &[&str], nofile: Option<u64>) -> Shape {
     let tmp = TempDir::new(tag);
     let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
     let tree = tmp.path().join("tree");
@@ -50,8 +55,71 @@ fn production(tag: &str, extra: &[&str]) -> Shape {
     for o in extra {
         b = b.arg(o);
     }
+    if let Some(n) = nofile {
+        b = b.nofile(n);
+    }
     let m = b.source(&tree, tmp).start();
     Shape { m, fast }
+}
+
+/// Someone else (root) makes a directory, writes, links, reads back and
+/// lists: the names listed, or why it was refused.
+fn someone_else_is_served(m: &Mount) -> Result<Vec<String>, String> {
+    let mine = m.p("mine");
+    let served = (|| -> std::io::Result<Vec<String>> {
+        fs::create_dir(&mine)?;
+        fs::write(mine.join("a"), b"mine")?;
+        fs::hard_link(mine.join("a"), mine.join("b"))?;
+        assert_eq!(fs::read(mine.join("b"))?, b"mine");
+        Ok(names(&mine))
+    })();
+    served.map_err(|e| e.to_string())
+}
+
+/// What each holder (`python_holding_as`) printed once it held all it
+/// could, and whether someone else was served while they held it; the
+/// holders then let go.
+fn served_while_held(
+    m: &Mount,
+    holders: &mut [std::process::Child],
+) -> (Vec<String>, Result<Vec<String>, String>) {
+    let said = holders
+        .iter_mut()
+        .map(|h| {
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(h.stdout.take().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            line.trim().to_string()
+        })
+        .collect();
+    let served = someone_else_is_served(m);
+    for h in holders {
+        drop(h.stdin.take());
+        let _ = h.wait();
+    }
+    (said, served)
+}
+
+/// Debian's Python running `program` in `dir` as `uid`/`gid`, its stdin and
+/// stdout piped: it holds what it opened until its stdin closes.
+fn python_holding_as(uid: u32, gid: u32, dir: &Path, program: &str) -> std::process::Child {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            program,
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// `dir` made, and given to the attacker.
@@ -272,15 +340,8 @@ fn default_acls_and_the_mask_come_out_as_natively_in_place_and_routed() {
 /// files.
 #[test]
 fn one_users_directories_and_removed_files_never_use_up_the_daemons_descriptors() {
-    let tmp = TempDir::new("sec-fds-dirs");
-    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
-    let tree = tmp.path().join("tree");
-    let m = Mount::builder("sec-fds-dirs")
-        .opt(&format!("logs={}", fast.0.join("logs").display()))
-        .opt(&format!("scratch={}", fast.0.join("scratch").display()))
-        .nofile(4096)
-        .source(&tree, tmp)
-        .start();
+    let shape = production_held_to("sec-fds-dirs", &[], Some(4096));
+    let m = &shape.m;
     let (uid, gid) = attacker();
     let dir = attackers_dir(m.p("u"));
     let program = r#"
@@ -303,42 +364,13 @@ for i in range(3000):
 print(made, refused, flush=True)
 sys.stdin.read()
 "#;
-    let mut attack = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-            program,
-        ])
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(attack.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let mut attack = [python_holding_as(uid, gid, &dir, program)];
     // While the attacker holds all it made, another user is served.
-    let mine = m.p("mine");
-    let served = (|| -> std::io::Result<Vec<String>> {
-        fs::create_dir(&mine)?;
-        fs::write(mine.join("a"), b"mine")?;
-        fs::hard_link(mine.join("a"), mine.join("b"))?;
-        assert_eq!(fs::read(mine.join("b"))?, b"mine");
-        Ok(names(&mine))
-    })();
-    drop(attack.stdin.take());
-    let _ = attack.wait();
+    let (said, served) = served_while_held(m, &mut attack);
     assert_eq!(
-        served.map_err(|e| e.to_string()),
+        served,
         Ok(vec!["a".to_string(), "b".to_string()]),
-        "another user refused after the attacker made (directories made, requests refused): {}",
-        line.trim()
+        "another user refused after the attacker made (directories made, requests refused): {said:?}"
     );
 }
 
@@ -348,15 +380,8 @@ sys.stdin.read()
 /// full system file table, and root is still served.
 #[test]
 fn many_users_holding_files_open_never_use_up_the_daemons_descriptors() {
-    let tmp = TempDir::new("sec-fds-users");
-    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
-    let tree = tmp.path().join("tree");
-    let m = Mount::builder("sec-fds-users")
-        .opt(&format!("logs={}", fast.0.join("logs").display()))
-        .opt(&format!("scratch={}", fast.0.join("scratch").display()))
-        .nofile(1024)
-        .source(&tree, tmp)
-        .start();
+    let shape = production_held_to("sec-fds-users", &[], Some(1024));
+    let m = &shape.m;
     let shared = m.p("shared");
     fs::create_dir(&shared).unwrap();
     for i in 0..200 {
@@ -375,50 +400,12 @@ print(len(held), why, flush=True)
 sys.stdin.read()
 "#;
     let mut users: Vec<_> = (0..8)
-        .map(|k| {
-            Command::new("setpriv")
-                .args([
-                    &format!("--reuid={}", 60101 + k),
-                    "--regid=60101",
-                    "--clear-groups",
-                    "/usr/bin/python3",
-                    "-c",
-                    program,
-                ])
-                .current_dir(&shared)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let held: Vec<String> = users
-        .iter_mut()
-        .map(|u| {
-            let mut line = String::new();
-            std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(u.stdout.take().unwrap()),
-                &mut line,
-            )
-            .unwrap();
-            line.trim().to_string()
-        })
+        .map(|k| python_holding_as(60101 + k, 60101, &shared, program))
         .collect();
     // While every user holds what it could open, root is served.
-    let mine = m.p("mine");
-    let served = (|| -> std::io::Result<Vec<String>> {
-        fs::create_dir(&mine)?;
-        fs::write(mine.join("a"), b"mine")?;
-        fs::hard_link(mine.join("a"), mine.join("b"))?;
-        assert_eq!(fs::read(mine.join("b"))?, b"mine");
-        Ok(names(&mine))
-    })();
-    for u in &mut users {
-        drop(u.stdin.take());
-        let _ = u.wait();
-    }
+    let (held, served) = served_while_held(m, &mut users);
     assert_eq!(
-        served.map_err(|e| e.to_string()),
+        served,
         Ok(vec!["a".to_string(), "b".to_string()]),
         "root refused while the users held (files open, why the next was refused): {held:?}"
     );
