@@ -82,10 +82,11 @@ impl Entry {
         })
     }
 
-    /// Gives the memory up for good: the kernel may still hold the
-    /// addresses of an entry it did not hand back.
-    fn abandon(self) {
-        std::mem::forget(self);
+    /// Gives the memory up for good, the entry itself included: the kernel
+    /// may still hold the addresses of an entry it did not hand back, and
+    /// a worker the entry it was handed.
+    fn abandon(self: Box<Self>) {
+        Box::leak(self);
     }
 }
 
@@ -151,7 +152,7 @@ pub(super) fn run(
 ) {
     super::pin(qid as usize);
     let dev = shared.dev.as_raw_fd();
-    let setup = || -> std::io::Result<(Ring, Vec<Entry>, Arc<workers::Done>)> {
+    let setup = || -> std::io::Result<(Ring, Vec<Box<Entry>>, Arc<workers::Done>)> {
         if crate::fault::queue_fails(qid) {
             return Err(std::io::Error::other(
                 "fault injected by CASAFS_FAULT_QUEUE",
@@ -175,7 +176,7 @@ pub(super) fn run(
             }
         };
         let entries = (0..shared.entries)
-            .map(|_| Entry::new(shared.payload_len))
+            .map(|_| Entry::new(shared.payload_len).map(Box::new))
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok((ring, entries, workers::Done::new()?))
     };
@@ -208,6 +209,13 @@ pub(super) fn run(
     };
     let member = shared.handoff.join();
     let ended = q.serve_loop(&mut ring, ready, member.as_ref());
+    // A thread that fails while workers hold requests commits their
+    // replies first: no one else knows their commit ids, and their callers
+    // would wait for ever. Where even that fails, the connection ends, so
+    // they get errors instead.
+    if matches!(ended, End::Failed) && !q.commit_handed_over(&mut ring) {
+        shared.abort_connection();
+    }
     // Close the ring before the buffers go: the kernel copies into them
     // until the entries are cancelled.
     drop(ring);
@@ -228,7 +236,10 @@ struct Queue<'a> {
     shared: &'a Arc<Shared>,
     dev: RawFd,
     qid: u16,
-    entries: Vec<Entry>,
+    /// Boxed: a worker holds the address of the entry it was handed, which
+    /// must outlive this Vec when the thread ends without it.
+    #[allow(clippy::vec_box)]
+    entries: Vec<Box<Entry>>,
     /// Handed to a worker, whose commit id comes back through `done`.
     at_worker: Vec<bool>,
     done: Arc<workers::Done>,
@@ -331,7 +342,10 @@ impl Queue<'_> {
                     for (idx, commit_id) in self.done.take() {
                         self.at_worker[idx] = false;
                         last[idx] = self.commit(idx, commit_id);
-                        replied |= push(ring, &last[idx]);
+                        if !push(ring, &last[idx]) {
+                            return End::Failed;
+                        }
+                        replied = true;
                     }
                     let again = self.read_done_sqe();
                     if !push(ring, &again) {
@@ -368,7 +382,7 @@ impl Queue<'_> {
                         self.shared.fs.stats().ring_queues.store(0, Relaxed);
                         return End::Failed;
                     }
-                    let Ok(fresh) = Entry::new(self.shared.payload_len) else {
+                    let Ok(fresh) = Entry::new(self.shared.payload_len).map(Box::new) else {
                         return End::Failed;
                     };
                     std::mem::replace(&mut self.entries[idx], fresh).abandon();
@@ -384,6 +398,26 @@ impl Queue<'_> {
         }
     }
 
+    /// Waits for the replies of the requests workers hold and commits
+    /// them; false if they could not be committed.
+    fn commit_handed_over(&mut self, ring: &mut Ring) -> bool {
+        let mut pushed = true;
+        while self.at_worker.iter().any(|&w| w) {
+            let mut n = 0u64;
+            // Blocking: the ring that would report it is failing.
+            let r =
+                unsafe { libc::read(self.done.efd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return false;
+            }
+            for (idx, commit_id) in self.done.take() {
+                self.at_worker[idx] = false;
+                pushed &= push(ring, &self.commit(idx, commit_id));
+            }
+        }
+        pushed && ring.submit().is_ok()
+    }
+
     /// Serves entry `idx`'s request and returns its commit id, or hands it
     /// to a worker (None) if it may wait on the disk.
     fn serve_or_hand_over(&mut self, idx: usize) -> Option<u64> {
@@ -394,7 +428,7 @@ impl Queue<'_> {
             && self
                 .shared
                 .workers
-                .hand(self.shared, EntryRef(e), idx, &self.done)
+                .hand(self.shared, EntryRef(&**e), idx, &self.done)
         {
             self.at_worker[idx] = true;
             return None;

@@ -18,8 +18,8 @@ use super::Shared;
 use super::abi;
 use super::queue::{self, EntryRef};
 
-/// At most this many workers: past it a request that may wait long is
-/// served by its queue thread, as any other.
+/// At most this many workers: past it requests wait for one in turn, while
+/// their queue threads go on serving everything else.
 const MAX_WORKERS: usize = 16;
 
 /// Requests whose time is the disk's, not casafs's: flushing to stable
