@@ -31,10 +31,17 @@ pub fn keeps_no_owners(f_type: i64) -> bool {
     matches!(f_type, FUSE_SUPER_MAGIC | MSDOS | EXFAT)
 }
 
-/// Filesystems that turn an unlink of an open file into a visible rename
-/// (`.fuse_hidden*`, `.nfsXXXX`, SMB delete-pending).
-pub fn leaves_unlink_debris(f_type: i64) -> bool {
+/// Filesystems another process serves (a FUSE daemon such as ntfs-3g, a
+/// network server): nearly every request to them waits on that server.
+pub fn has_own_server(f_type: i64) -> bool {
     f_type == FUSE_SUPER_MAGIC || is_network(f_type)
+}
+
+/// Filesystems that turn an unlink of an open file into a visible rename
+/// (`.fuse_hidden*`, `.nfsXXXX`, SMB delete-pending): those with a server
+/// of their own, which keeps an unlinked open file for its client.
+pub fn leaves_unlink_debris(f_type: i64) -> bool {
+    has_own_server(f_type)
 }
 
 /// Filesystems that report delayed write errors at close(2); on every other

@@ -202,10 +202,10 @@ impl CasaFs {
             DeferUnlink::Never => false,
             DeferUnlink::Auto => crate::fstype::leaves_unlink_debris(root_ftype),
         };
-        let backing_servers = crate::fstype::leaves_unlink_debris(root_ftype)
+        let backing_servers = crate::fstype::has_own_server(root_ftype)
             || areas
                 .iter()
-                .any(|a| crate::fstype::leaves_unlink_debris(a.fs_type));
+                .any(|a| crate::fstype::has_own_server(a.fs_type));
         let mut holds_unlinked = Vec::new();
         if !crate::fstype::leaves_unlink_debris(root_ftype) {
             holds_unlinked.push(st.st_dev);

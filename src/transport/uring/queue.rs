@@ -433,9 +433,7 @@ impl Queue<'_> {
             self.at_worker[idx] = true;
             return None;
         }
-        let commit_id = handle(self.shared, e);
-        self.shared.fs.stats().ring_requests.fetch_add(1, Relaxed);
-        Some(commit_id)
+        Some(handle(self.shared, e))
     }
 }
 
@@ -469,6 +467,7 @@ pub(super) fn handle(shared: &Shared, e: &Entry) -> u64 {
     if served.is_none() {
         ans = Answer::unanswered();
     }
+    shared.fs.stats().ring_requests.fetch_add(1, Relaxed);
     let len = ans.len.min(payload.len);
     let out_header = abi::OutHeader {
         len: (16 + len) as u32,

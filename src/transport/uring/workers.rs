@@ -3,14 +3,13 @@
 //! over and goes on serving its CPU, and commits each reply once a worker
 //! has written it into the ring entry.
 //!
-//! Why: one thread serves each CPU queue (a second one costs a context
-//! switch whenever the two take turns, 5-15% on metadata-heavy work), so a
-//! request that blocks it would hold every other request of that CPU.
+//! Why: on local filesystems one thread serves each CPU queue (a second
+//! one costs switches between the two), so a request that blocks it would
+//! hold every other request of that CPU.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use parking_lot::{Condvar, Mutex};
 
@@ -154,7 +153,6 @@ impl Workers {
             // (`queue::serve_loop`), and abandons its entries if it ends
             // with one still here.
             let commit_id = queue::handle(&job.shared, unsafe { job.entry.get() });
-            job.shared.fs.stats().ring_requests.fetch_add(1, Relaxed);
             job.done.finished(job.idx, commit_id);
         }
     }
