@@ -16,6 +16,10 @@
 //!   stuck in a hung backing would (the watchdog and `casafs check` must
 //!   notice).
 //!
+//! - `CASAFS_FAULT_SLOW_LOOKUP=NAME`: a lookup of NAME waits 4 s
+//!   (`CASAFS_FAULT_STALL_SECS`) inside its handler, as one waiting on a
+//!   busy backing server (ntfs-3g) would; only that request waits.
+//!
 //! - `CASAFS_FAULT_SLOW_FSYNC=MS`: every fsync of a file waits MS ms
 //!   first, as one on a disk busy with other writes would.
 //!
@@ -37,6 +41,7 @@ struct Faults {
     create_stat_name: Option<Vec<u8>>,
     rename_name: Option<Vec<u8>>,
     stall_name: Option<Vec<u8>>,
+    slow_lookup_name: Option<Vec<u8>>,
     stall: Duration,
     slow_stop: Option<Duration>,
     slow_fsync: Option<Duration>,
@@ -68,6 +73,8 @@ fn faults() -> &'static Faults {
             .map(std::os::unix::ffi::OsStringExt::into_vec),
         stall_name: std::env::var_os("CASAFS_FAULT_STALL")
             .map(std::os::unix::ffi::OsStringExt::into_vec),
+        slow_lookup_name: std::env::var_os("CASAFS_FAULT_SLOW_LOOKUP")
+            .map(std::os::unix::ffi::OsStringExt::into_vec),
         stall: std::env::var("CASAFS_FAULT_STALL_SECS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -98,6 +105,12 @@ pub fn stall_on_lookup(name: &[u8]) {
     if faults().stall_name.as_deref() == Some(name) {
         let until = epoch().elapsed() + faults().stall;
         STALL_UNTIL.store(until.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+pub fn slow_lookup(name: &[u8]) {
+    if faults().slow_lookup_name.as_deref() == Some(name) {
+        std::thread::sleep(faults().stall);
     }
 }
 

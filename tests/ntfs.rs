@@ -601,3 +601,53 @@ fn concurrent_routed_renames_onto_one_name_never_overwrite() {
         }
     }
 }
+
+/// Where the tree is on a filesystem another process serves, a request
+/// waiting on that server (ntfs-3g busy with another client) holds only
+/// itself: the other requests of its CPU are served meanwhile.
+#[test]
+fn a_request_waiting_on_ntfs3g_does_not_hold_the_other_requests_of_its_cpu() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let v = Ntfs::new("slow-served");
+    let m = Mount::builder("slow-served")
+        .source(&v.dir, TempDir::new("slow-served-log"))
+        .env("CASAFS_FAULT_SLOW_LOOKUP", "waits")
+        .env("CASAFS_FAULT_STALL_SECS", "6")
+        .start();
+    // Elsewhere than the waiting lookup's directory, whose lock (held
+    // shared by the lookup) a creation there would wait for in the kernel.
+    fs::create_dir(m.p("sub")).unwrap();
+    let answered = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            pin_to(0);
+            let r = fs::metadata(m.p("waits"));
+            answered.store(true, SeqCst);
+            errno_of(r)
+        });
+        // The lookup is at the daemon by then (the fault holds it 6 s).
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        let others = s.spawn(|| {
+            pin_to(0);
+            for k in 0..20 {
+                let f = m.p(&format!("sub/meanwhile{k}"));
+                fs::write(&f, b"served").unwrap();
+                assert_eq!(fs::read(&f).unwrap(), b"served");
+                fs::remove_file(&f).unwrap();
+            }
+            fs::write(m.p("sub/kept"), b"on ntfs").unwrap();
+            (
+                names(&m.p("sub")),
+                names(&m.mnt).contains(&"sub".to_string()),
+            )
+        });
+        let listed = others.join().unwrap();
+        assert!(
+            !answered.load(SeqCst),
+            "the other requests waited for the lookup"
+        );
+        assert_eq!(listed, (vec!["kept".to_string()], true));
+        assert_eq!(slow.join().unwrap(), libc::ENOENT);
+    });
+    assert_eq!(fs::read(v.dir.join("sub/kept")).unwrap(), b"on ntfs");
+}

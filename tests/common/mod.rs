@@ -693,3 +693,16 @@ impl Drop for Ntfs {
         }
     }
 }
+
+/// Runs the calling thread on `cpu` only: its requests reach the daemon
+/// through that CPU's queue.
+pub fn pin_to(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}

@@ -140,7 +140,8 @@ pub(crate) struct Shared {
 /// one thread of eight entries, as libfuse (four measured the same within
 /// the noise). Where requests wait on another server, two threads of one
 /// entry: one thread of eight serialised the round trips of two processes
-/// on one CPU (two clients on ntfs-3g took 1.23-1.30 times as long).
+/// on one CPU (two clients on ntfs-3g took 1.23-1.30 times as long), and a
+/// request held up by that server would hold every other of its CPU.
 const LOCAL_LAYOUT: (usize, usize) = (1, 8);
 const SERVED_LAYOUT: (usize, usize) = (2, 1);
 
