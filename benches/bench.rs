@@ -214,7 +214,8 @@ fn targets(base: &Path, also: &[String], also_bin: &[String]) -> Vec<Target> {
         });
     }
     // libfuse's own example, as it is meant to run: FUSE over io_uring and
-    // kernel passthrough, other users let in.
+    // kernel passthrough, other users let in, and so the kernel checking
+    // their permissions (`default_permissions`), as it does for casafs.
     let peers = std::env::var_os("CASAFS_PEERS").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/peers"),
         PathBuf::from,
@@ -229,7 +230,7 @@ fn targets(base: &Path, also: &[String], also_bin: &[String]) -> Vec<Target> {
             Command::new(&hp)
                 .arg("--foreground")
                 .arg("-o")
-                .arg("io_uring,allow_other")
+                .arg("io_uring,allow_other,default_permissions")
                 .arg(&src)
                 .arg(&mnt),
             &mnt,
