@@ -252,3 +252,46 @@ fn a_link_made_beneath_elsewhere_shows_in_the_link_count() {
     fs::hard_link(m.source.join("d/f"), m.source.join("unseen/g")).unwrap();
     eventually_within("the new link counts", 3, || links() == 2);
 }
+
+/// Watches the daemon `pid` holds: one line per fanotify mark, from its
+/// descriptors' fdinfo (`sdev:` a whole filesystem, `ino:` a directory).
+fn fanotify_marks(pid: u32) -> Vec<String> {
+    let mut marks = Vec::new();
+    for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let is_fanotify =
+            fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("[fanotify]"));
+        if !is_fanotify {
+            continue;
+        }
+        let info = fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        marks.extend(
+            info.lines()
+                .filter(|l| l.starts_with("fanotify ") && l.contains("mask:"))
+                .map(str::to_string),
+        );
+    }
+    marks
+}
+
+/// With both cache times fixed nothing casafs would hear of is used, and
+/// no watch is set: a watch makes the kernel build an event for every
+/// change any process makes on that filesystem.
+#[test]
+fn fixed_cache_times_set_no_watch_on_the_filesystem() {
+    let auto = Mount::over_itself("watch-auto");
+    let marks = fanotify_marks(auto.pid());
+    assert!(
+        marks.iter().any(|l| l.contains("sdev:")),
+        "the default cache times watch the tree's filesystem: {marks:?}"
+    );
+    let fixed = Mount::builder("watch-fixed")
+        .opt("attr_timeout=1s,entry_timeout=1s")
+        .start();
+    fs::write(fixed.p("seen"), b"x").unwrap();
+    assert_eq!(fs::read(fixed.p("seen")).unwrap(), b"x");
+    assert_eq!(fanotify_marks(fixed.pid()), Vec::<String>::new());
+}

@@ -92,6 +92,23 @@ pub struct Prepared {
     pub rule_area: Vec<usize>,
 }
 
+/// The watch of changes beneath the mount, unless both cache times are
+/// fixed: nothing it tells would be used then, and it costs every process
+/// on the watched filesystem an event per change. A reload back to
+/// automatic times then keeps them short.
+fn watch_if_used(
+    live: &crate::live::Live,
+    root: std::os::fd::RawFd,
+) -> Option<Arc<crate::watch::Watch>> {
+    if live.attr_timeout() != crate::config::AUTO_CACHE_TIME
+        && live.entry_timeout() != crate::config::AUTO_CACHE_TIME
+    {
+        tracing::info!("changes beneath the mount are not watched: cache times are fixed");
+        return None;
+    }
+    crate::watch::Watch::new(root).map(Arc::new)
+}
+
 impl CasaFs {
     /// The settings the mount started with.
     pub fn settings(&self) -> &Settings {
@@ -188,6 +205,7 @@ impl CasaFs {
         // As configured: a reload compares the new configuration with this,
         // not with what casafs chose below.
         let live = crate::live::Live::new(&settings);
+        let watch = watch_if_used(&live, root_raw.as_raw_fd());
         if settings.passthrough
             && (crate::fstype::is_network(root_ftype)
                 || areas.iter().any(|a| crate::fstype::is_network(a.fs_type)))
@@ -250,7 +268,7 @@ impl CasaFs {
             control: control::Snapshots::default(),
             mount_dev: std::sync::OnceLock::new(),
             root,
-            watch: crate::watch::Watch::new(root_raw.as_raw_fd()).map(Arc::new),
+            watch,
             settings,
         };
         let restored = fs.routing.redirects.restore(
