@@ -87,12 +87,6 @@ pub fn queue_fails(qid: u16) -> bool {
     faults().queue == Some(qid)
 }
 
-pub fn panic_on_lookup(name: &[u8]) {
-    if faults().panic_name.as_deref() == Some(name) {
-        panic!("fault injected by CASAFS_FAULT_PANIC");
-    }
-}
-
 /// Milliseconds after `epoch()` until which every request waits.
 static STALL_UNTIL: AtomicU64 = AtomicU64::new(0);
 
@@ -101,16 +95,19 @@ fn epoch() -> Instant {
     *E.get_or_init(Instant::now)
 }
 
-pub fn stall_on_lookup(name: &[u8]) {
-    if faults().stall_name.as_deref() == Some(name) {
-        let until = epoch().elapsed() + faults().stall;
+/// As a lookup of `name` starts: the faults named after it
+/// (`CASAFS_FAULT_PANIC`, `_STALL`, `_SLOW_LOOKUP`).
+pub fn on_lookup(name: &[u8]) {
+    let f = faults();
+    if f.panic_name.as_deref() == Some(name) {
+        panic!("fault injected by CASAFS_FAULT_PANIC");
+    }
+    if f.stall_name.as_deref() == Some(name) {
+        let until = epoch().elapsed() + f.stall;
         STALL_UNTIL.store(until.as_millis() as u64, Ordering::Relaxed);
     }
-}
-
-pub fn slow_lookup(name: &[u8]) {
-    if faults().slow_lookup_name.as_deref() == Some(name) {
-        std::thread::sleep(faults().stall);
+    if f.slow_lookup_name.as_deref() == Some(name) {
+        std::thread::sleep(f.stall);
     }
 }
 

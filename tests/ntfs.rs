@@ -629,12 +629,7 @@ fn a_request_waiting_on_ntfs3g_does_not_hold_the_other_requests_of_its_cpu() {
         std::thread::sleep(std::time::Duration::from_millis(800));
         let others = s.spawn(|| {
             pin_to(0);
-            for k in 0..20 {
-                let f = m.p(&format!("sub/meanwhile{k}"));
-                fs::write(&f, b"served").unwrap();
-                assert_eq!(fs::read(&f).unwrap(), b"served");
-                fs::remove_file(&f).unwrap();
-            }
+            create_read_remove(&m.p("sub"), 20);
             fs::write(m.p("sub/kept"), b"on ntfs").unwrap();
             (
                 names(&m.p("sub")),

@@ -269,12 +269,7 @@ fn fsyncs_waiting_on_the_disk_do_not_hold_the_other_requests_of_their_cpu() {
         std::thread::sleep(Duration::from_millis(800));
         let others = s.spawn(|| {
             pin_to(0);
-            for k in 0..20 {
-                let f = m.p(&format!("meanwhile{k}"));
-                fs::write(&f, b"served").unwrap();
-                assert_eq!(fs::read(&f).unwrap(), b"served");
-                fs::remove_file(&f).unwrap();
-            }
+            create_read_remove(&m.mnt, 20);
             names(&m.mnt)
         });
         let listed = others.join().unwrap();

@@ -69,9 +69,7 @@ impl CasaFs {
     }
 
     pub fn op_lookup(&self, parent: u64, name: &OsStr, reply: impl EntryReply) {
-        crate::fault::panic_on_lookup(name.as_bytes());
-        crate::fault::stall_on_lookup(name.as_bytes());
-        crate::fault::slow_lookup(name.as_bytes());
+        crate::fault::on_lookup(name.as_bytes());
         if let Some(r) = self.control_lookup(parent, name.as_bytes()) {
             // Control files change on every read: never cache their attributes.
             let ttl = self.ttl_own();

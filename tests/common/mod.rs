@@ -706,3 +706,14 @@ pub fn pin_to(cpu: usize) {
         );
     }
 }
+
+/// A stream of ordinary requests in `dir`: `n` files made, read back and
+/// removed one after another.
+pub fn create_read_remove(dir: &Path, n: usize) {
+    for k in 0..n {
+        let f = dir.join(format!("meanwhile{k}"));
+        std::fs::write(&f, b"served").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"served");
+        std::fs::remove_file(&f).unwrap();
+    }
+}
