@@ -523,9 +523,36 @@ fn a_log_from_a_private_directory_is_private_in_the_logs_area_and_the_control_fi
         !text.contains("private/"),
         "the attacker sees a private origin: {text}"
     );
-    // Root still sees it, and the attacker its own.
+    // A directory others may pass through but not list (0711): the name
+    // of a log in it is as hidden as natively, where only a reader who
+    // already knows it can reach it.
+    fs::create_dir(s.m.p("unlisted")).unwrap();
+    chmod(&s.m.p("unlisted"), 0o711);
+    fs::write(s.m.p("unlisted/casa-20250101-000002.log"), b"x\n").unwrap();
+    let native = sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!("ls {}", s.m.p("unlisted").display()),
+    );
+    assert!(
+        !native.status.success(),
+        "the attacker may list it: test set-up"
+    );
+    let listing = ok(&sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!("cat {}", s.m.p(".casafs/redirects").display()),
+    ));
+    assert!(
+        !listing.contains("unlisted/"),
+        "the attacker learns a name in a directory it may not list: {listing}"
+    );
+    // Root still sees them, and the attacker its own.
     let all = fs::read_to_string(s.m.p(".casafs/redirects")).unwrap();
     assert!(all.contains("private/casa-20250101-000000.log"), "{all}");
+    assert!(all.contains("unlisted/casa-20250101-000002.log"), "{all}");
     attackers_dir(s.m.p("mine"));
     ok(&sh_as(
         uid,

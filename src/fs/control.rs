@@ -231,6 +231,6 @@ fn origin_searchable(root: std::os::fd::RawFd, origin: &[u8]) -> bool {
     };
     crate::sys::open_beneath(root, &dir, libc::O_PATH | libc::O_DIRECTORY, 0).is_ok_and(|fd| {
         use std::os::fd::AsRawFd;
-        crate::sys::access_at(fd.as_raw_fd(), c"", libc::X_OK).is_ok()
+        crate::sys::access_at(fd.as_raw_fd(), c"", may).is_ok()
     })
 }
