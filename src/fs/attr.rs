@@ -202,10 +202,12 @@ pub(super) fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
             },
             Err(e) => {
                 let d = e.duration();
-                let mut secs = -(d.as_secs() as i64);
+                // Wrapping: 2^63 seconds before the epoch is i64::MIN,
+                // whose negation does not fit until it wraps back.
+                let mut secs = (d.as_secs() as i64).wrapping_neg();
                 let mut nsec = -(d.subsec_nanos() as i64);
                 if nsec < 0 {
-                    secs -= 1;
+                    secs = secs.wrapping_sub(1);
                     nsec += 1_000_000_000;
                 }
                 libc::timespec {
@@ -214,5 +216,24 @@ pub(super) fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
                 }
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn the_earliest_times_there_are_reach_the_backing_unchanged() {
+        let earliest = UNIX_EPOCH - Duration::from_secs(1 << 63);
+        for (t, secs, nsec) in [
+            (earliest, i64::MIN, 0),
+            (earliest + Duration::from_nanos(1), i64::MIN, 1),
+            (UNIX_EPOCH - Duration::from_nanos(1), -1, 999_999_999),
+        ] {
+            let ts = timespec(Some(TimeOrNow::SpecificTime(t)));
+            assert_eq!((ts.tv_sec, ts.tv_nsec), (secs, nsec));
+        }
     }
 }

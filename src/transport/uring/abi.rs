@@ -412,11 +412,14 @@ pub fn time_parts(t: SystemTime) -> (u64, u32) {
         Ok(d) => (d.as_secs(), d.subsec_nanos()),
         Err(e) => {
             let d = e.duration();
-            let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
+            // Wrapping: the earliest time there is, 2^63 seconds before
+            // the epoch, is i64::MIN, whose negation wraps back to it.
+            let s = (d.as_secs() as i64).wrapping_neg();
+            let n = d.subsec_nanos();
             if n == 0 {
-                ((-s) as u64, 0)
+                (s as u64, 0)
             } else {
-                ((-s - 1) as u64, 1_000_000_000 - n)
+                (s.wrapping_sub(1) as u64, 1_000_000_000 - n)
             }
         }
     }
@@ -511,7 +514,11 @@ mod tests {
 
     #[test]
     fn times_round_trip_on_both_sides_of_the_epoch() {
-        for (s, n) in [(0i64, 0u32), (1_700_000_000, 5), (-1, 0), (-2, 500_000_000)] {
+        let earliest = [(i64::MIN, 0), (i64::MIN, 1), (i64::MAX, 999_999_999)];
+        for (s, n) in [(0i64, 0u32), (1_700_000_000, 5), (-1, 0), (-2, 500_000_000)]
+            .into_iter()
+            .chain(earliest)
+        {
             let t = system_time(s as u64, n);
             assert_eq!(time_parts(t), (s as u64, n));
         }
