@@ -1260,3 +1260,81 @@ fn an_area_named_through_a_symlink_is_found_again_where_it_really_is() {
     drop(m);
     drop(fast);
 }
+
+#[test]
+fn a_directory_the_caller_may_not_write_never_moves_into_an_area() {
+    // The scratch area on the tree's own filesystem, where a rename onto a
+    // routed table could move another user's directory into it.
+    let tmp = TempDir::new("sec-dirmove");
+    let tree = tmp.path().join("tree");
+    let scratch = tmp.path().join("scratch");
+    let m = Mount::builder("sec-dirmove")
+        .opt(&format!("scratch={}", scratch.display()))
+        .source(&tree, tmp)
+        .start();
+    let (uid, gid) = attacker();
+    let shared = attackers_dir(m.p("shared"));
+    fs::create_dir(shared.join("roots")).unwrap();
+    fs::write(shared.join("roots/data"), b"root's\n").unwrap();
+    let renamed = sh_as(
+        uid,
+        gid,
+        &shared,
+        "mkdir TMPPOINTING1 && python3 -c 'import os; os.rename(\"roots\", \"TMPPOINTING1\")'",
+    );
+    // Natively allowed (one directory, so the moved one's `..` stays):
+    // root's directory takes the name where it is.
+    ok(&renamed);
+    assert_eq!(
+        fs::read(shared.join("TMPPOINTING1/data")).unwrap(),
+        b"root's\n"
+    );
+    assert!(!shared.join("roots").exists());
+    let in_area: Vec<_> = walk_names(&scratch);
+    assert!(
+        !in_area.iter().any(|n| n.ends_with("data")),
+        "root's directory was moved into the scratch area: {in_area:?}"
+    );
+    let st = fs::metadata(shared.join("TMPPOINTING1")).unwrap();
+    assert_eq!(st.uid(), 0, "the directory there is root's");
+    // An exchange would move it into the area: refused, nothing moved.
+    ok(&sh_as(
+        uid,
+        gid,
+        &shared,
+        "mkdir TMPPOINTING2 && mkdir other",
+    ));
+    fs::create_dir(shared.join("roots2")).unwrap();
+    let swapped = sh_as(
+        uid,
+        gid,
+        &shared,
+        "python3 -c '
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+r = libc.renameat2(-100, b\"roots2\", -100, b\"TMPPOINTING2\", 2)
+print(r, os.strerror(ctypes.get_errno()))'",
+    );
+    assert_eq!(
+        ok(&swapped).trim(),
+        "-1 Permission denied",
+        "an exchange of root's directory with a routed table"
+    );
+    assert!(shared.join("roots2").is_dir());
+}
+
+/// Every path beneath `dir`, as root sees it.
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}

@@ -127,6 +127,20 @@ impl CasaFs {
                     || sys::access_at(sfd.as_raw_fd(), &src.name, libc::W_OK).is_ok()
             });
 
+        // A directory that would move between its directory and an area
+        // changes its `..`, which needs write permission on it, as a move
+        // to another directory does: one the caller may not write takes a
+        // routed name in place (as it would natively,
+        // `replace_routed_in_place`), and is not exchanged with an area's
+        // object at all.
+        if exchange && dst.redirect.is_some() && src.redirect.is_none() && is_dir {
+            self.may_move_dir(&src)?;
+        }
+        if let (true, Some(_), None, Some(st)) = (exchange, &src.redirect, &dst.redirect, swapped)
+            && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        {
+            self.may_move_dir(&dst)?;
+        }
         if let Some(rule) = route {
             let area_idx = self.routing.rule_area[rule];
             let adir = self.routing.areas[area_idx].dir();
@@ -246,8 +260,15 @@ impl CasaFs {
         Ok(())
     }
 
+    /// Whether the caller may move the directory `l` names to another
+    /// directory (which rewrites its `..`): write permission on it.
+    fn may_move_dir(&self, l: &Located) -> Res<()> {
+        sys::access_at(l.dir.dir_fd()?.as_raw_fd(), &l.name, libc::W_OK)
+    }
+
     /// A rename onto a routed name whose object lives on another
-    /// filesystem than the one renamed, with `cross_device=inplace`: the
+    /// filesystem than the one renamed, with `cross_device=inplace`, or
+    /// of a directory the caller may not move out of its directory: the
     /// newcomer takes the name in place, and the routed object goes as the
     /// replaced file of any rename does. None where that does not apply.
     /// The rename comes first, so a failure leaves everything as it was.
@@ -261,10 +282,17 @@ impl CasaFs {
         flags: u32,
     ) -> Option<Res<()>> {
         let r = dst.redirect.as_ref()?;
-        if flags & libc::RENAME_EXCHANGE != 0
-            || self.settings.cross_device != crate::config::CrossDevice::InPlace
-            || dst.dir.dev == sst.st_dev
-        {
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return None;
+        }
+        let elsewhere = self.settings.cross_device == crate::config::CrossDevice::InPlace
+            && dst.dir.dev != sst.st_dev;
+        let unwritable_dir = || {
+            sst.st_mode & libc::S_IFMT == libc::S_IFDIR
+                && src.redirect.is_none()
+                && self.may_move_dir(src).is_err()
+        };
+        if !elsewhere && !unwritable_dir() {
             return None;
         }
         let go = || -> Res<()> {
