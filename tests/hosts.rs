@@ -375,3 +375,27 @@ fn retention_keeps_a_table_in_use_through_another_mount_of_this_host() {
         !scratch.join("TMPPOINTING9").exists()
     });
 }
+
+#[test]
+fn an_open_that_may_create_opens_a_log_another_host_made_meanwhile() {
+    let tmp = TempDir::new("hosts-creat");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("d")).unwrap();
+    let a = host("alpha", &tree, &[], None);
+    let b = host("beta", &tree, &[], None);
+    // beta's kernel keeps that the name is free...
+    assert!(fs::metadata(b.p("d").join(LOG)).is_err());
+    // ...while alpha makes it, routed into the logs area.
+    fs::write(a.p("d").join(LOG), b"from alpha\n").unwrap();
+    // An open that may create, as natively, opens what is there.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(b.p("d").join(LOG))
+        .expect("open(O_CREAT) on beta of the log alpha made");
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "from alpha\n");
+}

@@ -193,7 +193,11 @@ impl CasaFs {
                 st,
                 counted: false,
             }),
-            Err(Errno::EEXIST) if !excl => existing(&p, &name),
+            // Where it is now: another host may have just routed it.
+            Err(Errno::EEXIST) if !excl => {
+                let loc = self.locate(&p, &name)?;
+                existing(&loc.dir, &loc.name)
+            }
             Err(e) => Err(e),
         }
     }
