@@ -280,7 +280,19 @@ fn process(pid: u32, uid: u32, gid: u32) -> (Arc<[u32]>, [u32; 2]) {
     let read = (pid != 0)
         .then(|| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .flatten()
-        .and_then(|s| parse_status(&s, uid));
+        .and_then(|s| parse_status(&s, uid))
+        // Looked at after the status: a process may leave for a user
+        // namespace of its own in between, but never come back.
+        .map(|(g, caps)| {
+            (
+                g,
+                if in_our_user_namespace(pid) {
+                    caps
+                } else {
+                    [0, 0]
+                },
+            )
+        });
     let (groups, caps) = match read {
         Some(r) => r,
         None => (
@@ -306,6 +318,20 @@ fn process(pid: u32, uid: u32, gid: u32) -> (Arc<[u32]>, [u32; 2]) {
         );
     }
     (groups, caps)
+}
+
+/// Whether process `pid` is in casafs's own user namespace. `CapEff:`
+/// counts in the process's own namespace, which any user may make (`unshare
+/// -U`) and be root in: capabilities held there are no rights over the
+/// files casafs serves, so a caller from another namespace gets none
+/// (natively it would keep them over files whose owners its namespace
+/// maps; casafs errs on the safe side).
+fn in_our_user_namespace(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    static OURS: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let ours = *OURS.get_or_init(|| id("/proc/self/ns/user"));
+    ours.is_some() && id(&format!("/proc/{pid}/ns/user")) == ours
 }
 
 /// The `Groups:` and the filesystem part of `CapEff:` of a

@@ -523,6 +523,17 @@ fn a_log_from_a_private_directory_is_private_in_the_logs_area_and_the_control_fi
         !text.contains("private/"),
         "the attacker sees a private origin: {text}"
     );
+    // Nor as root of a user namespace of its own.
+    let listing = ok(&sh_as(
+        uid,
+        gid,
+        Path::new("/"),
+        &format!("unshare -Ur cat {}", s.m.p(".casafs/redirects").display()),
+    ));
+    assert!(
+        !listing.contains("private/"),
+        "the attacker, root in its own namespace, sees a private origin: {listing}"
+    );
     // A directory others may pass through but not list (0711): the name
     // of a log in it is as hidden as natively, where only a reader who
     // already knows it can reach it.
@@ -1337,4 +1348,22 @@ fn walk_names(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[test]
+fn a_users_own_namespace_lends_no_capability_through_the_mount() {
+    // Root's set-user-ID program that the attacker's group may write: any
+    // write of the attacker's clears the bit, natively even as root of a
+    // user namespace of its own (root there is no one here).
+    let setup = "cp /bin/true tool && chown root:tests tool && chmod 4775 tool";
+    let script = "unshare -Ur sh -c 'grep -c \"^CapEff:.*[1-9a-f]\" /proc/self/status; \
+                  printf X | dd of=tool bs=1 seek=200 conv=notrunc 2>/dev/null; \
+                  stat -c %A tool; od -An -c -j200 -N1 tool'";
+    let (native, mounted) = native_and_mounted("sec-userns", setup, script);
+    assert_eq!(
+        native.split_whitespace().collect::<Vec<_>>(),
+        ["1", "-rwxrwxr-x", "X"],
+        "natively (set-up: the namespace has capabilities, the write clears the bit)"
+    );
+    assert_eq!(mounted, native, "through the mount");
 }
