@@ -469,6 +469,11 @@ impl RedirectTable {
         Some(r)
     }
 
+    /// Whether the directory (`dev`, `ino`) holds any routed name.
+    pub fn routes_in(&self, dev: u64, ino: u64) -> bool {
+        self.dirs.get(&(dev, ino)).is_some_and(|n| *n > 0)
+    }
+
     /// Drops the redirects of a removed directory: they are not live any
     /// more, and a new directory that gets its number must not inherit
     /// them.

@@ -1367,3 +1367,42 @@ fn a_users_own_namespace_lends_no_capability_through_the_mount() {
     );
     assert_eq!(mounted, native, "through the mount");
 }
+
+#[test]
+fn a_directory_holding_another_users_routed_log_is_not_removed_by_whoever_may_write_its_parent() {
+    let s = production("sec-rmdir", &[]);
+    let (uid, gid) = attacker();
+    let (vuid, vgid) = user_ids("nobody");
+    // The attacker's directory, open to all; the victim keeps a directory
+    // of its own there, with a log (routed: listings leave it out).
+    let public = attackers_dir(s.m.p("public"));
+    chmod(&public, 0o777);
+    ok(&sh_as(
+        vuid,
+        vgid,
+        &public,
+        "mkdir -m 755 victims && echo kept > victims/casa-20250101-000000.log",
+    ));
+    let removed = sh_as(uid, gid, &public, "rmdir victims");
+    assert!(
+        !removed.status.success(),
+        "the attacker removed a directory holding another user's log"
+    );
+    assert!(
+        String::from_utf8_lossy(&removed.stderr).contains("Directory not empty"),
+        "as natively: {}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let read = ok(&sh_as(
+        vuid,
+        vgid,
+        &public,
+        "cat victims/casa-20250101-000000.log",
+    ));
+    assert_eq!(read, "kept\n");
+    // Its owner removes it as usual (`rm -r` sees no log in it, and the
+    // log stays in the logs area).
+    ok(&sh_as(vuid, vgid, &public, "rm -r victims"));
+    assert!(!public.join("victims").exists());
+    assert!(s.logs().join("casa-20250101-000000.log").exists());
+}

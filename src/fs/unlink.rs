@@ -3,7 +3,7 @@
 //! debris) and its grave freed once the last handle and the kernel let go.
 
 use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -230,6 +230,11 @@ impl CasaFs {
             if let Some(i) = &known {
                 let _ = i.path_fd();
             }
+            if loc.redirect.is_none()
+                && !self.may_drop_routed_names(dfd.as_raw_fd(), &loc.name, &st)
+            {
+                return Err(Errno::ENOTEMPTY);
+            }
             sys::unlink_at(dfd.as_raw_fd(), &loc.name, libc::AT_REMOVEDIR).map(|()| (st, known))
         };
         let (st, known) = match loc.redirect {
@@ -245,6 +250,21 @@ impl CasaFs {
             self.routing.redirects.remove(&p, &name);
         }
         Ok(())
+    }
+
+    /// Whether the caller may remove directory `name` in `dfd` (with
+    /// attributes `st`) with the names routed from it: listings leave them
+    /// out, so the backing finds it empty, but they are its entries still,
+    /// and only one who may remove entries from it (write and search
+    /// permission, and in a sticky directory its ownership) may drop them
+    /// with it. Their objects stay in their areas.
+    fn may_drop_routed_names(&self, dfd: RawFd, name: &CStr, st: &libc::stat) -> bool {
+        if !self.routing.redirects.routes_in(st.st_dev, st.st_ino) {
+            return true;
+        }
+        let who = creds::request_caller();
+        sys::access_at(dfd, name, libc::W_OK | libc::X_OK).is_ok()
+            && (st.st_mode & libc::S_ISVTX == 0 || who.uid == st.st_uid || who.uid == 0)
     }
 
     /// One handle of `inode` less; after its last, what waited for it: the
