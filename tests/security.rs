@@ -1406,3 +1406,56 @@ fn a_directory_holding_another_users_routed_log_is_not_removed_by_whoever_may_wr
     assert!(!public.join("victims").exists());
     assert!(s.logs().join("casa-20250101-000000.log").exists());
 }
+
+#[test]
+fn a_user_who_grows_the_redirects_listing_holds_bounded_memory_with_it() {
+    let s = production("sec-redirsize", &[]);
+    let (uid, gid) = attacker();
+    let dir = attackers_dir(s.m.p("mine"));
+    // Routed logs under a long path make every snapshot of `redirects`
+    // large (both its origin and its place in the area are listed); each
+    // open makes a new one, one more log apart, so none can be shared.
+    let program = format!(
+        r#"
+import os
+d = {d:?}
+for i in range(12):
+    d = os.path.join(d, "d" * 200)
+os.makedirs(d)
+os.chdir(d)
+for i in range(1200):
+    open("casa-" + "x" * 180 + "-%d.log" % i, "w").close()
+fds, sizes = [], []
+try:
+    for i in range(64):
+        open("casa-%d.log" % i, "w").close()
+        fd = os.open({p:?}, os.O_RDONLY)
+        fds.append(fd)
+        sizes.append(len(os.read(fd, 1 << 26)))
+    print("held", len(fds), sum(sizes), min(sizes))
+except OSError as e:
+    print("refused", len(fds), sum(sizes), min(sizes), e.errno)
+"#,
+        d = dir.to_string_lossy(),
+        p = s.m.p(".casafs/redirects").to_string_lossy()
+    );
+    let out = ok(&python_as(uid, gid, Path::new("/"), &program));
+    let f: Vec<&str> = out.split_whitespace().collect();
+    let (held, bytes, smallest): (usize, usize, usize) = (
+        f[1].parse().unwrap(),
+        f[2].parse().unwrap(),
+        f[3].parse().unwrap(),
+    );
+    assert!(
+        smallest > 1 << 20,
+        "set-up: each snapshot over 1 MiB: {out}"
+    );
+    assert_eq!(f[0], "refused", "{out}");
+    assert_eq!(f[4], libc::ENFILE.to_string(), "{out}");
+    assert!(
+        held < 64 && bytes <= (16 << 20) + 2 * smallest,
+        "held {held} snapshots, {bytes} bytes: {out}"
+    );
+    // Others still read it, root whole.
+    assert!(fs::read(s.m.p(".casafs/redirects")).unwrap().len() > 1 << 20);
+}

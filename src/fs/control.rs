@@ -4,9 +4,9 @@
 //!
 //! Every user may read them, and each reader sees only what it could see
 //! natively: `redirects` lists the objects whose original directory the
-//! reader may search. A snapshot is shared by the readers it is the same
-//! for, and each user holds a bounded number open, so that opening many
-//! costs the daemon bounded memory.
+//! reader may list. A snapshot is shared by the readers it is the same
+//! for, and each user holds a bounded number and size open, so that
+//! opening many costs the daemon bounded memory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,38 +26,73 @@ pub const FILES: &[&str] = &["stats.json", "metrics", "redirects", "config"];
 
 /// Control files one user may hold open at once.
 const PER_READER: u32 = 64;
+/// Bytes of snapshots one user other than root may hold open: past them
+/// the next open is refused, so a user who grows `redirects` (routed
+/// names under long paths) cannot make each handle cost more. A reader
+/// holding none gets one of any size within `ALL_READERS_BYTES`.
+const PER_READER_BYTES: usize = 16 << 20;
+/// Bytes of snapshots all users other than root may hold open together
+/// (many user ids each within their own bound). Root is never refused.
+const ALL_READERS_BYTES: usize = 128 << 20;
 
 /// A control file (its node id) as one user (uid) reads it.
 type Reading = (u64, u32);
 
-/// Open snapshots: how many each user holds, and the last one made of
-/// each file for each user (shared while it stays the same).
+/// Open snapshots: how many each user holds and their bytes, and the last
+/// one made of each file for each user who holds any (shared while it
+/// stays the same).
 #[derive(Default)]
 pub struct Snapshots {
-    open: parking_lot::Mutex<HashMap<u32, u32>>,
+    open: parking_lot::Mutex<Held>,
     last: parking_lot::Mutex<HashMap<Reading, Arc<[u8]>>>,
 }
 
+#[derive(Default)]
+struct Held {
+    /// Per user: snapshots and bytes held.
+    by: HashMap<u32, (u32, usize)>,
+    /// Bytes held by users other than root.
+    bytes: usize,
+}
+
 impl Snapshots {
-    /// Counts a snapshot opened by `reader`, or refuses it (ENFILE) when
-    /// that user holds too many.
-    fn opened(&self, reader: u32) -> Res<()> {
-        let mut open = self.open.lock();
-        let n = open.entry(reader).or_default();
-        if *n >= PER_READER {
+    /// Counts a snapshot of `len` bytes opened by `reader`, or refuses it
+    /// (ENFILE) when that user holds too many or too much, or all users
+    /// together too much.
+    fn opened(&self, reader: u32, len: usize) -> Res<()> {
+        let mut held = self.open.lock();
+        let all = held.bytes;
+        let (n, bytes) = held.by.entry(reader).or_default();
+        let too_much = reader != 0 && (*bytes >= PER_READER_BYTES || all + len > ALL_READERS_BYTES);
+        if *n >= PER_READER || too_much {
+            if *n == 0 {
+                held.by.remove(&reader);
+            }
             return Err(Errno::ENFILE);
         }
         *n += 1;
+        *bytes += len;
+        if reader != 0 {
+            held.bytes += len;
+        }
         Ok(())
     }
 
-    pub fn closed(&self, reader: u32) {
-        let mut open = self.open.lock();
-        if let Some(n) = open.get_mut(&reader) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&reader);
-            }
+    pub fn closed(&self, reader: u32, len: usize) {
+        let mut held = self.open.lock();
+        if reader != 0 {
+            held.bytes = held.bytes.saturating_sub(len);
+        }
+        let Some((n, bytes)) = held.by.get_mut(&reader) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        *bytes = bytes.saturating_sub(len);
+        if *n == 0 {
+            held.by.remove(&reader);
+            drop(held);
+            // Nothing of theirs to share any more.
+            self.last.lock().retain(|&(_, r), _| r != reader);
         }
     }
 
@@ -169,8 +204,9 @@ impl CasaFs {
         }
         let root = self.inodes.root()?;
         let reader = crate::creds::request_caller().uid;
-        self.control.opened(reader)?;
-        let data = self.control.share(ino, reader, self.control_content(ino));
+        let content = self.control_content(ino);
+        self.control.opened(reader, content.len())?;
+        let data = self.control.share(ino, reader, content);
         self.stats.open_handles.fetch_add(1, Relaxed);
         Ok(self.handles.insert(Handle {
             inode: root,

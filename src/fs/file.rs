@@ -333,8 +333,8 @@ impl CasaFs {
         };
         self.stats.open_handles.fetch_sub(1, Relaxed);
         match &h.body {
-            Body::Control { reader, .. } => {
-                self.control.closed(*reader);
+            Body::Control { reader, data } => {
+                self.control.closed(*reader, data.len());
                 return Ok(());
             }
             Body::ControlDir => return Ok(()),
