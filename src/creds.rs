@@ -555,6 +555,16 @@ pub fn unprivileged() -> bool {
 
 /// Whether the identity this thread acts with is in group `gid` (its
 /// filesystem gid or a supplementary group), or is root.
+/// Whether the thread's identity may act as the owner of what `uid` owns,
+/// as the kernel's owner checks judge it: it is `uid`, or has CAP_FOWNER.
+pub fn owns(uid: u32) -> bool {
+    if !enabled() {
+        return true;
+    }
+    let cur = current();
+    cur.uid == uid || cur.caps[0] & (1 << 3) != 0
+}
+
 pub fn in_group(gid: u32) -> bool {
     let cur = current();
     cur.caps[0] & (1 << 4) != 0 || cur.gid == gid || cur.groups.contains(&gid)

@@ -1459,3 +1459,52 @@ except OSError as e:
     // Others still read it, root whole.
     assert!(fs::read(s.m.p(".casafs/redirects")).unwrap().len() > 1 << 20);
 }
+
+#[test]
+fn a_rename_into_an_area_keeps_the_sticky_bit_of_what_changed_beneath() {
+    // The kernel keeps names and attributes for an hour here. Beneath the
+    // mount (as on another host) the attacker's file goes and another
+    // user's takes its name, where the kernel still shows the attacker's:
+    // a rename of that name onto the attacker's routed log would move the
+    // other user's file into the area, as root. The backing's judgement,
+    // not the kernel's stale view, must decide.
+    let tmp = TempDir::new("sec-sticky-beneath");
+    let tree = tmp.path().join("tree");
+    let logs = tmp.path().join("logs");
+    let m = Mount::builder("sec-sticky-beneath")
+        .separate()
+        .opt(&format!("logs={}", logs.display()))
+        .opt("attr_timeout=1h,entry_timeout=1h")
+        .source(&tree, tmp)
+        .start();
+    let (uid, gid) = attacker();
+    let (vuid, vgid) = user_ids("nobody");
+    fs::create_dir(m.p("shared")).unwrap();
+    chmod(&m.p("shared"), 0o1777);
+    let shared = m.p("shared");
+    let beneath = m.source.join("shared");
+    ok(&sh_as(
+        uid,
+        gid,
+        &shared,
+        "echo log > casa-20250101-000000.log && echo mine > x && cat x",
+    ));
+    ok(&sh_as(uid, gid, &beneath, "rm x"));
+    ok(&sh_as(vuid, vgid, &beneath, "echo precious > x"));
+    let moved = python_as(
+        uid,
+        gid,
+        &shared,
+        "import os; os.rename(\"x\", \"casa-20250101-000000.log\")",
+    );
+    assert!(
+        !moved.status.success(),
+        "the attacker moved another user's file out of a sticky directory"
+    );
+    assert!(
+        String::from_utf8_lossy(&moved.stderr).contains("[Errno 1]"),
+        "EPERM, as natively: {}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    assert_eq!(fs::read(beneath.join("x")).unwrap(), b"precious\n");
+}

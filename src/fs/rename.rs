@@ -361,10 +361,35 @@ impl CasaFs {
         dst: &Located,
         flags: u32,
     ) -> Res<()> {
-        if src.redirect.is_some() || dst.redirect.is_some() {
-            creds::as_root(|| self.rename_plain(src, sst, dst, flags))
-        } else {
-            self.rename_plain(src, sst, dst, flags)
+        match (src.redirect.is_some(), dst.redirect.is_some()) {
+            (false, false) => self.rename_plain(src, sst, dst, flags),
+            (true, true) => creds::as_root(|| self.rename_plain(src, sst, dst, flags)),
+            (from_area, _) => {
+                self.may_change(if from_area { dst } else { src })?;
+                creds::as_root(|| self.rename_plain(src, sst, dst, flags))
+            }
+        }
+    }
+
+    /// The caller's right to what a rename does to the name `l` outside
+    /// the areas, when casafs does it as root (the other name is in an
+    /// area): the backing does not judge it then, and the kernel judged it
+    /// on what it had cached, which a change beneath the mount (another
+    /// host, a process in the backing directory) can have made stale.
+    /// Judged afresh on the directory's descriptor, as the backing would:
+    /// write and search permission on it, and in a sticky directory
+    /// ownership of it or of the object there (`EPERM`).
+    fn may_change(&self, l: &Located) -> Res<()> {
+        let dfd = l.dir.dir_fd()?;
+        sys::access_at(dfd.as_raw_fd(), c"", libc::W_OK | libc::X_OK)?;
+        let d = sys::fstat(dfd.as_raw_fd())?;
+        if d.st_mode & libc::S_ISVTX == 0 {
+            return Ok(());
+        }
+        match sys::stat_at(dfd.as_raw_fd(), &l.name) {
+            Ok(o) if !creds::owns(o.st_uid) && !creds::owns(d.st_uid) => Err(Errno::EPERM),
+            Ok(_) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
