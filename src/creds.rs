@@ -330,8 +330,12 @@ fn in_our_user_namespace(pid: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
     static OURS: OnceLock<Option<(u64, u64)>> = OnceLock::new();
     let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let ours = *OURS.get_or_init(|| id("/proc/self/ns/user"));
-    ours.is_some() && id(&format!("/proc/{pid}/ns/user")) == ours
+    // As root: another process's namespace links are for those who may
+    // trace it, and the thread may still be a previous caller.
+    as_root(|| {
+        let ours = *OURS.get_or_init(|| id("/proc/self/ns/user"));
+        ours.is_some() && id(&format!("/proc/{pid}/ns/user")) == ours
+    })
 }
 
 /// The `Groups:` and the filesystem part of `CapEff:` of a
