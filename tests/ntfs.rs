@@ -646,3 +646,26 @@ fn a_request_waiting_on_ntfs3g_does_not_hold_the_other_requests_of_its_cpu() {
     });
     assert_eq!(fs::read(v.dir.join("sub/kept")).unwrap(), b"on ntfs");
 }
+
+#[test]
+fn every_user_is_served_over_ntfs3g_with_posix_permissions() {
+    // ntfs-3g with `permissions` keeps modes and owners but has no POSIX
+    // ACLs: the kernel's look for an object's ACL on a user's behalf must
+    // find none, not fail the user's every access.
+    let v = Ntfs::with_options("perm-users", "-o permissions");
+    chmod(&v.dir, 0o755);
+    fs::create_dir(v.dir.join("shared")).unwrap();
+    chmod(&v.dir.join("shared"), 0o1777);
+    let (uid, gid) = user_ids("tests");
+    let script = "touch f && echo data > g && stat -c '%U %a' f && cat g && ls && rm f g";
+    let native = ok(&sh_as(uid, gid, &v.dir.join("shared"), script));
+    let m = on_ntfs(&v);
+    let through = sh_as(uid, gid, &m.p("shared"), script);
+    assert_eq!(
+        (
+            String::from_utf8_lossy(&through.stdout).into_owned(),
+            String::from_utf8_lossy(&through.stderr).into_owned()
+        ),
+        (native, String::new())
+    );
+}

@@ -24,6 +24,10 @@ fn may_write(anchor: &Anchor) -> bool {
     }
 }
 
+fn is_posix_acl(name: &CStr) -> bool {
+    [c"system.posix_acl_access", c"system.posix_acl_default"].contains(&name)
+}
+
 fn is_origin(name: &CStr) -> bool {
     ORIGIN_XATTRS.contains(&name)
 }
@@ -56,7 +60,14 @@ impl CasaFs {
             return Err(Errno::ENODATA);
         }
         let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = inode.on_object(|a| a.getxattr(&name, &mut buf))?;
+        let n = match inode.on_object(|a| a.getxattr(&name, &mut buf)) {
+            // casafs has the kernel check POSIX ACLs (`FUSE_POSIX_ACL`),
+            // which it asks for on each permission check it makes for a
+            // user: a backing without them (ntfs-3g with `permissions`)
+            // has none to give, and any other answer fails the check.
+            Err(Errno::EOPNOTSUPP) if is_posix_acl(&name) => return Err(Errno::ENODATA),
+            n => n?,
+        };
         if size == 0 {
             return Ok(XattrAnswer::Size(n as u32));
         }
