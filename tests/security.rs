@@ -512,27 +512,26 @@ fn a_log_from_a_private_directory_is_private_in_the_logs_area_and_the_control_fi
         "the attacker read a private log in the logs area: {}",
         String::from_utf8_lossy(&read.stdout)
     );
-    let listing = sh_as(
-        uid,
-        gid,
-        Path::new("/"),
-        &format!("cat {}", s.m.p(".casafs/redirects").display()),
-    );
-    let text = String::from_utf8_lossy(&listing.stdout);
+    // What the attacker reads in the redirects listing, run through
+    // `wrap` (a command prefix).
+    let listed = |wrap: &str| {
+        ok(&sh_as(
+            uid,
+            gid,
+            Path::new("/"),
+            &format!("{wrap} cat {}", s.m.p(".casafs/redirects").display()),
+        ))
+    };
+    let text = listed("");
     assert!(
         !text.contains("private/"),
         "the attacker sees a private origin: {text}"
     );
     // Nor as root of a user namespace of its own.
-    let listing = ok(&sh_as(
-        uid,
-        gid,
-        Path::new("/"),
-        &format!("unshare -Ur cat {}", s.m.p(".casafs/redirects").display()),
-    ));
+    let text = listed("unshare -Ur");
     assert!(
-        !listing.contains("private/"),
-        "the attacker, root in its own namespace, sees a private origin: {listing}"
+        !text.contains("private/"),
+        "the attacker, root in its own namespace, sees a private origin: {text}"
     );
     // A directory others may pass through but not list (0711): the name
     // of a log in it is as hidden as natively, where only a reader who
@@ -550,15 +549,10 @@ fn a_log_from_a_private_directory_is_private_in_the_logs_area_and_the_control_fi
         !native.status.success(),
         "the attacker may list it: test set-up"
     );
-    let listing = ok(&sh_as(
-        uid,
-        gid,
-        Path::new("/"),
-        &format!("cat {}", s.m.p(".casafs/redirects").display()),
-    ));
+    let text = listed("");
     assert!(
-        !listing.contains("unlisted/"),
-        "the attacker learns a name in a directory it may not list: {listing}"
+        !text.contains("unlisted/"),
+        "the attacker learns a name in a directory it may not list: {text}"
     );
     // Root still sees them, and the attacker its own.
     let all = fs::read_to_string(s.m.p(".casafs/redirects")).unwrap();
@@ -571,12 +565,7 @@ fn a_log_from_a_private_directory_is_private_in_the_logs_area_and_the_control_fi
         &s.m.p("mine"),
         "echo hi > casa-20250101-000001.log",
     ));
-    let own = ok(&sh_as(
-        uid,
-        gid,
-        Path::new("/"),
-        &format!("cat {}", s.m.p(".casafs/redirects").display()),
-    ));
+    let own = listed("");
     assert!(own.contains("mine/casa-20250101-000001.log"), "{own}");
 }
 
