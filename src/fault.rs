@@ -26,6 +26,10 @@
 //! - `CASAFS_FAULT_SLOW_STOP=MS`: a daemon that stops waits MS ms before
 //!   writing its table of file handles, as one on a slow disk would.
 //!
+//! - `CASAFS_FAULT_SLOW_RETENTION=MS`: retention waits MS ms between
+//!   judging what expired and removing it (logged), as one whose look at
+//!   every process's open files takes long would.
+//!
 //! - `CASAFS_FAULT_NO_TRUSTED_XATTRS=1`: the backing keeps no `trusted.*`
 //!   xattrs, as NFS keeps none: origin records go to `user.*`.
 //!
@@ -45,6 +49,7 @@ struct Faults {
     stall: Duration,
     slow_stop: Option<Duration>,
     slow_fsync: Option<Duration>,
+    slow_retention: Option<Duration>,
     no_trusted: bool,
     no_watch: bool,
 }
@@ -58,6 +63,10 @@ fn faults() -> &'static Faults {
         no_trusted: std::env::var_os("CASAFS_FAULT_NO_TRUSTED_XATTRS").is_some(),
         no_watch: std::env::var_os("CASAFS_FAULT_NO_WATCH").is_some(),
         slow_stop: std::env::var("CASAFS_FAULT_SLOW_STOP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
+        slow_retention: std::env::var("CASAFS_FAULT_SLOW_RETENTION")
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
@@ -139,6 +148,14 @@ pub fn rename_onto(name: &[u8]) -> crate::sys::Res<()> {
 /// As an fsync of a file starts.
 pub fn fsync_starts() {
     if let Some(d) = faults().slow_fsync {
+        std::thread::sleep(d);
+    }
+}
+
+/// Between retention's judgement and its removals.
+pub fn retention_judged() {
+    if let Some(d) = faults().slow_retention {
+        tracing::info!("retention: judged, removing in {} ms", d.as_millis());
         std::thread::sleep(d);
     }
 }

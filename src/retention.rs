@@ -205,6 +205,7 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
         return;
     }
     let held = held_inodes(fs, area.as_raw_fd());
+    crate::fault::retention_judged();
     for x in expired {
         let shown = r.area_path.join(x.name.to_string_lossy().as_ref());
         if x.stats.iter().any(|st| held.holds(st)) {
@@ -236,17 +237,23 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
 /// goes with the rights of the user who put it there, never more: what
 /// that user could not remove stays, and so does the directory. The name
 /// in the area is casafs's, and goes as root.
+///
+/// Only the object judged goes: a user may rename routed objects through
+/// the mount, and so give its name in the area to another (a table still
+/// in use) while it was judged (`ESTALE` then; that one is judged on its
+/// own at the next pass).
 fn remove(area: RawFd, x: &Expired) -> sys::Res<()> {
+    let judged = x.stats.first().ok_or(sys::Errno::ESTALE)?;
+    let id = (judged.st_dev, judged.st_ino);
     if x.is_dir {
-        let dir = sys::open_at(
-            area,
-            &x.name,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?;
+        let dir = tree::open_dir_if_same(area, &x.name, id)?;
         crate::creds::as_user(x.by.0, x.by.1, || tree::empty(dir)).ok_or(sys::Errno::EPERM)?;
         sys::unlink_at(area, &x.name, libc::AT_REMOVEDIR)
     } else {
+        let st = sys::stat_at(area, &x.name)?;
+        if (st.st_dev, st.st_ino) != id {
+            return Err(sys::Errno::ESTALE);
+        }
         sys::unlink_at(area, &x.name, 0)
     }
 }

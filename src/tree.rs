@@ -138,6 +138,35 @@ pub fn remove_tree_at(parent: RawFd, name: &CStr) -> Res<u64> {
     Ok(freed)
 }
 
+/// `name` in `parent` opened as a directory (a symlink is not followed)
+/// if it is still the object `id` (device, inode) that was judged: a user
+/// who may rename in `parent` can give the name to another object in
+/// between (`ESTALE` then).
+pub fn open_dir_if_same(parent: RawFd, name: &CStr, id: (u64, u64)) -> Res<OwnedFd> {
+    let fd = open_dir_at(parent, name)?;
+    let st = sys::fstat(fd.as_raw_fd())?;
+    if (st.st_dev, st.st_ino) != id {
+        return Err(sys::Errno::ESTALE);
+    }
+    Ok(fd)
+}
+
+/// `remove_tree_at`, only while `name` is the object `id` that was
+/// judged: what is inside goes through the descriptor checked to be it.
+pub fn remove_tree_at_if_same(parent: RawFd, name: &CStr, id: (u64, u64)) -> Res<u64> {
+    let st = sys::stat_at(parent, name)?;
+    if (st.st_dev, st.st_ino) != id {
+        return Err(sys::Errno::ESTALE);
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        sys::unlink_at(parent, name, 0)?;
+        return Ok(st.st_size as u64);
+    }
+    let freed = empty(open_dir_if_same(parent, name, id)?);
+    sys::unlink_at(parent, name, libc::AT_REMOVEDIR)?;
+    Ok(freed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1497,3 +1497,61 @@ fn a_rename_into_an_area_keeps_the_sticky_bit_of_what_changed_beneath() {
     );
     assert_eq!(fs::read(beneath.join("x")).unwrap(), b"precious\n");
 }
+
+#[test]
+fn retention_removes_only_the_table_it_judged_expired() {
+    // Retention judges, then removes; in between (slowed here, as a look
+    // at every process's open files on a busy machine is) a user renames
+    // a table in use onto the expired one's name, through the mount.
+    let tmp = TempDir::new("sec-ret-swap");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let cfg = retention_config(&tmp);
+    let tree = tmp.path().join("tree");
+    let m = Mount::builder("sec-ret-swap")
+        .opt(&format!("scratch={}", fast.0.join("scratch").display()))
+        .arg("--config")
+        .arg(&cfg)
+        .env("CASAFS_FAULT_SLOW_RETENTION", "3000")
+        .source(&tree, tmp)
+        .start();
+    let (uid, gid) = attacker();
+    let (vuid, vgid) = user_ids("nobody");
+    fs::create_dir(m.p("work")).unwrap();
+    chmod(&m.p("work"), 0o777);
+    ok(&sh_as(
+        vuid,
+        vgid,
+        &m.p("work"),
+        "mkdir TMPPOINTING_old && echo old > TMPPOINTING_old/x",
+    ));
+    let judged = |n: usize| m.log_text().matches("retention: judged").count() >= n;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !judged(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(judged(1), "set-up: retention judged the old table");
+    // The victim's job starts in a new table, and the attacker gives it
+    // the old one's name.
+    ok(&sh_as(
+        vuid,
+        vgid,
+        &m.p("work"),
+        "mkdir TMPPOINTING_active && echo result > TMPPOINTING_active/result",
+    ));
+    ok(&sh_as(
+        uid,
+        gid,
+        &m.p("work"),
+        "mv TMPPOINTING_old TMPPOINTING_t && mv TMPPOINTING_active TMPPOINTING_old && \
+         mv TMPPOINTING_t TMPPOINTING_active",
+    ));
+    // Past the removal of that pass (the next ones may judge anew).
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(
+        fs::read(m.p("work/TMPPOINTING_old/result")).ok(),
+        Some(b"result\n".to_vec()),
+        "retention removed the table in use, which it never judged"
+    );
+    drop(m);
+    drop(fast);
+}
