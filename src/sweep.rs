@@ -592,7 +592,19 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path) -> io::Result<PathBuf> {
         }
         Err(Errno::EXDEV) => {
             copy_as(owner, dir.as_raw_fd(), &name, to.as_raw_fd(), &dest)?;
-            owner.acting(|| tree::remove_tree_at(dir.as_raw_fd(), &name).map_err(errno))?;
+            // Only the object judged and copied goes: another given its
+            // name meanwhile stays, and so does the copy.
+            owner.acting(|| {
+                tree::remove_tree_at_if_same(dir.as_raw_fd(), &name, stat_id(&st)).map_err(|e| {
+                    match e {
+                        Errno::ESTALE => io::Error::other(format!(
+                            "it changed while it was copied (the copy is {})",
+                            shown.display()
+                        )),
+                        e => errno(e),
+                    }
+                })
+            })?;
             Ok(shown)
         }
         Err(e) => Err(errno(e)),

@@ -1555,3 +1555,93 @@ fn retention_removes_only_the_table_it_judged_expired() {
     drop(m);
     drop(fast);
 }
+
+#[test]
+fn sweep_removes_only_the_table_it_copied() {
+    // Scratch on another filesystem: sweep copies an old table there as
+    // its owner, then removes it. The attacker, who may rename in the
+    // shared directory, gives the table's name to another directory of
+    // the victim's as soon as the copy starts.
+    let tmp = TempDir::new("sec-sweepcopy");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let (uid, gid) = attacker();
+    let (vuid, vgid) = user_ids("nobody");
+    let shared = tmp.path().join("tree/shared");
+    fs::create_dir_all(&shared).unwrap();
+    chmod(&shared, 0o777);
+    ok(&sh_as(
+        vuid,
+        vgid,
+        &shared,
+        "mkdir TMPPOINTING1 important important/sub && \
+         for i in $(seq 300); do echo t > TMPPOINTING1/f$i; done && \
+         echo precious > important/secret && echo p2 > important/sub/secret2 && \
+         touch -d '3 hours ago' TMPPOINTING1",
+    ));
+    let swap = format!(
+        r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+assert libc.inotify_add_watch(fd, b"{d}/TMPPOINTING1", 0x20) >= 0
+print("ready", flush=True)
+# The first file opened inside (the copy), not the table itself (the scan).
+named = False
+while not named:
+    buf = os.read(fd, 4096)
+    while buf:
+        n = int.from_bytes(buf[12:16], "little")
+        named = named or n > 0
+        buf = buf[16 + n:]
+os.rename("{d}/TMPPOINTING1", "{d}/aside")
+os.rename("{d}/important", "{d}/TMPPOINTING1")
+print("swapped", flush=True)
+"#,
+        d = shared.display()
+    );
+    let mut swapper = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            PYTHON,
+            "-c",
+            &swap,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = swapper.stdout.take().unwrap();
+    let mut ready = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    let swept = Command::new(bin())
+        .arg("sweep")
+        .arg(tmp.path().join("tree"))
+        .arg("--logs")
+        .arg(fast.0.join("logs"))
+        .arg("--scratch")
+        .arg(fast.0.join("scratch"))
+        .output()
+        .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let _ = swapper.wait();
+    assert_eq!(
+        rest, "swapped\n",
+        "set-up: the swap happened during the copy"
+    );
+    assert_eq!(
+        fs::read(shared.join("TMPPOINTING1/secret")).ok().as_deref(),
+        Some(&b"precious\n"[..]),
+        "sweep removed the directory given the table's name: {}",
+        String::from_utf8_lossy(&swept.stderr)
+    );
+    assert_eq!(
+        fs::read(shared.join("TMPPOINTING1/sub/secret2"))
+            .ok()
+            .as_deref(),
+        Some(&b"p2\n"[..])
+    );
+    drop(fast);
+}
