@@ -39,6 +39,8 @@ enum Action {
         from: PathBuf,
         to_dir: PathBuf,
         bytes: u64,
+        /// The object judged old and unused: only it moves.
+        id: FileId,
     },
     Debris {
         path: PathBuf,
@@ -354,6 +356,7 @@ fn walk(tree: &Tree, w: &Walk<'_>, plan: &mut Plan) -> io::Result<()> {
                             bytes: size_of(fd.as_raw_fd(), &cname, &st),
                             from: path,
                             to_dir: to.clone(),
+                            id: stat_id(&st),
                         }
                     } else {
                         // In use (CASA still writing its log, a concat still
@@ -553,9 +556,13 @@ fn copy_as(owner: Owner, from: RawFd, name: &CStr, to: RawFd, dest: &CStr) -> io
 /// its owner would: only if the owner may take it out of its directory;
 /// across filesystems it copies (`copy_as`), syncs, and only then removes
 /// the original, with the owner's rights.
-fn move_into(tree: &Tree, from: &Path, to_dir: &Path) -> io::Result<PathBuf> {
+fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Result<PathBuf> {
     let (dir, name) = tree.parent_of(from)?;
     let st = sys::stat_at(dir.as_raw_fd(), &name).map_err(errno)?;
+    // Another object given the name since the walk was not judged.
+    if stat_id(&st) != judged {
+        return Err(io::Error::other("it changed since it was judged"));
+    }
     let owner = Owner {
         uid: st.st_uid,
         gid: st.st_gid,
@@ -650,7 +657,9 @@ fn json_report(
         .enumerate()
         .map(|(i, act)| {
             let mut v = match act {
-                Action::Move { from, to_dir, bytes } => serde_json::json!({
+                Action::Move {
+                    from, to_dir, bytes, ..
+                } => serde_json::json!({
                     "action": "move", "path": text(from), "to": text(to_dir), "bytes": bytes,
                 }),
                 Action::Debris { path, bytes, holders } => serde_json::json!({
@@ -782,6 +791,7 @@ pub fn run(a: SweepArgs) -> i32 {
                 from,
                 to_dir,
                 bytes,
+                ..
             } => {
                 say!(
                     "  move    {}  ->  {}/  ({})",
@@ -843,6 +853,7 @@ pub fn run(a: SweepArgs) -> i32 {
                 from,
                 to_dir,
                 bytes,
+                id,
             } => {
                 let who = now.of(from);
                 if !who.is_empty() {
@@ -855,7 +866,7 @@ pub fn run(a: SweepArgs) -> i32 {
                     );
                     continue;
                 }
-                match move_into(&swept, from, to_dir) {
+                match move_into(&swept, from, to_dir, *id) {
                     Ok(dest) => {
                         moved += 1;
                         moved_bytes += bytes;

@@ -1562,7 +1562,23 @@ fn sweep_removes_only_the_table_it_copied() {
     // its owner, then removes it. The attacker, who may rename in the
     // shared directory, gives the table's name to another directory of
     // the victim's as soon as the copy starts.
-    let tmp = TempDir::new("sec-sweepcopy");
+    sweep_with_the_table_swapped("sec-sweepcopy", true);
+}
+
+#[test]
+fn sweep_moves_only_the_table_it_judged() {
+    // The same, as soon as sweep's walk opens the table to judge it: what
+    // has its name when sweep moves it was never judged.
+    sweep_with_the_table_swapped("sec-sweepjudge", false);
+}
+
+/// Sweep over a shared directory with an old table of the victim's, while
+/// the attacker gives the table's name to another directory of the
+/// victim's at the first open inside the table (`in_copy`: of a file in
+/// it, else of the table itself); that directory must stay where it is,
+/// whole.
+fn sweep_with_the_table_swapped(tag: &str, in_copy: bool) {
+    let tmp = TempDir::new(tag);
     let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
     let (uid, gid) = attacker();
     let (vuid, vgid) = user_ids("nobody");
@@ -1585,19 +1601,20 @@ libc = ctypes.CDLL(None, use_errno=True)
 fd = libc.inotify_init1(0)
 assert libc.inotify_add_watch(fd, b"{d}/TMPPOINTING1", 0x20) >= 0
 print("ready", flush=True)
-# The first file opened inside (the copy), not the table itself (the scan).
-named = False
-while not named:
+# The first open of a file inside (the copy), or of the table itself.
+seen = False
+while not seen:
     buf = os.read(fd, 4096)
     while buf:
         n = int.from_bytes(buf[12:16], "little")
-        named = named or n > 0
+        seen = seen or n > 0 or not {in_copy}
         buf = buf[16 + n:]
 os.rename("{d}/TMPPOINTING1", "{d}/aside")
 os.rename("{d}/important", "{d}/TMPPOINTING1")
 print("swapped", flush=True)
 "#,
-        d = shared.display()
+        d = shared.display(),
+        in_copy = if in_copy { "True" } else { "False" },
     );
     let mut swapper = Command::new("setpriv")
         .args([
