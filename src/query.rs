@@ -28,8 +28,8 @@ fn routed(redirects: &str, rel: &Path) -> Option<(PathBuf, PathBuf, String)> {
         .filter_map(|l| {
             let mut f = l.split('\t');
             Some((
-                PathBuf::from(f.next()?),
-                PathBuf::from(f.next()?),
+                PathBuf::from(crate::redirect::unescape(f.next()?)),
+                PathBuf::from(crate::redirect::unescape(f.next()?)),
                 f.next()?.to_string(),
             ))
         })

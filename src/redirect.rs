@@ -589,10 +589,53 @@ impl RedirectTable {
         rows.sort();
         let mut out = String::new();
         for (o, t, rule) in rows {
-            out.push_str(&format!("{o}\t{t}\t{rule}\n"));
+            out.push_str(&format!("{}\t{}\t{rule}\n", escape(&o), escape(&t)));
         }
         out
     }
+}
+
+/// A path as a field of a `.casafs/redirects` line: a backslash, a tab, a
+/// newline or another control character (any of which a user may put in
+/// a name) is written `\\`, `\t`, `\n` or `\xHH`, so that no name
+/// makes a line or a field of its own.
+pub fn escape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    for c in field.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The path an `escape`d field stands for.
+pub fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                if let Some(b) = u8::from_str_radix(&hex, 16).ok().filter(u8::is_ascii) {
+                    out.push(b as char);
+                }
+            }
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 /// Candidate names in the target area for `name`: itself, then

@@ -1662,3 +1662,40 @@ print("swapped", flush=True)
     );
     drop(fast);
 }
+
+#[test]
+fn names_cannot_forge_lines_of_the_redirects_listing() {
+    let s = production("sec-redirforge", &[]);
+    let (uid, gid) = attacker();
+    let mine = attackers_dir(s.m.p("mine"));
+    // A directory name holding a tab, a made-up target and rule, a newline.
+    ok(&python_as(
+        uid,
+        gid,
+        &mine,
+        "import os; d = \"x\\t/etc/shadow\\tcasa-logs\\ny\"; os.makedirs(d); \
+         open(d + \"/casa-20250101-000003.log\", \"w\").write(\"hi\")",
+    ));
+    let listing = fs::read_to_string(s.m.p(".casafs/redirects")).unwrap();
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 1, "one routed object, one line: {listing:?}");
+    let fields: Vec<&str> = lines[0].split('\t').collect();
+    assert_eq!(fields.len(), 3, "{listing:?}");
+    assert_eq!(
+        fields[0],
+        "mine/x\\t/etc/shadow\\tcasa-logs\\ny/casa-20250101-000003.log"
+    );
+    assert!(fields[1].starts_with(&s.logs().display().to_string()));
+    // `casafs where` reads the line back to the name it stands for.
+    let dir = mine.join("x\t/etc/shadow\tcasa-logs\ny");
+    let out = Command::new(bin())
+        .arg("where")
+        .arg(dir.join("casa-20250101-000003.log"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("routed by rule casa-logs"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
