@@ -163,6 +163,21 @@ fn python_as(uid: u32, gid: u32, dir: &Path, program: &str) -> std::process::Out
     )
 }
 
+/// A Python program to be run as `uid:gid` beside the test (a race's
+/// other side).
+fn python_command_as(uid: u32, gid: u32, program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={gid}"),
+        "--clear-groups",
+        PYTHON,
+        "-c",
+        program,
+    ]);
+    c
+}
+
 /// The attacker swaps `f` and a symlink `l` to `victim` in `swap_in` (a
 /// directory of its own, reached beside casafs) for 6 s, while asking
 /// casafs to chmod `f` in `mounted` (the same directory through the
@@ -1060,17 +1075,7 @@ while time.time() < stop:
         b = tree.join("att/link").to_string_lossy(),
     );
     for _ in 0..6 {
-        let mut swapper = Command::new("setpriv")
-            .args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={gid}"),
-                "--clear-groups",
-                PYTHON,
-                "-c",
-                &swap,
-            ])
-            .spawn()
-            .unwrap();
+        let mut swapper = python_command_as(uid, gid, &swap).spawn().unwrap();
         let _ = Command::new(bin())
             .args(["sweep"])
             .arg(&tree)
@@ -1265,13 +1270,10 @@ fn an_area_named_through_a_symlink_is_found_again_where_it_really_is() {
 fn a_directory_the_caller_may_not_write_never_moves_into_an_area() {
     // The scratch area on the tree's own filesystem, where a rename onto a
     // routed table could move another user's directory into it.
-    let tmp = TempDir::new("sec-dirmove");
-    let tree = tmp.path().join("tree");
-    let scratch = tmp.path().join("scratch");
-    let m = Mount::builder("sec-dirmove")
-        .opt(&format!("scratch={}", scratch.display()))
-        .source(&tree, tmp)
-        .start();
+    let m = mounted_in("sec-dirmove", |b, tmp| {
+        b.opt(&format!("scratch={}", tmp.join("scratch").display()))
+    });
+    let scratch = m.tmp.path().join("scratch");
     let (uid, gid) = attacker();
     let shared = attackers_dir(m.p("shared"));
     fs::create_dir(shared.join("roots")).unwrap();
@@ -1321,6 +1323,27 @@ print(r, os.strerror(ctypes.get_errno()))'",
         "an exchange of root's directory with a routed table"
     );
     assert!(shared.join("roots2").is_dir());
+}
+
+/// Asserts that `o` failed, saying `says` (as natively) on its stderr;
+/// `what` is what its success would have done.
+fn refused(o: &std::process::Output, says: &str, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{what}");
+    assert!(
+        err.contains(says),
+        "{what}: not `{says}`, as natively: {err}"
+    );
+}
+
+/// casafs over `tree` in a fresh temporary directory, with what `build`
+/// adds to the mount (areas may go in that directory, given to it).
+fn mounted_in(tag: &str, build: impl FnOnce(MountBuilder, &Path) -> MountBuilder) -> Mount {
+    let tmp = TempDir::new(tag);
+    let base = tmp.path().to_path_buf();
+    build(Mount::builder(tag), &base)
+        .source(&base.join("tree"), tmp)
+        .start()
 }
 
 /// Every path beneath `dir`, as root sees it.
@@ -1373,14 +1396,10 @@ fn a_directory_holding_another_users_routed_log_is_not_removed_by_whoever_may_wr
         "mkdir -m 755 victims && echo kept > victims/casa-20250101-000000.log",
     ));
     let removed = sh_as(uid, gid, &public, "rmdir victims");
-    assert!(
-        !removed.status.success(),
-        "the attacker removed a directory holding another user's log"
-    );
-    assert!(
-        String::from_utf8_lossy(&removed.stderr).contains("Directory not empty"),
-        "as natively: {}",
-        String::from_utf8_lossy(&removed.stderr)
+    refused(
+        &removed,
+        "Directory not empty",
+        "the attacker removed a directory holding another user's log",
     );
     let read = ok(&sh_as(
         vuid,
@@ -1457,15 +1476,11 @@ fn a_rename_into_an_area_keeps_the_sticky_bit_of_what_changed_beneath() {
     // a rename of that name onto the attacker's routed log would move the
     // other user's file into the area, as root. The backing's judgement,
     // not the kernel's stale view, must decide.
-    let tmp = TempDir::new("sec-sticky-beneath");
-    let tree = tmp.path().join("tree");
-    let logs = tmp.path().join("logs");
-    let m = Mount::builder("sec-sticky-beneath")
-        .separate()
-        .opt(&format!("logs={}", logs.display()))
-        .opt("attr_timeout=1h,entry_timeout=1h")
-        .source(&tree, tmp)
-        .start();
+    let m = mounted_in("sec-sticky-beneath", |b, tmp| {
+        b.separate()
+            .opt(&format!("logs={}", tmp.join("logs").display()))
+            .opt("attr_timeout=1h,entry_timeout=1h")
+    });
     let (uid, gid) = attacker();
     let (vuid, vgid) = user_ids("nobody");
     fs::create_dir(m.p("shared")).unwrap();
@@ -1486,14 +1501,10 @@ fn a_rename_into_an_area_keeps_the_sticky_bit_of_what_changed_beneath() {
         &shared,
         "import os; os.rename(\"x\", \"casa-20250101-000000.log\")",
     );
-    assert!(
-        !moved.status.success(),
-        "the attacker moved another user's file out of a sticky directory"
-    );
-    assert!(
-        String::from_utf8_lossy(&moved.stderr).contains("[Errno 1]"),
-        "EPERM, as natively: {}",
-        String::from_utf8_lossy(&moved.stderr)
+    refused(
+        &moved,
+        "[Errno 1]",
+        "the attacker moved another user's file out of a sticky directory",
     );
     assert_eq!(fs::read(beneath.join("x")).unwrap(), b"precious\n");
 }
@@ -1616,15 +1627,7 @@ print("swapped", flush=True)
         d = shared.display(),
         in_copy = if in_copy { "True" } else { "False" },
     );
-    let mut swapper = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            PYTHON,
-            "-c",
-            &swap,
-        ])
+    let mut swapper = python_command_as(uid, gid, &swap)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
