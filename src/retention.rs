@@ -130,8 +130,9 @@ struct Expired {
     is_dir: bool,
     bytes: u64,
     age: Duration,
-    /// Everything in it, as `survey` saw it.
-    stats: Vec<libc::stat>,
+    /// Everything in it, as `survey` saw it: (device, inode), the object
+    /// itself first. Only these, for a table may hold millions.
+    ids: Vec<(u64, u64)>,
     /// Who put it there: the user who routed it, else its owner.
     by: (u32, u32),
 }
@@ -191,7 +192,7 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
             is_dir,
             bytes: 0,
             age: Duration::MAX,
-            stats: Vec::new(),
+            ids: Vec::new(),
             by,
         };
         let newest = survey(area.as_raw_fd(), &st, &mut x);
@@ -208,7 +209,7 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
     crate::fault::retention_judged();
     for x in expired {
         let shown = r.area_path.join(x.name.to_string_lossy().as_ref());
-        if x.stats.iter().any(|st| held.holds(st)) {
+        if x.ids.iter().any(|&id| held.holds(id)) {
             tracing::debug!("retention: {} is open, kept", shown.display());
             continue;
         }
@@ -243,8 +244,7 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
 /// in use) while it was judged (`ESTALE` then; that one is judged on its
 /// own at the next pass).
 fn remove(area: RawFd, x: &Expired) -> sys::Res<()> {
-    let judged = x.stats.first().ok_or(sys::Errno::ESTALE)?;
-    let id = (judged.st_dev, judged.st_ino);
+    let id = *x.ids.first().ok_or(sys::Errno::ESTALE)?;
     if x.is_dir {
         let dir = tree::open_dir_if_same(area, &x.name, id)?;
         crate::creds::as_user(x.by.0, x.by.1, || tree::empty(dir)).ok_or(sys::Errno::EPERM)?;
@@ -270,7 +270,7 @@ fn origin_name(area: &Arc<OwnedFd>, name: &CStr) -> Option<Vec<u8>> {
 fn survey(area: RawFd, st: &libc::stat, x: &mut Expired) -> i64 {
     let mut newest = 0i64;
     let mut note = |st: &libc::stat| {
-        x.stats.push(*st);
+        x.ids.push((st.st_dev, st.st_ino));
         let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
         newest = newest
             .max(ns(st.st_mtime, st.st_mtime_nsec))
@@ -311,10 +311,10 @@ struct Held {
 }
 
 impl Held {
-    fn holds(&self, st: &libc::stat) -> bool {
-        self.on_area.contains(&st.st_ino)
-            || self.objects.contains(&(st.st_dev, st.st_ino))
-            || self.through_mount.contains(&st.st_ino)
+    fn holds(&self, (dev, ino): (u64, u64)) -> bool {
+        self.on_area.contains(&ino)
+            || self.objects.contains(&(dev, ino))
+            || self.through_mount.contains(&ino)
     }
 }
 
