@@ -471,7 +471,7 @@ impl RedirectTable {
 
     /// Whether the directory (`dev`, `ino`) holds any routed name.
     pub fn routes_in(&self, dev: u64, ino: u64) -> bool {
-        self.dirs.get(&(dev, ino)).is_some_and(|n| *n > 0)
+        !self.dirs.is_empty() && self.dirs.get(&(dev, ino)).is_some_and(|n| *n > 0)
     }
 
     /// Drops the redirects of a removed directory: they are not live any

@@ -250,11 +250,7 @@ fn remove(area: RawFd, x: &Expired) -> sys::Res<()> {
         crate::creds::as_user(x.by.0, x.by.1, || tree::empty(dir)).ok_or(sys::Errno::EPERM)?;
         sys::unlink_at(area, &x.name, libc::AT_REMOVEDIR)
     } else {
-        let st = sys::stat_at(area, &x.name)?;
-        if (st.st_dev, st.st_ino) != id {
-            return Err(sys::Errno::ESTALE);
-        }
-        sys::unlink_at(area, &x.name, 0)
+        tree::remove_tree_at_if_same(area, &x.name, id).map(drop)
     }
 }
 

@@ -121,11 +121,7 @@ impl CasaFs {
         // into an area only if the caller may write it.
         let route = route
             .filter(|_| src.redirect.is_none() || !Arc::ptr_eq(&p, &np) || name != newname)
-            .filter(|_| {
-                !is_dir
-                    || src.redirect.is_some()
-                    || sys::access_at(sfd.as_raw_fd(), &src.name, libc::W_OK).is_ok()
-            });
+            .filter(|_| !is_dir || src.redirect.is_some() || self.may_move_dir(&src).is_ok());
 
         // A directory that would move between its directory and an area
         // changes its `..`, which needs write permission on it, as a move
