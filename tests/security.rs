@@ -509,8 +509,7 @@ fn an_open_of_a_fifo_swapped_in_never_stalls_other_users() {
 fn a_log_from_a_private_directory_is_private_in_the_logs_area_and_the_control_files() {
     let s = production("sec-private", &[]);
     let (uid, gid) = attacker();
-    fs::create_dir(s.m.p("private")).unwrap();
-    chmod(&s.m.p("private"), 0o700);
+    dir_with_mode(s.m.p("private"), 0o700);
     let log = s.m.p("private/casa-20250101-000000.log");
     fs::write(&log, b"root's secret log line\n").unwrap();
     chmod(&log, 0o644);
@@ -551,8 +550,7 @@ fn a_log_from_a_private_directory_is_private_in_the_logs_area_and_the_control_fi
     // A directory others may pass through but not list (0711): the name
     // of a log in it is as hidden as natively, where only a reader who
     // already knows it can reach it.
-    fs::create_dir(s.m.p("unlisted")).unwrap();
-    chmod(&s.m.p("unlisted"), 0o711);
+    dir_with_mode(s.m.p("unlisted"), 0o711);
     fs::write(s.m.p("unlisted/casa-20250101-000002.log"), b"x\n").unwrap();
     let native = sh_as(
         uid,
@@ -598,10 +596,8 @@ fn a_forged_origin_never_puts_an_object_in_someone_elses_directory() {
     };
     let mut m = start(tmp);
     let (uid, gid) = attacker();
-    fs::create_dir(m.p("secret")).unwrap();
-    chmod(&m.p("secret"), 0o700);
-    fs::create_dir(m.p("pub")).unwrap();
-    chmod(&m.p("pub"), 0o777);
+    dir_with_mode(m.p("secret"), 0o700);
+    dir_with_mode(m.p("pub"), 0o777);
     ok(&sh_as(
         uid,
         gid,
@@ -807,8 +803,7 @@ fn retention_config(tmp: &TempDir) -> String {
 fn retention_removes_nothing_its_router_could_not() {
     let (m, fast, scratch) = with_retention("sec-retention", "mode=0755,size=64m");
     let (uid, gid) = attacker();
-    fs::create_dir(m.p("pub")).unwrap();
-    chmod(&m.p("pub"), 0o777);
+    dir_with_mode(m.p("pub"), 0o777);
     ok(&sh_as(
         uid,
         gid,
@@ -817,8 +812,7 @@ fn retention_removes_nothing_its_router_could_not() {
     ));
     // Root's files inside, in a directory of root's the attacker may not
     // write: natively it could never remove them.
-    fs::create_dir(m.p("pub/TMPPOINTING3/roots")).unwrap();
-    chmod(&m.p("pub/TMPPOINTING3/roots"), 0o755);
+    dir_with_mode(m.p("pub/TMPPOINTING3/roots"), 0o755);
     fs::write(m.p("pub/TMPPOINTING3/roots/keep"), b"root's").unwrap();
     std::thread::sleep(Duration::from_secs(4));
     assert!(
@@ -839,8 +833,7 @@ fn retention_removes_nothing_its_router_could_not() {
 fn a_very_deep_table_never_brings_the_daemon_down() {
     let (m, fast, _) = with_retention("sec-deep", "mode=0755,size=256m,nr_inodes=200k");
     let (uid, gid) = attacker();
-    fs::create_dir(m.p("pub")).unwrap();
-    chmod(&m.p("pub"), 0o777);
+    dir_with_mode(m.p("pub"), 0o777);
     // 20,000 levels, made one at a time through the mount, more than the
     // descriptor cache holds (they may fail past some depth: the daemon
     // must not).
@@ -1325,6 +1318,13 @@ print(r, os.strerror(ctypes.get_errno()))'",
     assert!(shared.join("roots2").is_dir());
 }
 
+/// Makes directory `p` with mode `mode` (as root), whatever the umask.
+fn dir_with_mode(p: PathBuf, mode: u32) -> PathBuf {
+    fs::create_dir(&p).unwrap();
+    chmod(&p, mode);
+    p
+}
+
 /// Asserts that `o` failed, saying `says` (as natively) on its stderr;
 /// `what` is what its success would have done.
 fn refused(o: &std::process::Output, says: &str, what: &str) {
@@ -1483,8 +1483,7 @@ fn a_rename_into_an_area_keeps_the_sticky_bit_of_what_changed_beneath() {
     });
     let (uid, gid) = attacker();
     let (vuid, vgid) = user_ids("nobody");
-    fs::create_dir(m.p("shared")).unwrap();
-    chmod(&m.p("shared"), 0o1777);
+    dir_with_mode(m.p("shared"), 0o1777);
     let shared = m.p("shared");
     let beneath = m.source.join("shared");
     ok(&sh_as(
@@ -1527,8 +1526,7 @@ fn retention_removes_only_the_table_it_judged_expired() {
         .start();
     let (uid, gid) = attacker();
     let (vuid, vgid) = user_ids("nobody");
-    fs::create_dir(m.p("work")).unwrap();
-    chmod(&m.p("work"), 0o777);
+    dir_with_mode(m.p("work"), 0o777);
     ok(&sh_as(
         vuid,
         vgid,
