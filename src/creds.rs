@@ -172,6 +172,11 @@ thread_local! {
     /// The caller of the request this thread serves, also while it acts
     /// as root for it.
     static REQUEST: Cell<Caller> = const { Cell::new(Caller::ROOT) };
+    /// The caller whose identity this thread took last, and until when
+    /// (`coarse_now_ns`) what was read of its process holds. Any other
+    /// change of identity clears it. A stream of one process's requests
+    /// then costs neither a look-up nor a comparison of identities.
+    static TAKEN: Cell<Option<(Caller, u64)>> = const { Cell::new(None) };
 }
 
 /// The caller of the request this thread serves (root outside requests).
@@ -200,6 +205,7 @@ fn switch(to: &Ident) -> bool {
         && (cur.gid == to.gid || set_fsid(libc::SYS_setfsgid, to.gid))
         && (cur.uid == to.uid || set_fsid(libc::SYS_setfsuid, to.uid))
         && ((to.caps == full && !(cur.uid == 0 && to.uid != 0)) || set_effective(to.caps));
+    TAKEN.set(None);
     if ok {
         CURRENT.with(|c| *c.borrow_mut() = Some(to.clone()));
         return true;
@@ -266,7 +272,9 @@ fn process_cache() -> &'static ProcessCache {
 /// read again). A process casafs cannot read (gone, in another pid
 /// namespace, or the kernel itself: pid 0) gets the groups the user
 /// database gives its user, and root's capabilities only if it is root.
-fn process(pid: u32, uid: u32, gid: u32) -> (Arc<[u32]>, [u32; 2]) {
+///
+/// Also answers until when (`coarse_now_ns`) what it read holds.
+fn process(pid: u32, uid: u32, gid: u32) -> (Arc<[u32]>, [u32; 2], u64) {
     let now = crate::sys::coarse_now_ns();
     let cache = process_cache();
     if pid != 0
@@ -275,7 +283,7 @@ fn process(pid: u32, uid: u32, gid: u32) -> (Arc<[u32]>, [u32; 2]) {
         && e.gid == gid
         && now.saturating_sub(e.at) < PROCESS_TTL_NS
     {
-        return (e.groups.clone(), e.caps);
+        return (e.groups.clone(), e.caps, e.at + PROCESS_TTL_NS);
     }
     let read = (pid != 0)
         .then(|| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
@@ -317,7 +325,7 @@ fn process(pid: u32, uid: u32, gid: u32) -> (Arc<[u32]>, [u32; 2]) {
             },
         );
     }
-    (groups, caps)
+    (groups, caps, now + PROCESS_TTL_NS)
 }
 
 /// Whether process `pid` is in casafs's own user namespace. `CapEff:`
@@ -361,18 +369,30 @@ pub fn act_as(who: &Caller) -> bool {
     if !enabled() {
         return true;
     }
-    let p = permitted().unwrap_or([0, 0]);
-    // Root with its filesystem capabilities is served as the daemon is.
-    if who.uid == 0 && who.gid == 0 && process(who.pid, 0, 0).1[0] & p[0] == FS_CAPS & p[0] {
-        return switch(Ident::root());
+    if who.pid != 0
+        && let Some((last, until)) = TAKEN.get()
+        && last == *who
+        && crate::sys::coarse_now_ns() < until
+    {
+        return true;
     }
-    let (groups, caps) = process(who.pid, who.uid, who.gid);
-    switch(&Ident {
-        uid: who.uid,
-        gid: who.gid,
-        groups,
-        caps: [caps[0] & p[0], caps[1] & p[1]],
-    })
+    let p = permitted().unwrap_or([0, 0]);
+    let (groups, caps, until) = process(who.pid, who.uid, who.gid);
+    // Root with its filesystem capabilities is served as the daemon is.
+    let ok = if who.uid == 0 && who.gid == 0 && caps[0] & p[0] == FS_CAPS & p[0] {
+        switch(Ident::root())
+    } else {
+        switch(&Ident {
+            uid: who.uid,
+            gid: who.gid,
+            groups,
+            caps: [caps[0] & p[0], caps[1] & p[1]],
+        })
+    };
+    if ok && who.pid != 0 {
+        TAKEN.set(Some((*who, until)));
+    }
+    ok
 }
 
 /// Notes the caller of a request that is casafs's bookkeeping alone
@@ -650,6 +670,24 @@ mod tests {
             };
             assert!(act_as(&root));
             assert!(!unprivileged());
+            // A caller served again after another is that caller again,
+            // also within the time its process's status is kept, and also
+            // after casafs acted as root for it in between.
+            let user = Caller {
+                pid: std::process::id(),
+                ..who
+            };
+            for _ in 0..2 {
+                assert!(act_as(&user));
+                assert!(unprivileged());
+                as_root(|| std::fs::write(dir.join("z"), b"")).unwrap();
+                assert!(act_as(&user));
+                let made = std::fs::write(dir.join("x"), b"");
+                assert_eq!(made.unwrap_err().raw_os_error(), Some(libc::EACCES));
+                assert!(act_as(&root));
+                assert!(!unprivileged());
+                std::fs::write(dir.join("x"), b"").unwrap();
+            }
             std::fs::remove_dir_all(&dir).unwrap();
         })
         .join()

@@ -3,7 +3,8 @@
 //! goes through `new_entry` (routing.rs); renames are rename.rs's, removals
 //! unlink.rs's.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::borrow::Cow;
+use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,9 +17,10 @@ use crate::redirect::Redirect;
 use crate::sys::{self, Errno, Res, cname};
 
 /// Where a name lives in the backing store, after consulting redirects.
-pub(super) struct Located {
+pub(super) struct Located<'a> {
     pub dir: Arc<Inode>,
-    pub name: CString,
+    /// The name asked for, borrowed, or its name in an area.
+    pub name: Cow<'a, CStr>,
     pub redirect: Option<Redirect>,
     /// A routed object's attributes, as casafs found it in its area.
     pub st: Option<libc::stat>,
@@ -27,7 +29,7 @@ pub(super) struct Located {
 impl CasaFs {
     /// Resolves `name` in `dir` through the redirect table. A redirect whose
     /// object is gone (removed in the target area directly) is dropped.
-    pub(super) fn locate(&self, dir: &Arc<Inode>, name: &CStr) -> Res<Located> {
+    pub(super) fn locate<'a>(&self, dir: &Arc<Inode>, name: &'a CStr) -> Res<Located<'a>> {
         if let Some(r) = self.routing.redirects.get(dir, name) {
             let area = self.routing.areas.get(r.area).ok_or(Errno::EIO)?;
             let adir = area.dir();
@@ -55,7 +57,7 @@ impl CasaFs {
                 Ok(st) => {
                     return Ok(Located {
                         dir: adir.clone(),
-                        name: r.tname.clone(),
+                        name: Cow::Owned(r.tname.clone()),
                         redirect: Some(r),
                         st: Some(st),
                     });
@@ -68,7 +70,7 @@ impl CasaFs {
         }
         Ok(Located {
             dir: dir.clone(),
-            name: name.to_owned(),
+            name: Cow::Borrowed(name),
             redirect: None,
             st: None,
         })

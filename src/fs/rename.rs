@@ -319,7 +319,7 @@ impl CasaFs {
             }
             let here = Located {
                 dir: np.clone(),
-                name: newname.to_owned(),
+                name: std::borrow::Cow::Borrowed(newname),
                 redirect: None,
                 st: None,
             };

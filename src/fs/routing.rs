@@ -340,7 +340,7 @@ impl CasaFs {
         &self,
         dir: &Arc<Inode>,
         name: &CStr,
-    ) -> Res<Option<super::entry::Located>> {
+    ) -> Res<Option<super::entry::Located<'_>>> {
         if dir.nodeid == ROOT_ID && is_reserved_root_name(name) {
             return Ok(None);
         }
@@ -387,7 +387,7 @@ impl CasaFs {
             self.routing.redirects.insert(dir, name, r.clone());
             return Ok(Some(super::entry::Located {
                 dir: self.routing.areas[area_idx].dir(),
-                name: tname,
+                name: std::borrow::Cow::Owned(tname),
                 redirect: Some(r),
                 st: Some(st),
             }));
