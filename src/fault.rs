@@ -30,6 +30,10 @@
 //!   judging what expired and removing it (logged), as one whose look at
 //!   every process's open files takes long would.
 //!
+//! - `CASAFS_FAULT_SLOW_EMPTYING=MS`: retention waits MS ms after
+//!   emptying an expired directory, before removing it, as it would
+//!   emptying one of many entries.
+//!
 //! - `CASAFS_FAULT_NO_TRUSTED_XATTRS=1`: the backing keeps no `trusted.*`
 //!   xattrs, as NFS keeps none: origin records go to `user.*`.
 //!
@@ -50,6 +54,7 @@ struct Faults {
     slow_stop: Option<Duration>,
     slow_fsync: Option<Duration>,
     slow_retention: Option<Duration>,
+    slow_emptying: Option<Duration>,
     no_trusted: bool,
     no_watch: bool,
 }
@@ -67,6 +72,10 @@ fn faults() -> &'static Faults {
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
         slow_retention: std::env::var("CASAFS_FAULT_SLOW_RETENTION")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
+        slow_emptying: std::env::var("CASAFS_FAULT_SLOW_EMPTYING")
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
@@ -156,6 +165,14 @@ pub fn fsync_starts() {
 pub fn retention_judged() {
     if let Some(d) = faults().slow_retention {
         tracing::info!("retention: judged, removing in {} ms", d.as_millis());
+        std::thread::sleep(d);
+    }
+}
+
+/// After retention emptied an expired directory, before it removes it.
+pub fn retention_emptied() {
+    if let Some(d) = faults().slow_emptying {
+        tracing::info!("retention: emptied, removing in {} ms", d.as_millis());
         std::thread::sleep(d);
     }
 }

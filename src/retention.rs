@@ -245,12 +245,62 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
 /// own at the next pass).
 fn remove(area: RawFd, x: &Expired) -> sys::Res<()> {
     let id = *x.ids.first().ok_or(sys::Errno::ESTALE)?;
-    if x.is_dir {
-        let dir = tree::open_dir_if_same(area, &x.name, id)?;
-        crate::creds::as_user(x.by.0, x.by.1, || tree::empty(dir)).ok_or(sys::Errno::EPERM)?;
-        sys::unlink_at(area, &x.name, libc::AT_REMOVEDIR)
+    let aside = take_aside(area, &x.name, id)?;
+    let removed = if x.is_dir {
+        tree::open_dir_if_same(area, &aside, id).and_then(|dir| {
+            crate::creds::as_user(x.by.0, x.by.1, || tree::empty(dir)).ok_or(sys::Errno::EPERM)?;
+            crate::fault::retention_emptied();
+            sys::unlink_at(area, &aside, libc::AT_REMOVEDIR)
+        })
     } else {
-        tree::remove_tree_at_if_same(area, &x.name, id).map(drop)
+        sys::unlink_at(area, &aside, 0)
+    };
+    if removed.is_err() {
+        put_back(area, &aside, &x.name);
+    }
+    removed
+}
+
+/// Takes the object judged out of every user's reach before any of it
+/// goes: renamed, in the area, to a name of casafs's own that no request
+/// reaches, and checked there to be the object judged (put back
+/// otherwise). Removing by its routed name would remove whatever has that
+/// name by the end, and a user may give the name away meanwhile (rename
+/// the table to another routed name while it is emptied, for as long as
+/// its entries take) to another user's new table.
+fn take_aside(area: RawFd, name: &CStr, id: (u64, u64)) -> sys::Res<CString> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    for _ in 0..100 {
+        let n = NEXT.fetch_add(1, Relaxed);
+        let aside = CString::new(format!(".casafs-expiring-{}-{n}", std::process::id()))
+            .map_err(|_| sys::Errno::EINVAL)?;
+        match sys::rename_noreplace(area, name, area, &aside) {
+            Ok(()) => {}
+            Err(sys::Errno::EEXIST) => continue,
+            Err(e) => return Err(e),
+        }
+        return match sys::stat_at(area, &aside) {
+            Ok(st) if (st.st_dev, st.st_ino) == id => Ok(aside),
+            Ok(_) => {
+                put_back(area, &aside, name);
+                Err(sys::Errno::ESTALE)
+            }
+            Err(e) => Err(e),
+        };
+    }
+    Err(sys::Errno::EEXIST)
+}
+
+/// Gives an object taken aside its name back (what it was taken aside for
+/// failed, or it was not the object judged).
+fn put_back(area: RawFd, aside: &CStr, name: &CStr) {
+    if let Err(e) = sys::rename_noreplace(area, aside, area, name) {
+        tracing::warn!(
+            "retention: cannot give {} its name back (it is {} in the area): {}",
+            name.to_string_lossy(),
+            aside.to_string_lossy(),
+            std::io::Error::from_raw_os_error(e.code())
+        );
     }
 }
 

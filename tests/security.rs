@@ -1566,6 +1566,65 @@ fn retention_removes_only_the_table_it_judged_expired() {
 }
 
 #[test]
+fn retention_never_removes_a_directory_given_the_expired_ones_name_while_emptying_it() {
+    // Emptying an expired table takes as long as its entries, which its
+    // owner chooses. Meanwhile the owner renames it to another routed name
+    // (it moves within the area and frees its name there), and the
+    // victim's new table, made in its private home, takes that name.
+    let tmp = TempDir::new("sec-ret-empty");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let cfg = retention_config(&tmp);
+    let tree = tmp.path().join("tree");
+    let m = Mount::builder("sec-ret-empty")
+        .opt(&format!("scratch={}", fast.0.join("scratch").display()))
+        .arg("--config")
+        .arg(&cfg)
+        .env("CASAFS_FAULT_SLOW_EMPTYING", "3000")
+        .source(&tree, tmp)
+        .start();
+    let (uid, gid) = attacker();
+    let (vuid, vgid) = user_ids("nobody");
+    dir_with_mode(m.p("work"), 0o1777);
+    let home = dir_with_mode(m.p("home"), 0o700);
+    std::os::unix::fs::chown(&home, Some(vuid), Some(vgid)).unwrap();
+    ok(&sh_as(
+        uid,
+        gid,
+        &m.p("work"),
+        "mkdir TMPPOINTING_race && echo x > TMPPOINTING_race/f",
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while m.p("work/TMPPOINTING_race/f").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !m.p("work/TMPPOINTING_race/f").exists(),
+        "set-up: retention emptied the expired table"
+    );
+    // May fail: the table may be gone already.
+    let _ = sh_as(
+        uid,
+        gid,
+        &m.p("work"),
+        "mv TMPPOINTING_race TMPPOINTING_moved",
+    );
+    ok(&sh_as(vuid, vgid, &home, "mkdir TMPPOINTING_race"));
+    let removed = || m.log_text().contains("retention (tmppointing): removed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !removed() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(removed(), "set-up: retention removed the expired table");
+    assert!(
+        home.join("TMPPOINTING_race").is_dir(),
+        "retention removed the victim's new table: {}",
+        m.log_text()
+    );
+    drop(m);
+    drop(fast);
+}
+
+#[test]
 fn sweep_removes_only_the_table_it_copied() {
     // Scratch on another filesystem: sweep copies an old table there as
     // its owner, then removes it. The attacker, who may rename in the
