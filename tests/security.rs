@@ -135,17 +135,25 @@ fn attackers_dir(dir: impl AsRef<Path>) -> PathBuf {
 /// (`fast_opts`) and a retention of 1 s for TMPPOINTING tables; returns
 /// the mount, the tmpfs and the scratch area.
 fn with_retention(tag: &str, fast_opts: &str) -> (Mount, Tmpfs, PathBuf) {
+    retention_slowed(tag, fast_opts, None)
+}
+
+/// `with_retention`, with retention waiting 3 s at the fault point
+/// `fault` (`CASAFS_FAULT_SLOW_...`) where one is given.
+fn retention_slowed(tag: &str, fast_opts: &str, fault: Option<&str>) -> (Mount, Tmpfs, PathBuf) {
     let tmp = TempDir::new(tag);
     let fast = Tmpfs::new(tmp.path().join("fast"), fast_opts);
     let cfg = retention_config(&tmp);
     let tree = tmp.path().join("tree");
     let scratch = fast.0.join("scratch");
-    let m = Mount::builder(tag)
+    let mut b = Mount::builder(tag)
         .opt(&format!("scratch={}", scratch.display()))
         .arg("--config")
-        .arg(&cfg)
-        .source(&tree, tmp)
-        .start();
+        .arg(&cfg);
+    if let Some(f) = fault {
+        b = b.env(f, "3000");
+    }
+    let m = b.source(&tree, tmp).start();
     (m, fast, scratch)
 }
 
@@ -1513,17 +1521,11 @@ fn retention_removes_only_the_table_it_judged_expired() {
     // Retention judges, then removes; in between (slowed here, as a look
     // at every process's open files on a busy machine is) a user renames
     // a table in use onto the expired one's name, through the mount.
-    let tmp = TempDir::new("sec-ret-swap");
-    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
-    let cfg = retention_config(&tmp);
-    let tree = tmp.path().join("tree");
-    let m = Mount::builder("sec-ret-swap")
-        .opt(&format!("scratch={}", fast.0.join("scratch").display()))
-        .arg("--config")
-        .arg(&cfg)
-        .env("CASAFS_FAULT_SLOW_RETENTION", "3000")
-        .source(&tree, tmp)
-        .start();
+    let (m, fast, _) = retention_slowed(
+        "sec-ret-swap",
+        "mode=0755,size=64m",
+        Some("CASAFS_FAULT_SLOW_RETENTION"),
+    );
     let (uid, gid) = attacker();
     let (vuid, vgid) = user_ids("nobody");
     dir_with_mode(m.p("work"), 0o777);
@@ -1571,17 +1573,11 @@ fn retention_never_removes_a_directory_given_the_expired_ones_name_while_emptyin
     // owner chooses. Meanwhile the owner renames it to another routed name
     // (it moves within the area and frees its name there), and the
     // victim's new table, made in its private home, takes that name.
-    let tmp = TempDir::new("sec-ret-empty");
-    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
-    let cfg = retention_config(&tmp);
-    let tree = tmp.path().join("tree");
-    let m = Mount::builder("sec-ret-empty")
-        .opt(&format!("scratch={}", fast.0.join("scratch").display()))
-        .arg("--config")
-        .arg(&cfg)
-        .env("CASAFS_FAULT_SLOW_EMPTYING", "3000")
-        .source(&tree, tmp)
-        .start();
+    let (m, fast, _) = retention_slowed(
+        "sec-ret-empty",
+        "mode=0755,size=64m",
+        Some("CASAFS_FAULT_SLOW_EMPTYING"),
+    );
     let (uid, gid) = attacker();
     let (vuid, vgid) = user_ids("nobody");
     dir_with_mode(m.p("work"), 0o1777);
