@@ -14,6 +14,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -292,6 +293,11 @@ pub struct RedirectTable {
     /// new object, whatever redirect still pointed at it had lost its
     /// object (retention, an operator) and must not show the newcomer.
     targets: DashMap<(usize, CString), Key>,
+    /// How many redirects `map` holds, or more for a moment while one is
+    /// added: whether there is any costs one load, where `DashMap`'s own
+    /// count locks every shard in turn. Asked on every request that
+    /// resolves a name.
+    live: AtomicUsize,
 }
 
 impl RedirectTable {
@@ -300,7 +306,7 @@ impl RedirectTable {
     }
 
     pub fn get(&self, dir: &Inode, name: &CStr) -> Option<Redirect> {
-        if self.map.is_empty() {
+        if self.is_empty() {
             return None;
         }
         self.map.get(&Self::key(dir, name)).map(|r| r.clone())
@@ -324,12 +330,16 @@ impl RedirectTable {
             self.drop_key(&old);
         }
         let dir = (key.0, key.1);
+        // Counted before it is in: never fewer than there are.
+        self.live.fetch_add(1, Ordering::SeqCst);
         match self.map.insert(key.clone(), r) {
             None => *self.dirs.entry(dir).or_default() += 1,
-            Some(prev) if target != (prev.area, prev.tname.clone()) => {
-                self.untarget(&(prev.area, prev.tname), &key)
+            Some(prev) => {
+                self.live.fetch_sub(1, Ordering::SeqCst);
+                if target != (prev.area, prev.tname.clone()) {
+                    self.untarget(&(prev.area, prev.tname), &key)
+                }
             }
-            Some(_) => {}
         }
     }
 
@@ -460,6 +470,7 @@ impl RedirectTable {
     /// in `targets`.
     fn drop_key(&self, key: &Key) -> Option<Redirect> {
         let (_, r) = self.map.remove(key)?;
+        self.live.fetch_sub(1, Ordering::SeqCst);
         if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.dirs.entry((key.0, key.1)) {
             *e.get_mut() = e.get().saturating_sub(1);
             if *e.get() == 0 {
@@ -471,7 +482,7 @@ impl RedirectTable {
 
     /// Whether the directory (`dev`, `ino`) holds any routed name.
     pub fn routes_in(&self, dev: u64, ino: u64) -> bool {
-        !self.dirs.is_empty() && self.dirs.get(&(dev, ino)).is_some_and(|n| *n > 0)
+        !self.is_empty() && self.dirs.get(&(dev, ino)).is_some_and(|n| *n > 0)
     }
 
     /// Drops the redirects of a removed directory: they are not live any
@@ -495,7 +506,7 @@ impl RedirectTable {
     /// by retention or by hand), so that what is listed as live is: a
     /// lookup of the original name would drop each anyway.
     pub fn drop_gone(&self, areas: &[Area]) {
-        if self.map.is_empty() {
+        if self.is_empty() {
             return;
         }
         let fds: Vec<_> = areas.iter().map(|a| a.dir().dir_fd().ok()).collect();
@@ -526,7 +537,7 @@ impl RedirectTable {
     /// source root): the origins recorded beneath them follow, in the table
     /// and on the objects, so that a remount finds them where they are now.
     pub fn rebase(&self, moves: &[(Vec<u8>, Vec<u8>)], areas: &[Area]) {
-        if self.map.is_empty() {
+        if self.is_empty() {
             return;
         }
         let mut changed = Vec::new();
@@ -554,7 +565,7 @@ impl RedirectTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.live.load(Ordering::SeqCst) == 0
     }
 
     /// `origin -> target` lines for `.casafs/redirects`, sorted by origin,
@@ -830,6 +841,35 @@ mod tests {
         let again = listing.names(&fd).unwrap();
         assert!(!Arc::ptr_eq(&first, &again));
         assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn the_table_is_empty_exactly_when_it_holds_no_redirect() {
+        let t = RedirectTable::default();
+        let r = |tname: &CStr| Redirect {
+            area: 0,
+            rule: 0,
+            tname: tname.to_owned(),
+            origin: b"d/x".to_vec(),
+            created: SystemTime::UNIX_EPOCH,
+            ino: 7,
+        };
+        let (a, b) = ((1, 2, c"a".to_owned()), (1, 2, c"b".to_owned()));
+        assert!(t.is_empty() && !t.routes_in(1, 2));
+        t.add(a.clone(), r(c"a"));
+        // The same name again replaces it, also under another area name.
+        t.add(a.clone(), r(c"a-2"));
+        t.add(b.clone(), r(c"b"));
+        assert_eq!((t.len(), t.is_empty()), (2, false));
+        assert!(t.routes_in(1, 2) && !t.routes_in(1, 3));
+        assert!(t.remove_key(&a).is_some());
+        assert!(t.remove_key(&a).is_none());
+        assert!(!t.is_empty());
+        // A new name in the area taken by another origin drops the old.
+        t.add((1, 3, c"c".to_owned()), r(c"b"));
+        assert_eq!((t.len(), t.is_empty()), (1, false));
+        assert_eq!(t.forget_dir(1, 3).len(), 1);
+        assert!(t.is_empty() && !t.routes_in(1, 3));
     }
 
     #[test]
