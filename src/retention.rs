@@ -54,6 +54,9 @@ pub trait Mounted: Send + Sync {
     /// Whether `host` is another host whose daemon is alive: what it
     /// routed is its own retention's (its processes are not seen here).
     fn routed_elsewhere_alive(&self, host: &str) -> bool;
+    /// Runs `f` while no request of this daemon gives a name in the area
+    /// to an object (routes one there, renames one onto a free name).
+    fn names_held(&self, area: usize, f: &mut dyn FnMut());
 }
 
 /// Starts the thread if any rule has an area. Which rules keep a
@@ -213,7 +216,7 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
             tracing::debug!("retention: {} is open, kept", shown.display());
             continue;
         }
-        match remove(area.as_raw_fd(), &x) {
+        match remove(fs, r.area, area.as_raw_fd(), &x) {
             Ok(()) => {
                 stats.rules[r.index].retention_removed.fetch_add(1, Relaxed);
                 tracing::info!(
@@ -241,67 +244,30 @@ fn pass(r: &Retention, stats: &Stats, fs: &dyn Mounted) {
 ///
 /// Only the object judged goes: a user may rename routed objects through
 /// the mount, and so give its name in the area to another (a table still
-/// in use) while it was judged (`ESTALE` then; that one is judged on its
-/// own at the next pass).
-fn remove(area: RawFd, x: &Expired) -> sys::Res<()> {
+/// in use) while it was judged, or while it was emptied, for as long as
+/// its entries take (`ESTALE` then; that one is judged on its own at the
+/// next pass). So the name is checked to be the object judged, then
+/// removed, while no request may give a name in the area to an object
+/// (`Mounted::names_held`).
+fn remove(fs: &dyn Mounted, area_idx: usize, area: RawFd, x: &Expired) -> sys::Res<()> {
     let id = *x.ids.first().ok_or(sys::Errno::ESTALE)?;
-    let aside = take_aside(area, &x.name, id)?;
-    let removed = if x.is_dir {
-        tree::open_dir_if_same(area, &aside, id).and_then(|dir| {
-            crate::creds::as_user(x.by.0, x.by.1, || tree::empty(dir)).ok_or(sys::Errno::EPERM)?;
-            crate::fault::retention_emptied();
-            sys::unlink_at(area, &aside, libc::AT_REMOVEDIR)
-        })
+    let flag = if x.is_dir {
+        let dir = tree::open_dir_if_same(area, &x.name, id)?;
+        crate::creds::as_user(x.by.0, x.by.1, || tree::empty(dir)).ok_or(sys::Errno::EPERM)?;
+        crate::fault::retention_emptied();
+        libc::AT_REMOVEDIR
     } else {
-        sys::unlink_at(area, &aside, 0)
+        0
     };
-    if removed.is_err() {
-        put_back(area, &aside, &x.name);
-    }
-    removed
-}
-
-/// Takes the object judged out of every user's reach before any of it
-/// goes: renamed, in the area, to a name of casafs's own that no request
-/// reaches, and checked there to be the object judged (put back
-/// otherwise). Removing by its routed name would remove whatever has that
-/// name by the end, and a user may give the name away meanwhile (rename
-/// the table to another routed name while it is emptied, for as long as
-/// its entries take) to another user's new table.
-fn take_aside(area: RawFd, name: &CStr, id: (u64, u64)) -> sys::Res<CString> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    for _ in 0..100 {
-        let n = NEXT.fetch_add(1, Relaxed);
-        let aside = CString::new(format!(".casafs-expiring-{}-{n}", std::process::id()))
-            .map_err(|_| sys::Errno::EINVAL)?;
-        match sys::rename_noreplace(area, name, area, &aside) {
-            Ok(()) => {}
-            Err(sys::Errno::EEXIST) => continue,
-            Err(e) => return Err(e),
-        }
-        return match sys::stat_at(area, &aside) {
-            Ok(st) if (st.st_dev, st.st_ino) == id => Ok(aside),
-            Ok(_) => {
-                put_back(area, &aside, name);
-                Err(sys::Errno::ESTALE)
-            }
+    let mut removed = Err(sys::Errno::ESTALE);
+    fs.names_held(area_idx, &mut || {
+        removed = match sys::stat_at(area, &x.name) {
+            Ok(st) if (st.st_dev, st.st_ino) == id => sys::unlink_at(area, &x.name, flag),
+            Ok(_) => Err(sys::Errno::ESTALE),
             Err(e) => Err(e),
         };
-    }
-    Err(sys::Errno::EEXIST)
-}
-
-/// Gives an object taken aside its name back (what it was taken aside for
-/// failed, or it was not the object judged).
-fn put_back(area: RawFd, aside: &CStr, name: &CStr) {
-    if let Err(e) = sys::rename_noreplace(area, aside, area, name) {
-        tracing::warn!(
-            "retention: cannot give {} its name back (it is {} in the area): {}",
-            name.to_string_lossy(),
-            aside.to_string_lossy(),
-            std::io::Error::from_raw_os_error(e.code())
-        );
-    }
+    });
+    removed
 }
 
 /// The last component of the origin casafs recorded on a routed object.

@@ -506,6 +506,16 @@ impl crate::retention::Mounted for CasaFs {
         self.routing.area_now(area)
     }
 
+    fn names_held(&self, area: usize, f: &mut dyn FnMut()) {
+        match self.routing.areas.get(area) {
+            Some(a) => {
+                let _held = a.place_lock.lock();
+                f()
+            }
+            None => f(),
+        }
+    }
+
     fn backing_ino(&self, ino: u64) -> Option<u64> {
         self.inodes.backing_ino(ino)
     }
