@@ -203,11 +203,12 @@ fn long_version() -> String {
 
 /// Entry point; returns the process exit status.
 pub fn main() -> i32 {
-    let mut args: Vec<String> = std::env::args().collect();
+    // Paths need not be UTF-8: clap says so of an argument that must be.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // mount.fuse3 runs `casafs SOURCE MOUNTPOINT -o opts`.
     if let Some(first) = args.get(1)
-        && !first.starts_with('-')
-        && !SUBCOMMANDS.contains(&first.as_str())
+        && !first.as_encoded_bytes().starts_with(b"-")
+        && !first.to_str().is_some_and(|f| SUBCOMMANDS.contains(&f))
     {
         args.insert(1, "mount".into());
     }

@@ -219,6 +219,21 @@ fn where_says_where_a_path_really_lives() {
     let (code, out, _) = casafs(&["where", "/proc/version"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not under a casafs mount"), "{out}");
+    // A name need not be UTF-8.
+    let odd = m.p("obs").join(std::ffi::OsStr::from_bytes(b"plain\xff"));
+    fs::write(&odd, b"p").unwrap();
+    let o = std::process::Command::new(BIN)
+        .arg("where")
+        .arg(&odd)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("not routed; lives in the tree at"), "{out}");
 }
 
 #[test]
