@@ -116,8 +116,11 @@ pub fn glob_to_regex(glob: &str) -> Result<String, String> {
     let mut chars = glob.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '*' => out.push_str(".*"),
-            '?' => out.push('.'),
+            // As a shell's: any bytes, a newline and bytes that are not
+            // UTF-8 too (names are bytes); `?` is one character, or one
+            // such byte.
+            '*' => out.push_str("(?s-u:.)*"),
+            '?' => out.push_str("(?s:.|(?-u:[\\x80-\\xff]))"),
             '[' => {
                 let mut class = String::from("[");
                 if chars.peek() == Some(&'!') {
@@ -188,6 +191,19 @@ mod tests {
         assert!(r.matches_name(b"axbe.txt"));
         assert!(!r.matches_name(b"axbd.txt"));
         assert!(!r.matches_name(b"axbe.txt2"));
+    }
+
+    #[test]
+    fn globs_match_names_that_are_not_text() {
+        let r = rule("casa-*.log", Kind::File);
+        assert!(r.matches_name(b"casa-\xff\xfe.log"));
+        assert!(r.matches_name(b"casa-a\nb.log"));
+        let r = rule("TMP?", Kind::Any);
+        assert!(r.matches_name("TMPé".as_bytes()));
+        assert!(r.matches_name(b"TMP\n"));
+        assert!(r.matches_name(b"TMP\xff"));
+        assert!(!r.matches_name(b"TMP\xff\xff"));
+        assert!(!r.matches_name(b"TMP"));
     }
 
     #[test]
