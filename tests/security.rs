@@ -1567,34 +1567,47 @@ fn retention_removes_only_the_table_it_judged_expired() {
     drop(fast);
 }
 
+/// A retention mount that waits 3 s after emptying an expired table, a
+/// shared sticky `work` directory, and the victim's 0700 `home`.
+fn emptying_slowed(tag: &str) -> (Mount, Tmpfs, PathBuf) {
+    let (m, fast, _) = retention_slowed(
+        tag,
+        "mode=0755,size=64m",
+        Some("CASAFS_FAULT_SLOW_EMPTYING"),
+    );
+    let (vuid, vgid) = user_ids("nobody");
+    dir_with_mode(m.p("work"), 0o1777);
+    let home = dir_with_mode(m.p("home"), 0o700);
+    std::os::unix::fs::chown(&home, Some(vuid), Some(vgid)).unwrap();
+    (m, fast, home)
+}
+
+/// Waits up to `secs` for `cond`; whether it came.
+fn comes(secs: u64, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
 #[test]
 fn retention_never_removes_a_directory_given_the_expired_ones_name_while_emptying_it() {
     // Emptying an expired table takes as long as its entries, which its
     // owner chooses. Meanwhile the owner renames it to another routed name
     // (it moves within the area and frees its name there), and the
     // victim's new table, made in its private home, takes that name.
-    let (m, fast, _) = retention_slowed(
-        "sec-ret-empty",
-        "mode=0755,size=64m",
-        Some("CASAFS_FAULT_SLOW_EMPTYING"),
-    );
+    let (m, fast, home) = emptying_slowed("sec-ret-empty");
     let (uid, gid) = attacker();
     let (vuid, vgid) = user_ids("nobody");
-    dir_with_mode(m.p("work"), 0o1777);
-    let home = dir_with_mode(m.p("home"), 0o700);
-    std::os::unix::fs::chown(&home, Some(vuid), Some(vgid)).unwrap();
     ok(&sh_as(
         uid,
         gid,
         &m.p("work"),
         "mkdir TMPPOINTING_race && echo x > TMPPOINTING_race/f",
     ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while m.p("work/TMPPOINTING_race/f").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     assert!(
-        !m.p("work/TMPPOINTING_race/f").exists(),
+        comes(20, || !m.p("work/TMPPOINTING_race/f").exists()),
         "set-up: retention emptied the expired table"
     );
     // May fail: the table may be gone already.
@@ -1611,11 +1624,7 @@ fn retention_never_removes_a_directory_given_the_expired_ones_name_while_emptyin
         let log = m.log_text();
         log.contains("retention (tmppointing): removed") || log.contains("retention: cannot remove")
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(done(), "set-up: retention's pass ended");
+    assert!(comes(10, done), "set-up: retention's pass ended");
     assert!(
         home.join("TMPPOINTING_race").is_dir(),
         "retention removed the victim's new table: {}",
@@ -1631,16 +1640,9 @@ fn a_table_retention_cannot_empty_keeps_its_name_while_retention_tries() {
     // cannot remove what the router made read-only. Meanwhile another
     // user makes a table of that name: it must get a name of its own in
     // the area, and the first table stay where its owner finds it.
-    let (m, fast, _) = retention_slowed(
-        "sec-ret-keep",
-        "mode=0755,size=64m",
-        Some("CASAFS_FAULT_SLOW_EMPTYING"),
-    );
+    let (m, fast, home) = emptying_slowed("sec-ret-keep");
     let (uid, gid) = attacker();
     let (vuid, vgid) = user_ids("nobody");
-    dir_with_mode(m.p("work"), 0o1777);
-    let home = dir_with_mode(m.p("home"), 0o700);
-    std::os::unix::fs::chown(&home, Some(vuid), Some(vgid)).unwrap();
     ok(&sh_as(
         vuid,
         vgid,
@@ -1648,19 +1650,15 @@ fn a_table_retention_cannot_empty_keeps_its_name_while_retention_tries() {
         "mkdir -p TMPPOINTINGv/keep && echo data > TMPPOINTINGv/keep/data && \
          chmod 0555 TMPPOINTINGv/keep",
     ));
-    let emptied = || m.log_text().contains("retention: emptied");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !emptied() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(emptied(), "set-up: retention emptied what it could");
+    assert!(
+        comes(20, || m.log_text().contains("retention: emptied")),
+        "set-up: retention emptied what it could"
+    );
     ok(&sh_as(uid, gid, &m.p("work"), "mkdir TMPPOINTINGv"));
-    let done = || m.log_text().contains("retention: cannot remove");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(done(), "set-up: retention's pass ended");
+    assert!(
+        comes(10, || m.log_text().contains("retention: cannot remove")),
+        "set-up: retention's pass ended"
+    );
     let read = sh_as(vuid, vgid, &home, "cat TMPPOINTINGv/keep/data");
     assert_eq!(ok(&read), "data\n", "the victim's table was lost");
     assert!(m.p("work/TMPPOINTINGv").is_dir());
