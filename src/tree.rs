@@ -128,12 +128,27 @@ pub fn empty(top: OwnedFd) -> u64 {
 /// Removes `name` in `parent` and everything below it, without following
 /// symlinks. Returns bytes freed.
 pub fn remove_tree_at(parent: RawFd, name: &CStr) -> Res<u64> {
+    remove_tree_if(parent, name, None)
+}
+
+/// Removes `name` in `parent` and everything below it, only while it is
+/// object `judged` (device, inode), if given: what is inside goes through
+/// a descriptor checked to be it, and the name is checked again before it
+/// goes (`ESTALE` otherwise).
+fn remove_tree_if(parent: RawFd, name: &CStr, judged: Option<(u64, u64)>) -> Res<u64> {
     let st = sys::stat_at(parent, name)?;
+    let id = (st.st_dev, st.st_ino);
+    if judged.is_some_and(|j| j != id) {
+        return Err(sys::Errno::ESTALE);
+    }
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         sys::unlink_at(parent, name, 0)?;
         return Ok(st.st_size as u64);
     }
-    let freed = empty(open_dir_at(parent, name)?);
+    let freed = empty(open_dir_if_same(parent, name, id)?);
+    if judged.is_some() && sys::stat_at(parent, name).map(|s| (s.st_dev, s.st_ino)) != Ok(id) {
+        return Err(sys::Errno::ESTALE);
+    }
     sys::unlink_at(parent, name, libc::AT_REMOVEDIR)?;
     Ok(freed)
 }
@@ -152,19 +167,9 @@ pub fn open_dir_if_same(parent: RawFd, name: &CStr, id: (u64, u64)) -> Res<Owned
 }
 
 /// `remove_tree_at`, only while `name` is the object `id` that was
-/// judged: what is inside goes through the descriptor checked to be it.
+/// judged.
 pub fn remove_tree_at_if_same(parent: RawFd, name: &CStr, id: (u64, u64)) -> Res<u64> {
-    let st = sys::stat_at(parent, name)?;
-    if (st.st_dev, st.st_ino) != id {
-        return Err(sys::Errno::ESTALE);
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-        sys::unlink_at(parent, name, 0)?;
-        return Ok(st.st_size as u64);
-    }
-    let freed = empty(open_dir_if_same(parent, name, id)?);
-    sys::unlink_at(parent, name, libc::AT_REMOVEDIR)?;
-    Ok(freed)
+    remove_tree_if(parent, name, Some(id))
 }
 
 #[cfg(test)]
