@@ -59,6 +59,14 @@ struct Faults {
     no_watch: bool,
 }
 
+/// A fault variable holding a wait in milliseconds.
+fn millis(var: &str) -> Option<Duration> {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+}
+
 fn faults() -> &'static Faults {
     static F: OnceLock<Faults> = OnceLock::new();
     F.get_or_init(|| Faults {
@@ -67,22 +75,10 @@ fn faults() -> &'static Faults {
             .and_then(|v| v.parse().ok()),
         no_trusted: std::env::var_os("CASAFS_FAULT_NO_TRUSTED_XATTRS").is_some(),
         no_watch: std::env::var_os("CASAFS_FAULT_NO_WATCH").is_some(),
-        slow_stop: std::env::var("CASAFS_FAULT_SLOW_STOP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis),
-        slow_retention: std::env::var("CASAFS_FAULT_SLOW_RETENTION")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis),
-        slow_emptying: std::env::var("CASAFS_FAULT_SLOW_EMPTYING")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis),
-        slow_fsync: std::env::var("CASAFS_FAULT_SLOW_FSYNC")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis),
+        slow_stop: millis("CASAFS_FAULT_SLOW_STOP"),
+        slow_retention: millis("CASAFS_FAULT_SLOW_RETENTION"),
+        slow_emptying: millis("CASAFS_FAULT_SLOW_EMPTYING"),
+        slow_fsync: millis("CASAFS_FAULT_SLOW_FSYNC"),
         panic_name: std::env::var_os("CASAFS_FAULT_PANIC")
             .map(std::os::unix::ffi::OsStringExt::into_vec),
         create_stat_name: std::env::var_os("CASAFS_FAULT_CREATE_STAT")
