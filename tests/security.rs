@@ -1535,12 +1535,9 @@ fn retention_removes_only_the_table_it_judged_expired() {
         &m.p("work"),
         "mkdir TMPPOINTING_old && echo old > TMPPOINTING_old/x",
     ));
-    let judged = |n: usize| m.log_text().matches("retention: judged").count() >= n;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !judged(1) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(judged(1), "set-up: retention judged the old table");
+    eventually_within("set-up: retention judged the old table", 20, || {
+        m.log_text().contains("retention: judged")
+    });
     // The victim's job starts in a new table, and the attacker gives it
     // the old one's name.
     ok(&sh_as(
@@ -1582,15 +1579,6 @@ fn emptying_slowed(tag: &str) -> (Mount, Tmpfs, PathBuf) {
     (m, fast, home)
 }
 
-/// Waits up to `secs` for `cond`; whether it came.
-fn comes(secs: u64, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
 #[test]
 fn retention_never_removes_a_directory_given_the_expired_ones_name_while_emptying_it() {
     // Emptying an expired table takes as long as its entries, which its
@@ -1606,10 +1594,9 @@ fn retention_never_removes_a_directory_given_the_expired_ones_name_while_emptyin
         &m.p("work"),
         "mkdir TMPPOINTING_race && echo x > TMPPOINTING_race/f",
     ));
-    assert!(
-        comes(20, || !m.p("work/TMPPOINTING_race/f").exists()),
-        "set-up: retention emptied the expired table"
-    );
+    eventually_within("set-up: retention emptied the expired table", 20, || {
+        !m.p("work/TMPPOINTING_race/f").exists()
+    });
     // May fail: the table may be gone already.
     let _ = sh_as(
         uid,
@@ -1624,7 +1611,7 @@ fn retention_never_removes_a_directory_given_the_expired_ones_name_while_emptyin
         let log = m.log_text();
         log.contains("retention (tmppointing): removed") || log.contains("retention: cannot remove")
     };
-    assert!(comes(10, done), "set-up: retention's pass ended");
+    eventually_within("set-up: retention's pass ended", 10, done);
     assert!(
         home.join("TMPPOINTING_race").is_dir(),
         "retention removed the victim's new table: {}",
@@ -1650,15 +1637,13 @@ fn a_table_retention_cannot_empty_keeps_its_name_while_retention_tries() {
         "mkdir -p TMPPOINTINGv/keep && echo data > TMPPOINTINGv/keep/data && \
          chmod 0555 TMPPOINTINGv/keep",
     ));
-    assert!(
-        comes(20, || m.log_text().contains("retention: emptied")),
-        "set-up: retention emptied what it could"
-    );
+    eventually_within("set-up: retention emptied what it could", 20, || {
+        m.log_text().contains("retention: emptied")
+    });
     ok(&sh_as(uid, gid, &m.p("work"), "mkdir TMPPOINTINGv"));
-    assert!(
-        comes(10, || m.log_text().contains("retention: cannot remove")),
-        "set-up: retention's pass ended"
-    );
+    eventually_within("set-up: retention's pass ended", 10, || {
+        m.log_text().contains("retention: cannot remove")
+    });
     let read = sh_as(vuid, vgid, &home, "cat TMPPOINTINGv/keep/data");
     assert_eq!(ok(&read), "data\n", "the victim's table was lost");
     assert!(m.p("work/TMPPOINTINGv").is_dir());
