@@ -19,6 +19,7 @@
 //! nothing.
 
 use std::cell::{Cell, RefCell};
+use std::ffi::{CStr, CString};
 use std::sync::Arc;
 use std::sync::OnceLock;
 
@@ -403,63 +404,109 @@ pub fn bookkeeping(who: &Caller) {
     REQUEST.with(|r| r.set(*who));
 }
 
-/// Acts as `uid`, `gid` with the groups the system gives that user and no
-/// capability (for work casafs does on a user's behalf outside any
-/// request: retention, sweep).
+/// Acts as the user `uid` with the primary group and the groups the user
+/// database gives that user, and no capability (for work casafs does on a
+/// user's behalf outside any request: retention, sweep). Never with the
+/// group of an object: a user can own an object of a group it is not in
+/// (made in a set-group-ID directory, or kept after leaving the group).
+/// `gid` serves only a user the database does not know, alone.
 fn act_as_user(uid: u32, gid: u32) -> bool {
     if !enabled() {
         return true;
     }
+    let (gid, groups) = user_identity(uid, gid);
     switch(&Ident {
         uid,
         gid,
-        groups: Arc::from(user_groups(uid, gid)),
+        groups: Arc::from(groups),
         caps: [0, 0],
     })
 }
 
-/// The groups of the user `uid` from the system's user database, kept for
+/// The primary group and the groups the user database gives the user
+/// `uid`; for a user it does not know, `gid` and no other group. Kept for
 /// a minute.
+pub fn user_identity(uid: u32, gid: u32) -> (u32, Vec<u32>) {
+    match user_entry(uid) {
+        Some((name, primary)) => (primary, user_groups_of(uid, &name, primary)),
+        None => (gid, Vec::new()),
+    }
+}
+
+/// The groups of the user `uid` when acting with group `gid` (a request's,
+/// which the kernel vouches for): `gid` and the user's groups from the
+/// user database, kept for a minute.
 pub fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
+    match user_entry(uid) {
+        Some((name, _)) => user_groups_of(uid, &name, gid),
+        None => Vec::new(),
+    }
+}
+
+/// Time-limited cache of the user database's answers.
+const USER_DB_TTL_NS: u64 = 60 * PROCESS_TTL_NS;
+
+/// The user `uid`'s name and primary group, from the user database.
+fn user_entry(uid: u32) -> Option<(CString, u32)> {
+    type Known = DashMap<u32, (u64, Option<(CString, u32)>)>;
+    static CACHE: OnceLock<Known> = OnceLock::new();
+    let cache = CACHE.get_or_init(DashMap::new);
+    let now = crate::sys::coarse_now_ns();
+    if let Some(e) = cache.get(&uid)
+        && now.saturating_sub(e.0) < USER_DB_TTL_NS
+    {
+        return e.1.clone();
+    }
+    let entry = user_entry_now(uid);
+    if cache.len() >= PROCESS_MAX {
+        cache.clear();
+    }
+    cache.insert(uid, (now, entry.clone()));
+    entry
+}
+
+fn user_entry_now(uid: u32) -> Option<(CString, u32)> {
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    let name = unsafe { CStr::from_ptr(pw.pw_name) }.to_owned();
+    Some((name, pw.pw_gid))
+}
+
+/// `gid` and the groups the user database lists `name` in.
+fn user_groups_of(uid: u32, name: &CStr, gid: u32) -> Vec<u32> {
     /// (uid, gid) -> (when, groups).
     type Known = DashMap<(u32, u32), (u64, Vec<u32>)>;
     static CACHE: OnceLock<Known> = OnceLock::new();
     let cache = CACHE.get_or_init(DashMap::new);
     let now = crate::sys::coarse_now_ns();
     if let Some(e) = cache.get(&(uid, gid))
-        && now.saturating_sub(e.0) < 60 * PROCESS_TTL_NS
+        && now.saturating_sub(e.0) < USER_DB_TTL_NS
     {
         return e.1.clone();
     }
-    let groups = user_groups_now(uid, gid);
+    let mut n: libc::c_int = 64;
+    let groups = loop {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let cap = n;
+        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n.max(0) as usize);
+            break groups;
+        }
+        if n <= cap {
+            break Vec::new();
+        }
+    };
     if cache.len() >= PROCESS_MAX {
         cache.clear();
     }
     cache.insert((uid, gid), (now, groups.clone()));
     groups
-}
-
-fn user_groups_now(uid: u32, gid: u32) -> Vec<u32> {
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16384];
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() {
-        return Vec::new();
-    }
-    let mut n: libc::c_int = 64;
-    loop {
-        let mut groups = vec![0 as libc::gid_t; n as usize];
-        let cap = n;
-        let rc = unsafe { libc::getgrouplist(pw.pw_name, gid, groups.as_mut_ptr(), &mut n) };
-        if rc >= 0 {
-            groups.truncate(n.max(0) as usize);
-            return groups;
-        }
-        if n <= cap {
-            return Vec::new();
-        }
-    }
 }
 
 /// Puts the thread back to the identity it had when dropped (also when
@@ -497,10 +544,11 @@ pub fn as_root<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Runs `f` acting as `uid`, `gid` (with the user's groups from the user
-/// database, without capabilities), then returns to the identity the
-/// thread had: for work outside requests. None if the identity could not
-/// be taken.
+/// Runs `f` acting as the user `uid` (with the primary group and the
+/// groups the user database gives it, `gid` only for a user it does not
+/// know; without capabilities), then returns to the identity the thread
+/// had: for work outside requests. None if the identity could not be
+/// taken.
 pub fn as_user<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> Option<T> {
     if !enabled() {
         return Some(f());

@@ -34,6 +34,10 @@
 //!   emptying an expired directory, before removing it, as it would
 //!   emptying one of many entries.
 //!
+//! - `CASAFS_FAULT_SLOW_SWEEP_MOVE=MS`: `casafs sweep` waits MS ms before
+//!   it renames an object into an area, and again after, as one that
+//!   judged many objects would (the time a user has to swap names).
+//!
 //! - `CASAFS_FAULT_NO_TRUSTED_XATTRS=1`: the backing keeps no `trusted.*`
 //!   xattrs, as NFS keeps none: origin records go to `user.*`.
 //!
@@ -55,6 +59,7 @@ struct Faults {
     slow_fsync: Option<Duration>,
     slow_retention: Option<Duration>,
     slow_emptying: Option<Duration>,
+    slow_sweep_move: Option<Duration>,
     no_trusted: bool,
     no_watch: bool,
 }
@@ -78,6 +83,7 @@ fn faults() -> &'static Faults {
         slow_stop: millis("CASAFS_FAULT_SLOW_STOP"),
         slow_retention: millis("CASAFS_FAULT_SLOW_RETENTION"),
         slow_emptying: millis("CASAFS_FAULT_SLOW_EMPTYING"),
+        slow_sweep_move: millis("CASAFS_FAULT_SLOW_SWEEP_MOVE"),
         slow_fsync: millis("CASAFS_FAULT_SLOW_FSYNC"),
         panic_name: std::env::var_os("CASAFS_FAULT_PANIC")
             .map(std::os::unix::ffi::OsStringExt::into_vec),
@@ -169,6 +175,13 @@ pub fn retention_judged() {
 pub fn retention_emptied() {
     if let Some(d) = faults().slow_emptying {
         tracing::info!("retention: emptied, removing in {} ms", d.as_millis());
+        std::thread::sleep(d);
+    }
+}
+
+/// Before and after sweep renames an object into an area.
+pub fn sweep_moving() {
+    if let Some(d) = faults().slow_sweep_move {
         std::thread::sleep(d);
     }
 }

@@ -672,6 +672,27 @@ pub fn candidate(name: &CStr, n: u32) -> CString {
     CString::new(out).unwrap_or_else(|_| name.to_owned())
 }
 
+/// The candidate numbers to try, in order, for a name to place: the first
+/// few in turn, as an operator expects them (`-2`, `-3`, ...), then
+/// numbers drawn at random, so that however many objects of one name an
+/// area holds (any user can make thousands), a free one is found in a few
+/// tries rather than one try per object there.
+pub fn candidate_numbers() -> impl Iterator<Item = u32> {
+    const IN_TURN: u32 = 16;
+    const DRAWN: usize = 64;
+    let mut seed = crate::sys::random_u64() | 1;
+    (1..=IN_TURN).chain(
+        std::iter::repeat_with(move || {
+            // xorshift64: cheap, and seeded from the kernel.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            IN_TURN + 1 + (seed % u64::from(i32::MAX as u32 - IN_TURN)) as u32
+        })
+        .take(DRAWN),
+    )
+}
+
 /// The name `candidate` made `name` from with n >= 2, if it is one:
 /// `casa-X-2.log` -> `casa-X.log`.
 pub fn uncandidate(name: &[u8]) -> Option<Vec<u8>> {
@@ -870,6 +891,23 @@ mod tests {
         assert_eq!((t.len(), t.is_empty()), (1, false));
         assert_eq!(t.forget_dir(1, 3).len(), 1);
         assert!(t.is_empty() && !t.routes_in(1, 3));
+    }
+
+    #[test]
+    fn a_free_candidate_is_found_in_few_tries_however_many_are_taken() {
+        // The first ones in turn, as operators expect them.
+        let first: Vec<u32> = candidate_numbers().take(16).collect();
+        assert_eq!(first, (1..=16).collect::<Vec<_>>());
+        // An area holding 100,000 objects of one name (1 to 100,000):
+        // the next gets a free name within a few tries, not 100,001.
+        let tries = candidate_numbers().position(|n| n > 100_000).unwrap() + 1;
+        assert!(tries <= 20, "{tries} tries");
+        // Every number still makes a name routing recognises as the
+        // name's own.
+        for n in candidate_numbers() {
+            let c = candidate(c"casa-1.log", n);
+            assert!(n == 1 || uncandidate(c.to_bytes()).as_deref() == Some(&b"casa-1.log"[..]));
+        }
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl Tree {
     fn open_at(&self, p: &Path, flags: i32) -> io::Result<OwnedFd> {
         let rel = p
             .strip_prefix(&self.path)
-            .map_err(|_| io::Error::other(format!("{} is outside the tree", p.display())))?;
+            .map_err(|_| io::Error::other(format!("{} is outside the tree", shown(p))))?;
         let rel = if rel.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -217,7 +217,7 @@ impl Tree {
         let parent = p.parent().unwrap_or(&self.path);
         let name = p
             .file_name()
-            .ok_or_else(|| io::Error::other(format!("{}: no name", p.display())))?;
+            .ok_or_else(|| io::Error::other(format!("{}: no name", shown(p))))?;
         let dir = self.open_at(parent, libc::O_PATH | libc::O_DIRECTORY)?;
         let name = CString::new(name.as_bytes()).map_err(|_| errno(Errno::EINVAL))?;
         Ok((dir, name))
@@ -292,14 +292,14 @@ fn walk(tree: &Tree, w: &Walk<'_>, plan: &mut Plan) -> io::Result<()> {
                 "casafs: sweep: {walked} directories walked in {}s, {} found so far, at {}",
                 started.elapsed().as_secs(),
                 plan.actions.len(),
-                dir.display()
+                shown(&dir)
             );
         }
         let fd = match tree.open_at(&dir, libc::O_RDONLY | libc::O_DIRECTORY) {
             Ok(fd) => fd,
             Err(e) if first => return Err(e),
             Err(e) => {
-                eprintln!("casafs: sweep: {}: {e}", dir.display());
+                eprintln!("casafs: sweep: {}: {e}", shown(&dir));
                 continue;
             }
         };
@@ -379,7 +379,7 @@ fn walk(tree: &Tree, w: &Walk<'_>, plan: &mut Plan) -> io::Result<()> {
 
 /// A free name for `name` in the directory `dir`: never overwrite.
 fn free_name(dir: RawFd, name: &CStr) -> CString {
-    for n in 1..100_000 {
+    for n in crate::redirect::candidate_numbers() {
         let cand = crate::redirect::candidate(name, n);
         if sys::stat_at(dir, &cand) == Err(Errno::ENOENT) {
             return cand;
@@ -390,15 +390,27 @@ fn free_name(dir: RawFd, name: &CStr) -> CString {
     CString::new(last).unwrap_or_default()
 }
 
-/// Who a move is done for: the owner of the object moved, with the groups
-/// the system gives that user.
-#[derive(Clone, Copy)]
+/// Who a move is done for: the owner of the object moved, with the
+/// primary group and the groups the user database gives that user (never
+/// the object's group, which its owner need not be in).
+#[derive(Clone)]
 struct Owner {
     uid: u32,
     gid: u32,
+    groups: Vec<u32>,
 }
 
 impl Owner {
+    /// The owner of an object with attributes `st`.
+    fn of(st: &libc::stat) -> Owner {
+        let (gid, groups) = crate::creds::user_identity(st.st_uid, st.st_gid);
+        Owner {
+            uid: st.st_uid,
+            gid,
+            groups,
+        }
+    }
+
     /// Runs `f` with the owner's rights (as root where casafs cannot switch).
     fn acting<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         crate::creds::as_user(self.uid, self.gid, f).unwrap_or_else(|| {
@@ -425,11 +437,10 @@ struct Copying {
 /// the owner is in it, and set-ID bits only on what the owner owned.
 /// Everything through descriptors, never following a symlink, without
 /// recursion.
-fn copy_as(owner: Owner, from: RawFd, name: &CStr, to: RawFd, dest: &CStr) -> io::Result<()> {
-    let groups = crate::creds::user_groups(owner.uid, owner.gid);
+fn copy_as(owner: &Owner, from: RawFd, name: &CStr, to: RawFd, dest: &CStr) -> io::Result<()> {
     // Gives the copy `name` in `dir` to the owner; returns its mode.
     let give = |dir: RawFd, name: &CStr, st: &libc::stat| -> io::Result<u32> {
-        let gid = if st.st_gid == owner.gid || groups.contains(&st.st_gid) {
+        let gid = if st.st_gid == owner.gid || owner.groups.contains(&st.st_gid) {
             st.st_gid
         } else {
             owner.gid
@@ -563,10 +574,7 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
     if stat_id(&st) != judged {
         return Err(io::Error::other("it changed since it was judged"));
     }
-    let owner = Owner {
-        uid: st.st_uid,
-        gid: st.st_gid,
-    };
+    let owner = Owner::of(&st);
     let may = owner
         .acting(|| sys::access_at(dir.as_raw_fd(), c"", libc::W_OK | libc::X_OK).map_err(errno));
     if let Err(e) = may {
@@ -581,24 +589,30 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
     // An area as casafs takes one: root's alone (see `areas`).
     let to = crate::areas::open_area(to_dir, &mut Vec::new()).map_err(io::Error::other)?;
     if let Err(e) = crate::areas::secure(to.as_raw_fd()) {
-        return Err(io::Error::other(format!("{}: {}", to_dir.display(), e.0)));
+        return Err(io::Error::other(format!("{}: {}", shown(to_dir), e.0)));
     }
     let dest = free_name(to.as_raw_fd(), &name);
-    let shown = to_dir.join(std::ffi::OsStr::from_bytes(dest.to_bytes()));
+    let at = to_dir.join(std::ffi::OsStr::from_bytes(dest.to_bytes()));
+    crate::fault::sweep_moving();
     match sys::rename_noreplace(dir.as_raw_fd(), &name, to.as_raw_fd(), &dest) {
         Ok(()) => {
+            crate::fault::sweep_moving();
             // The object moved must be the one judged: put anything else
             // back where it was.
             let moved = sys::stat_at(to.as_raw_fd(), &dest).map_err(errno)?;
             if stat_id(&moved) != stat_id(&st) {
-                sys::rename_noreplace(to.as_raw_fd(), &dest, dir.as_raw_fd(), &name)
-                    .map_err(errno)?;
-                return Err(io::Error::other("it changed while it was moved"));
+                return Err(put_back(to.as_raw_fd(), &dest, dir.as_raw_fd(), &name, &at));
             }
-            Ok(shown)
+            Ok(at)
         }
         Err(Errno::EXDEV) => {
-            copy_as(owner, dir.as_raw_fd(), &name, to.as_raw_fd(), &dest)?;
+            if let Err(e) = copy_as(&owner, dir.as_raw_fd(), &name, to.as_raw_fd(), &dest) {
+                // The original is whole where it was: a part copy would
+                // only be copied again beside itself at every run. (The
+                // area is root's alone: no one else names anything there.)
+                let _ = tree::remove_tree_at(to.as_raw_fd(), &dest);
+                return Err(e);
+            }
             // Only the object judged and copied goes: another given its
             // name meanwhile stays, and so does the copy.
             owner.acting(|| {
@@ -606,15 +620,48 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
                     match e {
                         Errno::ESTALE => io::Error::other(format!(
                             "it changed while it was copied (the copy is {})",
-                            shown.display()
+                            shown(&at)
                         )),
                         e => errno(e),
                     }
                 })
             })?;
-            Ok(shown)
+            Ok(at)
         }
         Err(e) => Err(errno(e)),
+    }
+}
+
+/// Puts an object that was given the name of the one judged while it was
+/// moved (`dest` in the area `area`) back into the directory it came from:
+/// under its name, or, if that was taken meanwhile, under a name no one
+/// can have foreseen, in that same directory (where whoever swapped it in
+/// could have renamed it anyway). Never left in the area, which is root's
+/// alone. Returns the error the move reports.
+fn put_back(area: RawFd, dest: &CStr, dir: RawFd, name: &CStr, in_area: &Path) -> io::Error {
+    let mut back = sys::rename_noreplace(area, dest, dir, name).map(|()| name.to_owned());
+    for _ in 0..8 {
+        if back != Err(Errno::EEXIST) {
+            break;
+        }
+        let mut aside = name.to_bytes().to_vec();
+        aside.extend_from_slice(format!(".casafs-{:016x}", sys::random_u64()).as_bytes());
+        let Ok(aside) = CString::new(aside) else {
+            break;
+        };
+        back = sys::rename_noreplace(area, dest, dir, &aside).map(|()| aside);
+    }
+    match back {
+        Ok(n) if n.as_c_str() == name => io::Error::other("it changed while it was moved"),
+        Ok(n) => io::Error::other(format!(
+            "it changed while it was moved; what had its name was put back as {}",
+            shown(Path::new(std::ffi::OsStr::from_bytes(n.to_bytes())))
+        )),
+        Err(e) => io::Error::other(format!(
+            "it changed while it was moved, and what had its name could not be put back ({}): it is {}",
+            errno(e),
+            shown(in_area)
+        )),
     }
 }
 
@@ -622,11 +669,15 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
 fn remove_debris(tree: &Tree, p: &Path) -> io::Result<()> {
     let (dir, name) = tree.parent_of(p)?;
     let st = sys::stat_at(dir.as_raw_fd(), &name).map_err(errno)?;
-    let owner = Owner {
-        uid: st.st_uid,
-        gid: st.st_gid,
-    };
+    let owner = Owner::of(&st);
     owner.acting(|| sys::unlink_at(dir.as_raw_fd(), &name, 0).map_err(errno))
+}
+
+/// A path as sweep prints it: a control character (a user may put a
+/// newline in a name) is escaped, so that no name forges a line of the
+/// plan or of the log.
+fn shown<P: AsRef<Path> + ?Sized>(p: &P) -> String {
+    crate::redirect::escape(&p.as_ref().to_string_lossy())
 }
 
 fn human(b: u64) -> String {
@@ -701,11 +752,11 @@ pub fn run(a: SweepArgs) -> i32 {
     let tree = match fs::canonicalize(&a.tree) {
         Ok(t) if t.is_dir() => t,
         Ok(t) => {
-            eprintln!("casafs: error: sweep: {} is not a directory", t.display());
+            eprintln!("casafs: error: sweep: {} is not a directory", shown(&t));
             return 2;
         }
         Err(e) => {
-            eprintln!("casafs: error: sweep: {}: {e}", a.tree.display());
+            eprintln!("casafs: error: sweep: {}: {e}", shown(&a.tree));
             return 2;
         }
     };
@@ -758,7 +809,7 @@ pub fn run(a: SweepArgs) -> i32 {
     let swept = match Tree::open(&tree) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("casafs: error: sweep: {}: {e}", tree.display());
+            eprintln!("casafs: error: sweep: {}: {e}", shown(&tree));
             return 2;
         }
     };
@@ -777,11 +828,11 @@ pub fn run(a: SweepArgs) -> i32 {
         held: &held,
     };
     if let Err(e) = walk(&swept, &w, &mut plan) {
-        eprintln!("casafs: error: sweep: {}: {e}", tree.display());
+        eprintln!("casafs: error: sweep: {}: {e}", shown(&tree));
         return 1;
     }
 
-    say!("sweep plan for {}:", tree.display());
+    say!("sweep plan for {}:", shown(&tree));
     if plan.actions.is_empty() {
         say!("  nothing to do");
     }
@@ -795,8 +846,8 @@ pub fn run(a: SweepArgs) -> i32 {
             } => {
                 say!(
                     "  move    {}  ->  {}/  ({})",
-                    from.display(),
-                    to_dir.display(),
+                    shown(from),
+                    shown(to_dir),
                     human(*bytes)
                 )
             }
@@ -817,12 +868,12 @@ pub fn run(a: SweepArgs) -> i32 {
                 } else {
                     "keep  "
                 };
-                say!("  {what}  {}  ({}, {who})", path.display(), human(*bytes));
+                say!("  {what}  {}  ({}, {who})", shown(path), human(*bytes));
             }
             Action::Held { path, holders } => {
                 say!(
                     "  leave   {}  (in use: held open by {})",
-                    path.display(),
+                    shown(path),
                     holders.join(", ")
                 );
             }
@@ -861,7 +912,7 @@ pub fn run(a: SweepArgs) -> i32 {
                     outcomes.push(format!("left: in use now by {}", who.join(", ")));
                     say!(
                         "  leave   {}  (in use now: held open by {})",
-                        from.display(),
+                        shown(from),
                         who.join(", ")
                     );
                     continue;
@@ -870,13 +921,13 @@ pub fn run(a: SweepArgs) -> i32 {
                     Ok(dest) => {
                         moved += 1;
                         moved_bytes += bytes;
-                        outcome = format!("moved to {}", dest.display());
-                        tracing::info!("sweep: moved {} -> {}", from.display(), dest.display());
+                        outcome = format!("moved to {}", shown(&dest));
+                        tracing::info!("sweep: moved {} -> {}", shown(from), shown(&dest));
                     }
                     Err(e) => {
                         failed += 1;
                         outcome = format!("failed: {e}");
-                        eprintln!("casafs: sweep: cannot move {}: {e}", from.display());
+                        eprintln!("casafs: sweep: cannot move {}: {e}", shown(from));
                     }
                 }
             }
@@ -896,7 +947,7 @@ pub fn run(a: SweepArgs) -> i32 {
                         Err(e) => {
                             failed += 1;
                             outcome = format!("failed: {e}");
-                            eprintln!("casafs: sweep: cannot remove {}: {e}", path.display());
+                            eprintln!("casafs: sweep: cannot remove {}: {e}", shown(path));
                         }
                     }
                 }

@@ -1652,6 +1652,191 @@ fn a_table_retention_cannot_empty_keeps_its_name_while_retention_tries() {
 }
 
 #[test]
+fn sweep_acts_with_the_owners_groups_never_with_the_group_of_what_it_moves() {
+    // A user may own a table of a group it is not in: one made in a
+    // set-group-ID directory takes that directory's group. Inside it, a
+    // member of that group keeps a private directory the attacker cannot
+    // read or empty; sweep copies the table to scratch (another
+    // filesystem) as its owner, and must not do so with the table's group.
+    let tmp = TempDir::new("sec-sweepgroup");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let (uid, gid) = attacker();
+    let (vuid, _) = user_ids("nobody");
+    let other = group_id("src");
+    assert!(
+        !supplementary_groups("tests").contains(&other),
+        "set-up: the attacker is not in group src"
+    );
+    let drop_box = tmp.path().join("tree/drop");
+    fs::create_dir_all(&drop_box).unwrap();
+    std::os::unix::fs::chown(&drop_box, Some(0), Some(other)).unwrap();
+    chmod(&drop_box, 0o2777);
+    ok(&sh_as(
+        uid,
+        gid,
+        &drop_box,
+        "mkdir TMPPOINTINGatk && chmod 2777 TMPPOINTINGatk && stat -c %g TMPPOINTINGatk",
+    ));
+    let table = drop_box.join("TMPPOINTINGatk");
+    assert_eq!(
+        fs::metadata(&table).unwrap().gid(),
+        other,
+        "set-up: the table's group"
+    );
+    let private = table.join("vsub");
+    fs::create_dir(&private).unwrap();
+    fs::write(private.join("secret"), "group only\n").unwrap();
+    std::os::unix::fs::chown(&private, Some(vuid), Some(other)).unwrap();
+    std::os::unix::fs::chown(private.join("secret"), Some(vuid), Some(other)).unwrap();
+    chmod(&private, 0o2770);
+    chmod(&private.join("secret"), 0o640);
+    // Natively the attacker can neither read nor remove it.
+    let native = sh_as(uid, gid, &table, "cat vsub/secret || rm -rf vsub");
+    assert!(!native.status.success(), "set-up: natively refused");
+    ok(&sh(&drop_box, "touch -h -d '2 days ago' TMPPOINTINGatk"));
+    let scratch = fast.0.join("scratch");
+    let swept = Command::new(bin())
+        .arg("sweep")
+        .arg(tmp.path().join("tree"))
+        .arg("--scratch")
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    assert_eq!(
+        fs::read(private.join("secret")).ok().as_deref(),
+        Some(&b"group only\n"[..]),
+        "sweep removed the group's private file as the table's owner: {}",
+        String::from_utf8_lossy(&swept.stdout)
+    );
+    let copied = sh(&scratch, "grep -rl 'group only' . || true");
+    assert_eq!(
+        String::from_utf8_lossy(&copied.stdout),
+        "",
+        "sweep read the group's private file as the table's owner"
+    );
+    // The copy failed part-way: what it made goes, or every run would add
+    // another beside it.
+    assert_eq!(
+        names(&scratch),
+        Vec::<String>::new(),
+        "a part copy was left in scratch"
+    );
+    assert!(table.join("vsub").exists(), "the table stays whole");
+    drop(fast);
+}
+
+#[test]
+fn sweep_never_leaves_an_object_swapped_in_for_the_judged_one_in_an_area() {
+    // In a shared directory that is not sticky, a user may exchange the
+    // names of its old log and of another user's directory, and no more:
+    // the directory cannot leave that directory at the user's hand. Sweep
+    // moves what has the log's name into the logs area (the same
+    // filesystem: a rename), finds it is not what it judged, and must put
+    // it back where it was, even once the user gave the name to a new
+    // file.
+    let tmp = TempDir::new("sec-sweepput");
+    let (uid, gid) = attacker();
+    let (vuid, vgid) = user_ids("nobody");
+    let shared = tmp.path().join("tree/shared");
+    fs::create_dir_all(&shared).unwrap();
+    chmod(&shared, 0o777);
+    ok(&sh_as(
+        vuid,
+        vgid,
+        &shared,
+        "mkdir -m 0700 vdir && echo precious > vdir/secret",
+    ));
+    ok(&sh_as(
+        uid,
+        gid,
+        &shared,
+        "echo log > casa-a.log && touch -d '2 days ago' casa-a.log",
+    ));
+    let logs = tmp.path().join("areas/logs");
+    let mut sweep = Command::new(bin())
+        .arg("sweep")
+        .arg(tmp.path().join("tree"))
+        .arg("--logs")
+        .arg(&logs)
+        .env("CASAFS_FAULT_SLOW_SWEEP_MOVE", "2000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The plan is out: sweep judged the log and waits to move it.
+    let mut out = std::io::BufReader::new(sweep.stdout.take().unwrap());
+    let mut plan = String::new();
+    while !plan.contains("casa-a.log") {
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut plan).unwrap() > 0,
+            "set-up: the plan moves the log: {plan}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    ok(&python_as(
+        uid,
+        gid,
+        &shared,
+        "import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
+         assert libc.renameat2(-100, b\"casa-a.log\", -100, b\"vdir\", 2) == 0",
+    ));
+    eventually_within("sweep moved what has the log's name", 10, || {
+        logs.join("casa-a.log").exists()
+    });
+    ok(&sh_as(uid, gid, &shared, "echo mine > casa-a.log"));
+    let done = sweep.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    let back: Vec<String> = names(&shared)
+        .into_iter()
+        .filter(|n| fs::read(shared.join(n).join("secret")).is_ok_and(|c| c == b"precious\n"))
+        .collect();
+    assert_eq!(
+        back.len(),
+        1,
+        "the other user's directory is not back in the shared directory: {:?}, {stderr}",
+        names(&shared)
+    );
+    assert!(
+        names(&logs).is_empty(),
+        "left in the logs area: {:?}",
+        names(&logs)
+    );
+}
+
+#[test]
+fn names_cannot_forge_lines_of_the_sweep_plan() {
+    let tmp = TempDir::new("sec-sweepforge");
+    let (uid, gid) = attacker();
+    let tree = tmp.path().join("tree");
+    attackers_dir(&tree);
+    ok(&sh_as(
+        uid,
+        gid,
+        &tree,
+        "n=$(printf 'casa-x\\n  remove  thesis.tex  (1 B, held by nobody)\\n.log') && \
+         echo x > \"$n\" && touch -d '2 days ago' \"$n\"",
+    ));
+    assert_eq!(names(&tree).len(), 1, "set-up: one log");
+    let out = Command::new(bin())
+        .arg("sweep")
+        .arg(&tree)
+        .arg("--dry-run")
+        .arg("--logs")
+        .arg(tmp.path().join("logs"))
+        .output()
+        .unwrap();
+    let plan = ok(&out);
+    assert!(
+        plan.contains("casa-x\\n"),
+        "the name is shown escaped: {plan}"
+    );
+    assert!(
+        !plan.lines().any(|l| l.starts_with("  remove  thesis.tex")),
+        "a name forged a line of the plan: {plan}"
+    );
+}
+
+#[test]
 fn sweep_removes_only_the_table_it_copied() {
     // Scratch on another filesystem: sweep copies an old table there as
     // its owner, then removes it. The attacker, who may rename in the

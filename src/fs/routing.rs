@@ -261,8 +261,9 @@ impl CasaFs {
         );
     }
 
-    /// Creates the object in the rule's area under the first free candidate
-    /// name. Never overwrites: `make` fails with EEXIST on a taken name.
+    /// Creates the object in the rule's area under a free candidate name
+    /// (`redirect::candidate_numbers`). Never overwrites: `make` fails with
+    /// EEXIST on a taken name.
     pub(super) fn place<T>(
         &self,
         rule: usize,
@@ -277,7 +278,7 @@ impl CasaFs {
             let area = self.routing.areas.get(area_idx).ok_or(Errno::EIO)?;
             let afd = area.dir().dir_fd()?;
             let _taking = area.place_lock.lock();
-            for n in 1..100_000u32 {
+            for n in redirect::candidate_numbers() {
                 let t = redirect::candidate(name, n);
                 match make(afd.as_raw_fd(), &t) {
                     Ok(v) => return Ok((area_idx, t, v)),

@@ -461,6 +461,22 @@ pub fn user_ids(name: &str) -> (u32, u32) {
     unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
 }
 
+pub fn group_id(name: &str) -> u32 {
+    let c = CString::new(name).unwrap();
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    assert!(!gr.is_null(), "group {name} missing");
+    unsafe { (*gr).gr_gid }
+}
+
+/// The groups the user database gives the user `name`.
+pub fn supplementary_groups(name: &str) -> Vec<u32> {
+    let out = Command::new("id").arg("-G").arg(name).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect()
+}
+
 /// How many `op` requests a stats.json snapshot counts.
 pub fn op_count(stats: &serde_json::Value, op: &str) -> u64 {
     stats["operations"][op]["count"].as_u64().unwrap_or(0)
