@@ -43,6 +43,33 @@ pub fn list_dir(fd: &OwnedFd) -> Res<Vec<CString>> {
     Ok(out)
 }
 
+/// The inode number the directory `dir` (an `O_PATH` descriptor will do)
+/// lists for `..`: its parent's, found without a path walk, which would
+/// enter whatever is mounted on the parent.
+pub fn parent_ino(dir: RawFd) -> Res<u64> {
+    let fd = open_dir_at(dir, c".")?;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = sys::getdents(fd.as_raw_fd(), &mut buf)?;
+        if n == 0 {
+            return Err(sys::Errno::ENOENT);
+        }
+        let mut off = 0;
+        while off + 19 < n {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            if buf[off + 19..off + reclen].starts_with(b"..\0") {
+                let mut ino = [0u8; 8];
+                ino.copy_from_slice(&buf[off..off + 8]);
+                return Ok(u64::from_ne_bytes(ino));
+            }
+            off += reclen;
+        }
+    }
+}
+
 fn open_dir_at(dir: RawFd, name: &CStr) -> Res<OwnedFd> {
     sys::open_at(
         dir,

@@ -130,3 +130,59 @@ fn a_made_up_handle_names_nothing() {
     let answer = py(&["forge", m.mnt.to_str().unwrap(), &real, &ino]);
     assert_eq!(answer, "ESTALE");
 }
+
+/// A directory moved out of the tree, beneath the mount on the same disk,
+/// has no place in the mount: its handle answers ESTALE, and the way up
+/// from it never leads casafs outside the tree, where it would meet the
+/// directory holding its own mount point (whose listing asks the mount
+/// itself). A file moved out is still found, as by an export without
+/// `subtree_check`.
+#[test]
+fn a_directory_moved_out_of_the_tree_is_stale_and_the_mount_keeps_serving() {
+    let tmp = TempDir::new("handles-out");
+    let base = tmp.path().to_path_buf();
+    let tree = base.join("m/tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::create_dir_all(base.join("o")).unwrap();
+    let state = TempDir::new("handles-out-state");
+    let state_dir = state.path().to_str().unwrap();
+    let mut m = Mount::builder("handles-out")
+        .env("CASAFS_STATE_DIR", state_dir)
+        .source(&tree, tmp)
+        .start();
+    fs::create_dir_all(m.p("far/b/c")).unwrap();
+    fs::create_dir_all(m.p("near/b/c")).unwrap();
+    fs::write(m.p("far/b/f"), b"moved file").unwrap();
+    let far = handle_of(&m.p("far/b/c"));
+    let near = handle_of(&m.p("near/b/c"));
+    let file = handle_of(&m.p("far/b/f"));
+    assert!(m.stop().is_some_and(|s| s.success()));
+    // Beneath the mount: one away from it, one beside its mount point.
+    fs::rename(tree.join("far"), base.join("o/far")).unwrap();
+    fs::rename(tree.join("near"), base.join("m/near")).unwrap();
+    let m2 = Mount::builder("handles-out2")
+        .env("CASAFS_STATE_DIR", state_dir)
+        .source(&tree, TempDir::new("handles-out2"))
+        .start();
+    let listings = |m: &Mount| {
+        let s = m.stats();
+        op_count(&s, "readdir") + op_count(&s, "readdirplus")
+    };
+    let listed = listings(&m2);
+    assert_eq!(
+        read_by(&m2, &far),
+        "ESTALE",
+        "a directory outside the tree, shown through the mount"
+    );
+    assert_eq!(
+        listings(&m2),
+        listed,
+        "the kernel was led to list directories outside the tree"
+    );
+    assert_eq!(read_by(&m2, &file), "moved file");
+    assert_eq!(read_by(&m2, &near), "ESTALE");
+    fs::write(m2.p("after"), b"served").unwrap();
+    assert_eq!(fs::read(m2.p("after")).unwrap(), b"served");
+    drop(m2);
+    drop(m);
+}

@@ -103,7 +103,7 @@ impl CasaFs {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok((root, st));
         }
-        if st.st_dev != self.root.dev {
+        if st.st_dev != self.root.dev || !within_tree(&root, &up, &st)? {
             return Err(Errno::ESTALE);
         }
         Ok((self.inodes.remember_nameless(up, &st, false, false), st))
@@ -154,4 +154,49 @@ impl CasaFs {
             );
         }
     }
+}
+
+/// Whether the directory `dir` (attributes `st`) is the tree's root or
+/// beneath it: the way up reaches the root before the top of its
+/// filesystem. A directory moved out of the tree (a handle still finds it
+/// on the same disk) has no place in the mount: the way up from it must
+/// not lead casafs to show what lies outside the tree, among it the
+/// directory holding its own mount point, whose listing would ask this
+/// very mount.
+fn within_tree(root: &Inode, dir: &std::os::fd::OwnedFd, st: &libc::stat) -> Res<bool> {
+    let mut here: Option<std::os::fd::OwnedFd> = None;
+    let mut at = *st;
+    for _ in 0..crate::tree::MAX_DEPTH {
+        if root.same(&at) {
+            return Ok(true);
+        }
+        let fd = here.as_ref().unwrap_or(dir).as_raw_fd();
+        let up = creds::as_root(|| {
+            sys::openat2(
+                fd,
+                c"..",
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+                sys::RESOLVE_NO_XDEV,
+            )
+        });
+        let up = match up {
+            // The way up lands on a mount point: the tree's root itself
+            // when casafs is mounted over it (asked by the number its
+            // listing gives `..`, never through the mount), else a
+            // directory outside the tree.
+            Err(Errno::EXDEV) => {
+                return Ok(at.st_dev == root.dev && crate::tree::parent_ino(fd)? == root.ino);
+            }
+            r => r?,
+        };
+        let next = sys::fstat(up.as_raw_fd())?;
+        if (next.st_dev, next.st_ino) == (at.st_dev, at.st_ino) {
+            // The top of the filesystem.
+            return Ok(false);
+        }
+        here = Some(up);
+        at = next;
+    }
+    Ok(false)
 }
