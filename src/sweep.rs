@@ -437,7 +437,23 @@ struct Copying {
 /// the owner is in it, and set-ID bits only on what the owner owned.
 /// Everything through descriptors, never following a symlink, without
 /// recursion.
-fn copy_as(owner: &Owner, from: RawFd, name: &CStr, to: RawFd, dest: &CStr) -> io::Result<()> {
+/// `made` is given the object that `dest` became, once made: only that
+/// one is the copy's to remove should it fail.
+fn copy_as(
+    owner: &Owner,
+    from: RawFd,
+    name: &CStr,
+    to: RawFd,
+    dest: &CStr,
+    made: &std::cell::Cell<Option<FileId>>,
+) -> io::Result<()> {
+    let made_here = |st: io::Result<libc::stat>| {
+        if made.get().is_none()
+            && let Ok(st) = st
+        {
+            made.set(Some(stat_id(&st)));
+        }
+    };
     // Gives the copy `name` in `dir` to the owner; returns its mode.
     let give = |dir: RawFd, name: &CStr, st: &libc::stat| -> io::Result<u32> {
         let gid = if st.st_gid == owner.gid || owner.groups.contains(&st.st_gid) {
@@ -481,6 +497,7 @@ fn copy_as(owner: &Owner, from: RawFd, name: &CStr, to: RawFd, dest: &CStr) -> i
                 let src = read_dir(from, name)?;
                 let left = owner.acting(|| tree::list_dir(&src).map_err(errno))?;
                 sys::mkdir_at(to, dest, 0o700).map_err(errno)?;
+                made_here(sys::stat_at(to, dest).map_err(errno));
                 let copy = sys::open_at(
                     to,
                     dest,
@@ -503,6 +520,7 @@ fn copy_as(owner: &Owner, from: RawFd, name: &CStr, to: RawFd, dest: &CStr) -> i
                 let target = owner.acting(|| sys::readlink_at(from, name).map_err(errno))?;
                 let target = CString::new(target).map_err(|_| errno(Errno::EINVAL))?;
                 sys::symlink_at(&target, to, dest).map_err(errno)?;
+                made_here(sys::stat_at(to, dest).map_err(errno));
                 give(to, dest, &st)?;
                 Ok(None)
             }
@@ -523,6 +541,7 @@ fn copy_as(owner: &Owner, from: RawFd, name: &CStr, to: RawFd, dest: &CStr) -> i
                     0o600,
                 )
                 .map_err(errno)?;
+                made_here(sys::fstat(dst.as_raw_fd()).map_err(errno));
                 // The file opened must be the one judged.
                 let now = sys::fstat(src.as_raw_fd()).map_err(errno)?;
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
@@ -606,11 +625,15 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
             Ok(at)
         }
         Err(Errno::EXDEV) => {
-            if let Err(e) = copy_as(&owner, dir.as_raw_fd(), &name, to.as_raw_fd(), &dest) {
+            let made = std::cell::Cell::new(None);
+            if let Err(e) = copy_as(&owner, dir.as_raw_fd(), &name, to.as_raw_fd(), &dest, &made) {
                 // The original is whole where it was: a part copy would
-                // only be copied again beside itself at every run. (The
-                // area is root's alone: no one else names anything there.)
-                let _ = tree::remove_tree_at(to.as_raw_fd(), &dest);
+                // only be copied again beside itself at every run. Only
+                // what this copy made goes: a daemon serving the tree may
+                // have routed an object of that name there meanwhile.
+                if let Some(id) = made.get() {
+                    let _ = tree::remove_tree_at_if_same(to.as_raw_fd(), &dest, id);
+                }
                 return Err(e);
             }
             // Only the object judged and copied goes: another given its

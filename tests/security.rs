@@ -1804,6 +1804,62 @@ fn sweep_never_leaves_an_object_swapped_in_for_the_judged_one_in_an_area() {
 }
 
 #[test]
+fn a_failed_sweep_copy_never_removes_what_the_daemon_routed_meanwhile() {
+    // An old table left in the tree from before the mount; sweep copies it
+    // to scratch (another filesystem) under a name free when it looked.
+    // Meanwhile a user makes a table of that name through the mount, which
+    // the daemon routes there first: sweep's copy fails, and it may remove
+    // only what it made itself.
+    let tmp = TempDir::new("sec-sweeprace");
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("old/TMPPOINTINGx")).unwrap();
+    fs::write(tree.join("old/TMPPOINTINGx/rows"), b"old rows").unwrap();
+    ok(&sh(&tree, "touch -d '2 days ago' old/TMPPOINTINGx"));
+    let scratch = fast.0.join("scratch");
+    let m = Mount::builder("sec-sweeprace")
+        .opt(&format!("scratch={}", scratch.display()))
+        .source(&tree, tmp)
+        .start();
+    fs::create_dir(m.p("new")).unwrap();
+    let mut sweep = Command::new(bin())
+        .arg("sweep")
+        .arg(&m.mnt)
+        .arg("--scratch")
+        .arg(&scratch)
+        .env("CASAFS_FAULT_SLOW_SWEEP_MOVE", "2000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(sweep.stdout.take().unwrap());
+    let mut plan = String::new();
+    while !plan.contains("TMPPOINTINGx") {
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut plan).unwrap() > 0,
+            "set-up: the plan moves the old table: {plan}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    fs::create_dir(m.p("new/TMPPOINTINGx")).unwrap();
+    fs::write(m.p("new/TMPPOINTINGx/rows"), b"new rows").unwrap();
+    assert!(
+        scratch.join("TMPPOINTINGx").exists(),
+        "set-up: routed under the name sweep chose"
+    );
+    let done = sweep.wait_with_output().unwrap();
+    assert_eq!(
+        fs::read(m.p("new/TMPPOINTINGx/rows")).ok().as_deref(),
+        Some(&b"new rows"[..]),
+        "sweep removed the table the daemon routed: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(fs::read(m.p("old/TMPPOINTINGx/rows")).unwrap(), b"old rows");
+    drop(m);
+    drop(fast);
+}
+
+#[test]
 fn names_cannot_forge_lines_of_the_sweep_plan() {
     let tmp = TempDir::new("sec-sweepforge");
     let (uid, gid) = attacker();
