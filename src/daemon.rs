@@ -131,6 +131,21 @@ pub fn prepare(s: Settings) -> Result<Prepared, BadInput> {
             s.mountpoint.display()
         )));
     }
+    // Beneath its own source, the mount would show itself inside itself:
+    // listing the directory that holds the mount point asks casafs about
+    // the mount point, which casafs could only answer through the mount.
+    if let (Ok(src), Ok(mp)) = (
+        std::fs::canonicalize(&s.source),
+        std::fs::canonicalize(&s.mountpoint),
+    ) && mp != src
+        && mp.starts_with(&src)
+    {
+        return Err(BadInput(format!(
+            "mount point {}: inside the source {} (the mount would show itself inside itself); mount it over the source or outside it",
+            s.mountpoint.display(),
+            s.source.display()
+        )));
+    }
     if let Some(m) = crate::boot::unmounted_under(&s.source) {
         return Err(BadInput(format!(
             "source {}: {}",

@@ -245,7 +245,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
     let tmp = TempDir::new("badinput");
     let src = tmp.path().join("tree");
-    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(src.join("view")).unwrap();
     let s = src.to_str().unwrap();
     let bad_toml = tmp.path().join("bad.toml");
     fs::write(&bad_toml, "logs = [\n").unwrap();
@@ -301,6 +301,12 @@ fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
         (
             vec!["mount".into(), "/nonexistent/source".into(), s.into()],
             "/nonexistent/source",
+        ),
+        // Beneath its own source the mount would show itself inside
+        // itself (a listing of the source's top would wait for good).
+        (
+            vec!["mount".into(), s.into(), format!("{s}/view")],
+            "inside the source",
         ),
         (
             vec![
@@ -384,9 +390,11 @@ fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
         let (code, _out, err) = run(&a);
         // Taken down before any assertion, so a failing case leaves no
         // mount behind.
-        let mounted = fstype_at(&src);
-        if mounted.is_some() {
-            umount(&src, true);
+        let mounted = fstype_at(&src).or_else(|| fstype_at(&src.join("view")));
+        for at in [src.clone(), src.join("view")] {
+            if fstype_at(&at).is_some() {
+                umount(&at, true);
+            }
         }
         assert_eq!(code, 2, "{a:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
@@ -394,7 +402,7 @@ fn bad_input_is_one_line_exit_2_and_nothing_mounted() {
         assert_eq!(mounted, None, "nothing mounted for {a:?}");
     }
     // Bad input never touches the data, nor leaves directories behind.
-    assert_eq!(names(&src), Vec::<String>::new());
+    assert_eq!(names(&src), vec!["view".to_string()]);
     assert!(!tmp.path().join("newlogs").exists());
 }
 
