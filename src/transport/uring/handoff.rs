@@ -437,9 +437,16 @@ mod tests {
             // that the thread waited for its CPU.
             if revoked(&r) == 0 {
                 assert!(start.elapsed() >= Duration::from_millis(QUIET / 1_000_000));
-                // The next burst: idle again.
+                // The next burst: idle again, unless the watchdog found
+                // the thread starved meanwhile and banned it for a while,
+                // or no CPU has idle time to hand off to (other tests).
                 m.before_reply();
-                assert_eq!(policy(), libc::SCHED_IDLE);
+                assert!(
+                    policy() == libc::SCHED_IDLE
+                        || revoked(&r) > 0
+                        || m.handoff.saturated.load(Relaxed),
+                    "idle again at the next burst"
+                );
             }
         })
         .join()
