@@ -409,12 +409,11 @@ pub fn bookkeeping(who: &Caller) {
 /// user's behalf outside any request: retention, sweep). Never with the
 /// group of an object: a user can own an object of a group it is not in
 /// (made in a set-group-ID directory, or kept after leaving the group).
-/// `gid` serves only a user the database does not know, alone.
-fn act_as_user(uid: u32, gid: u32) -> bool {
+fn act_as_user(uid: u32) -> bool {
     if !enabled() {
         return true;
     }
-    let (gid, groups) = user_identity(uid, gid);
+    let (gid, groups) = user_identity(uid);
     switch(&Ident {
         uid,
         gid,
@@ -424,12 +423,13 @@ fn act_as_user(uid: u32, gid: u32) -> bool {
 }
 
 /// The primary group and the groups the user database gives the user
-/// `uid`; for a user it does not know, `gid` and no other group. Kept for
-/// a minute.
-pub fn user_identity(uid: u32, gid: u32) -> (u32, Vec<u32>) {
+/// `uid`. A user it does not know (an id of a container's range) gets the
+/// overflow group and no other: the group of an object it owns may be one
+/// it was never in. Kept for a minute.
+pub fn user_identity(uid: u32) -> (u32, Vec<u32>) {
     match user_entry(uid) {
         Some((name, primary)) => (primary, user_groups_of(uid, &name, primary)),
-        None => (gid, Vec::new()),
+        None => (NOBODY, Vec::new()),
     }
 }
 
@@ -544,17 +544,15 @@ pub fn as_root<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Runs `f` acting as the user `uid` (with the primary group and the
-/// groups the user database gives it, `gid` only for a user it does not
-/// know; without capabilities), then returns to the identity the thread
-/// had: for work outside requests. None if the identity could not be
-/// taken.
-pub fn as_user<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> Option<T> {
+/// Runs `f` acting as the user `uid` (`user_identity`; without
+/// capabilities), then returns to the identity the thread had: for work
+/// outside requests. None if the identity could not be taken.
+pub fn as_user<T>(uid: u32, f: impl FnOnce() -> T) -> Option<T> {
     if !enabled() {
         return Some(f());
     }
     let _back = Restore(Some(current()));
-    act_as_user(uid, gid).then(f)
+    act_as_user(uid).then(f)
 }
 
 /// The overflow user: the identity kernel passthrough I/O runs with.

@@ -398,7 +398,7 @@ impl RedirectTable {
                 // could create in: reached strictly beneath the tree, with
                 // that user's rights. A record naming anywhere else is not
                 // one casafs made.
-                let (uid, gid) = record.by;
+                let (uid, _) = record.by;
                 let reach = || -> Option<Option<OwnedFd>> {
                     let pfd = if parent.is_empty() {
                         None
@@ -413,7 +413,7 @@ impl RedirectTable {
                     sys::access_at(praw, c"", libc::W_OK | libc::X_OK).ok()?;
                     Some(pfd)
                 };
-                let Some(pfd) = crate::creds::as_user(uid, gid, reach).flatten() else {
+                let Some(pfd) = crate::creds::as_user(uid, reach).flatten() else {
                     tracing::warn!(
                         "{}: its origin {} is not a place uid {uid} could create in; not restored",
                         area.path.join(tname.to_string_lossy().as_ref()).display(),

@@ -253,7 +253,7 @@ fn remove(fs: &dyn Mounted, area_idx: usize, area: RawFd, x: &Expired) -> sys::R
     let id = *x.ids.first().ok_or(sys::Errno::ESTALE)?;
     let flag = if x.is_dir {
         let dir = tree::open_dir_if_same(area, &x.name, id)?;
-        crate::creds::as_user(x.by.0, x.by.1, || tree::empty(dir)).ok_or(sys::Errno::EPERM)?;
+        crate::creds::as_user(x.by.0, || tree::empty(dir)).ok_or(sys::Errno::EPERM)?;
         crate::fault::retention_emptied();
         libc::AT_REMOVEDIR
     } else {

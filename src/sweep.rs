@@ -403,7 +403,7 @@ struct Owner {
 impl Owner {
     /// The owner of an object with attributes `st`.
     fn of(st: &libc::stat) -> Owner {
-        let (gid, groups) = crate::creds::user_identity(st.st_uid, st.st_gid);
+        let (gid, groups) = crate::creds::user_identity(st.st_uid);
         Owner {
             uid: st.st_uid,
             gid,
@@ -413,7 +413,7 @@ impl Owner {
 
     /// Runs `f` with the owner's rights (as root where casafs cannot switch).
     fn acting<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-        crate::creds::as_user(self.uid, self.gid, f).unwrap_or_else(|| {
+        crate::creds::as_user(self.uid, f).unwrap_or_else(|| {
             Err(io::Error::other(format!(
                 "cannot take the credentials of uid {}",
                 self.uid
@@ -667,8 +667,12 @@ fn put_back(area: RawFd, dest: &CStr, dir: RawFd, name: &CStr, in_area: &Path) -
         if back != Err(Errno::EEXIST) {
             break;
         }
-        let mut aside = name.to_bytes().to_vec();
-        aside.extend_from_slice(format!(".casafs-{:016x}", sys::random_u64()).as_bytes());
+        // As much of the name as fits beside the suffix in a name's 255
+        // bytes.
+        let suffix = format!(".casafs-{:016x}", sys::random_u64());
+        let keep = name.to_bytes().len().min(255 - suffix.len());
+        let mut aside = name.to_bytes()[..keep].to_vec();
+        aside.extend_from_slice(suffix.as_bytes());
         let Ok(aside) = CString::new(aside) else {
             break;
         };

@@ -1653,20 +1653,35 @@ fn a_table_retention_cannot_empty_keeps_its_name_while_retention_tries() {
 
 #[test]
 fn sweep_acts_with_the_owners_groups_never_with_the_group_of_what_it_moves() {
-    // A user may own a table of a group it is not in: one made in a
-    // set-group-ID directory takes that directory's group. Inside it, a
-    // member of that group keeps a private directory the attacker cannot
-    // read or empty; sweep copies the table to scratch (another
-    // filesystem) as its owner, and must not do so with the table's group.
-    let tmp = TempDir::new("sec-sweepgroup");
-    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
     let (uid, gid) = attacker();
-    let (vuid, _) = user_ids("nobody");
-    let other = group_id("src");
     assert!(
-        !supplementary_groups("tests").contains(&other),
+        !supplementary_groups("tests").contains(&group_id("src")),
         "set-up: the attacker is not in group src"
     );
+    sweep_with_a_table_of_a_group_its_owner_is_not_in("sec-sweepgroup", uid, gid);
+}
+
+#[test]
+fn sweep_acts_with_no_group_for_an_owner_the_user_database_does_not_know() {
+    // An id of a container's range: nothing says which groups it is in.
+    let unknown = 100_123;
+    assert!(
+        unsafe { libc::getpwuid(unknown) }.is_null(),
+        "set-up: uid {unknown} is unknown"
+    );
+    sweep_with_a_table_of_a_group_its_owner_is_not_in("sec-sweepnogroup", unknown, unknown);
+}
+
+/// A user may own a table of a group it is not in: one made in a
+/// set-group-ID directory takes that directory's group. Inside it, a
+/// member of that group keeps a private directory the owner cannot read
+/// or empty; sweep copies the table to scratch (another filesystem) as
+/// its owner, and must not do so with the table's group.
+fn sweep_with_a_table_of_a_group_its_owner_is_not_in(tag: &str, uid: u32, gid: u32) {
+    let tmp = TempDir::new(tag);
+    let fast = Tmpfs::new(tmp.path().join("fast"), "mode=0755,size=64m");
+    let (vuid, _) = user_ids("nobody");
+    let other = group_id("src");
     let drop_box = tmp.path().join("tree/drop");
     fs::create_dir_all(&drop_box).unwrap();
     std::os::unix::fs::chown(&drop_box, Some(0), Some(other)).unwrap();
@@ -1727,6 +1742,17 @@ fn sweep_acts_with_the_owners_groups_never_with_the_group_of_what_it_moves() {
 
 #[test]
 fn sweep_never_leaves_an_object_swapped_in_for_the_judged_one_in_an_area() {
+    swapped_in_while_swept("sec-sweepput", "casa-a.log");
+}
+
+#[test]
+fn sweep_puts_back_a_swapped_in_object_of_the_longest_name() {
+    let long = format!("casa-{}.log", "x".repeat(246));
+    assert_eq!(long.len(), 255);
+    swapped_in_while_swept("sec-sweepputlong", &long);
+}
+
+fn swapped_in_while_swept(tag: &str, log: &str) {
     // In a shared directory that is not sticky, a user may exchange the
     // names of its old log and of another user's directory, and no more:
     // the directory cannot leave that directory at the user's hand. Sweep
@@ -1734,7 +1760,7 @@ fn sweep_never_leaves_an_object_swapped_in_for_the_judged_one_in_an_area() {
     // filesystem: a rename), finds it is not what it judged, and must put
     // it back where it was, even once the user gave the name to a new
     // file.
-    let tmp = TempDir::new("sec-sweepput");
+    let tmp = TempDir::new(tag);
     let (uid, gid) = attacker();
     let (vuid, vgid) = user_ids("nobody");
     let shared = tmp.path().join("tree/shared");
@@ -1750,7 +1776,7 @@ fn sweep_never_leaves_an_object_swapped_in_for_the_judged_one_in_an_area() {
         uid,
         gid,
         &shared,
-        "echo log > casa-a.log && touch -d '2 days ago' casa-a.log",
+        &format!("echo log > {log} && touch -d '2 days ago' {log}"),
     ));
     let logs = tmp.path().join("areas/logs");
     let mut sweep = Command::new(bin())
@@ -1766,7 +1792,7 @@ fn sweep_never_leaves_an_object_swapped_in_for_the_judged_one_in_an_area() {
     // The plan is out: sweep judged the log and waits to move it.
     let mut out = std::io::BufReader::new(sweep.stdout.take().unwrap());
     let mut plan = String::new();
-    while !plan.contains("casa-a.log") {
+    while !plan.contains(log) {
         assert!(
             std::io::BufRead::read_line(&mut out, &mut plan).unwrap() > 0,
             "set-up: the plan moves the log: {plan}"
@@ -1777,13 +1803,15 @@ fn sweep_never_leaves_an_object_swapped_in_for_the_judged_one_in_an_area() {
         uid,
         gid,
         &shared,
-        "import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
-         assert libc.renameat2(-100, b\"casa-a.log\", -100, b\"vdir\", 2) == 0",
+        &format!(
+            "import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
+             assert libc.renameat2(-100, b\"{log}\", -100, b\"vdir\", 2) == 0"
+        ),
     ));
     eventually_within("sweep moved what has the log's name", 10, || {
-        logs.join("casa-a.log").exists()
+        logs.join(log).exists()
     });
-    ok(&sh_as(uid, gid, &shared, "echo mine > casa-a.log"));
+    ok(&sh_as(uid, gid, &shared, &format!("echo mine > {log}")));
     let done = sweep.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&done.stderr);
     let back: Vec<String> = names(&shared)

@@ -370,9 +370,9 @@ impl CasaFs {
             // could have made it (as restoring one after a restart): an
             // owner can write a `user.*` record, and anyone with root on
             // the backing a `trusted.*` one naming anybody.
-            let (uid, gid) = record.by;
+            let (uid, _) = record.by;
             let w = || sys::access_at(dfd.as_raw_fd(), c"", libc::W_OK | libc::X_OK).ok();
-            if creds::as_user(uid, gid, w).flatten().is_none() {
+            if creds::as_user(uid, w).flatten().is_none() {
                 continue;
             }
             let created =
