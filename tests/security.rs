@@ -1740,6 +1740,32 @@ fn sweep_with_a_table_of_a_group_its_owner_is_not_in(tag: &str, uid: u32, gid: u
     drop(fast);
 }
 
+/// `casafs sweep ARGS` with each move into an area slowed (2 s before
+/// the rename and 2 s after), once its plan names `what` and it waits to
+/// move it: the window a user has to swap names, made wide.
+fn sweep_about_to_move(args: &[&std::ffi::OsStr], what: &str) -> std::process::Child {
+    let mut sweep = Command::new(bin())
+        .arg("sweep")
+        .args(args)
+        .env("CASAFS_FAULT_SLOW_SWEEP_MOVE", "2000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(sweep.stdout.take().unwrap());
+    let mut plan = String::new();
+    while !plan.contains(what) {
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut plan).unwrap() > 0,
+            "set-up: the plan moves {what}: {plan}"
+        );
+    }
+    // Kept open: the rest of its report is read with its exit.
+    sweep.stdout = Some(out.into_inner());
+    std::thread::sleep(Duration::from_millis(700));
+    sweep
+}
+
 #[test]
 fn sweep_never_leaves_an_object_swapped_in_for_the_judged_one_in_an_area() {
     swapped_in_while_swept("sec-sweepput", "casa-a.log");
@@ -1779,26 +1805,11 @@ fn swapped_in_while_swept(tag: &str, log: &str) {
         &format!("echo log > {log} && touch -d '2 days ago' {log}"),
     ));
     let logs = tmp.path().join("areas/logs");
-    let mut sweep = Command::new(bin())
-        .arg("sweep")
-        .arg(tmp.path().join("tree"))
-        .arg("--logs")
-        .arg(&logs)
-        .env("CASAFS_FAULT_SLOW_SWEEP_MOVE", "2000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The plan is out: sweep judged the log and waits to move it.
-    let mut out = std::io::BufReader::new(sweep.stdout.take().unwrap());
-    let mut plan = String::new();
-    while !plan.contains(log) {
-        assert!(
-            std::io::BufRead::read_line(&mut out, &mut plan).unwrap() > 0,
-            "set-up: the plan moves the log: {plan}"
-        );
-    }
-    std::thread::sleep(Duration::from_millis(700));
+    let tree = tmp.path().join("tree");
+    let sweep = sweep_about_to_move(
+        &[tree.as_os_str(), "--logs".as_ref(), logs.as_os_str()],
+        log,
+    );
     ok(&python_as(
         uid,
         gid,
@@ -1814,6 +1825,10 @@ fn swapped_in_while_swept(tag: &str, log: &str) {
     ok(&sh_as(uid, gid, &shared, &format!("echo mine > {log}")));
     let done = sweep.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains("it changed while it was moved"),
+        "sweep saw the swap: {stderr}"
+    );
     let back: Vec<String> = names(&shared)
         .into_iter()
         .filter(|n| fs::read(shared.join(n).join("secret")).is_ok_and(|c| c == b"precious\n"))
@@ -1850,25 +1865,10 @@ fn a_failed_sweep_copy_never_removes_what_the_daemon_routed_meanwhile() {
         .source(&tree, tmp)
         .start();
     fs::create_dir(m.p("new")).unwrap();
-    let mut sweep = Command::new(bin())
-        .arg("sweep")
-        .arg(&m.mnt)
-        .arg("--scratch")
-        .arg(&scratch)
-        .env("CASAFS_FAULT_SLOW_SWEEP_MOVE", "2000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(sweep.stdout.take().unwrap());
-    let mut plan = String::new();
-    while !plan.contains("TMPPOINTINGx") {
-        assert!(
-            std::io::BufRead::read_line(&mut out, &mut plan).unwrap() > 0,
-            "set-up: the plan moves the old table: {plan}"
-        );
-    }
-    std::thread::sleep(Duration::from_millis(700));
+    let sweep = sweep_about_to_move(
+        &[m.mnt.as_os_str(), "--scratch".as_ref(), scratch.as_os_str()],
+        "TMPPOINTINGx",
+    );
     fs::create_dir(m.p("new/TMPPOINTINGx")).unwrap();
     fs::write(m.p("new/TMPPOINTINGx/rows"), b"new rows").unwrap();
     assert!(
@@ -1876,6 +1876,11 @@ fn a_failed_sweep_copy_never_removes_what_the_daemon_routed_meanwhile() {
         "set-up: routed under the name sweep chose"
     );
     let done = sweep.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&done.stderr).contains("cannot move"),
+        "sweep's copy failed: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     assert_eq!(
         fs::read(m.p("new/TMPPOINTINGx/rows")).ok().as_deref(),
         Some(&b"new rows"[..]),
