@@ -612,17 +612,59 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
     }
     let dest = free_name(to.as_raw_fd(), &name);
     let at = to_dir.join(std::ffi::OsStr::from_bytes(dest.to_bytes()));
+    // The owner's own rename takes it out of its directory, into one of the
+    // owner's in the area: the kernel then moves only what the owner may
+    // move, whatever has the name by then (another user's directory cannot
+    // change parent at the owner's hand). From there to its place in the
+    // area is casafs's own step, between names no one else can reach.
+    let stage = Stage::new(&to, &owner)?;
     crate::fault::sweep_moving();
-    match sys::rename_noreplace(dir.as_raw_fd(), &name, to.as_raw_fd(), &dest) {
+    let moved = owner.acting(|| {
+        Ok(sys::rename_noreplace(
+            dir.as_raw_fd(),
+            &name,
+            stage.fd.as_raw_fd(),
+            &name,
+        ))
+    })?;
+    match moved {
         Ok(()) => {
             crate::fault::sweep_moving();
             // The object moved must be the one judged: put anything else
             // back where it was.
-            let moved = sys::stat_at(to.as_raw_fd(), &dest).map_err(errno)?;
-            if stat_id(&moved) != stat_id(&st) {
-                return Err(put_back(to.as_raw_fd(), &dest, dir.as_raw_fd(), &name, &at));
+            let now = sys::stat_at(stage.fd.as_raw_fd(), &name).map_err(errno)?;
+            let left = stage
+                .path(to_dir)
+                .join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            let back = |why: &str| {
+                put_back(
+                    stage.fd.as_raw_fd(),
+                    &name,
+                    dir.as_raw_fd(),
+                    &name,
+                    &left,
+                    why,
+                )
+            };
+            if stat_id(&now) != stat_id(&st) {
+                return Err(back("it changed while it was moved"));
             }
-            Ok(at)
+            // A daemon serving the tree may have routed an object under
+            // the free name meanwhile: another one then.
+            let (mut dest, mut at) = (dest, at);
+            for _ in 0..8 {
+                match sys::rename_noreplace(stage.fd.as_raw_fd(), &name, to.as_raw_fd(), &dest) {
+                    Ok(()) => return Ok(at),
+                    Err(Errno::EEXIST) => {
+                        dest = free_name(to.as_raw_fd(), &name);
+                        at = to_dir.join(std::ffi::OsStr::from_bytes(dest.to_bytes()));
+                    }
+                    Err(e) => {
+                        return Err(back(&format!("cannot place it in the area ({})", errno(e))));
+                    }
+                }
+            }
+            Err(back("no free name in the area"))
         }
         Err(Errno::EXDEV) => {
             let made = std::cell::Cell::new(None);
@@ -655,13 +697,72 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
     }
 }
 
-/// Puts an object that was given the name of the one judged while it was
-/// moved (`dest` in the area `area`) back into the directory it came from:
-/// under its name, or, if that was taken meanwhile, under a name no one
-/// can have foreseen, in that same directory (where whoever swapped it in
-/// could have renamed it anyway). Never left in the area, which is root's
-/// alone. Returns the error the move reports.
-fn put_back(area: RawFd, dest: &CStr, dir: RawFd, name: &CStr, in_area: &Path) -> io::Error {
+/// A directory of the owner's in an area, that only sweep knows of (the
+/// area is root's alone): what the owner's rename takes out of the tree
+/// lands there. Removed when dropped, if empty.
+struct Stage<'a> {
+    area: &'a OwnedFd,
+    name: CString,
+    fd: OwnedFd,
+}
+
+impl<'a> Stage<'a> {
+    fn new(area: &'a OwnedFd, owner: &Owner) -> io::Result<Stage<'a>> {
+        let name = CString::new(format!(".casafs-sweep-{:016x}", sys::random_u64()))
+            .map_err(|_| errno(Errno::EINVAL))?;
+        sys::mkdir_at(area.as_raw_fd(), &name, 0o700).map_err(errno)?;
+        let made = sys::open_at(
+            area.as_raw_fd(),
+            &name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(errno)
+        .and_then(|fd| {
+            sys::chown_at(
+                fd.as_raw_fd(),
+                c"",
+                owner.uid,
+                owner.gid,
+                libc::AT_EMPTY_PATH,
+            )
+            .map_err(errno)?;
+            Ok(fd)
+        });
+        match made {
+            Ok(fd) => Ok(Stage { area, name, fd }),
+            Err(e) => {
+                let _ = sys::unlink_at(area.as_raw_fd(), &name, libc::AT_REMOVEDIR);
+                Err(e)
+            }
+        }
+    }
+
+    fn path(&self, area: &Path) -> PathBuf {
+        area.join(std::ffi::OsStr::from_bytes(self.name.to_bytes()))
+    }
+}
+
+impl Drop for Stage<'_> {
+    fn drop(&mut self) {
+        let _ = sys::unlink_at(self.area.as_raw_fd(), &self.name, libc::AT_REMOVEDIR);
+    }
+}
+
+/// Puts an object taken out of the directory `dir` (now `dest` in the
+/// directory `area`, sweep's own) back where it came from, because it is
+/// not the one judged or cannot be placed (`why`): under its name, or, if
+/// that was taken meanwhile, under a name no one can have foreseen, in
+/// that same directory (where whoever swapped it in could have renamed it
+/// anyway). Returns the error the move reports.
+fn put_back(
+    area: RawFd,
+    dest: &CStr,
+    dir: RawFd,
+    name: &CStr,
+    in_area: &Path,
+    why: &str,
+) -> io::Error {
     let mut back = sys::rename_noreplace(area, dest, dir, name).map(|()| name.to_owned());
     for _ in 0..8 {
         if back != Err(Errno::EEXIST) {
@@ -679,13 +780,13 @@ fn put_back(area: RawFd, dest: &CStr, dir: RawFd, name: &CStr, in_area: &Path) -
         back = sys::rename_noreplace(area, dest, dir, &aside).map(|()| aside);
     }
     match back {
-        Ok(n) if n.as_c_str() == name => io::Error::other("it changed while it was moved"),
+        Ok(n) if n.as_c_str() == name => io::Error::other(why.to_string()),
         Ok(n) => io::Error::other(format!(
-            "it changed while it was moved; what had its name was put back as {}",
+            "{why}; it was put back as {}",
             shown(Path::new(std::ffi::OsStr::from_bytes(n.to_bytes())))
         )),
         Err(e) => io::Error::other(format!(
-            "it changed while it was moved, and what had its name could not be put back ({}): it is {}",
+            "{why}, and it could not be put back ({}): it is {}",
             errno(e),
             shown(in_area)
         )),

@@ -1766,37 +1766,29 @@ fn sweep_about_to_move(args: &[&std::ffi::OsStr], what: &str) -> std::process::C
     sweep
 }
 
-#[test]
-fn sweep_never_leaves_an_object_swapped_in_for_the_judged_one_in_an_area() {
-    swapped_in_while_swept("sec-sweepput", "casa-a.log");
-}
-
-#[test]
-fn sweep_puts_back_a_swapped_in_object_of_the_longest_name() {
-    let long = format!("casa-{}.log", "x".repeat(246));
-    assert_eq!(long.len(), 255);
-    swapped_in_while_swept("sec-sweepputlong", &long);
-}
-
-fn swapped_in_while_swept(tag: &str, log: &str) {
-    // In a shared directory that is not sticky, a user may exchange the
-    // names of its old log and of another user's directory, and no more:
-    // the directory cannot leave that directory at the user's hand. Sweep
-    // moves what has the log's name into the logs area (the same
-    // filesystem: a rename), finds it is not what it judged, and must put
-    // it back where it was, even once the user gave the name to a new
-    // file.
-    let tmp = TempDir::new(tag);
+/// A shared directory that is not sticky (`0777`), holding another user's
+/// directory `vdir` (0700, with `secret`) and file `vfile` (0600), and an
+/// old log `log` of the attacker's, which sweep is about to move into the
+/// logs area (the same filesystem: a rename) once the attacker exchanged
+/// its name with `with` there. Returns the shared directory, the logs
+/// area, and sweep, still running.
+fn swept_while_swapped(
+    tmp: &TempDir,
+    shared: &str,
+    log: &str,
+    with: &str,
+) -> (PathBuf, PathBuf, std::process::Child) {
     let (uid, gid) = attacker();
     let (vuid, vgid) = user_ids("nobody");
-    let shared = tmp.path().join("tree/shared");
+    let shared = tmp.path().join("tree").join(shared);
     fs::create_dir_all(&shared).unwrap();
     chmod(&shared, 0o777);
     ok(&sh_as(
         vuid,
         vgid,
         &shared,
-        "mkdir -m 0700 vdir && echo precious > vdir/secret",
+        "mkdir -m 0700 vdir && echo precious > vdir/secret && \
+         echo precious > vfile && chmod 0600 vfile",
     ));
     ok(&sh_as(
         uid,
@@ -1816,11 +1808,72 @@ fn swapped_in_while_swept(tag: &str, log: &str) {
         &shared,
         &format!(
             "import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
-             assert libc.renameat2(-100, b\"{log}\", -100, b\"vdir\", 2) == 0"
+             assert libc.renameat2(-100, b\"{log}\", -100, b\"{with}\", 2) == 0"
         ),
     ));
+    (shared, logs, sweep)
+}
+
+/// Whether anything under `dir` is named `name`.
+fn holds_named(dir: &Path, name: &str) -> bool {
+    let out = sh(dir, &format!("find . -name '{name}' | grep -q ."));
+    out.status.success()
+}
+
+#[test]
+fn sweep_moves_only_what_the_owner_may_move() {
+    // The attacker exchanges its log's name with another user's directory
+    // in its own 0777 directory, and would remove that directory (its own)
+    // once sweep took the other's directory out of it: natively it can
+    // neither move that directory out nor remove its own while it is
+    // there. Sweep takes it out by the owner's rename, which the kernel
+    // refuses for another user's directory.
+    let tmp = TempDir::new("sec-sweepownmove");
+    let (uid, gid) = attacker();
+    let mine = attackers_dir(tmp.path().join("tree"));
+    let (shared, logs, sweep) = swept_while_swapped(&tmp, "mine", "casa-a.log", "vdir");
+    assert_eq!(shared, mine.join("mine"));
+    let taken = (0..150).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        holds_named(&logs, "casa-a.log")
+    });
+    let removed = sh_as(uid, gid, &mine, "rm -f mine/vdir && rmdir mine");
+    let done = sweep.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        !taken && !removed.status.success(),
+        "the other user's directory left the shared one (taken {taken}): {stderr}"
+    );
+    assert_eq!(
+        fs::read(shared.join("casa-a.log/secret")).unwrap(),
+        b"precious\n"
+    );
+    assert!(stderr.contains("cannot move"), "{stderr}");
+    assert!(names(&logs).is_empty(), "{:?}", names(&logs));
+}
+
+#[test]
+fn sweep_puts_back_what_the_owner_moved_that_it_did_not_judge() {
+    swapped_file_is_put_back("sec-sweepput", "casa-a.log");
+}
+
+#[test]
+fn sweep_puts_back_a_swapped_in_object_of_the_longest_name() {
+    let long = format!("casa-{}.log", "x".repeat(246));
+    assert_eq!(long.len(), 255);
+    swapped_file_is_put_back("sec-sweepputlong", &long);
+}
+
+/// Another user's file in a shared directory that is not sticky is one the
+/// attacker may move (natively too): sweep moves it by the attacker's
+/// rename, finds it is not the log it judged, and puts it back in that
+/// directory, even once the attacker gave the name to a new file.
+fn swapped_file_is_put_back(tag: &str, log: &str) {
+    let tmp = TempDir::new(tag);
+    let (uid, gid) = attacker();
+    let (shared, logs, sweep) = swept_while_swapped(&tmp, "shared", log, "vfile");
     eventually_within("sweep moved what has the log's name", 10, || {
-        logs.join(log).exists()
+        holds_named(&logs, log)
     });
     ok(&sh_as(uid, gid, &shared, &format!("echo mine > {log}")));
     let done = sweep.wait_with_output().unwrap();
@@ -1831,12 +1884,12 @@ fn swapped_in_while_swept(tag: &str, log: &str) {
     );
     let back: Vec<String> = names(&shared)
         .into_iter()
-        .filter(|n| fs::read(shared.join(n).join("secret")).is_ok_and(|c| c == b"precious\n"))
+        .filter(|n| fs::read(shared.join(n)).is_ok_and(|c| c == b"precious\n"))
         .collect();
     assert_eq!(
         back.len(),
         1,
-        "the other user's directory is not back in the shared directory: {:?}, {stderr}",
+        "the other user's file is not back in the shared directory: {:?}, {stderr}",
         names(&shared)
     );
     assert!(
