@@ -629,6 +629,10 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
     })?;
     match moved {
         Ok(()) => {
+            // The owner's part is done: from now on the stage is root's, so
+            // that a process of the owner's working inside what was moved
+            // (whose `..` is now the stage) cannot add to it.
+            let _ = stage.take_back();
             crate::fault::sweep_moving();
             // The object moved must be the one judged: put anything else
             // back where it was.
@@ -693,6 +697,14 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
             })?;
             Ok(at)
         }
+        Err(e @ (Errno::EACCES | Errno::EPERM)) => Err(io::Error::new(
+            errno(e).kind(),
+            format!(
+                "its owner (uid {}) may not move what has its name ({}): a directory must be writable by its owner to change its parent",
+                owner.uid,
+                errno(e)
+            ),
+        )),
         Err(e) => Err(errno(e)),
     }
 }
@@ -736,6 +748,11 @@ impl<'a> Stage<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// Makes the stage root's alone again.
+    fn take_back(&self) -> sys::Res<()> {
+        sys::chown_at(self.fd.as_raw_fd(), c"", 0, 0, libc::AT_EMPTY_PATH)
     }
 
     fn path(&self, area: &Path) -> PathBuf {

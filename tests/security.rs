@@ -1853,6 +1853,66 @@ fn sweep_moves_only_what_the_owner_may_move() {
 }
 
 #[test]
+fn the_owner_cannot_add_to_sweeps_own_directory_in_the_area() {
+    // Sweep takes a table out of its directory by the owner's rename into
+    // a directory of the owner's in the area; a process of the owner's
+    // working inside the table (named as casafs's own, so that sweep does
+    // not see it as a holder) finds that directory as its `..`, and must
+    // not be able to leave anything there.
+    let tmp = TempDir::new("sec-sweepstage");
+    let (uid, gid) = attacker();
+    let mine = attackers_dir(tmp.path().join("tree"));
+    ok(&sh_as(
+        uid,
+        gid,
+        &mine,
+        "mkdir TMPPOINTINGt && touch -d '2 days ago' TMPPOINTINGt",
+    ));
+    let poller = r#"
+import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(15, b"casafs", 0, 0, 0)
+os.chdir("TMPPOINTINGt")
+print("ready", flush=True)
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    try:
+        os.mkdir("../planted")
+    except OSError:
+        pass
+    time.sleep(0.02)
+"#;
+    let mut p = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            PYTHON,
+            "-c",
+            poller,
+            "6",
+        ])
+        .current_dir(&mine)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    std::io::Read::read_exact(p.stdout.as_mut().unwrap(), &mut ready).unwrap();
+    let scratch = tmp.path().join("areas/scratch");
+    let sweep = sweep_about_to_move(
+        &[mine.as_os_str(), "--scratch".as_ref(), scratch.as_os_str()],
+        "TMPPOINTINGt",
+    );
+    let done = sweep.wait_with_output().unwrap();
+    let _ = p.wait();
+    assert_eq!(
+        names(&scratch),
+        vec!["TMPPOINTINGt".to_string()],
+        "sweep: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
+#[test]
 fn sweep_puts_back_what_the_owner_moved_that_it_did_not_judge() {
     swapped_file_is_put_back("sec-sweepput", "casa-a.log");
 }
