@@ -446,23 +446,34 @@ pub fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
 /// Time-limited cache of the user database's answers.
 const USER_DB_TTL_NS: u64 = 60 * PROCESS_TTL_NS;
 
-/// The user `uid`'s name and primary group, from the user database.
-fn user_entry(uid: u32) -> Option<(CString, u32)> {
-    type Known = DashMap<u32, (u64, Option<(CString, u32)>)>;
-    static CACHE: OnceLock<Known> = OnceLock::new();
-    let cache = CACHE.get_or_init(DashMap::new);
+/// Answers of the user database, by key: (when asked, answer).
+type UserDb<K, V> = DashMap<K, (u64, V)>;
+
+/// The answer kept in `cache` for `key` if less than a minute old, else
+/// `ask()`'s, kept (the whole cache dropped should it hold too many).
+fn user_db_answer<K: std::hash::Hash + Eq, V: Clone>(
+    cache: &UserDb<K, V>,
+    key: K,
+    ask: impl FnOnce() -> V,
+) -> V {
     let now = crate::sys::coarse_now_ns();
-    if let Some(e) = cache.get(&uid)
+    if let Some(e) = cache.get(&key)
         && now.saturating_sub(e.0) < USER_DB_TTL_NS
     {
         return e.1.clone();
     }
-    let entry = user_entry_now(uid);
+    let v = ask();
     if cache.len() >= PROCESS_MAX {
         cache.clear();
     }
-    cache.insert(uid, (now, entry.clone()));
-    entry
+    cache.insert(key, (now, v.clone()));
+    v
+}
+
+/// The user `uid`'s name and primary group, from the user database.
+fn user_entry(uid: u32) -> Option<(CString, u32)> {
+    static CACHE: OnceLock<UserDb<u32, Option<(CString, u32)>>> = OnceLock::new();
+    user_db_answer(CACHE.get_or_init(DashMap::new), uid, || user_entry_now(uid))
 }
 
 fn user_entry_now(uid: u32) -> Option<(CString, u32)> {
@@ -480,33 +491,22 @@ fn user_entry_now(uid: u32) -> Option<(CString, u32)> {
 /// `gid` and the groups the user database lists `name` in.
 fn user_groups_of(uid: u32, name: &CStr, gid: u32) -> Vec<u32> {
     /// (uid, gid) -> (when, groups).
-    type Known = DashMap<(u32, u32), (u64, Vec<u32>)>;
-    static CACHE: OnceLock<Known> = OnceLock::new();
-    let cache = CACHE.get_or_init(DashMap::new);
-    let now = crate::sys::coarse_now_ns();
-    if let Some(e) = cache.get(&(uid, gid))
-        && now.saturating_sub(e.0) < USER_DB_TTL_NS
-    {
-        return e.1.clone();
-    }
-    let mut n: libc::c_int = 64;
-    let groups = loop {
-        let mut groups = vec![0 as libc::gid_t; n as usize];
-        let cap = n;
-        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-        if rc >= 0 {
-            groups.truncate(n.max(0) as usize);
-            break groups;
+    static CACHE: OnceLock<UserDb<(u32, u32), Vec<u32>>> = OnceLock::new();
+    user_db_answer(CACHE.get_or_init(DashMap::new), (uid, gid), || {
+        let mut n: libc::c_int = 64;
+        loop {
+            let mut groups = vec![0 as libc::gid_t; n as usize];
+            let cap = n;
+            let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+            if rc >= 0 {
+                groups.truncate(n.max(0) as usize);
+                return groups;
+            }
+            if n <= cap {
+                return Vec::new();
+            }
         }
-        if n <= cap {
-            break Vec::new();
-        }
-    };
-    if cache.len() >= PROCESS_MAX {
-        cache.clear();
-    }
-    cache.insert((uid, gid), (now, groups.clone()));
-    groups
+    })
 }
 
 /// Puts the thread back to the identity it had when dropped (also when

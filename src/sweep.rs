@@ -617,18 +617,28 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
     // move, whatever has the name by then (another user's directory cannot
     // change parent at the owner's hand). From there to its place in the
     // area is casafs's own step, between names no one else can reach.
-    let stage = Stage::new(&to, &owner)?;
+    // (Only where a rename can do it: an area on another filesystem is
+    // copied into, and gets no stage, whose owner it might not keep.)
+    let same_fs = sys::fstat(to.as_raw_fd()).is_ok_and(|a| a.st_dev == st.st_dev);
+    let stage = if same_fs {
+        Some(Stage::new(&to, &owner)?)
+    } else {
+        None
+    };
     crate::fault::sweep_moving();
-    let moved = owner.acting(|| {
-        Ok(sys::rename_noreplace(
-            dir.as_raw_fd(),
-            &name,
-            stage.fd.as_raw_fd(),
-            &name,
-        ))
-    })?;
-    match moved {
-        Ok(()) => {
+    let moved = match &stage {
+        Some(stage) => owner.acting(|| {
+            Ok(sys::rename_noreplace(
+                dir.as_raw_fd(),
+                &name,
+                stage.fd.as_raw_fd(),
+                &name,
+            ))
+        })?,
+        None => Err(Errno::EXDEV),
+    };
+    match (moved, stage) {
+        (Ok(()), Some(stage)) => {
             // The owner's part is done: from now on the stage is root's, so
             // that a process of the owner's working inside what was moved
             // (whose `..` is now the stage) cannot add to it.
@@ -670,7 +680,7 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
             }
             Err(back("no free name in the area"))
         }
-        Err(Errno::EXDEV) => {
+        (Err(Errno::EXDEV), _) => {
             let made = std::cell::Cell::new(None);
             if let Err(e) = copy_as(&owner, dir.as_raw_fd(), &name, to.as_raw_fd(), &dest, &made) {
                 // The original is whole where it was: a part copy would
@@ -697,7 +707,7 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
             })?;
             Ok(at)
         }
-        Err(e @ (Errno::EACCES | Errno::EPERM)) => Err(io::Error::new(
+        (Err(e @ (Errno::EACCES | Errno::EPERM)), _) => Err(io::Error::new(
             errno(e).kind(),
             format!(
                 "its owner (uid {}) may not move what has its name ({}): a directory must be writable by its owner to change its parent",
@@ -705,7 +715,8 @@ fn move_into(tree: &Tree, from: &Path, to_dir: &Path, judged: FileId) -> io::Res
                 errno(e)
             ),
         )),
-        Err(e) => Err(errno(e)),
+        (Err(e), _) => Err(errno(e)),
+        (Ok(()), None) => Err(errno(Errno::EIO)),
     }
 }
 

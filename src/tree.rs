@@ -13,14 +13,14 @@ use crate::sys::{self, Res};
 /// the callers as not removed). Each level holds one descriptor.
 pub const MAX_DEPTH: usize = 1024;
 
-/// Names in an open directory, without `.` and `..`.
-pub fn list_dir(fd: &OwnedFd) -> Res<Vec<CString>> {
-    let mut out = Vec::new();
+/// Calls `f` with the inode number and name of each entry of the open
+/// directory `fd` (`.` and `..` included) until it answers `Some`.
+fn find_entry<T>(fd: &OwnedFd, mut f: impl FnMut(u64, &[u8]) -> Option<T>) -> Res<Option<T>> {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         let n = sys::getdents(fd.as_raw_fd(), &mut buf)?;
         if n == 0 {
-            break;
+            return Ok(None);
         }
         let mut off = 0;
         while off + 19 < n {
@@ -28,18 +28,30 @@ pub fn list_dir(fd: &OwnedFd) -> Res<Vec<CString>> {
             if reclen == 0 {
                 break;
             }
+            let mut ino = [0u8; 8];
+            ino.copy_from_slice(&buf[off..off + 8]);
             let name_bytes = &buf[off + 19..off + reclen];
             let end = name_bytes
                 .iter()
                 .position(|&b| b == 0)
                 .unwrap_or(name_bytes.len());
-            let name = &name_bytes[..end];
-            if name != b"." && name != b".." {
-                out.push(CString::new(name).unwrap_or_default());
+            if let Some(t) = f(u64::from_ne_bytes(ino), &name_bytes[..end]) {
+                return Ok(Some(t));
             }
             off += reclen;
         }
     }
+}
+
+/// Names in an open directory, without `.` and `..`.
+pub fn list_dir(fd: &OwnedFd) -> Res<Vec<CString>> {
+    let mut out = Vec::new();
+    find_entry(fd, |_, name| {
+        if name != b"." && name != b".." {
+            out.push(CString::new(name).unwrap_or_default());
+        }
+        None::<()>
+    })?;
     Ok(out)
 }
 
@@ -48,26 +60,7 @@ pub fn list_dir(fd: &OwnedFd) -> Res<Vec<CString>> {
 /// enter whatever is mounted on the parent.
 pub fn parent_ino(dir: RawFd) -> Res<u64> {
     let fd = open_dir_at(dir, c".")?;
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let n = sys::getdents(fd.as_raw_fd(), &mut buf)?;
-        if n == 0 {
-            return Err(sys::Errno::ENOENT);
-        }
-        let mut off = 0;
-        while off + 19 < n {
-            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            if reclen == 0 {
-                break;
-            }
-            if buf[off + 19..off + reclen].starts_with(b"..\0") {
-                let mut ino = [0u8; 8];
-                ino.copy_from_slice(&buf[off..off + 8]);
-                return Ok(u64::from_ne_bytes(ino));
-            }
-            off += reclen;
-        }
-    }
+    find_entry(&fd, |ino, name| (name == b"..").then_some(ino))?.ok_or(sys::Errno::ENOENT)
 }
 
 fn open_dir_at(dir: RawFd, name: &CStr) -> Res<OwnedFd> {
